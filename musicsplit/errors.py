@@ -1,0 +1,67 @@
+"""User-facing failures, one type each, mapped to HTTP in one place.
+
+Every component (predictor, gateway) raises these and registers
+`http_payload` in its web framework; the body follows the KServe v2 error
+shape (`{"error": message}`) plus a stable `code` clients can switch on.
+"""
+
+from __future__ import annotations
+
+
+class MusicsplitError(Exception):
+    """Base for failures a client should see as a clean HTTP answer."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, retry_after: float | None = None):
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+class BadRequest(MusicsplitError):
+    """A parameter or request field is wrong (not the audio itself)."""
+
+    status = 400
+    code = "bad_request"
+
+
+class BadAudio(BadRequest):
+    """The audio cannot be separated as sent: undecodable, empty, NaN, too long..."""
+
+    code = "bad_audio"
+
+
+class PayloadTooLarge(MusicsplitError):
+    status = 413
+    code = "payload_too_large"
+
+
+class Saturated(MusicsplitError):
+    """Every inference slot and queue place is taken: come back later."""
+
+    status = 429
+    code = "saturated"
+
+
+class NotReady(MusicsplitError):
+    """The model is not loaded (yet, or its load failed)."""
+
+    status = 503
+    code = "not_ready"
+
+
+class UpstreamUnavailable(MusicsplitError):
+    """No predictor could take the request (gateway side)."""
+
+    status = 503
+    code = "upstream_unavailable"
+
+
+def http_payload(exc: MusicsplitError) -> tuple[int, dict, dict[str, str]]:
+    """(status, JSON body, headers) for an error; Retry-After in whole seconds."""
+    headers: dict[str, str] = {}
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(max(1, int(round(exc.retry_after))))
+    return exc.status, {"error": exc.message, "code": exc.code}, headers
