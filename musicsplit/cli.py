@@ -1,0 +1,39 @@
+"""`musicsplit`: the one command line for users and operators.
+
+Each component contributes its subcommands through an
+`add_commands(sub, serve)` function in its own `cli` module (`sub`: top-level
+subcommands such as `separate`; `serve`: the `musicsplit serve <component>`
+group), listed in COMMAND_MODULES; this module
+only assembles them, so components stay importable without one another's
+heavy dependencies until a command is actually run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMAND_MODULES = [
+    "musicsplit.predictor.cli",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="musicsplit", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run a component's server").add_subparsers(
+        dest="component", required=True
+    )
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_commands(sub, serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
