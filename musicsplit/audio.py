@@ -42,8 +42,10 @@ def decode(data: bytes) -> Audio:
             frames = f.read(dtype="float32", always_2d=True)
             sample_rate = int(f.samplerate)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        # libsndfile says "Error opening <_io.BytesIO ...>: <reason>": keep the reason.
+        reason = str(exc).rsplit(": ", 1)[-1].strip().rstrip(".")
         raise BadAudio(
-            f"could not decode the audio ({len(data)} bytes): {exc}; "
+            f"could not decode the audio ({len(data)} bytes): {reason}; "
             "send a wav, flac, ogg or mp3 file"
         ) from None
     return Audio(np.ascontiguousarray(frames.T), sample_rate)

@@ -1,0 +1,112 @@
+"""`musicsplit serve predictor` and `musicsplit separate`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_commands(sub, serve) -> None:
+    p = serve.add_parser(
+        "predictor", add_help=False,
+        help="serve a Demucs model over KServe v2 (all KServe ModelServer flags apply; --help lists them)",
+    )
+    p.set_defaults(func=serve_predictor, passthrough=True)
+
+    s = sub.add_parser("separate", help="separate a file through a predictor or gateway (v2)")
+    s.add_argument("file", type=Path, help="audio file (wav, flac, ogg, mp3)")
+    s.add_argument("--url", required=True, help="predictor or gateway base URL, e.g. http://127.0.0.1:8080")
+    s.add_argument("--model", required=True, help="model name (or a gateway alias such as 'default')")
+    s.add_argument("--out", type=Path, default=Path("separated"), help="output folder (one file per stem)")
+    s.add_argument("--stems", help="comma-separated stems, e.g. vocals,no_vocals (default: all)")
+    s.add_argument("--format", default="wav", choices=["wav", "flac"], help="stem file format")
+    s.add_argument("--shifts", type=int, help="random shifts averaged (Demucs' --shifts)")
+    s.add_argument("--overlap", type=float, help="overlap between model segments")
+    s.add_argument("--timeout", type=float, default=900.0, help="request timeout in seconds")
+    s.set_defaults(func=separate_file)
+
+
+def predictor_parser() -> argparse.ArgumentParser:
+    from kserve import model_server
+
+    parser = argparse.ArgumentParser(
+        prog="musicsplit serve predictor", parents=[model_server.parser], conflict_handler="resolve",
+        description="Serve one separation model over KServe v2 (REST + gRPC) with /metrics.",
+    )
+    parser.add_argument("--model_dir", default=None,
+                        help="model dir (Demucs checkpoints + optional musicsplit.yaml), a pretrained "
+                             "name (htdemucs, htdemucs_ft, htdemucs_6s, mdx_extra...), hf://..., or "
+                             "builtin://dsp-baseline. Default /mnt/models (KServe's mount)")
+    parser.add_argument("--storage_uri", default=None, help="alias of --model_dir (KServe's name)")
+    parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
+    parser.add_argument("--max_inflight", type=int, default=None, help="inferences at once per replica")
+    parser.add_argument("--max_queue", type=int, default=None, help="requests that may wait; more get 429")
+    parser.add_argument("--no_warmup", action="store_true", help="skip the warm-up inference")
+    return parser
+
+
+def serve_predictor(args) -> int:
+    from musicsplit.predictor.server import serve
+    from musicsplit.predictor.settings import PredictorSettings
+
+    ns = predictor_parser().parse_args(args.extra)
+    overrides = {"model_name": ns.model_name}
+    if ns.model_dir or ns.storage_uri:
+        overrides["model_dir"] = ns.model_dir or ns.storage_uri
+    for key in ("device", "max_inflight", "max_queue"):
+        if getattr(ns, key) is not None:
+            overrides[key] = getattr(ns, key)
+    if ns.no_warmup:
+        overrides["warmup"] = False
+    settings = PredictorSettings(**overrides)
+    serve(settings, {
+        "http_port": ns.http_port, "grpc_port": ns.grpc_port, "enable_grpc": ns.enable_grpc,
+        "workers": 1, "max_threads": ns.max_threads, "enable_docs_url": ns.enable_docs_url,
+    })
+    return 0
+
+
+def separate_file(args) -> int:
+    from tqdm import tqdm
+
+    from musicsplit.v2client import V2Client, V2Error
+
+    if not args.file.is_file():
+        print(f"error: {args.file} does not exist", file=sys.stderr)
+        return 2
+    data = args.file.read_bytes()
+    stems = args.stems.split(",") if args.stems else None
+    with tqdm(total=3, desc=f"separating {args.file.name}", unit="step",
+              bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}") as bar:
+        bar.set_postfix_str("uploading")
+        client = V2Client(args.url, timeout=args.timeout)
+        bar.update(1)
+        bar.set_postfix_str(f"model {args.model} running")
+        try:
+            result = client.separate(args.model, encoded=data, stems=stems, shifts=args.shifts,
+                                     overlap=args.overlap, output_format=args.format)
+        except V2Error as exc:
+            bar.close()
+            print(f"error: {exc.status}: {exc.message}", file=sys.stderr)
+            return 1
+        bar.update(1)
+        bar.set_postfix_str("writing stems")
+        args.out.mkdir(parents=True, exist_ok=True)
+        written = []
+        for name, blob in result.encoded.items():
+            path = args.out / f"{args.file.stem}.{name}.{args.format}"
+            path.write_bytes(blob)
+            written.append(path)
+        bar.update(1)
+        bar.set_postfix_str("done")
+    p = result.parameters
+    print(f"model {p.get('model')} version {p.get('model_version')} on {p.get('device')}: "
+          f"{float(p.get('audio_seconds', 0)):.1f} s of audio in {float(p.get('compute_seconds', 0)):.2f} s, "
+          f"quality {float(p.get('quality_score', 0)):.3f} (mixture SNR {float(p.get('mixture_snr_db', 0)):.1f} dB), "
+          f"cost ${float(p.get('cost_usd', 0)):.6f}")
+    if result.warnings:
+        print("warnings: " + "; ".join(result.warnings))
+    for path in written:
+        print(f"  {path}")
+    return 0

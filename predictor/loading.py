@@ -1,0 +1,277 @@
+"""Finding, verifying and loading a model: model dir, pretrained name or builtin.
+
+A model dir holds what Demucs itself reads (`<sig>-<sha8>.th` packages and
+bag `<name>.yaml` files, as in demucs/remote/) plus an optional
+`musicsplit.yaml` manifest. Everything here runs before the server says
+ready; any failure is a ModelLoadError with a message an operator can act on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import yaml
+
+from musicsplit.errors import BadRequest
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "musicsplit.yaml"
+BUILTIN_BASELINE = "builtin://dsp-baseline"
+# Names Demucs resolves itself (Hugging Face hub first, then the official URLs).
+PRETRAINED = {
+    "htdemucs", "htdemucs_ft", "htdemucs_6s", "hdemucs_mmi",
+    "mdx", "mdx_extra", "mdx_q", "mdx_extra_q",
+}
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded; the message says why and what to check."""
+
+
+class Separator(Protocol):
+    """What the predictor serves: a Demucs model wrapper or the DSP baseline."""
+
+    sources: list[str]
+    samplerate: int
+    audio_channels: int
+
+    def separate(
+        self,
+        samples: np.ndarray,
+        *,
+        shifts: int = 1,
+        overlap: float = 0.25,
+        segment: float | None = None,
+        progress: Callable[[float], None] | None = None,
+    ) -> np.ndarray: ...
+
+
+@dataclass
+class Manifest:
+    name: str | None = None
+    version: str | None = None
+    released: str | None = None
+    source: str | None = None
+    architecture: str | None = None
+    stems: list[str] | None = None
+    sample_rate: int | None = None
+    files: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, path: Path) -> "Manifest":
+        try:
+            doc = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ModelLoadError(f"{path} is not valid YAML: {exc}") from None
+        if not isinstance(doc, dict):
+            raise ModelLoadError(f"{path} must be a mapping of fields (name, version, files, ...)")
+        known = {k: doc[k] for k in cls.__dataclass_fields__ if k in doc}
+        if "version" in known and known["version"] is not None:
+            known["version"] = str(known["version"])
+        return cls(**known)
+
+
+@dataclass
+class LoadedModel:
+    separator: Separator
+    name: str
+    version: str
+    architecture: str
+    device: str
+    manifest: Manifest
+    load_seconds: float = 0.0
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_files(directory: Path, expected: dict[str, str]) -> None:
+    """Check every file the manifest lists against its sha256."""
+    for name, want in expected.items():
+        path = directory / name
+        if not path.is_file():
+            raise ModelLoadError(f"{MANIFEST} lists {name}, which is missing from {directory}")
+        got = sha256_file(path)
+        if got != want.lower():
+            raise ModelLoadError(
+                f"sha256 mismatch for {path}: manifest says {want}, file has {got}; "
+                "the model dir is corrupt or was changed after release"
+            )
+
+
+def derived_version(directory: Path) -> str:
+    """A version for dirs without a manifest: hash of the model files' hashes."""
+    digest = hashlib.sha256()
+    for path in sorted(directory.iterdir()):
+        if path.suffix in (".th", ".yaml", ".safetensors") and path.name != MANIFEST:
+            digest.update(path.name.encode() + b"\0" + sha256_file(path).encode())
+    return "sha-" + digest.hexdigest()[:12]
+
+
+def _model_to_load(directory: Path, manifest: Manifest) -> str:
+    """The bag or signature to load from a dir: the manifest's name, or the only one."""
+    bags = sorted(p.stem for p in directory.glob("*.yaml") if p.name != MANIFEST)
+    sigs = sorted(p.stem.rsplit("-", 1)[0] for p in directory.glob("*.th"))
+    if manifest.name and (manifest.name in bags or manifest.name in sigs):
+        return manifest.name
+    if len(bags) == 1:
+        return bags[0]
+    if not bags and len(sigs) == 1:
+        return sigs[0]
+    if not bags and not sigs:
+        raise ModelLoadError(
+            f"{directory} holds no Demucs model (no <sig>.th checkpoint, no bag .yaml)"
+        )
+    raise ModelLoadError(
+        f"{directory} holds several models (bags {bags}, checkpoints {sigs}); "
+        f"set `name` in {MANIFEST} to choose one"
+    )
+
+
+def _pick_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {requested!r} requested but CUDA is not available on this node")
+    return requested
+
+
+class DemucsSeparator:
+    """A Demucs model or bag, applied the way the demucs CLI applies it."""
+
+    def __init__(self, model, device: str):
+        self.model = model.to(device)
+        self.device = device
+        self.sources = list(model.sources)
+        self.samplerate = int(model.samplerate)
+        self.audio_channels = int(model.audio_channels)
+        self.max_segment = float(getattr(model, "max_allowed_segment", math.inf))
+        # A bag's own segment is often unset: its models' segment is what apply_model uses.
+        first = getattr(model, "models", [model])[0]
+        self.segment = float(getattr(model, "segment", None) or getattr(first, "segment", 0) or 0) or None
+
+    def separate(self, samples, *, shifts=1, overlap=0.25, segment=None, progress=None):
+        import torch
+        from demucs.apply import apply_model
+
+        if segment is not None and segment > self.max_segment:
+            raise BadRequest(
+                f"segment {segment} s is longer than this model allows ({self.max_segment:g} s)"
+            )
+        wav = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
+        # Same normalisation as demucs.separate / demucs.api: zero-mean, unit-std mono reference.
+        ref = wav.mean(0)
+        mean, std = ref.mean(), ref.std() + 1e-8
+        wav = (wav - mean) / std
+        callback = _progress_counter(self, wav.shape[-1], shifts, overlap, segment, progress)
+        with torch.inference_mode():
+            out = apply_model(
+                self.model, wav[None], shifts=shifts, split=True, overlap=overlap,
+                segment=segment, device=self.device, callback=callback,
+            )[0]
+        out = out * std + mean
+        return out.cpu().numpy().astype(np.float32, copy=False)
+
+
+def _progress_counter(sep: DemucsSeparator, length, shifts, overlap, segment, progress):
+    """Turn Demucs' per-chunk callbacks into a 0..1 fraction (demucs#567)."""
+    if progress is None:
+        return None
+    models = len(getattr(sep.model, "models", [sep.model]))
+    seg = segment or sep.segment or 10.0
+    stride = max(1, int((1 - overlap) * int(sep.samplerate * seg)))
+    padded = length + (int(0.5 * sep.samplerate) if shifts else 0)
+    total = models * max(1, shifts) * max(1, math.ceil(padded / stride))
+    done = 0
+
+    def callback(info: dict) -> None:
+        nonlocal done
+        if info.get("state") == "end":
+            done += 1
+            progress(min(1.0, done / total))
+
+    return callback
+
+
+def _load_demucs_dir(directory: Path, manifest: Manifest):
+    from demucs.pretrained import get_model
+    from demucs.repo import ModelLoadingError
+
+    name = _model_to_load(directory, manifest)
+    try:
+        return name, get_model(name, repo=directory)
+    except (ModelLoadingError, KeyError, RuntimeError, OSError) as exc:
+        raise ModelLoadError(f"could not load Demucs model {name!r} from {directory}: {exc}") from exc
+
+
+def _load_pretrained(name: str):
+    from demucs.pretrained import get_model
+
+    try:
+        return get_model(name)
+    except Exception as exc:  # hub / URL / checksum failures all mean the same to an operator
+        raise ModelLoadError(
+            f"could not fetch pretrained Demucs model {name!r} "
+            f"(Hugging Face hub, then dl.fbaipublicfiles.com): {exc}. Without network access, "
+            "point --model_dir / storageUri at a model dir holding the checkpoint files"
+        ) from None
+
+
+def _builtin_baseline():
+    from musicsplit.predictor.baseline import DSPBaseline
+
+    return DSPBaseline()
+
+
+def load(model_dir: str, device: str = "auto") -> LoadedModel:
+    """Load from a model dir, `builtin://dsp-baseline`, a pretrained name or `hf://...`."""
+    import time
+
+    start = time.perf_counter()
+    source = model_dir.removeprefix("file://")
+    manifest = Manifest()
+    if source == BUILTIN_BASELINE:
+        separator, name, version, arch, dev = _builtin_baseline(), "dsp-baseline", "builtin-1", "dsp-baseline", "cpu"
+    elif source.startswith(("pretrained://", "hf://")) or source in PRETRAINED:
+        name = source.removeprefix("pretrained://")
+        dev = _pick_device(device)
+        separator = DemucsSeparator(_load_pretrained(name), dev)
+        version, arch = f"pretrained-{name}", type(separator.model).__name__
+    else:
+        directory = Path(source)
+        if not directory.is_dir():
+            raise ModelLoadError(
+                f"model dir {directory} does not exist; mount the model (KServe storageUri) "
+                f"there, or use a pretrained name ({', '.join(sorted(PRETRAINED))})"
+            )
+        if (directory / MANIFEST).is_file():
+            manifest = Manifest.read(directory / MANIFEST)
+            verify_files(directory, manifest.files)
+        version = manifest.version or derived_version(directory)
+        if manifest.architecture == "dsp-baseline":
+            separator, name, arch, dev = _builtin_baseline(), manifest.name or "dsp-baseline", "dsp-baseline", "cpu"
+        else:
+            dev = _pick_device(device)
+            name, model = _load_demucs_dir(directory, manifest)
+            separator = DemucsSeparator(model, dev)
+            arch = manifest.architecture or type(model).__name__
+        if manifest.stems and list(manifest.stems) != list(separator.sources):
+            raise ModelLoadError(
+                f"{MANIFEST} says stems {manifest.stems} but the model produces {separator.sources}"
+            )
+    return LoadedModel(separator, name, version, arch, dev, manifest, time.perf_counter() - start)

@@ -1,0 +1,128 @@
+"""Prometheus metrics of the predictor (served on KServe's /metrics).
+
+Every series carries `model` and `model_version` and nothing per user or
+per request, so cardinality stays bounded by the versions deployed.
+The operator's canary analysis and the Grafana dashboards query these
+names: renaming one is a breaking change.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info
+from prometheus_client.core import GaugeMetricFamily
+
+LABELS = ("model", "model_version")
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+QUALITY_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+# Outcomes: success | bad_input | too_large | saturated | not_ready | error.
+# Only `error` is the model's fault; canary analysis divides it by the total.
+OUTCOMES = ("success", "bad_input", "too_large", "saturated", "not_ready", "error")
+
+REQUESTS = Counter("musicsplit_requests", "Separation requests by outcome", LABELS + ("outcome",))
+LATENCY = Histogram(
+    "musicsplit_request_duration_seconds",
+    "End-to-end time of a separation request inside the predictor",
+    LABELS, buckets=LATENCY_BUCKETS,
+)
+AUDIO_SECONDS = Counter("musicsplit_audio_seconds", "Seconds of input audio separated", LABELS)
+COMPUTE_SECONDS = Counter(
+    "musicsplit_compute_seconds", "Wall seconds spent in model inference", LABELS + ("device",)
+)
+RTF = Histogram(
+    "musicsplit_real_time_factor",
+    "Inference seconds per second of audio (below 1 is faster than real time)",
+    LABELS, buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10),
+)
+QUALITY = Histogram(
+    "audio_separation_quality",
+    "Reference-free separation quality score (0..1) per request",
+    LABELS, buckets=QUALITY_BUCKETS,
+)
+SNR = Histogram(
+    "musicsplit_mixture_snr_db",
+    "Mixture-consistency SNR: input vs the sum of the stems (dB)",
+    LABELS, buckets=(0, 5, 10, 15, 20, 30, 40, 60, 100),
+)
+COST = Counter("musicsplit_cost_usd", "Compute cost of separations (USD)", LABELS + ("device",))
+COST_PER_REQUEST = Histogram(
+    "musicsplit_cost_per_separation_usd", "Compute cost of one separation (USD)", LABELS,
+    buckets=(1e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1),
+)
+INFLIGHT = Gauge("musicsplit_inflight_requests", "Requests running or queued for inference", LABELS)
+LOAD_SECONDS = Gauge("musicsplit_model_load_seconds", "Time the last model load took", LABELS)
+LOAD_FAILURES = Counter("musicsplit_model_load_failures", "Model loads that failed", ("model",))
+READY = Gauge("musicsplit_model_ready", "1 when the model is loaded and serving", ("model",))
+MODEL_INFO = Info("musicsplit_model", "The model being served")
+BUILD_INFO = Info("musicsplit_build", "musicsplit build")
+
+
+class MonthlyCost:
+    """Extrapolates the last hour's spend to a 30-day month (a gauge, per version)."""
+
+    WINDOW = 3600.0
+
+    def __init__(self):
+        self._events: deque[tuple[float, float]] = deque()
+        self._started = time.monotonic()
+
+    def add(self, usd: float) -> None:
+        now = time.monotonic()
+        self._events.append((now, usd))
+        while self._events and self._events[0][0] < now - self.WINDOW:
+            self._events.popleft()
+
+    def estimate(self) -> float:
+        now = time.monotonic()
+        spent = sum(usd for t, usd in self._events if t >= now - self.WINDOW)
+        window = min(self.WINDOW, max(now - self._started, 1.0))
+        return spent / window * 30 * 24 * 3600
+
+
+class DeviceCollector:
+    """GPU utilisation and memory, read at scrape time (only where CUDA is)."""
+
+    def __init__(self, labels: dict[str, str], monthly: MonthlyCost):
+        self.labels = labels
+        self.monthly = monthly
+
+    def collect(self):
+        names, values = list(self.labels), list(self.labels.values())
+        cost = GaugeMetricFamily(
+            "musicsplit_cost_monthly_estimate_usd",
+            "Last hour's compute spend extrapolated to 30 days", labels=names,
+        )
+        cost.add_metric(values, self.monthly.estimate())
+        yield cost
+        import torch
+
+        if not torch.cuda.is_available():
+            return
+        util = GaugeMetricFamily(
+            "musicsplit_gpu_utilization_ratio", "GPU busy fraction (NVML)", labels=names + ["gpu"]
+        )
+        used = GaugeMetricFamily(
+            "musicsplit_gpu_memory_used_bytes", "GPU memory allocated by the model", labels=names + ["gpu"]
+        )
+        total = GaugeMetricFamily(
+            "musicsplit_gpu_memory_total_bytes", "GPU memory on the device", labels=names + ["gpu"]
+        )
+        for i in range(torch.cuda.device_count()):
+            gpu = [str(i)]
+            try:
+                util.add_metric(values + gpu, torch.cuda.utilization(i) / 100.0)
+            except Exception:  # NVML missing: utilisation unknown, memory still reported
+                pass
+            used.add_metric(values + gpu, float(torch.cuda.memory_allocated(i)))
+            total.add_metric(values + gpu, float(torch.cuda.get_device_properties(i).total_memory))
+        yield util
+        yield used
+        yield total
+
+
+def register_device_collector(labels: dict[str, str], monthly: MonthlyCost) -> DeviceCollector:
+    collector = DeviceCollector(labels, monthly)
+    REGISTRY.register(collector)
+    return collector

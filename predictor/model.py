@@ -1,0 +1,248 @@
+"""The KServe model: load, then preprocess -> predict -> postprocess per request.
+
+`predict()` only runs inference (in a worker thread, bounded by Admission);
+decoding, validation, quality and encoding live in codec/validation/quality
+and are called from preprocess/postprocess.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import kserve
+from kserve.errors import InvalidInput, ServerNotReady
+from kserve.protocol.infer_type import InferRequest
+from opentelemetry import trace
+
+from musicsplit import __version__, quality
+from musicsplit.audio import resample
+from musicsplit.errors import BadAudio, BadRequest, MusicsplitError, NotReady, PayloadTooLarge, Saturated
+from musicsplit.predictor import metrics
+from musicsplit.predictor.admission import Admission, admitted
+from musicsplit.predictor.codec import ParsedRequest, build_response, parse_request, select_stems
+from musicsplit.predictor.loading import LoadedModel, ModelLoadError, load
+from musicsplit.predictor.settings import PredictorSettings
+from musicsplit.telemetry import extract
+from musicsplit.validation import prepare
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("musicsplit.predictor")
+
+OUTCOME_OF = {BadAudio: "bad_input", BadRequest: "bad_input", PayloadTooLarge: "too_large",
+              Saturated: "saturated", NotReady: "not_ready"}
+
+
+def outcome_of(exc: BaseException | None) -> str:
+    if exc is None:
+        return "success"
+    for klass, name in OUTCOME_OF.items():
+        if isinstance(exc, klass):
+            return name
+    return "error"
+
+
+def outcome_of_status(status: int) -> str:
+    """Outcome of a response whatever produced it (our handlers or KServe's own)."""
+    return {200: "success", 413: "too_large", 429: "saturated", 503: "not_ready"}.get(
+        status, "bad_input" if 400 <= status < 500 else "error"
+    )
+
+
+@dataclass
+class Job:
+    request: InferRequest
+    parsed: ParsedRequest
+    mixture: np.ndarray  # at the model's rate and channel count
+    warnings: list[str]
+    stems: np.ndarray | None = None
+    compute_seconds: float = 0.0
+
+
+class SeparationModel(kserve.Model):
+    def __init__(self, name: str, settings: PredictorSettings):
+        super().__init__(name)
+        self.settings = settings
+        self.limits = settings.limits()
+        self.loaded: LoadedModel | None = None
+        self.load_error: str | None = None
+        self.admission = Admission(settings.max_inflight, settings.max_queue)
+        self._executor = ThreadPoolExecutor(settings.max_inflight, thread_name_prefix="inference")
+        self._monthly = metrics.MonthlyCost()
+        self._gpu_name: str | None = None
+        metrics.READY.labels(model=name).set(0)
+
+    # -- loading -----------------------------------------------------------------
+
+    @property
+    def version(self) -> str:
+        return self.loaded.version if self.loaded else "unknown"
+
+    def labels(self) -> dict[str, str]:
+        return {"model": self.name, "model_version": self.version}
+
+    def load(self) -> bool:
+        """Load, warm up, then flip ready; a failure is recorded, never raised."""
+        try:
+            with tracer.start_as_current_span("model.load", attributes={"model": self.name}):
+                loaded = load(self.settings.model_dir, self.settings.device)
+                if self.settings.cpu_threads:
+                    import torch
+
+                    torch.set_num_threads(self.settings.cpu_threads)
+                if self.settings.warmup:
+                    t = time.perf_counter()
+                    sep = loaded.separator
+                    sep.separate(np.zeros((sep.audio_channels, sep.samplerate), np.float32), shifts=0)
+                    log.info("warm-up inference took %.2f s", time.perf_counter() - t)
+        except (ModelLoadError, OSError, RuntimeError, ValueError, ImportError) as exc:
+            self.load_error = str(exc)
+            metrics.LOAD_FAILURES.labels(model=self.name).inc()
+            log.error("model %s failed to load: %s", self.name, exc)
+            self.ready = False
+            return False
+        self.loaded = loaded
+        if loaded.device.startswith("cuda"):
+            import torch
+
+            self._gpu_name = torch.cuda.get_device_name(loaded.device)
+        labels = self.labels()
+        metrics.LOAD_SECONDS.labels(**labels).set(loaded.load_seconds)
+        metrics.MODEL_INFO.info({
+            **labels, "architecture": loaded.architecture, "device": loaded.device,
+            "stems": ",".join(loaded.separator.sources), "released": str(loaded.manifest.released or ""),
+            "source": str(loaded.manifest.source or self.settings.model_dir),
+        })
+        metrics.BUILD_INFO.info({"version": __version__})
+        metrics.register_device_collector(labels, self._monthly)
+        metrics.READY.labels(model=self.name).set(1)
+        self.load_error = None
+        self.ready = True
+        log.info("model %s version %s ready on %s (load %.2f s)", self.name, self.version,
+                 loaded.device, loaded.load_seconds)
+        return True
+
+    def load_in_background(self) -> threading.Thread:
+        thread = threading.Thread(target=self.load, name="model-load", daemon=True)
+        thread.start()
+        return thread
+
+    def not_ready_error(self) -> NotReady:
+        if self.load_error:
+            return NotReady(f"model {self.name} failed to load: {self.load_error}", retry_after=30)
+        return NotReady(f"model {self.name} is still loading", retry_after=5)
+
+    # -- request path ------------------------------------------------------------
+
+    def record(self, outcome: str, seconds: float) -> None:
+        labels = self.labels()
+        metrics.REQUESTS.labels(**labels, outcome=outcome).inc()
+        if outcome == "success":
+            metrics.LATENCY.labels(**labels).observe(seconds)
+
+    async def __call__(self, body, headers=None, verb=kserve.model.InferenceVerb.PREDICT):
+        """Admission, outcome metrics and error mapping around KServe's pipeline."""
+        if admitted.get():  # the HTTP middleware did admission and accounting
+            return await super().__call__(body, headers, verb)
+        start = time.perf_counter()
+        error = None
+        try:
+            if not self.ready:
+                raise self.not_ready_error()
+            async with self.admission.ticket():
+                return await super().__call__(body, headers, verb)
+        except MusicsplitError as exc:
+            error = exc
+            # gRPC only knows KServe's exception types: translate ours.
+            if exc.status < 500 and exc.status != 429:
+                raise InvalidInput(exc.message) from exc
+            raise ServerNotReady(exc.message) from exc
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self.record(outcome_of(error), time.perf_counter() - start)
+
+    def preprocess(self, payload: InferRequest, headers=None) -> Job:
+        if not isinstance(payload, InferRequest):
+            raise BadRequest("this predictor speaks the v2 protocol: POST /v2/models/{name}/infer")
+        ctx = extract(headers)
+        sep = self.loaded.separator
+        with tracer.start_as_current_span("decode", context=ctx):
+            parsed = parse_request(payload, self.limits)
+        with tracer.start_as_current_span("validate", context=ctx) as span:
+            prepared = prepare(parsed.audio, sep.samplerate, sep.audio_channels, self.limits)
+            span.set_attribute("audio.seconds", prepared.input_seconds)
+            span.set_attribute("audio.resampled", parsed.audio.sample_rate != sep.samplerate)
+        return Job(payload, parsed, prepared.samples, parsed.warnings + prepared.warnings)
+
+    async def predict(self, job: Job, headers=None) -> Job:
+        ctx = extract(headers)
+        sep = self.loaded.separator
+        p = job.parsed.params
+        metrics.INFLIGHT.labels(**self.labels()).inc()
+        try:
+            async with self.admission.running:
+                with tracer.start_as_current_span("inference", context=ctx) as span:
+                    span.set_attribute("model.version", self.version)
+                    start = time.perf_counter()
+                    job.stems = await asyncio.get_running_loop().run_in_executor(
+                        self._executor,
+                        lambda: sep.separate(job.mixture, shifts=p.shifts, overlap=p.overlap, segment=p.segment),
+                    )
+                    job.compute_seconds = time.perf_counter() - start
+            self.admission.observe(job.compute_seconds)
+        finally:
+            metrics.INFLIGHT.labels(**self.labels()).dec()
+        return job
+
+    def cost(self, compute_seconds: float) -> float:
+        if self.loaded and self.loaded.device.startswith("cuda"):
+            return compute_seconds * self.settings.gpu_price(self._gpu_name)
+        import torch
+
+        cores = self.settings.cpu_threads or min(torch.get_num_threads(), os.cpu_count() or 1)
+        return compute_seconds * cores * self.settings.cpu_price_per_core_second
+
+    def postprocess(self, job: Job, headers=None, response_headers=None):
+        ctx = extract(headers)
+        sep = self.loaded.separator
+        labels = self.labels()
+        report = quality.assess(job.mixture, job.stems, sep.sources)
+        rate = job.parsed.audio.sample_rate
+        with tracer.start_as_current_span("encode", context=ctx):
+            stems = select_stems(job.stems, sep.sources, job.parsed.params.stems)
+            if rate != sep.samplerate:  # give stems back at the caller's rate, aligned with the input
+                stems = {k: resample(v, sep.samplerate, rate) for k, v in stems.items()}
+            audio_seconds = job.parsed.audio.seconds
+            cost = self.cost(job.compute_seconds)
+            params = {
+                "model": self.name,
+                "model_version": self.version,
+                "device": self.loaded.device,
+                "sample_rate": rate,
+                "audio_seconds": round(audio_seconds, 3),
+                "compute_seconds": round(job.compute_seconds, 4),
+                "real_time_factor": round(job.compute_seconds / max(audio_seconds, 1e-6), 4),
+                "cost_usd": cost,
+                "warnings": "; ".join(job.warnings),
+                **report.as_parameters(),
+            }
+            response = build_response(job.request, self.name, self.version, stems, rate,
+                                      job.parsed.params.output_format, params)
+        device = self.loaded.device.split(":")[0]
+        metrics.AUDIO_SECONDS.labels(**labels).inc(audio_seconds)
+        metrics.COMPUTE_SECONDS.labels(**labels, device=device).inc(job.compute_seconds)
+        metrics.RTF.labels(**labels).observe(job.compute_seconds / max(audio_seconds, 1e-6))
+        metrics.QUALITY.labels(**labels).observe(report.score)
+        metrics.SNR.labels(**labels).observe(report.snr_db)
+        metrics.COST.labels(**labels, device=device).inc(cost)
+        metrics.COST_PER_REQUEST.labels(**labels).observe(cost)
+        self._monthly.add(cost)
+        return response

@@ -1,0 +1,64 @@
+"""Predictor settings: one typed object, from flags or MUSICSPLIT_* environment.
+
+Flags follow KServe's ModelServer names (`--model_name`, `--http_port`,
+`--grpc_port`, ...); everything musicsplit adds also reads from the
+environment, so a ServingRuntime can set it without changing args.
+"""
+
+from __future__ import annotations
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from musicsplit.validation import Limits
+
+# On-demand list prices per GPU-second (USD), used when the GPU type is known
+# and no explicit price is configured. Override with MUSICSPLIT_GPU_PRICE_PER_SECOND.
+GPU_PRICES_PER_SECOND = {
+    "H200": 4.50 / 3600,
+    "H100": 3.90 / 3600,
+    "A100": 2.50 / 3600,
+    "L40S": 1.80 / 3600,
+    "A10G": 1.01 / 3600,
+    "L4": 0.80 / 3600,
+    "T4": 0.53 / 3600,
+}
+
+
+class PredictorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MUSICSPLIT_", extra="ignore")
+
+    model_name: str = "htdemucs"
+    model_dir: str = "/mnt/models"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    warmup: bool = True
+
+    # Concurrency: requests running inference at once, and how many may wait.
+    max_inflight: int = 1
+    max_queue: int = 4
+    cpu_threads: int = 0  # 0 = torch default
+
+    # Prices: GPU-seconds x price per GPU-second; CPU-seconds priced per core.
+    gpu_price_per_second: float | None = None
+    cpu_price_per_core_second: float = 0.0425 / 3600
+
+    # Input limits (see musicsplit.validation.Limits).
+    max_request_bytes: int = 200 * 1024 * 1024
+    max_audio_seconds: float = 20 * 60.0
+    min_sample_rate: int = 16_000
+    max_channels: int = 2
+
+    def limits(self) -> Limits:
+        return Limits(
+            max_bytes=self.max_request_bytes,
+            max_seconds=self.max_audio_seconds,
+            min_sample_rate=self.min_sample_rate,
+            max_channels=self.max_channels,
+        )
+
+    def gpu_price(self, gpu_name: str | None) -> float:
+        if self.gpu_price_per_second is not None:
+            return self.gpu_price_per_second
+        for key, price in GPU_PRICES_PER_SECOND.items():
+            if gpu_name and key in gpu_name.upper():
+                return price
+        return GPU_PRICES_PER_SECOND["A10G"]
