@@ -1,0 +1,50 @@
+"""Shared fixtures: model dirs and real predictor processes, started once per run."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.fixtures.checkpoints import make_model_dir  # noqa: E402
+from tests.fixtures.servers import start_predictor  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def logs_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A two-model bag of tiny HTDemucs checkpoints with a musicsplit.yaml manifest."""
+    return make_model_dir(tmp_path_factory.mktemp("models") / "tiny", "tiny", bag=2)
+
+
+@pytest.fixture(scope="session")
+def predictor(tiny_model_dir, logs_dir):
+    """A predictor process serving the tiny Demucs model as `tiny`."""
+    proc = start_predictor(tiny_model_dir, "tiny", log_dir=logs_dir, args=["--max_queue", "2"])
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def predictor_url(predictor) -> str:
+    return predictor.url
+
+
+@pytest.fixture(scope="session")
+def baseline(logs_dir):
+    """A predictor process serving the weight-free DSP baseline as `dsp-baseline`."""
+    proc = start_predictor("builtin://dsp-baseline", "dsp-baseline", log_dir=logs_dir)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def baseline_url(baseline) -> str:
+    return baseline.url
