@@ -16,6 +16,7 @@ import sys
 
 COMMAND_MODULES = [
     "musicsplit.predictor.cli",
+    "musicsplit.operator.cli",
 ]
 
 

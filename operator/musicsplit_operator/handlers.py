@@ -1,0 +1,126 @@
+"""kopf handlers: read the SeparationModel and its InferenceService, call the
+pure decision functions, write the result. No rollout state in memory.
+
+Import this module to register the handlers (`musicsplit serve operator` does).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+
+import kopf
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
+
+from . import analysis, rollout, router
+from .settings import OperatorSettings
+from .spec import GROUP, ISVC_GROUP, ISVC_PLURAL, ISVC_VERSION, PLURAL, VERSION, parse_spec
+
+ACTION_ANNOTATION = "musicsplit.io/action"
+SETTINGS = OperatorSettings()
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, logger, **_) -> None:
+    settings.persistence.finalizer = "musicsplit.io/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="musicsplit.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="musicsplit.io", key="last-handled-configuration")
+    settings.posting.level = logging.getLevelName(SETTINGS.event_log_level)
+    settings.watching.server_timeout = 60
+    try:
+        k8s_config.load_incluster_config()
+    except k8s_config.ConfigException:
+        k8s_config.load_kube_config()
+    logger.info("musicsplit operator: tick %.1fs", SETTINGS.tick_seconds)
+
+
+def _api() -> k8s.CustomObjectsApi:
+    return k8s.CustomObjectsApi()
+
+
+def get_isvc(namespace: str, name: str) -> dict | None:
+    try:
+        return _api().get_namespaced_custom_object(ISVC_GROUP, ISVC_VERSION, namespace, ISVC_PLURAL, name)
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+
+
+def write_route(body, name: str, namespace: str, spec, route: rollout.Route, create: bool) -> None:
+    if create:
+        isvc = router.inference_service(name, namespace, spec, route)
+        kopf.adopt(isvc, owner=body)  # ownerReferences: deleting the SeparationModel deletes it
+        try:
+            _api().create_namespaced_custom_object(ISVC_GROUP, ISVC_VERSION, namespace, ISVC_PLURAL, isvc)
+            return
+        except ApiException as e:
+            if e.status != 409:  # created meanwhile: fall through to patch it
+                raise
+    _api().patch_namespaced_custom_object(
+        ISVC_GROUP, ISVC_VERSION, namespace, ISVC_PLURAL, name, router.patch(name, spec, route),
+        _content_type="application/merge-patch+json")
+
+
+def _status_patch(old: dict, new: dict) -> dict:
+    """A merge patch from `old` to `new` (keys gone from `new` are deleted)."""
+    out = {k: None for k in old if k not in new}
+    out.update(new)
+    return out
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=SETTINGS.tick_seconds, initial_delay=0.0, sharp=False)
+def reconcile(body, spec, status, meta, name, namespace, patch, logger, **_) -> None:
+    now = datetime.now(timezone.utc)
+    old = dict(status or {})
+    generation = meta.get("generation")
+    action = (meta.get("annotations") or {}).get(ACTION_ANNOTATION)
+
+    try:
+        sm = parse_spec(dict(spec))
+    except ValidationError as e:
+        msg = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        new = dict(old, phase=rollout.FAILED, message=f"invalid spec: {msg}", observedGeneration=generation)
+        new["conditions"] = rollout.set_condition(old.get("conditions") or [], "SpecValid", False, "InvalidSpec",
+                                                  msg, now, generation)
+        if old.get("message") != new["message"]:
+            kopf.warn(body, reason="InvalidSpec", message=msg)
+        patch.status.update(_status_patch(old, new))
+        return
+
+    isvc = get_isvc(namespace, name)
+    obs = router.observe(isvc)
+    plan = rollout.schedule(sm, old, obs, now, generation=generation, action=action)
+    route, events, create = plan.route, list(plan.events), plan.create
+    new = plan.status
+    if plan.analyze:
+        baseline = old.get("goldenBaseline") or {}
+        cached_sdr = baseline.get("meanSdr") if baseline.get("version") == old.get("stableVersion") else None
+        m = analysis.measure(
+            prometheus_url=sm.analysis.prometheus_url, model=name, canary_version=new["canaryVersion"],
+            stable_version=new.get("stableVersion"), window_s=sm.window_s(), golden=sm.analysis.golden_set,
+            canary_url=obs.urls.get("latest") or (obs.url if sm.raw else None), stable_url=obs.urls.get("prev"),
+            stable_sdr=cached_sdr, timeout_s=SETTINGS.prometheus_timeout_seconds)
+        verdict = rollout.judge(m, sm, compare_stable=not sm.raw)
+        logger.info("analysis of %s at %s %%: %s (%s)", new.get("canaryVersion"), new.get("canaryWeight"),
+                    verdict.result, verdict.message)
+        after = rollout.after_analysis(sm, new, verdict, now, generation=generation)
+        new = after.status
+        if m.stable_sdr is not None and old.get("stableVersion"):
+            new["goldenBaseline"] = {"version": old["stableVersion"], "meanSdr": round(m.stable_sdr, 4)}
+        route = after.route or route
+        events += after.events
+
+    new["conditions"] = rollout.set_condition(new.get("conditions") or [], "SpecValid", True, "Valid",
+                                              "spec accepted", now, generation)
+    if route is not None:
+        write_route(body, name, namespace, sm, route, create)
+    for type_, reason, message in events:
+        kopf.event(body, type=type_, reason=reason, message=message)
+    patch.status.update(_status_patch(old, new))
+    if action:
+        patch.metadata.setdefault("annotations", {})[ACTION_ANNOTATION] = None

@@ -1,0 +1,148 @@
+"""The SeparationModel resource (musicsplit.io/v1alpha1) as typed Python.
+
+The CRD's openAPIV3Schema (manifests/crd.yaml) refuses bad specs at
+`kubectl apply` time; these models give the operator the same spec with
+defaults filled in, and refuse what the schema cannot express.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP, VERSION, PLURAL, KIND = "musicsplit.io", "v1alpha1", "separationmodels", "SeparationModel"
+ISVC_GROUP, ISVC_VERSION, ISVC_PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
+
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)(ms|s|m|h))+$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '1m30s', '2h' -> seconds."""
+    if not _DURATION.match(text or ""):
+        raise ValueError(f"not a duration (e.g. 30s, 5m, 1h): {text!r}")
+    return sum(float(n) * _UNIT[u] for n, u in _DURATION_PART.findall(text))
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class ModelRef(_Model):
+    architecture: str
+    version: str
+    storage_uri: str
+    released: str | None = None
+
+    @field_validator("storage_uri")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        if not v or "://" not in v:
+            raise ValueError("storageUri must be a URI such as gs://bucket/models/htdemucs/4.0.1")
+        return v
+
+
+class GPU(_Model):
+    count: int = 0
+    type: str | None = None
+
+
+class Resources(_Model):
+    gpu: GPU = GPU()
+    cpu: str | None = None
+    memory: str | None = None
+
+
+class PredictorSpec(_Model):
+    image: str | None = None
+    runtime: str | None = "musicsplit"
+    resources: Resources = Resources()
+    node_selector: dict[str, str] = {}
+    tolerations: list[dict] = []
+
+
+class Replicas(_Model):
+    min: int = 1
+    max: int = 1
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.max < self.min:
+            raise ValueError(f"replicas.max ({self.max}) is below replicas.min ({self.min})")
+        return self
+
+
+class RolloutSpec(_Model):
+    steps: list[int] | None = None
+    step_weight: int | None = None
+    max_weight: int | None = None
+    interval: str = "1m"
+    progress_deadline: str = "10m"
+    paused: bool = False
+
+    @model_validator(mode="after")
+    def _weights(self):
+        self.weights()  # raises on nonsense
+        parse_duration(self.interval)
+        parse_duration(self.progress_deadline)
+        return self
+
+    def weights(self) -> list[int]:
+        """The canary traffic percentages, in order; passing the last one promotes."""
+        if self.steps:
+            ws = list(self.steps)
+        elif self.step_weight:
+            top = self.max_weight or 50
+            ws = list(range(self.step_weight, top + 1, self.step_weight)) or [top]
+        else:
+            ws = [10, 25, 50]
+        if any(not 0 < w <= 100 for w in ws) or ws != sorted(set(ws)):
+            raise ValueError(f"rollout steps must increase strictly within 1..100, got {ws}")
+        return ws
+
+    @property
+    def interval_s(self) -> float:
+        return parse_duration(self.interval)
+
+    @property
+    def progress_deadline_s(self) -> float:
+        return parse_duration(self.progress_deadline)
+
+
+class AnalysisSpec(_Model):
+    prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
+    window: str | None = None  # PromQL range; default: the rollout interval
+    min_requests: int = 20
+    max_error_rate: float = 0.01
+    max_p99_latency_seconds: float = 60.0
+    min_quality_score: float = 0.7
+    max_quality_drop: float = 0.05
+    golden_set: bool = True
+    max_sdr_drop_db: float = 1.0
+
+
+class SeparationModelSpec(_Model):
+    model: ModelRef
+    predictor: PredictorSpec = PredictorSpec()
+    replicas: Replicas = Replicas()
+    stems: list[str] = []
+    cost_per_gpu_second: float | None = None
+    deployment_mode: Literal["Serverless", "RawDeployment"] = "Serverless"
+    rollout: RolloutSpec = RolloutSpec()
+    analysis: AnalysisSpec = AnalysisSpec()
+
+    @property
+    def raw(self) -> bool:
+        return self.deployment_mode == "RawDeployment"
+
+    def window_s(self) -> float:
+        return parse_duration(self.analysis.window) if self.analysis.window else max(self.rollout.interval_s, 10.0)
+
+
+def parse_spec(spec: dict) -> SeparationModelSpec:
+    """The spec with defaults; raises pydantic.ValidationError with a readable message."""
+    return SeparationModelSpec.model_validate(dict(spec or {}))
