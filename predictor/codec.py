@@ -172,6 +172,8 @@ def parse_request(request: InferRequest, limits: Limits) -> ParsedRequest:
         data = data[None, :]
     elif data.ndim != 2:
         raise BadAudio(f"input 'audio' must be [channels, samples], got shape {list(data.shape)}")
+    if data.size == 0:
+        raise BadAudio("the audio is empty (no samples)")
     if data.shape[0] > data.shape[1]:
         raise BadAudio(
             f"input 'audio' has shape {list(data.shape)}: more channels than samples; "

@@ -14,9 +14,10 @@ from collections import deque
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily
 
+from musicsplit.quality import QUALITY_BUCKETS
+
 LABELS = ("model", "model_version")
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
-QUALITY_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 # Outcomes: success | bad_input | too_large | saturated | not_ready | error.
 # Only `error` is the model's fault; canary analysis divides it by the total.
 OUTCOMES = ("success", "bad_input", "too_large", "saturated", "not_ready", "error")

@@ -138,6 +138,14 @@ class SeparationModel(kserve.Model):
             return NotReady(f"model {self.name} failed to load: {self.load_error}", retry_after=30)
         return NotReady(f"model {self.name} is still loading", retry_after=5)
 
+    def get_input_types(self) -> list[dict]:
+        # FP32 waveform shown; BYTES [1] (an encoded file) is accepted under the same name.
+        return [{"name": "audio", "datatype": "FP32", "shape": [-1, -1]}]
+
+    def get_output_types(self) -> list[dict]:
+        sources = self.loaded.separator.sources if self.loaded else []
+        return [{"name": s, "datatype": "FP32", "shape": [-1, -1]} for s in sources]
+
     # -- request path ------------------------------------------------------------
 
     def record(self, outcome: str, seconds: float) -> None:
