@@ -1,0 +1,61 @@
+"""The InferenceService the operator writes, and what it reads back from KServe."""
+
+from __future__ import annotations
+
+from musicsplit.operator import router
+from musicsplit.operator.rollout import Route
+from musicsplit.operator.spec import parse_spec
+
+SPEC = parse_spec({
+    "model": {"architecture": "htdemucs", "version": "4.0.1", "storageUri": "gs://m/htdemucs/4.0.1"},
+    "predictor": {"resources": {"gpu": {"count": 1, "type": "NVIDIA-L4"}, "memory": "8Gi"},
+                  "nodeSelector": {"pool": "gpu"},
+                  "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
+    "replicas": {"min": 1, "max": 4}, "stems": ["vocals", "drums"], "costPerGpuSecond": 0.0002,
+})
+
+
+def test_inference_service_runs_the_predictor_with_the_canary_percent():
+    isvc = router.inference_service("htdemucs", "ml", SPEC, Route("gs://m/htdemucs/4.0.1", 10))
+    pred = isvc["spec"]["predictor"]
+    assert isvc["apiVersion"] == "serving.kserve.io/v1beta1" and isvc["metadata"]["namespace"] == "ml"
+    assert pred["canaryTrafficPercent"] == 10 and (pred["minReplicas"], pred["maxReplicas"]) == (1, 4)
+    assert pred["model"]["storageUri"] == "gs://m/htdemucs/4.0.1" and pred["model"]["runtime"] == "musicsplit"
+    assert pred["model"]["args"] == ["--model_name=htdemucs"]
+    assert pred["model"]["resources"]["limits"] == {"nvidia.com/gpu": "1", "memory": "8Gi"}
+    assert pred["nodeSelector"] == {"pool": "gpu", "nvidia.com/gpu.product": "NVIDIA-L4"}
+    assert pred["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Serverless"
+    assert None not in pred.values()
+
+
+def test_promotion_patch_removes_the_canary_percent():
+    p = router.patch("htdemucs", SPEC, Route("gs://m/htdemucs/4.0.1", None))
+    assert "canaryTrafficPercent" in p["spec"]["predictor"] and p["spec"]["predictor"]["canaryTrafficPercent"] is None
+
+
+def test_custom_image_uses_a_container_with_storage_uri():
+    spec = parse_spec({**SPEC.model_dump(by_alias=True), "predictor": {"image": "ghcr.io/x/musicsplit:1"}})
+    pred = router.inference_service("m", "ns", spec, Route("s3://b/m", None))["spec"]["predictor"]
+    assert "model" not in pred and pred["containers"][0]["image"] == "ghcr.io/x/musicsplit:1"
+    assert {"name": "STORAGE_URI", "value": "s3://b/m"} in pred["containers"][0]["env"]
+
+
+def test_observe_reads_kserve_status():
+    isvc = router.inference_service("m", "ns", SPEC, Route("gs://new", 25))
+    isvc["status"] = {
+        "url": "http://m.ns.example.com",
+        "conditions": [{"type": "Ready", "status": "True"}],
+        "components": {"predictor": {
+            "latestCreatedRevision": "m-predictor-00002", "latestReadyRevision": "m-predictor-00002",
+            "traffic": [
+                {"revisionName": "m-predictor-00002", "percent": 25, "latestRevision": True, "tag": "latest",
+                 "url": "http://latest-m"},
+                {"revisionName": "m-predictor-00001", "percent": 75, "latestRevision": False, "tag": "prev",
+                 "url": "http://prev-m"},
+            ]}},
+    }
+    o = router.observe(isvc)
+    assert o.exists and o.ready and o.latest_ready and o.latest_percent == 25 and o.canary_percent == 25
+    assert o.storage_uri == "gs://new" and o.urls == {"latest": "http://latest-m", "prev": "http://prev-m"}
+    assert not router.observe(None).exists
