@@ -1,0 +1,100 @@
+"""A local stack: real musicsplit processes on 127.0.0.1.
+
+Used by `musicsplit demo` and by the tests alike. Each launcher runs the
+same command a user (or a KServe pod) runs, waits until it answers, and
+can stop it; logs go to a file so a server that never came up says why.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Process:
+    proc: subprocess.Popen
+    url: str
+    log_path: Path
+    grpc_port: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
+def wait_for(url: str, proc: Process, timeout: float, expect=(200,)) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise RuntimeError(f"process exited with {proc.proc.returncode}:\n{proc.log()[-4000:]}")
+        try:
+            if httpx.get(url, timeout=2.0).status_code in expect:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.stop()
+    raise TimeoutError(f"{url} did not answer {expect} within {timeout} s:\n{proc.log()[-4000:]}")
+
+
+def start_predictor(
+    model_dir: str | Path,
+    name: str = "tiny",
+    *,
+    log_dir: Path,
+    env: dict[str, str] | None = None,
+    args: list[str] = (),
+    wait: str = "ready",  # "ready": model loaded; "live": server up (model may still load)
+    timeout: float = 120.0,
+    threads: int | None = 1,  # torch CPU threads; 1 keeps parallel test servers off each other's cores
+) -> Process:
+    """`musicsplit serve predictor` on free 127.0.0.1 ports."""
+    http_port, grpc_port = free_port(), free_port()
+    log_path = Path(log_dir) / f"predictor-{name}-{http_port}.log"
+    cmd = [
+        sys.executable, "-m", "musicsplit.cli", "serve", "predictor",
+        "--model_name", name, "--model_dir", str(model_dir),
+        "--http_port", str(http_port), "--grpc_port", str(grpc_port), *args,
+    ]
+    limits = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {}
+    full_env = {**os.environ, **limits, **(env or {})}
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
+    p = Process(proc, f"http://127.0.0.1:{http_port}", log_path, grpc_port)
+    path = f"/v2/models/{name}/ready" if wait == "ready" else "/v2/health/live"
+    wait_for(p.url + path, p, timeout)
+    return p
