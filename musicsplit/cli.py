@@ -16,6 +16,8 @@ import sys
 
 COMMAND_MODULES = [
     "musicsplit.predictor.cli",
+    "musicsplit.gateway.cli",
+    "musicsplit.demo",
     "musicsplit.operator.cli",
 ]
 
