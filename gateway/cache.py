@@ -1,0 +1,212 @@
+"""Result cache: the same audio, model, version and parameters are separated once.
+
+Key: sha256 of the uploaded bytes + model + model version + parameters.
+Backends: `disk` (embedded default; one directory per entry, evicts the
+least recently used entries beyond a byte budget) and `redis` (shared by
+gateway replicas; entries expire after a TTL and Redis' own maxmemory
+policy bounds the total). A backend that fails (Redis down) counts an
+error and answers "miss": the gateway serves uncached, never fails for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from musicsplit.gateway import metrics
+
+log = logging.getLogger(__name__)
+
+
+def cache_key(audio_sha: str, model: str, version: str, params: dict) -> str:
+    blob = json.dumps({"audio": audio_sha, "model": model, "version": version, "params": params}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@dataclass
+class CachedResult:
+    meta: dict  # the job's result document (stems, sample_rate, quality, version...)
+    files: dict[str, Path]  # stem name -> file in the job's result dir
+
+
+class NoCache:
+    backend = "none"
+
+    async def get(self, key: str, dest: Path) -> CachedResult | None:
+        return None
+
+    async def put(self, key: str, meta: dict, files: dict[str, Path]) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+class DiskCache:
+    """Entries under root/<key>/ (meta.json + stem files), LRU-evicted by total size."""
+
+    backend = "disk"
+
+    def __init__(self, root: Path, max_bytes: int):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        self._lock = asyncio.Lock()
+
+    async def get(self, key: str, dest: Path) -> CachedResult | None:
+        start = time.perf_counter()
+        entry = self.root / key
+        meta_path = entry / "meta.json"
+        try:
+            meta = json.loads(meta_path.read_text())
+            dest.mkdir(parents=True, exist_ok=True)
+            files = {}
+            for stem, name in meta["files"].items():
+                target = dest / name
+                if target.exists():
+                    target.unlink()
+                try:
+                    os.link(entry / name, target)  # same filesystem: instant, no copy
+                except OSError:
+                    shutil.copyfile(entry / name, target)
+                files[stem] = target
+            os.utime(meta_path)  # recency for LRU eviction
+        except (OSError, KeyError, ValueError):
+            self._observe("miss", start)
+            return None
+        self._observe("hit", start)
+        return CachedResult(meta["result"], files)
+
+    async def put(self, key: str, meta: dict, files: dict[str, Path]) -> None:
+        entry = self.root / key
+        if entry.exists():
+            return
+        tmp = self.root / f".tmp-{uuid.uuid4().hex}"
+        try:
+            tmp.mkdir()
+            names = {}
+            for stem, path in files.items():
+                try:
+                    os.link(path, tmp / path.name)
+                except OSError:
+                    shutil.copyfile(path, tmp / path.name)
+                names[stem] = path.name
+            (tmp / "meta.json").write_text(json.dumps({"result": meta, "files": names}))
+            os.replace(tmp, entry)
+        except OSError as exc:
+            log.warning("disk cache: could not store %s: %s", key, exc)
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        async with self._lock:
+            await asyncio.to_thread(self.evict)
+
+    def size(self) -> int:
+        return sum(f.stat().st_size for f in self.root.glob("*/*") if f.is_file())
+
+    def evict(self) -> list[str]:
+        """Delete least recently used entries until the total fits the budget."""
+        entries = []
+        for d in self.root.iterdir():
+            if d.name.startswith(".") or not (d / "meta.json").exists():
+                continue
+            size = sum(f.stat().st_size for f in d.iterdir() if f.is_file())
+            entries.append(((d / "meta.json").stat().st_mtime, size, d))
+        total = sum(e[1] for e in entries)
+        removed = []
+        for _, size, d in sorted(entries):
+            if total <= self.max_bytes:
+                break
+            shutil.rmtree(d, ignore_errors=True)
+            total -= size
+            removed.append(d.name)
+        return removed
+
+    def _observe(self, result: str, start: float) -> None:
+        metrics.CACHE.labels(backend=self.backend, result=result).inc()
+        metrics.CACHE_SECONDS.labels(backend=self.backend, result=result).observe(time.perf_counter() - start)
+
+    async def close(self) -> None:
+        return None
+
+
+class RedisCache:
+    """One Redis hash per entry: `meta` + one field per stem file, with a TTL."""
+
+    backend = "redis"
+
+    def __init__(self, url: str, ttl_s: float, max_entry_bytes: int = 256 * 1024 * 1024, prefix: str = "musicsplit:cache:"):
+        import redis.asyncio as redis
+
+        self.client = redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=5.0)
+        self.ttl = int(ttl_s)
+        self.max_entry_bytes = max_entry_bytes
+        self.prefix = prefix
+
+    async def get(self, key: str, dest: Path) -> CachedResult | None:
+        from redis.exceptions import RedisError
+
+        start = time.perf_counter()
+        try:
+            data = await self.client.hgetall(self.prefix + key)
+        except (RedisError, OSError) as exc:
+            log.warning("redis cache unavailable (%s): serving uncached", exc)
+            self._observe("error", start)
+            return None
+        if not data:
+            self._observe("miss", start)
+            return None
+        meta = json.loads(data[b"meta"])
+        dest.mkdir(parents=True, exist_ok=True)
+        files = {}
+        for stem, name in meta["files"].items():
+            target = dest / name
+            target.write_bytes(data[f"file:{stem}".encode()])
+            files[stem] = target
+        self._observe("hit", start)
+        return CachedResult(meta["result"], files)
+
+    async def put(self, key: str, meta: dict, files: dict[str, Path]) -> None:
+        from redis.exceptions import RedisError
+
+        if sum(p.stat().st_size for p in files.values()) > self.max_entry_bytes:
+            return
+        mapping: dict[str, bytes] = {
+            "meta": json.dumps({"result": meta, "files": {s: p.name for s, p in files.items()}}).encode()}
+        for stem, path in files.items():
+            mapping[f"file:{stem}"] = path.read_bytes()
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.hset(self.prefix + key, mapping=mapping)
+                pipe.expire(self.prefix + key, self.ttl)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            log.warning("redis cache unavailable (%s): result not cached", exc)
+            metrics.CACHE.labels(backend=self.backend, result="error").inc()
+
+    def _observe(self, result: str, start: float) -> None:
+        metrics.CACHE.labels(backend=self.backend, result=result).inc()
+        metrics.CACHE_SECONDS.labels(backend=self.backend, result=result).observe(time.perf_counter() - start)
+
+    async def close(self) -> None:
+        try:
+            await self.client.aclose()
+        except Exception:  # pragma: no cover
+            pass
+
+
+def make_cache(settings) -> NoCache | DiskCache | RedisCache:
+    if settings.cache_backend == "disk":
+        return DiskCache(Path(settings.data_dir) / "cache", settings.cache_max_bytes)
+    if settings.cache_backend == "redis":
+        return RedisCache(settings.redis_url, settings.cache_ttl_s)
+    if settings.cache_backend == "none":
+        return NoCache()
+    raise ValueError(f"cache_backend must be disk, redis or none, not {settings.cache_backend!r}")

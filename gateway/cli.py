@@ -1,0 +1,82 @@
+"""`musicsplit serve gateway` and `musicsplit ab-report`."""
+
+from __future__ import annotations
+
+import argparse
+
+
+
+def _endpoint(value: str) -> dict:
+    """MODEL=URL[@REGION]"""
+    try:
+        model, rest = value.split("=", 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: use MODEL=URL or MODEL=URL@REGION") from None
+    url, _, region = rest.partition("@")
+    return {"model": model, "url": url, "region": region or "local"}
+
+
+def serve(args) -> int:
+    import logging
+
+    import uvicorn
+
+    from musicsplit.gateway.app import create_app
+    from musicsplit.gateway.notify import init_sentry
+    from musicsplit.gateway.settings import GatewaySettings
+    from musicsplit.telemetry import setup_tracing
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = {k: v for k, v in {
+        "host": args.host, "port": args.port, "data_dir": args.data_dir, "default_model": args.default_model,
+        "fallback_model": args.fallback_model, "cache_backend": args.cache,
+        "endpoints": args.endpoint or None, "region_order": args.region_order.split(",") if args.region_order else None,
+        "unleash_url": args.unleash_url,
+    }.items() if v is not None}
+    settings = GatewaySettings(**overrides)
+    setup_tracing("musicsplit-gateway")
+    init_sentry(settings.sentry_dsn)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
+                ws="websockets-sansio")
+    return 0
+
+
+def ab_report(args) -> int:
+    import time
+    from pathlib import Path
+
+    from musicsplit.gateway.abtest import report
+    from musicsplit.gateway.jobs import JobStore
+    from musicsplit.gateway.settings import GatewaySettings
+
+    path = args.db or GatewaySettings().db_path
+    store = JobStore(Path(path))
+    since = time.time() - args.days * 86400 if args.days else 0.0
+    print(report(store.observations(since), alpha=args.alpha), end="")
+    store.close()
+    return 0
+
+
+def add_commands(sub, serve_group) -> None:
+    p = serve_group.add_parser("gateway", help="the user-facing API (uploads, jobs, v2 pass-through)",
+                               description="Settings come from MUSICSPLIT_GATEWAY_* environment; flags override.")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--data_dir")
+    p.add_argument("--default_model")
+    p.add_argument("--fallback_model")
+    p.add_argument("--cache", choices=["disk", "redis", "none"])
+    p.add_argument("--endpoint", action="append", type=_endpoint,
+                   help="MODEL=URL[@REGION], repeatable (or MUSICSPLIT_GATEWAY_ENDPOINTS as JSON)")
+    p.add_argument("--region_order", help="comma-separated regions, nearest first")
+    p.add_argument("--unleash_url")
+    p.set_defaults(func=serve)
+
+    r = sub.add_parser("ab-report", help="per-arm quality/latency with confidence intervals and significance")
+    r.add_argument("--db", help="the gateway's jobs.sqlite3 (default: from MUSICSPLIT_GATEWAY_DATA_DIR)")
+    r.add_argument("--alpha", type=float, default=0.05)
+    r.add_argument("--days", type=float, default=0.0, help="only the last N days (0: all)")
+    r.set_defaults(func=ab_report)
+
+
+__all__ = ["add_commands"]

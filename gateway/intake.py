@@ -1,0 +1,108 @@
+"""Upload intake: validate with the shared module, then store as float WAV.
+
+The upload is read block by block (never the whole decoded track in
+memory), each block checked by `musicsplit.validation.validate` exactly as
+the predictor would, and written to a float32 WAV that chunks can later be
+read from at any offset. Bad input is refused here, before any GPU time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from musicsplit.audio import Audio, decode
+from musicsplit.errors import BadAudio
+from musicsplit.validation import Limits, check_size, validate
+
+BLOCK_SECONDS = 30.0
+
+
+@dataclass
+class Intake:
+    path: Path  # float32 WAV, [frames, channels] on disk
+    sha256: str
+    sample_rate: int
+    channels: int
+    frames: int
+    warnings: list[str]
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.sample_rate
+
+
+def check_length(frames: int, sample_rate: int, limits: Limits) -> None:
+    seconds = frames / float(sample_rate) if sample_rate else 0.0
+    if frames == 0:
+        raise BadAudio("the audio is empty (no samples)")
+    if seconds > limits.max_seconds:
+        raise BadAudio(
+            f"audio is {seconds:.1f} s long, over the limit of {limits.max_seconds:.0f} s; "
+            "split the track and submit the parts"
+        )
+    if seconds < limits.min_seconds:
+        raise BadAudio(f"audio is {seconds * 1000:.0f} ms long; send at least {limits.min_seconds} s")
+
+
+def take(data: bytes, dest: Path, limits: Limits) -> Intake:
+    """Validate an uploaded file and write it to `dest` as float WAV; raise BadAudio/PayloadTooLarge."""
+    try:
+        return _take(data, dest, limits)
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
+
+
+def _take(data: bytes, dest: Path, limits: Limits) -> Intake:
+    check_size(len(data), limits)
+    sha = hashlib.sha256(data).hexdigest()
+    try:
+        src = sf.SoundFile(io.BytesIO(data))
+    except Exception:
+        decode(data)  # raises BadAudio with libsndfile's reason, worded as everywhere else
+        raise BadAudio("could not decode the audio; send a wav, flac, ogg or mp3 file") from None
+    block_limits = dataclasses.replace(limits, max_seconds=math.inf, min_seconds=0.0)
+    warnings: list[str] = []
+    clipped = 0
+    with src:
+        rate, channels = int(src.samplerate), int(src.channels)
+        # Header-level checks on a zero-size view, so the messages are the shared ones.
+        validate(Audio(np.zeros((channels, 1), np.float32), rate), block_limits)
+        if src.frames and src.frames > 0:
+            check_length(int(src.frames), rate, limits)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        frames = 0
+        block = max(1, int(BLOCK_SECONDS * rate))
+        with sf.SoundFile(dest, "w", samplerate=rate, channels=channels, format="WAV", subtype="FLOAT") as out:
+            while True:
+                chunk = src.read(block, dtype="float32", always_2d=True)
+                if chunk.shape[0] == 0:
+                    break
+                for w in validate(Audio(np.ascontiguousarray(chunk.T), rate), block_limits):
+                    if w.startswith("clipping"):
+                        clipped += int(w.split(":", 1)[1].split()[0])
+                    elif w not in warnings:
+                        warnings.append(w)
+                out.write(chunk)
+                frames += chunk.shape[0]
+                if frames / rate > limits.max_seconds:
+                    break
+    check_length(frames, rate, limits)
+    if clipped:
+        total = frames * channels
+        warnings.insert(0, f"clipping: {clipped} samples ({clipped / total:.2%}) at full scale; stems may distort")
+    return Intake(dest, sha, rate, channels, frames, warnings)
+
+
+def read_frames(path: Path, start: int, end: int) -> np.ndarray:
+    """Samples [start, end) of a stored input as float32 [channels, samples]."""
+    data, _ = sf.read(str(path), start=start, stop=end, dtype="float32", always_2d=True)
+    return np.ascontiguousarray(data.T)

@@ -1,0 +1,39 @@
+"""Gateway Prometheus metrics. Labels are bounded: model, model_version, arm,
+region, outcome, backend (all from configuration or flags); never a user or job id."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+PREFIX = "musicsplit_gateway"
+
+JOBS = Counter(f"{PREFIX}_jobs_total", "Separation jobs finished, by outcome",
+               ["model", "model_version", "arm", "outcome"])
+JOB_SECONDS = Histogram(f"{PREFIX}_job_seconds", "Job latency from submit to result",
+                        ["model", "arm"], buckets=(0.05, 0.25, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800))
+QUALITY = Histogram(f"{PREFIX}_quality_score", "Separation quality proxy (0..1) per finished job",
+                    ["model", "model_version", "arm"], buckets=(0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0))
+ARM_REQUESTS = Counter(f"{PREFIX}_ab_assignments_total", "Requests assigned to each A/B arm", ["model", "arm"])
+CHUNKS = Counter(f"{PREFIX}_chunks_total", "Chunks sent to predictors, by outcome", ["model", "outcome"])
+UPSTREAM = Counter(f"{PREFIX}_upstream_requests_total", "Requests to predictor endpoints",
+                   ["model", "region", "outcome"])
+UPSTREAM_SECONDS = Histogram(f"{PREFIX}_upstream_seconds", "Predictor request latency", ["model", "region"],
+                             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+FALLBACKS = Counter(f"{PREFIX}_fallbacks_total", "Requests served by the fallback model", ["model", "fallback"])
+BREAKER_STATE = Gauge(f"{PREFIX}_breaker_state", "Circuit breaker state (0 closed, 1 half-open, 2 open)",
+                      ["model", "region"])
+BREAKER_OPENS = Counter(f"{PREFIX}_breaker_opens_total", "Circuit breaker openings", ["model", "region"])
+ENDPOINT_UP = Gauge(f"{PREFIX}_endpoint_up", "Predictor endpoint ready per health probe", ["model", "region"])
+QUEUE = Gauge(f"{PREFIX}_queue_depth", "Jobs waiting for a worker")
+RUNNING = Gauge(f"{PREFIX}_running_jobs", "Jobs being separated now")
+REJECTED = Counter(f"{PREFIX}_rejected_total", "Requests refused before any model time, by reason", ["reason"])
+CACHE = Counter(f"{PREFIX}_cache_requests_total", "Result cache lookups", ["backend", "result"])
+CACHE_SECONDS = Histogram(f"{PREFIX}_cache_lookup_seconds", "Result cache lookup latency", ["backend", "result"],
+                          buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5))
+SEPARATIONS = Counter(f"{PREFIX}_separations_total", "Submissions per model (re-separation rate denominator)",
+                      ["model", "model_version"])
+RESEPARATIONS = Counter(f"{PREFIX}_reseparations_total",
+                        "Same user, same audio, submitted again within the window (dissatisfaction proxy)",
+                        ["model", "model_version"])
+NOTIFICATIONS = Counter(f"{PREFIX}_notifications_total", "Alerts sent, by channel and outcome",
+                        ["channel", "outcome"])

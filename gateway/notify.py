@@ -1,0 +1,102 @@
+"""Telling people: Sentry for unexpected errors, Slack and PagerDuty for incidents.
+
+Incidents (a model that fails to load, a circuit breaker opening) go to a
+Slack incoming webhook and to PagerDuty Events API v2, each de-duplicated:
+one message per incident key per `dedup_s` from this process, and the same
+`dedup_key` to PagerDuty, which folds repeats from other replicas into one
+incident. Sending never blocks or fails the request that noticed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import httpx
+
+from musicsplit.gateway import metrics
+from musicsplit.gateway.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
+
+
+def init_sentry(dsn: str | None, release: str | None = None, environment: str | None = None) -> bool:
+    """sentry-sdk with the FastAPI/Starlette integrations (auto-enabled); no-op without a DSN."""
+    if not dsn:
+        return False
+    import sentry_sdk
+
+    sentry_sdk.init(dsn=dsn, release=release, environment=environment, traces_sample_rate=0.0,
+                    send_default_pii=False)
+    return True
+
+
+def capture(exc: BaseException, **tags: str) -> None:
+    try:
+        import sentry_sdk
+
+        with sentry_sdk.new_scope() as scope:
+            for k, v in tags.items():
+                scope.set_tag(k, v)
+            sentry_sdk.capture_exception(exc)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+class Notifier:
+    def __init__(self, settings: GatewaySettings):
+        self.settings = settings
+        self._sent: dict[str, float] = {}
+        self._tasks: set[asyncio.Task] = set()
+
+    def incident(self, key: str, summary: str, *, severity: str = "error", details: dict | None = None) -> bool:
+        """Send (in the background) unless the same key was sent within the dedup window."""
+        now = time.monotonic()
+        if now - self._sent.get(key, -1e18) < self.settings.notify_dedup_s:
+            metrics.NOTIFICATIONS.labels(channel="any", outcome="deduplicated").inc()
+            return False
+        self._sent[key] = now
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        task = loop.create_task(self._send(key, summary, severity, details or {}))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    async def _send(self, key: str, summary: str, severity: str, details: dict) -> None:
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            sends = []
+            if self.settings.slack_webhook_url:
+                text = f":rotating_light: *{summary}*\n" + "\n".join(f"• {k}: {v}" for k, v in details.items())
+                sends.append(("slack", client.post(self.settings.slack_webhook_url, json={"text": text})))
+            if self.settings.pagerduty_routing_key:
+                event = {
+                    "routing_key": self.settings.pagerduty_routing_key,
+                    "event_action": "trigger",
+                    "dedup_key": f"musicsplit-gateway:{key}",
+                    "payload": {
+                        "summary": summary[:1024],
+                        "source": "musicsplit-gateway",
+                        "severity": severity,
+                        "component": "gateway",
+                        "custom_details": details,
+                    },
+                }
+                sends.append(("pagerduty", client.post(self.settings.pagerduty_url, json=event)))
+            for channel, coro in sends:
+                try:
+                    r = await coro
+                    outcome = "sent" if r.status_code < 300 else "rejected"
+                    if outcome != "sent":
+                        log.warning("%s answered %s: %s", channel, r.status_code, r.text[:200])
+                except httpx.HTTPError as exc:
+                    outcome = "error"
+                    log.warning("could not notify %s: %s", channel, exc)
+                metrics.NOTIFICATIONS.labels(channel=channel, outcome=outcome).inc()
+
+    async def drain(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)

@@ -1,0 +1,122 @@
+"""Retries with backoff, and a circuit breaker per predictor endpoint.
+
+Retries (tenacity) cover what a second try can fix: connection errors,
+timeouts, 429/503 from a predictor (saturated, model loading). 4xx for bad
+input is never retried. A breaker opens after `failures` consecutive
+failures of one endpoint, so requests stop going to a dead replica; after
+`reset_s` one trial request (half-open) decides whether it closes again.
+See docs/adr/0201-gateway-resilience.md for why this is a small class and
+not pybreaker (its async support is Tornado-only).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import httpx
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+RETRYABLE_STATUS = {429, 502, 503, 504}
+
+
+class UpstreamStatus(Exception):
+    """A predictor answered with an error status (from the v2 client or the pass-through)."""
+
+    def __init__(self, status: int, message: str, retry_after: float | None = None):
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+        self.retry_after = retry_after
+
+
+class NoEndpoint(Exception):
+    """Every endpoint of a model is open-circuited or already failed this request."""
+
+    def __init__(self, model: str, retry_after: float):
+        super().__init__(f"no endpoint of {model} can take requests now")
+        self.model = model
+        self.retry_after = retry_after
+
+
+class CircuitOpen(Exception):
+    """Raised instead of calling an endpoint whose breaker is open."""
+
+    def __init__(self, endpoint: str, retry_after: float):
+        super().__init__(f"circuit open for {endpoint}")
+        self.endpoint = endpoint
+        self.retry_after = retry_after
+
+
+class CircuitBreaker:
+    CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+
+    def __init__(self, name: str, failures: int = 3, reset_s: float = 15.0,
+                 on_change: Callable[["CircuitBreaker", str, str], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.name = name
+        self.max_failures = failures
+        self.reset_s = reset_s
+        self.on_change = on_change
+        self.clock = clock
+        self._state = self.CLOSED
+        self.failures = 0
+        self.opened_at = 0.0
+        self._trial = False
+
+    @property
+    def state(self) -> str:
+        if self._state == self.OPEN and self.clock() - self.opened_at >= self.reset_s:
+            self._set(self.HALF_OPEN)
+        return self._state
+
+    def retry_after(self) -> float:
+        return max(0.0, self.reset_s - (self.clock() - self.opened_at)) if self._state == self.OPEN else 0.0
+
+    def available(self) -> bool:
+        """Would a call go through now (closed, or half-open with no trial running)?"""
+        state = self.state
+        return state == self.CLOSED or (state == self.HALF_OPEN and not self._trial)
+
+    def before_call(self) -> None:
+        state = self.state
+        if state == self.OPEN or (state == self.HALF_OPEN and self._trial):
+            raise CircuitOpen(self.name, self.retry_after() or self.reset_s)
+        if state == self.HALF_OPEN:
+            self._trial = True
+
+    def success(self) -> None:
+        self.failures = 0
+        self._trial = False
+        if self._state != self.CLOSED:
+            self._set(self.CLOSED)
+
+    def failure(self) -> None:
+        self.failures += 1
+        self._trial = False
+        if self._state == self.HALF_OPEN or self.failures >= self.max_failures:
+            self.opened_at = self.clock()
+            if self._state != self.OPEN:
+                self._set(self.OPEN)
+
+    def _set(self, state: str) -> None:
+        old, self._state = self._state, state
+        if self.on_change:
+            self.on_change(self, old, state)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """A failure another try (maybe on another endpoint) can fix."""
+    if isinstance(exc, (httpx.TransportError, CircuitOpen, NoEndpoint)):
+        return True
+    return isinstance(exc, UpstreamStatus) and exc.status in RETRYABLE_STATUS
+
+
+def retrying(attempts: int, max_wait: float) -> AsyncRetrying:
+    """tenacity policy: exponential backoff with jitter, retryable errors only."""
+    return AsyncRetrying(
+        stop=stop_after_attempt(max(1, attempts)),
+        wait=wait_exponential_jitter(initial=0.1, max=max_wait, jitter=0.1),
+        retry=retry_if_exception(is_retryable),
+        reraise=True,
+    )

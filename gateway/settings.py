@@ -1,0 +1,100 @@
+"""Gateway settings: one typed object, from MUSICSPLIT_GATEWAY_* environment or flags.
+
+Lists and maps (endpoints, aliases) are JSON in the environment, e.g.
+MUSICSPLIT_GATEWAY_ENDPOINTS='[{"model": "htdemucs", "url": "http://eu.example", "region": "eu"}]'.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from musicsplit.validation import Limits
+
+
+class Endpoint(BaseModel):
+    """One predictor serving `model` at `url` (KServe v2) in `region`."""
+
+    model: str
+    url: str
+    region: str = "local"
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MUSICSPLIT_GATEWAY_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+    # Predictors. Regions are tried in `region_order` (nearest first), healthy first.
+    endpoints: list[Endpoint] = []
+    region_order: list[str] = []
+    default_model: str = "htdemucs"
+    fallback_model: str | None = None  # used when every endpoint of the chosen model is down (flag-gated)
+    aliases: dict[str, str] = {}  # static aliases; `default` is resolved by flags per user
+    health_interval_s: float = 5.0
+
+    # Storage: SQLite jobs database, uploaded inputs and stem results.
+    data_dir: Path = Path("/var/lib/musicsplit-gateway")
+    results_ttl_s: float = 24 * 3600.0
+    sweep_interval_s: float = 60.0
+
+    # Jobs: workers, bounded queue (429 beyond), chunking.
+    max_running_jobs: int = 4
+    max_queued_jobs: int = 64
+    chunk_seconds: float = 30.0
+    chunk_overlap_seconds: float = 2.0
+    chunk_concurrency: int = 4  # chunks of one job in flight at once
+    chunk_window: int = 8  # chunks held in memory per job (bounded memory)
+
+    # Resilience.
+    request_timeout_s: float = 600.0
+    connect_timeout_s: float = 3.0
+    retry_attempts: int = 4
+    retry_max_wait_s: float = 4.0
+    breaker_failures: int = 3
+    breaker_reset_s: float = 15.0
+
+    # Input limits (same module and defaults as the predictor).
+    max_request_bytes: int = 200 * 1024 * 1024
+    max_audio_seconds: float = 20 * 60.0
+    max_audio_seconds_unchunked: float = 10 * 60.0  # a single v2 request stays under Knative's 600 s cap
+    min_sample_rate: int = 16_000
+    max_channels: int = 2
+    max_batch_files: int = 32
+
+    # Cache: "disk" (embedded default), "redis" (shared by replicas) or "none".
+    cache_backend: str = "disk"
+    cache_max_bytes: int = 2 * 1024**3
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    cache_ttl_s: float = 7 * 24 * 3600.0
+    reseparation_window_s: float = 24 * 3600.0
+
+    # Flags: Unleash; the bootstrap file is the offline default.
+    unleash_url: str | None = None
+    unleash_api_token: str | None = None
+    unleash_app_name: str = "musicsplit-gateway"
+    unleash_environment: str = "default"
+    unleash_refresh_s: int = 15
+    flags_bootstrap: Path | None = None  # default: gateway/flags_bootstrap.json
+
+    # Notifications.
+    sentry_dsn: str | None = None
+    slack_webhook_url: str | None = None
+    pagerduty_routing_key: str | None = None
+    pagerduty_url: str = "https://events.pagerduty.com/v2/enqueue"
+    notify_dedup_s: float = 600.0
+
+    def limits(self) -> Limits:
+        return Limits(
+            max_bytes=self.max_request_bytes,
+            max_seconds=self.max_audio_seconds,
+            min_sample_rate=self.min_sample_rate,
+            max_channels=self.max_channels,
+        )
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "jobs.sqlite3"

@@ -1,0 +1,194 @@
+"""Routing a request to a predictor: endpoint choice, retries, breakers, fallback.
+
+One call = up to `retry_attempts` tries (tenacity, exponential backoff),
+each on the best endpoint not yet tried by this call (regions.py orders
+them), so a dead replica or region costs a connection error, not the user's
+request. When no endpoint of the chosen model can answer, the fallback model
+is tried if the flag allows; otherwise a clean 503 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Awaitable, Callable, TypeVar
+
+import httpx
+import numpy as np
+from opentelemetry import trace
+
+from musicsplit.errors import BadAudio, BadRequest, MusicsplitError, PayloadTooLarge, UpstreamUnavailable
+from musicsplit.gateway import metrics
+from musicsplit.gateway.regions import EndpointPool, EndpointState
+from musicsplit.gateway.resilience import NoEndpoint, UpstreamStatus, is_retryable, retrying
+from musicsplit.gateway.settings import GatewaySettings
+from musicsplit.telemetry import inject
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("musicsplit.gateway")
+T = TypeVar("T")
+
+
+@dataclass
+class Routed:
+    value: object
+    model: str
+    endpoint: EndpointState
+    fallback: bool = False
+
+
+def client_error(status: int, message: str) -> MusicsplitError:
+    """A predictor's 4xx, passed on with its message (bad input is the caller's to fix)."""
+    if status == 413:
+        return PayloadTooLarge(message)
+    if status == 400:
+        return BadAudio(message)
+    return BadRequest(message)
+
+
+class Router:
+    def __init__(self, settings: GatewaySettings, pool: EndpointPool):
+        self.settings = settings
+        self.pool = pool
+        self._clients: dict[str, object] = {}
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(settings.request_timeout_s,
+                                                             connect=settings.connect_timeout_s))
+
+    def v2client(self, url: str):
+        from musicsplit.v2client import AsyncV2Client
+
+        if url not in self._clients:
+            self._clients[url] = AsyncV2Client(url, timeout=self.settings.request_timeout_s)
+        return self._clients[url]
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        return self._http
+
+    async def close(self) -> None:
+        await self._http.aclose()
+        for c in self._clients.values():
+            close = getattr(c, "aclose", None) or getattr(c, "close", None)
+            if close:
+                res = close()
+                if hasattr(res, "__await__"):
+                    await res
+
+    async def call(self, model: str, fn: Callable[[EndpointState], Awaitable[T]], *,
+                   fallback: str | None = None) -> Routed:
+        """Run fn on an endpoint of `model` (retrying elsewhere), then of `fallback`."""
+        models = [model] + ([fallback] if fallback and fallback != model and self.pool.for_model(fallback) else [])
+        if not self.pool.for_model(model) and not models[1:]:
+            raise BadRequest(f"unknown model {model!r}: this gateway serves {sorted(self.pool.models())}")
+        last: BaseException | None = None
+        for m in models:
+            if not self.pool.for_model(m):
+                continue
+            try:
+                state, value = await self._with_retries(m, fn)
+            except MusicsplitError:
+                raise
+            except Exception as exc:  # retries exhausted on this model
+                last = exc
+                log.warning("model %s unavailable after retries: %s", m, exc)
+                continue
+            if m != model:
+                metrics.FALLBACKS.labels(model=model, fallback=m).inc()
+            return Routed(value, m, state, fallback=m != model)
+        retry_after = getattr(last, "retry_after", None) or self.pool.retry_after(model) or 5.0
+        raise UpstreamUnavailable(
+            f"no predictor for model {model!r} is answering right now ({last}); try again later",
+            retry_after=retry_after,
+        )
+
+    async def _with_retries(self, model: str, fn) -> tuple[EndpointState, object]:
+        tried: set[str] = set()
+        async for attempt in retrying(self.settings.retry_attempts, self.settings.retry_max_wait_s):
+            with attempt:
+                return await self._attempt(model, fn, tried)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _attempt(self, model: str, fn, tried: set[str]):
+        candidates = self.pool.candidates(model)
+        if not candidates:
+            raise NoEndpoint(model, self.pool.retry_after(model))
+        fresh = [c for c in candidates if c.url not in tried]
+        state = (fresh or candidates)[0]
+        tried.add(state.url)
+        state.breaker.before_call()
+        state.inflight += 1
+        start = time.perf_counter()
+        outcome = "success"
+        try:
+            with tracer.start_as_current_span("proxy", attributes={
+                    "predictor.model": model, "predictor.region": state.region, "predictor.url": state.url}):
+                value = await fn(state)
+        except UpstreamStatus as exc:
+            outcome = f"http_{exc.status}"
+            if exc.status >= 500:
+                state.breaker.failure()
+            else:
+                state.breaker.success()  # it answered: the endpoint works
+            if not is_retryable(exc):
+                raise client_error(exc.status, exc.message) from None
+            raise
+        except httpx.TransportError as exc:
+            outcome = "connection_error"
+            state.breaker.failure()
+            state.healthy = False  # skip it until the next probe says otherwise
+            log.warning("endpoint %s %s failed: %s", state.region, state.url, exc)
+            raise
+        except BaseException:
+            outcome = "cancelled"
+            raise
+        else:
+            state.breaker.success()
+            return state, value
+        finally:
+            state.inflight -= 1
+            metrics.UPSTREAM.labels(model=model, region=state.region, outcome=outcome).inc()
+            metrics.UPSTREAM_SECONDS.labels(model=model, region=state.region).observe(time.perf_counter() - start)
+
+    # -- the two kinds of calls ------------------------------------------------
+
+    async def separate(self, model: str, samples: np.ndarray, sample_rate: int, *, stems=None,
+                       fallback: str | None = None, shifts=None, overlap=None, segment=None) -> Routed:
+        """Separate [C, T] audio on some endpoint; returns Routed(value=Separation)."""
+
+        async def one(state: EndpointState):
+            from musicsplit.v2client import V2Error
+
+            client = self.v2client(state.url)
+            try:
+                sep = await client.separate(state.model, samples, sample_rate, stems=stems, shifts=shifts,
+                                            overlap=overlap, segment=segment, output_format="fp32",
+                                            headers=inject({}))
+            except V2Error as exc:
+                raise UpstreamStatus(exc.status, getattr(exc, "message", str(exc)),
+                                     getattr(exc, "retry_after", None)) from None
+            version = (sep.parameters or {}).get("model_version")
+            if version:
+                state.version = str(version)
+            return sep
+
+        return await self.call(model, one, fallback=fallback)
+
+    async def forward(self, model: str, path: str, body: bytes, headers: dict[str, str], *,
+                      fallback: str | None = None) -> Routed:
+        """The v2 pass-through: the body as sent, to `/v2/models/{model}{path}` on some endpoint."""
+
+        async def one(state: EndpointState):
+            out_headers = inject({k: v for k, v in headers.items()})
+            r = await self._http.post(f"{state.url}/v2/models/{state.model}{path}", content=body,
+                                      headers=out_headers)
+            if r.status_code >= 400:
+                try:
+                    message = r.json().get("error", r.text)
+                except ValueError:
+                    message = r.text
+                retry_after = r.headers.get("retry-after")
+                raise UpstreamStatus(r.status_code, message, float(retry_after) if retry_after else None)
+            return r
+
+        return await self.call(model, one, fallback=fallback)
