@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "musicsplit.gateway.cli",
     "musicsplit.demo",
     "musicsplit.operator.cli",
+    "musicsplit.evaluate",
 ]
 
 
