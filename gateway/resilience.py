@@ -116,7 +116,7 @@ def retrying(attempts: int, max_wait: float) -> AsyncRetrying:
     """tenacity policy: exponential backoff with jitter, retryable errors only."""
     return AsyncRetrying(
         stop=stop_after_attempt(max(1, attempts)),
-        wait=wait_exponential_jitter(initial=0.1, max=max_wait, jitter=0.1),
+        wait=wait_exponential_jitter(multiplier=0.1, max=max_wait, jitter=0.1),
         retry=retry_if_exception(is_retryable),
         reraise=True,
     )

@@ -432,7 +432,8 @@ class SeparationService:
         result = {**job.result, **outcome.result}
         result.pop("input_warnings", None)
         ok = self.store.transition(job.id, ("running",), status="succeeded", result=result, finished=time.time(),
-                                   model_version=outcome.version, chunks_done=result.get("chunks", 0) or 0)
+                                   model_version=outcome.version, chunks_done=result.get("chunks", 0) or 0,
+                                   chunks_total=result.get("chunks", 0) or 0)
         self._finish_files(job.id)
         if ok:
             self._observe(self.store.get(job.id), "success")

@@ -1,0 +1,222 @@
+"""The user-facing API against a real DSP-baseline predictor process: upload, job,
+progress over WebSocket, downloads, cancel, batch, bad input, v2 pass-through."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+import zipfile
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+from websockets.sync.client import connect
+
+from musicsplit.v2client import V2Client
+
+from .conftest import GatewayThread, make_settings, submit, tone, wait_job, wav_bytes
+
+
+@pytest.fixture(scope="module")
+def gw(baseline_url, tmp_path_factory):
+    gateway = GatewayThread(make_settings(tmp_path_factory.mktemp("gw-api"), [("dsp-baseline", baseline_url, "eu")],
+                                          max_queued_jobs=8, max_request_bytes=12 * 1024 * 1024,
+                                          aliases={"fast": "dsp-baseline"})).start()
+    yield gateway
+    gateway.stop()
+
+
+def test_upload_job_status_and_downloads(gw):
+    mix = tone(9.0)
+    r = submit(gw.url, wav_bytes(mix), user="alice", stems="vocals,drums")
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert r.headers["location"] == f"/v1/separations/{job['id']}"
+    assert job["status"] in ("queued", "running", "succeeded") and job["model"] == "dsp-baseline"
+    doc = wait_job(gw.url, job["id"])
+    assert doc["status"] == "succeeded", doc
+    assert doc["model_version"] and doc["arm"] == "control"
+    assert doc["progress"] == {"chunks_done": 3, "chunks_total": 3, "fraction": 1.0}  # 9 s in 4 s chunks
+    assert 0.0 <= doc["quality_score"] <= 1.0 and doc["cost_usd"] > 0 and doc["audio_seconds"] == 9.0
+    assert set(doc["stems"]) == {"vocals", "drums"}
+    stem = httpx.get(gw.url + doc["stems"]["vocals"])
+    assert stem.status_code == 200 and stem.headers["x-musicsplit-model"] == "dsp-baseline"
+    audio, rate = sf.read(io.BytesIO(stem.content), always_2d=True)
+    assert rate == 44100 and audio.shape == (mix.shape[1], 2)
+    z = httpx.get(gw.url + doc["zip_url"])
+    assert z.status_code == 200 and z.headers["content-type"] == "application/zip"
+    assert sorted(zipfile.ZipFile(io.BytesIO(z.content)).namelist()) == ["drums.wav", "vocals.wav"]
+    missing = httpx.get(f"{gw.url}/v1/separations/{job['id']}/stems/bass")
+    assert missing.status_code == 404 and "has no stem 'bass'" in missing.json()["error"]
+
+
+def test_flac_output_and_stems_add_up_to_the_mix(gw):
+    mix = tone(3.0, seed=3)
+    doc = wait_job(gw.url, submit(gw.url, wav_bytes(mix), output_format="flac").json()["id"])
+    assert doc["status"] == "succeeded"
+    total = 0
+    for url in doc["stems"].values():
+        r = httpx.get(gw.url + url)
+        assert r.headers["content-type"] == "audio/flac"
+        audio, _ = sf.read(io.BytesIO(r.content), always_2d=True)
+        total = total + audio.T
+    # The baseline is mixture-consistent; 24-bit flac and overlap-add keep that to ~1e-4.
+    assert np.max(np.abs(total - mix)) < 1e-3
+
+
+def test_websocket_streams_per_chunk_progress_to_completion(gw):
+    job = submit(gw.url, wav_bytes(tone(20.0, seed=5)), user="bob").json()
+    messages = []
+    with connect(gw.url.replace("http", "ws") + job["progress_url"], open_timeout=10) as ws:
+        for raw in ws:
+            messages.append(json.loads(raw))
+    assert messages[-1]["status"] == "succeeded" and messages[-1]["progress"] == 1.0
+    assert messages[-1]["result_url"] == f"/v1/separations/{job['id']}"
+    done = [m["chunks_done"] for m in messages]
+    assert done == sorted(done), "progress only goes forward"
+    assert len(set(done)) >= 3, f"per-chunk updates expected, got {done}"
+    assert messages[-1]["chunks_total"] == 6
+
+
+def test_websocket_for_unknown_job_says_so(gw):
+    with connect(gw.url.replace("http", "ws") + "/v1/separations/nope/progress") as ws:
+        msg = json.loads(ws.recv())
+        assert msg["code"] == "not_found"
+
+
+def test_delete_cancels_a_running_job(gw):
+    job = submit(gw.url, wav_bytes(tone(60.0, channels=1, seed=7), subtype="PCM_16")).json()
+    deadline = time.monotonic() + 20
+    while httpx.get(f"{gw.url}/v1/separations/{job['id']}").json()["progress"]["chunks_done"] < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    r = httpx.delete(f"{gw.url}/v1/separations/{job['id']}")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    time.sleep(0.5)
+    doc = httpx.get(f"{gw.url}/v1/separations/{job['id']}").json()
+    assert doc["status"] == "cancelled" and doc["stems"] == {}
+    assert doc["progress"]["chunks_done"] < doc["progress"]["chunks_total"]
+    r = httpx.get(f"{gw.url}/v1/separations/{job['id']}/stems.zip")
+    assert r.status_code == 409 and "cancelled" in r.json()["error"]
+    assert not (gw.service.job_dir(job["id"]) / "stems").exists(), "partial stems deleted"
+
+
+@pytest.mark.parametrize("case,status,code,fragment", [
+    ("not audio", 400, "bad_audio", "could not decode"),
+    ("empty", 400, "bad_audio", "empty"),
+    ("8 kHz", 400, "bad_audio", "below the minimum of 16000 Hz"),
+    ("NaN", 400, "bad_audio", "NaN"),
+    ("too short", 400, "bad_audio", "send at least"),
+    ("oversize", 413, "payload_too_large", "over the limit"),
+    ("bad format", 400, "bad_request", "output_format"),
+    ("unknown model", 400, "bad_request", "unknown model"),
+    ("no file", 400, "bad_request", "file"),
+    ("bad stems", 400, "bad_request", "stem name"),
+])
+def test_bad_input_is_refused_with_a_message_saying_what_to_fix(gw, case, status, code, fragment):
+    good = wav_bytes(tone(1.0))
+    nan = tone(1.0)
+    nan[0, 100] = np.nan
+    if case == "no file":
+        r = httpx.post(f"{gw.url}/v1/separations", data={"model": "default"}, timeout=10)
+    else:
+        data, form = {
+            "not audio": (b"this is a text file, not a song", {}),
+            "empty": (b"", {}),
+            "8 kHz": (wav_bytes(tone(1.0, rate=8000), rate=8000), {}),
+            "NaN": (wav_bytes(nan), {}),
+            "too short": (wav_bytes(tone(0.01)), {}),
+            "oversize": (b"\0" * (13 * 1024 * 1024), {}),
+            "bad format": (good, {"output_format": "mp4"}),
+            "unknown model": (good, {"model": "htdemucs_99"}),
+            "bad stems": (good, {"stems": "vocals;drop table"}),
+        }[case]
+        r = submit(gw.url, data, **form)
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["code"] == code and fragment in body["error"], body
+
+
+def test_idempotency_key_returns_the_same_job(gw):
+    data = wav_bytes(tone(1.0, seed=11))
+    headers = {"Idempotency-Key": "k-123", "X-User-Id": "carol"}
+    ids = {httpx.post(f"{gw.url}/v1/separations", files={"file": ("a.wav", data)}, headers=headers).json()["id"]
+           for _ in range(3)}
+    assert len(ids) == 1
+
+
+def test_batch_runs_one_job_per_file_and_reports_rejects(gw):
+    files = [("files", (f"s{i}.wav", wav_bytes(tone(2.0, seed=20 + i)), "audio/wav")) for i in range(3)]
+    files.append(("files", ("notes.txt", b"hello", "text/plain")))
+    r = httpx.post(f"{gw.url}/v1/separations/batch", files=files, headers={"X-User-Id": "dave"}, timeout=30)
+    assert r.status_code == 202, r.text
+    batch = r.json()
+    assert len(batch["jobs"]) == 3 and batch["rejected"][0]["filename"] == "notes.txt"
+    assert batch["rejected"][0]["code"] == "bad_audio"
+    deadline = time.monotonic() + 30
+    while (view := httpx.get(f"{gw.url}/v1/batches/{batch['batch_id']}").json())["status"] == "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert view["status"] == "succeeded" and view["counts"] == {"succeeded": 3}
+    assert httpx.get(f"{gw.url}/v1/batches/unknown").status_code == 404
+
+
+def test_unknown_job_is_404(gw):
+    r = httpx.get(f"{gw.url}/v1/separations/0123")
+    assert r.status_code == 404 and r.json()["code"] == "not_found"
+
+
+@pytest.mark.parametrize("alias", ["default", "fast", "dsp-baseline"])
+def test_v2_pass_through_resolves_aliases_for_standard_clients(gw, alias):
+    mix = tone(2.0, seed=13)
+    with V2Client(gw.url, headers={"X-User-Id": "erin"}) as client:
+        sep = client.separate(alias, mix, 44100)
+    assert set(sep.stems) == {"drums", "bass", "other", "vocals"}
+    assert sep.model_version and sep.stems["vocals"].shape == mix.shape
+    np.testing.assert_allclose(sum(sep.stems.values()), mix, atol=1e-4)
+
+
+def test_v2_pass_through_says_model_version_and_arm(gw):
+    mix = tone(1.0)
+    body = json.dumps({"inputs": [{"name": "audio", "datatype": "FP32", "shape": list(mix.shape),
+                                   "data": mix.ravel().tolist(), "parameters": {"sample_rate": 44100}}],
+                       "parameters": {"stems": "vocals"}})
+    r = httpx.post(f"{gw.url}/v2/models/default/infer", content=body, headers={"X-User-Id": "erin"}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.headers["x-musicsplit-model"] == "dsp-baseline" and r.headers["x-musicsplit-arm"] == "control"
+    assert r.headers["x-musicsplit-model-version"] != "unknown"
+    bad = httpx.post(f"{gw.url}/v2/models/default/infer", content=b'{"inputs": []}', timeout=30)
+    assert bad.status_code == 400 and bad.json()["error"]  # the predictor's message, passed on
+    assert httpx.get(f"{gw.url}/v2/models/default/ready").json()["ready"] is True
+    assert httpx.get(f"{gw.url}/v2/health/ready").status_code == 200
+
+
+def test_concurrent_duplicate_uploads_compute_once(gw):
+    data = wav_bytes(tone(12.0, seed=17))
+    before = _upstream_successes()
+    results = [None] * 4
+
+    def go(i):
+        results[i] = submit(gw.url, data, user=f"dup{i}", stems="bass").json()["id"]
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    docs = [wait_job(gw.url, j) for j in results]
+    assert all(d["status"] == "succeeded" for d in docs)
+    assert len({d["id"] for d in docs}) == 4
+    # One computation serves all four; the others join it or hit the cache.
+    chunks = max(d["progress"]["chunks_total"] for d in docs)
+    assert chunks == 4 and _upstream_successes() - before == chunks
+
+
+def _upstream_successes() -> float:
+    from prometheus_client import REGISTRY
+
+    return sum(s.value for m in REGISTRY.collect() if m.name == "musicsplit_gateway_upstream_requests"
+               for s in m.samples if s.name.endswith("_total") and s.labels.get("outcome") == "success")
