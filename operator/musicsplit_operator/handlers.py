@@ -31,6 +31,9 @@ def configure(settings: kopf.OperatorSettings, logger, **_) -> None:
         prefix="musicsplit.io", key="last-handled-configuration")
     settings.posting.level = logging.getLevelName(SETTINGS.event_log_level)
     settings.watching.server_timeout = 60
+    # The CRD is installed before the operator (manifests/, the chart): no need
+    # to watch CRDs, so no RBAC for them.
+    settings.scanning.disabled = True
     try:
         k8s_config.load_incluster_config()
     except k8s_config.ConfigException:

@@ -1,0 +1,502 @@
+"""A Kubernetes API on 127.0.0.1 for the operator's tests, and KServe's part.
+
+- `CRDEmulator`: kmock's stateful `KubernetesEmulator` plus what a real API
+  server does that the operator and `kubectl` rely on: CRDs register their
+  resource when applied, custom resources are validated against the CRD's
+  openAPIV3Schema (422 with the field and the reason), server-side Tables
+  from additionalPrinterColumns (`kubectl get sm`), list kinds, uid /
+  creationTimestamp / generation, and the status subresource split (status
+  is ignored on create and on main-resource patches).
+- `Cluster`: the emulator served on 127.0.0.1 from a background thread, a
+  kubeconfig pointing at it, and `kubectl` / operator processes.
+- `KServeSimulator`: plays KServe's (and Knative's) controller, and the
+  garbage collector: for each InferenceService, a new revision per storageUri,
+  ready after a delay; traffic per canaryTrafficPercent; status as KServe
+  writes it (components.predictor.traffic with latest/prev tags and URLs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+import jsonschema
+import kmock
+import yaml
+from kmock import KubernetesEmulator, ResourceInfo
+from kmock._internal import enums
+from kmock._internal.k8s import KubernetesError
+
+REPO = Path(__file__).resolve().parents[2]
+CRD_RESOURCE = "apiextensions.k8s.io/v1/customresourcedefinitions"
+ISVC = "serving.kserve.io/v1beta1/inferenceservices"
+SM = "musicsplit.io/v1alpha1/separationmodels"
+
+
+def merge_patch(base, patch):
+    """RFC 7386 JSON merge patch."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = dict(base) if isinstance(base, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = merge_patch(out.get(k), v)
+    return out
+
+
+def _age(ts: str | None) -> str:
+    if not ts:
+        return "<unknown>"
+    s = int((datetime.now(timezone.utc) - datetime.fromisoformat(ts.replace("Z", "+00:00"))).total_seconds())
+    return f"{s}s" if s < 120 else f"{s // 60}m" if s < 7200 else f"{s // 3600}h"
+
+
+def _jsonpath(obj: dict, path: str):
+    cur = obj
+    for part in path.strip(".").split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur
+
+
+def _field_errors(schema: dict, obj: dict) -> list[tuple[str, str]]:
+    """Schema errors as (field, message), worded like the API server's."""
+    out = []
+    for e in sorted(jsonschema.Draft4Validator(schema).iter_errors(obj), key=lambda e: list(e.absolute_path)):
+        path = ".".join(str(p) for p in e.absolute_path)
+        if e.validator == "required":
+            missing = e.message.split("'")[1]
+            out.append((f"{path + '.' if path else ''}{missing}", "Required value"))
+        elif e.validator == "additionalProperties":
+            extra = sorted(set(e.instance) - set(e.schema.get("properties", {})))
+            out.extend((f"{path + '.' if path else ''}{x}", "field not declared in schema") for x in extra)
+        elif e.validator == "enum":
+            opts = ", ".join(f'"{o}"' for o in e.validator_value)
+            out.append((path, f"Unsupported value: {json.dumps(e.instance)}: supported values: {opts}"))
+        elif e.validator == "pattern":
+            out.append((path, f"Invalid value: {json.dumps(e.instance)}: {path} in body should match "
+                              f"'{e.validator_value}'"))
+        elif e.validator in ("minimum", "maximum"):
+            word = "greater than or equal to" if e.validator == "minimum" else "less than or equal to"
+            out.append((path, f"Invalid value: {e.instance}: {path} in body should be {word} {e.validator_value}"))
+        elif e.validator == "type":
+            out.append((path, f'Invalid value: "{type(e.instance).__name__}": {path} in body must be of type '
+                              f"{e.validator_value}: {json.dumps(e.instance)}"))
+        else:
+            out.append((path, f"Invalid value: {json.dumps(e.instance)[:80]}: {e.message}"))
+    return out
+
+
+def _invalid(kind: str, group: str, name: str, errors: list[tuple[str, str]]) -> KubernetesError:
+    text = [f"{f}: {m}" for f, m in errors]
+    return KubernetesError(
+        status=422, reason="Invalid",
+        message=f'{kind}.{group} "{name}" is invalid: ' + (text[0] if len(text) == 1 else "[" + ", ".join(text) + "]"),
+        details={"name": name, "group": group, "kind": kind,
+                 "causes": [{"reason": "FieldValueInvalid", "message": m, "field": f} for f, m in errors]},
+    )
+
+
+class CRDEmulator(KubernetesEmulator):
+    """See the module docstring."""
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.crds: dict[str, dict] = {}  # resource key 'group/version/plural' -> CRD version entry + names
+        # OpenAPI v3 that says "PATCH takes fieldValidation": kubectl then leaves
+        # validation to the server (us) instead of downloading schemas itself.
+        self.fallback["get /openapi/v3"] << self._serve_openapi_root
+        self.fallback["get", re.compile(r"/openapi/v3/.+")] << self._serve_openapi_gv
+
+    def _group_versions(self) -> set[str]:
+        return {(f"apis/{r.group}/{r.version}" if r.group else f"api/{r.version}") for r in self._get_resources()}
+
+    async def _serve_version(self, request):
+        # Subresources have no short names or categories of their own (kubectl warns otherwise).
+        out = await super()._serve_version(request)
+        for r in out["resources"]:
+            if "/" in r["name"]:
+                r["shortNames"], r["categories"] = [], []
+        return out
+
+    async def _serve_openapi_root(self, request):
+        return {"paths": {gv: {"serverRelativeURL": f"/openapi/v3/{gv}?hash=0"} for gv in self._group_versions()}}
+
+    async def _serve_openapi_gv(self, request):
+        gv = request.url.path.removeprefix("/openapi/v3/")
+        group, version = (gv.split("/")[1:3] if gv.startswith("apis/") else ("", gv.split("/")[1]))
+        paths = {}
+        for res in self._get_resources():
+            if (res.group, res.version) != (group, version) or res not in self.resources:
+                continue
+            info = self.resources[res]
+            kind = info.kind or res.plural.capitalize()
+            prefix = f"/apis/{group}/{version}" if group else f"/api/{version}"
+            ns = "/namespaces/{namespace}" if info.namespaced else ""
+            paths[f"{prefix}{ns}/{res.plural}/{{name}}"] = {"patch": {
+                "x-kubernetes-group-version-kind": {"group": group, "version": version, "kind": kind},
+                "parameters": [{"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}],
+                "requestBody": {"content": {"application/merge-patch+json": {"schema": {"type": "object"}}}},
+                "responses": {"200": {"description": "OK"}},
+            }}
+        return {"openapi": "3.0.0", "info": {"title": "kmock", "version": "v1"}, "paths": paths,
+                "components": {"schemas": {}}}
+
+    def _info(self, request):
+        key = f"{request.resource.group}/{request.resource.version}/{request.resource.plural}".lstrip("/")
+        return key, self.crds.get(key)
+
+    def _register_crd(self, crd: dict) -> None:
+        spec = crd["spec"]
+        names = spec["names"]
+        for v in spec["versions"]:
+            key = f"{spec['group']}/{v['name']}/{names['plural']}"
+            self.resources[key] = ResourceInfo(
+                kind=names["kind"], singular=names.get("singular"), namespaced=spec["scope"] == "Namespaced",
+                verbs={"get", "list", "watch", "create", "patch", "delete"}, shortnames=set(names.get("shortNames", [])),
+                categories=set(names.get("categories", [])), subresources=set((v.get("subresources") or {}).keys()))
+            self.crds[key] = {"group": spec["group"], "names": names, "version": v}
+
+    async def _handle(self, request):
+        if request.resource is not None:
+            self._admit(request)
+        return await super()._handle(request)
+
+    def _admit(self, request) -> None:
+        """What the API server does before storing: defaults, validation, status split."""
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        key, crd = self._info(request)
+        if request.action == enums.action.CREATE and isinstance(request.data, dict):
+            meta = request.data.setdefault("metadata", {})
+            meta.setdefault("uid", str(uuid.uuid4()))
+            meta.setdefault("creationTimestamp", now)
+            meta["generation"] = 1
+            meta["resourceVersion"] = str(time.monotonic_ns())
+            if request.namespace and "namespace" not in meta and (crd is None or
+                                                                  self.resources[key].namespaced):
+                meta["namespace"] = request.namespace
+            if key == CRD_RESOURCE:
+                self._register_crd(request.data)
+            if crd is not None:
+                if "status" in (crd["version"].get("subresources") or {}):
+                    request.data.pop("status", None)
+                self._validate(crd, request.data)
+        elif request.action == enums.action.UPDATE and isinstance(request.data, dict):
+            try:
+                current = self.objects[request.resource, request.namespace, request.name]
+            except KeyError:
+                return
+            if current.deleted:
+                return
+            current = dict(current.raw)
+            patch = request.data
+            meta = patch.setdefault("metadata", {}) if request.subresource != "status" else None
+            if crd is not None and "status" in (crd["version"].get("subresources") or {}):
+                if request.subresource == "status":
+                    for k in list(patch):
+                        if k != "status":
+                            patch.pop(k)
+                else:
+                    patch.pop("status", None)
+            merged = merge_patch(current, patch)
+            if crd is not None and request.subresource != "status":
+                self._validate(crd, merged)
+            if meta is not None and merged.get("spec") != current.get("spec"):
+                meta["generation"] = int(current.get("metadata", {}).get("generation") or 1) + 1
+            patch.setdefault("metadata", {})["resourceVersion"] = str(time.monotonic_ns())
+
+    def _validate(self, crd: dict, obj: dict) -> None:
+        schema = ((crd["version"].get("schema") or {}).get("openAPIV3Schema")) or {}
+        body = {k: v for k, v in obj.items() if k != "status"}
+        errors = _field_errors(schema, body)
+        if errors:
+            raise _invalid(crd["names"]["kind"], crd["group"], obj.get("metadata", {}).get("name", ""), errors)
+
+    # -- reads: list kinds and server-side Tables
+
+    def _wants_table(self, request) -> bool:
+        accept = next((v for k, v in request.headers.items() if k.lower() == "accept"), "")
+        return "as=Table" in accept
+
+    def _table(self, request, items: list[dict]) -> dict:
+        key, crd = self._info(request)
+        cols = [{"name": "Name", "type": "string", "format": "name", "description": "name", "priority": 0}]
+        paths = []
+        printer = (crd or {}).get("version", {}).get("additionalPrinterColumns") or [
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}]
+        for c in printer:
+            cols.append({"name": c["name"], "type": "string" if c["type"] == "date" else c["type"],
+                         "format": "", "description": c.get("description", ""), "priority": c.get("priority", 0)})
+            paths.append(c)
+        rows = []
+        for obj in items:
+            cells = [obj.get("metadata", {}).get("name")]
+            for c in paths:
+                v = _jsonpath(obj, c["jsonPath"])
+                cells.append(_age(v) if c["type"] == "date" else ("<none>" if v is None else v))
+            rows.append({"cells": cells, "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                                                    "metadata": obj.get("metadata", {})}})
+        return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": "1"},
+                "columnDefinitions": cols, "rows": rows}
+
+    async def _serve_list(self, request):
+        result = await super()._serve_list(request)
+        if self._wants_table(request):
+            return self._table(request, result["items"])
+        info = self.resources.get(request.resource) if request.resource in self.resources else None
+        kind = (info.kind if info and info.kind else (request.resource.plural or "").capitalize())
+        group = request.resource.group
+        result["apiVersion"] = f"{group}/{request.resource.version}" if group else request.resource.version
+        result["kind"] = f"{kind}List"
+        return result
+
+    async def _serve_fetch(self, request):
+        obj = await super()._serve_fetch(request)
+        return self._table(request, [obj]) if self._wants_table(request) else obj
+
+
+class Cluster:
+    """The emulator on 127.0.0.1 in a background thread, with a kubeconfig."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = Path(workdir)
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True, name="kmock")
+        self.emu: CRDEmulator | None = None
+        self.url = ""
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self._main())
+
+    async def _main(self) -> None:
+        self._stop = asyncio.Event()
+        async with CRDEmulator() as emu, kmock.Server(emu) as server:
+            emu.resources.load_bundled()
+            self.emu, self.url = emu, str(server.url).rstrip("/")
+            self._ready.set()
+            await self._stop.wait()
+
+    def __enter__(self) -> "Cluster":
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise RuntimeError("kmock did not start")
+        self.kubeconfig = self.workdir / "kubeconfig"
+        self.kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
+            "clusters": [{"name": "kmock", "cluster": {"server": self.url}}],
+            "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock", "namespace": "default"}}],
+            "users": [{"name": "kmock", "user": {"token": "test"}}],
+        }))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._stop is not None:
+            self.loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+    # -- clients
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        cmd = ["kubectl", "--kubeconfig", str(self.kubeconfig), *args]
+        p = subprocess.run(cmd, capture_output=True, text=True, input=input, timeout=60)
+        if check and p.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)} -> {p.returncode}\n{p.stdout}\n{p.stderr}")
+        return p
+
+    def apply(self, docs: list[dict] | dict, check: bool = True) -> subprocess.CompletedProcess:
+        docs = docs if isinstance(docs, list) else [docs]
+        return self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs), check=check)
+
+    def get(self, resource: str, name: str, namespace: str = "default") -> dict | None:
+        try:
+            obj = self.emu.objects[kmock.resource(resource), namespace, name]
+        except KeyError:
+            return None
+        return None if obj.deleted else json.loads(json.dumps(dict(obj.raw)))
+
+    def events(self, namespace: str = "default") -> list[dict]:
+        out = []
+        for (res, ns, _), obj in list(self.emu.objects.items()):
+            if res == kmock.resource("v1/events") and ns == namespace and not obj.deleted:
+                out.append(dict(obj.raw))
+        return out
+
+    def wait(self, what, timeout: float = 30.0, interval: float = 0.2, message: str = ""):
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            try:
+                last = what()
+                if last:
+                    return last
+            except (KeyError, TypeError, IndexError):
+                pass
+            time.sleep(interval)
+        raise AssertionError(f"timed out after {timeout}s waiting for {message or what}; last: {last!r}")
+
+
+class Operator:
+    """`musicsplit serve operator` as a process against the cluster."""
+
+    def __init__(self, cluster: Cluster, log: Path, tick: float = 0.5, env: dict | None = None):
+        self.log_path = log
+        full = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "MUSICSPLIT_OPERATOR_TICK_SECONDS": str(tick),
+                "MUSICSPLIT_OPERATOR_PROMETHEUS_TIMEOUT_SECONDS": "2", **(env or {})}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "musicsplit.cli", "serve", "operator", "--standalone", "-n", "default",
+             "--liveness", "", "-v"],
+            stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=full, cwd=REPO, start_new_session=True)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+class KServeSimulator:
+    """KServe's controller, Knative's revisions and the garbage collector, honestly small.
+
+    `endpoints` maps storageUri -> URL of a process serving it (end-to-end
+    tests); other URIs get placeholder URLs. `ready_after` is how long a new
+    revision takes to become ready; URIs in `broken` never do (RevisionFailed).
+    """
+
+    def __init__(self, cluster: Cluster, *, endpoints: dict[str, str] | None = None, ready_after: float = 0.3,
+                 broken: set[str] = frozenset(), period: float = 0.1):
+        self.cluster, self.endpoints, self.ready_after, self.broken = cluster, endpoints or {}, ready_after, broken
+        self.period = period
+        self.revisions: dict[tuple, list[dict]] = {}  # (ns, name) -> [{name, uri, created}]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="kserve-sim")
+        self.http = httpx.Client(base_url=cluster.url, timeout=5.0)
+        self.split: dict[tuple, dict[str, float]] = {}  # (ns, name) -> {url: fraction} (what Knative routes)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(5)
+        self.http.close()
+
+    def _loop(self):
+        while not self._stop.is_set():
+            try:
+                self.step()
+            except httpx.HTTPError:
+                pass
+            self._stop.wait(self.period)
+
+    def step(self):
+        r = self.http.get("/apis/serving.kserve.io/v1beta1/inferenceservices")
+        if r.status_code != 200:
+            return
+        owners = {o["metadata"]["uid"] for o in self._list("/apis/musicsplit.io/v1alpha1/separationmodels")}
+        for isvc in r.json().get("items", []):
+            meta = isvc["metadata"]
+            refs = meta.get("ownerReferences") or []
+            if refs and not any(ref["uid"] in owners for ref in refs):
+                # The garbage collector: the owner is gone, so is its InferenceService.
+                self.http.delete(f"/apis/serving.kserve.io/v1beta1/namespaces/{meta['namespace']}"
+                                 f"/inferenceservices/{meta['name']}")
+                self.revisions.pop((meta["namespace"], meta["name"]), None)
+                continue
+            status = self.reconcile(isvc)
+            if status != isvc.get("status"):
+                self.http.patch(
+                    f"/apis/serving.kserve.io/v1beta1/namespaces/{meta['namespace']}/inferenceservices/"
+                    f"{meta['name']}/status", json={"status": status},
+                    headers={"Content-Type": "application/merge-patch+json"})
+
+    def _list(self, path):
+        r = self.http.get(path)
+        return r.json().get("items", []) if r.status_code == 200 else []
+
+    def reconcile(self, isvc: dict) -> dict:
+        meta, pred = isvc["metadata"], isvc["spec"]["predictor"]
+        key = (meta["namespace"], meta["name"])
+        uri = (pred.get("model") or {}).get("storageUri") or next(
+            (e["value"] for c in pred.get("containers") or [] for e in c.get("env") or []
+             if e["name"] == "STORAGE_URI"), None)
+        revs = self.revisions.setdefault(key, [])
+        now = time.monotonic()
+        # A spec change that moves the storageUri creates a new revision (Knative).
+        if not revs or revs[-1]["uri"] != uri:
+            revs.append({"name": f"{meta['name']}-predictor-{len(revs) + 1:05d}", "uri": uri, "created": now,
+                         "ready": False})
+        for rev in revs:
+            if not rev["ready"] and rev["uri"] not in self.broken and now - rev["created"] >= self.ready_after:
+                rev["ready"] = True
+        old = isvc.get("status") or {}
+        comp_old = (old.get("components") or {}).get("predictor") or {}
+        latest = revs[-1]
+        rolled = comp_old.get("latestRolledoutRevision")
+        pct = pred.get("canaryTrafficPercent")
+        host = f"{meta['name']}-predictor.{meta['namespace']}.example.com"
+        by_name = {r["name"]: r for r in revs}
+
+        def url(rev, tag):
+            return self.endpoints.get(rev["uri"], f"http://{tag}-{host}")
+
+        traffic = []
+        prev_rolled = comp_old.get("previousRolledoutRevision")
+        if not latest["ready"]:
+            # Knative keeps routing to what it routed before.
+            serving = by_name.get(rolled) if rolled else None
+            if serving:
+                traffic.append({"revisionName": serving["name"], "percent": 100, "latestRevision": False,
+                                "tag": "prev", "url": url(serving, "prev")})
+        elif pct is None or rolled is None or rolled == latest["name"]:
+            if rolled != latest["name"]:
+                prev_rolled, rolled = rolled, latest["name"]
+            traffic.append({"revisionName": latest["name"], "percent": 100, "latestRevision": True, "tag": "latest",
+                            "url": url(latest, "latest")})
+        else:
+            stable = by_name[rolled]
+            traffic.append({"revisionName": latest["name"], "percent": pct, "latestRevision": True,
+                            "tag": "latest", "url": url(latest, "latest")})
+            traffic.append({"revisionName": stable["name"], "percent": 100 - pct, "latestRevision": False,
+                            "tag": "prev", "url": url(stable, "prev")})
+        self.split[key] = {t["url"]: t["percent"] / 100 for t in traffic}
+        any_ready = bool(traffic)
+        cond = [{"type": "Ready", "status": "True" if any_ready else "False"},
+                {"type": "PredictorReady", "status": "True" if latest["ready"] else "False",
+                 **({"reason": "RevisionFailed", "message": f"revision {latest['name']} failed: {latest['uri']} "
+                                                            "could not be loaded"}
+                    if latest["uri"] in self.broken else {})}]
+        return {
+            "url": f"http://{host}",
+            "conditions": cond,
+            "components": {"predictor": {
+                "latestCreatedRevision": latest["name"],
+                "latestReadyRevision": next((r["name"] for r in reversed(revs) if r["ready"]), None),
+                "latestRolledoutRevision": rolled,
+                "previousRolledoutRevision": prev_rolled,
+                "traffic": traffic,
+            }},
+        }
