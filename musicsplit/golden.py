@@ -96,7 +96,8 @@ def _harmonic(notes, sr, harmonics, amps, attack, decay, vibrato=0.0):
     pitches, which = np.unique(np.where(on, midi, 60.0), return_inverse=True)
     f0 = _hz(pitches)[which]
     if vibrato:
-        f0 = f0 * 2.0 ** (vibrato / 12 * np.sin(2 * np.pi * 5.5 * np.arange(len(midi)) / sr) * np.minimum(since / 0.3, 1))
+        depth = vibrato / 12 * np.minimum(since / 0.3, 1)  # vibrato fades in over 0.3 s, as sung
+        f0 = f0 * 2.0 ** (depth * np.sin(2 * np.pi * 5.5 * np.arange(len(midi)) / sr))
     phase = 2 * np.pi * np.cumsum(f0) / sr
     # sin(k x) by the Chebyshev recurrence: one sin/cos pair instead of one sin per harmonic.
     two_cos, prev, cur = 2 * np.cos(phase), np.zeros(len(midi)), np.sin(phase)
