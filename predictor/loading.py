@@ -238,12 +238,32 @@ def _builtin_baseline():
     return DSPBaseline()
 
 
+REMOTE_SCHEMES = ("s3://", "gs://", "https://", "http://", "hdfs://", "webhdfs://", "pvc://", "oci://")
+
+
+def _download(uri: str) -> str:
+    """Remote storageUri without KServe's storage initializer: fetch it with kserve-storage."""
+    try:
+        from kserve_storage import Storage
+    except ImportError:
+        raise ModelLoadError(
+            f"{uri} is remote: let KServe's storage initializer mount it at /mnt/models, "
+            "or install kserve-storage (pip install 'kserve[storage]') to fetch it here"
+        ) from None
+    try:
+        return Storage.download(uri)
+    except Exception as exc:  # each backend raises its own types
+        raise ModelLoadError(f"could not download {uri}: {exc}") from None
+
+
 def load(model_dir: str, device: str = "auto") -> LoadedModel:
     """Load from a model dir, `builtin://dsp-baseline`, a pretrained name or `hf://...`."""
     import time
 
     start = time.perf_counter()
     source = model_dir.removeprefix("file://")
+    if source.startswith(REMOTE_SCHEMES):
+        source = _download(source)
     manifest = Manifest()
     if source == BUILTIN_BASELINE:
         separator, name, version, arch, dev = _builtin_baseline(), "dsp-baseline", "builtin-1", "dsp-baseline", "cpu"

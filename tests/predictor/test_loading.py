@@ -102,3 +102,14 @@ def test_progress_reaches_one_in_increasing_steps(tiny_model_dir):
     seen = []
     sep.separate(np.zeros((2, 44100 * 5), np.float32), shifts=1, progress=seen.append)
     assert seen == sorted(seen) and seen[-1] == 1.0 and len(seen) > 2
+
+
+def test_remote_storage_uri_without_kserve_storage_says_how_to_get_it():
+    try:
+        import kserve_storage  # noqa: F401
+    except ImportError:
+        with pytest.raises(ModelLoadError, match="storage initializer mount it at /mnt/models"):
+            load("s3://models/htdemucs/v4", "cpu")
+    else:
+        with pytest.raises(ModelLoadError, match="could not download s3://models/htdemucs/v4"):
+            load("s3://models/htdemucs/v4", "cpu")
