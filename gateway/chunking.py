@@ -23,8 +23,14 @@ class Chunk:
     end: int  # one past the last sample
 
 
-def plan_chunks(total: int, chunk: int, overlap: int) -> list[Chunk]:
-    """Chunks of at most `chunk` samples covering [0, total), neighbours overlapping."""
+def plan_chunks(total: int, chunk: int, overlap: int, align: int = 1) -> list[Chunk]:
+    """Chunks of at most `chunk` samples covering [0, total), neighbours overlapping.
+
+    `align` > 1 starts every chunk on a multiple of `align` samples: a model
+    that frames its input on a fixed grid (an STFT hop, Demucs' segment
+    stride) then sees the same frames in a chunk as in the whole track, and
+    only the cross-faded edges differ.
+    """
     if total <= 0:
         return []
     if chunk <= 0:
@@ -32,6 +38,17 @@ def plan_chunks(total: int, chunk: int, overlap: int) -> list[Chunk]:
     overlap = max(0, min(overlap, chunk // 2))
     if total <= chunk:
         return [Chunk(0, 0, total)]
+    if align > 1:
+        step = max(align, (chunk - overlap) // align * align)
+        if step >= chunk:
+            raise ValueError(f"chunks of {chunk} samples cannot overlap on a grid of {align} samples")
+        chunks, start = [], 0
+        while True:
+            end = min(total, start + chunk)
+            chunks.append(Chunk(len(chunks), start, end))
+            if end == total:
+                return chunks
+            start += step
     count = math.ceil((total - overlap) / (chunk - overlap))
     step = (total - overlap) / count
     length = min(chunk, math.ceil(step) + overlap)

@@ -315,7 +315,8 @@ class SeparationService:
         total, rate = int(info.frames), int(info.samplerate)
         chunked = self.flags.enabled(CHUNKED_FLAG, job.user_id)
         chunk_len = int(self.settings.chunk_seconds * rate) if chunked else total
-        chunks = plan_chunks(total, chunk_len, int(self.settings.chunk_overlap_seconds * rate))
+        chunks = plan_chunks(total, chunk_len, int(self.settings.chunk_overlap_seconds * rate),
+                             align=self.settings.chunk_align_samples or 1)
         self.store.update(job.id, chunks_total=len(chunks), chunks_done=0)
         self._publish(job.id)
         fallback = self.fallback_for(job.user_id)

@@ -48,6 +48,7 @@ class GatewaySettings(BaseSettings):
     chunk_overlap_seconds: float = 2.0
     chunk_concurrency: int = 4  # chunks of one job in flight at once
     chunk_window: int = 8  # chunks held in memory per job (bounded memory)
+    chunk_align_samples: int = 0  # start chunks on this grid (a model's frame hop / segment stride); 0 = even spread
 
     # Resilience.
     request_timeout_s: float = 600.0

@@ -70,3 +70,13 @@ def test_wrong_chunk_length_is_refused():
     chunks = plan_chunks(1000, 400, 50)
     with pytest.raises(ValueError, match="expected"):
         Assembler(chunks).add(0, {"x": np.zeros((2, 10), np.float32)})
+
+
+def test_aligned_chunks_start_on_the_models_grid():
+    chunks = plan_chunks(44100 * 14, 44100 * 7, 44100, align=3 * 44100)
+    assert [c.start for c in chunks] == [0, 6 * 44100, 12 * 44100]
+    assert chunks[-1].end == 44100 * 14
+    total = np.zeros(44100 * 14)
+    for i, c in enumerate(chunks):
+        total[c.start:c.end] += chunk_weights(chunks, i)
+    np.testing.assert_allclose(total, 1.0, atol=1e-6)
