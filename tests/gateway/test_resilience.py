@@ -1,0 +1,176 @@
+"""Faults: a predictor killed mid-job, a region down, timeouts, the fallback model,
+a full queue. Real predictor processes; the dead ones are really dead."""
+
+from __future__ import annotations
+
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from musicsplit.gateway.resilience import CircuitBreaker, CircuitOpen
+from musicsplit.v2client import V2Client
+from tests.fixtures.servers import start_predictor
+
+from .conftest import free_port, submit, tone, wait_job, wav_bytes
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_breaker_opens_half_opens_and_closes():
+    clock, changes = Clock(), []
+    b = CircuitBreaker("ep", failures=3, reset_s=10, clock=clock, on_change=lambda _b, o, n: changes.append(n))
+    for _ in range(3):
+        b.before_call()
+        b.failure()
+    assert b.state == "open"
+    with pytest.raises(CircuitOpen) as exc:
+        b.before_call()
+    assert 0 < exc.value.retry_after <= 10
+    clock.t = 10.0
+    assert b.state == "half_open"
+    b.before_call()  # the one trial
+    with pytest.raises(CircuitOpen):
+        b.before_call()  # no second trial while the first runs
+    b.failure()
+    assert b.state == "open"
+    clock.t = 20.0
+    b.before_call()
+    b.success()
+    assert b.state == "closed" and changes == ["open", "half_open", "open", "half_open", "closed"]
+
+
+def dead_url() -> str:
+    return f"http://127.0.0.1:{free_port()}"  # nothing listens there
+
+
+@pytest.fixture
+def black_hole():
+    """A port that accepts connections and never answers (a hung predictor)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(64)
+    yield f"http://127.0.0.1:{s.getsockname()[1]}"
+    s.close()
+
+
+def test_region_down_costs_no_request(baseline_url, gateway_factory):
+    # The nearest region is down from the start; requests must all land in the far one.
+    gw = gateway_factory([("dsp-baseline", dead_url(), "near"), ("dsp-baseline", baseline_url, "far")],
+                         region_order=["near", "far"])
+    mix = tone(1.0)
+    with V2Client(gw.url) as client:
+        for _ in range(10):
+            assert set(client.separate("default", mix, 44100).stems) == {"drums", "bass", "other", "vocals"}
+    docs = [wait_job(gw.url, submit(gw.url, wav_bytes(tone(1.0, seed=i))).json()["id"]) for i in range(3)]
+    assert all(d["status"] == "succeeded" for d in docs)
+    near = next(s for s in gw.service.pool.states if s.region == "near")
+    assert near.breaker.state == "open" or not near.healthy
+
+
+def test_failover_when_a_region_dies_under_load(baseline_url, gateway_factory, tmp_path):
+    near_proc = start_predictor("builtin://dsp-baseline", "dsp-baseline", log_dir=tmp_path)
+    try:
+        gw = gateway_factory([("dsp-baseline", near_proc.url, "near"), ("dsp-baseline", baseline_url, "far")],
+                             region_order=["near", "far"])
+        mix = tone(0.5)
+
+        def call(i):
+            if i == 8:
+                near_proc.kill()  # the whole near region goes away mid-load
+            with V2Client(gw.url, timeout=30) as client:
+                r = client.separate("default", mix, 44100)
+            return r.model_version
+
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(call, range(30)))  # bounded: 30 requests
+        assert len(results) == 30 and all(results), "no failed user request"
+        regions = {s.region: s for s in gw.service.pool.states}
+        assert not regions["near"].healthy or regions["near"].breaker.state != "closed"
+    finally:
+        near_proc.stop()
+
+
+def test_predictor_killed_mid_job_completes_on_the_other_replica(gateway_factory, tmp_path):
+    a = start_predictor("builtin://dsp-baseline", "dsp-baseline", log_dir=tmp_path)
+    b = start_predictor("builtin://dsp-baseline", "dsp-baseline", log_dir=tmp_path)
+    try:
+        gw = gateway_factory([("dsp-baseline", a.url, "eu"), ("dsp-baseline", b.url, "eu")],
+                             chunk_seconds=3.0, chunk_overlap_seconds=0.5, chunk_concurrency=2)
+        job = submit(gw.url, wav_bytes(tone(60.0, channels=1, seed=3), subtype="PCM_16")).json()
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{gw.url}/v1/separations/{job['id']}").json()["progress"]["chunks_done"] < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        a.kill()
+        doc = wait_job(gw.url, job["id"], timeout=90)
+        assert doc["status"] == "succeeded", doc
+        assert doc["progress"]["chunks_done"] == doc["progress"]["chunks_total"] == 24
+        failed = [s for s in gw.service.pool.states if s.url == a.url][0]
+        assert not failed.healthy or failed.breaker.failures or failed.breaker.state != "closed"
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_timeout_on_a_hung_predictor_fails_over(baseline_url, black_hole, gateway_factory):
+    gw = gateway_factory([("dsp-baseline", black_hole, "near"), ("dsp-baseline", baseline_url, "far")],
+                         region_order=["near", "far"], request_timeout_s=1.0, health_interval_s=60)
+    start = time.perf_counter()
+    with V2Client(gw.url) as client:
+        assert client.separate("default", tone(0.5), 44100).stems
+    assert time.perf_counter() - start < 10
+
+
+def test_fallback_model_when_the_chosen_model_is_down(baseline_url, gateway_factory):
+    gw = gateway_factory([("htdemucs", dead_url(), "eu"), ("dsp-baseline", baseline_url, "eu")],
+                         default_model="htdemucs", fallback_model="dsp-baseline")
+    r = httpx.post(f"{gw.url}/v2/models/default/infer", timeout=30, content=_v2_body(tone(0.5)))
+    assert r.status_code == 200, r.text
+    assert r.headers["x-musicsplit-model"] == "dsp-baseline" and "htdemucs" in r.headers["x-musicsplit-fallback"]
+    doc = wait_job(gw.url, submit(gw.url, wav_bytes(tone(1.0))).json()["id"])
+    assert doc["status"] == "succeeded"
+    assert any(w.startswith("fallback") for w in doc["warnings"]), doc["warnings"]
+
+
+def test_no_fallback_gives_a_clean_503_with_retry_after(gateway_factory):
+    gw = gateway_factory([("htdemucs", dead_url(), "eu")], default_model="htdemucs", fallback_model=None,
+                         breaker_reset_s=7.0)
+    r = httpx.post(f"{gw.url}/v2/models/default/infer", timeout=30, content=_v2_body(tone(0.5)))
+    assert r.status_code == 503 and r.json()["code"] == "upstream_unavailable"
+    assert 1 <= int(r.headers["retry-after"]) <= 7
+    doc = wait_job(gw.url, submit(gw.url, wav_bytes(tone(1.0))).json()["id"])
+    assert doc["status"] == "failed" and doc["error"]["code"] == "upstream_unavailable"
+    assert "try again" in doc["error"]["error"]
+
+
+def test_full_queue_answers_429_with_retry_after(black_hole, gateway_factory):
+    gw = gateway_factory([("dsp-baseline", black_hole, "eu")], max_running_jobs=1, max_queued_jobs=1,
+                         request_timeout_s=30, health_interval_s=60)
+    first = submit(gw.url, wav_bytes(tone(1.0))).json()
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{gw.url}/v1/separations/{first['id']}").json()["status"] != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    second = submit(gw.url, wav_bytes(tone(1.0, seed=1)))
+    assert second.status_code == 202
+    third = submit(gw.url, wav_bytes(tone(1.0, seed=2)))
+    assert third.status_code == 429 and third.json()["code"] == "saturated"
+    assert int(third.headers["retry-after"]) >= 1
+    for j in (first["id"], second.json()["id"]):
+        assert httpx.delete(f"{gw.url}/v1/separations/{j}").json()["status"] == "cancelled"
+
+
+def _v2_body(mix) -> bytes:
+    import json
+
+    return json.dumps({"inputs": [{"name": "audio", "datatype": "FP32", "shape": list(mix.shape),
+                                   "data": mix.ravel().tolist(), "parameters": {"sample_rate": 44100}}]}).encode()
