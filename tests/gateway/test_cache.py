@@ -1,0 +1,127 @@
+"""Result cache: a repeat is answered in milliseconds, the disk cache evicts by size,
+Redis is shared by replicas, Redis down means uncached (never failed), and the
+re-separation rate counts the same user sending the same audio again."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+
+import httpx
+import pytest
+from prometheus_client import REGISTRY
+
+from musicsplit.gateway.cache import DiskCache
+
+from .conftest import free_port, submit, tone, wait_job, wav_bytes
+
+
+def metric(name: str, **labels) -> float:
+    return sum(s.value for m in REGISTRY.collect() for s in m.samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    exe = shutil.which("redis-server")
+    if not exe:
+        pytest.skip("redis-server not installed (run .ci/install-gateway.sh)")
+    port = free_port()
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    url = f"redis://127.0.0.1:{port}/0"
+    import redis
+
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            redis.Redis.from_url(url).ping()
+            break
+        except redis.ConnectionError:
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+    yield url, proc
+    proc.terminate()
+    proc.wait(10)
+
+
+def _repeat_latency(url: str, data: bytes, user: str) -> tuple[dict, float]:
+    first = wait_job(url, submit(url, data, user=user).json()["id"])
+    assert first["status"] == "succeeded" and not first["cached"]
+    start = time.perf_counter()
+    r = submit(url, data, user=user)
+    elapsed = time.perf_counter() - start
+    return r.json(), elapsed
+
+
+def test_disk_cache_hit_returns_in_milliseconds(baseline_url, gateway_factory):
+    gw = gateway_factory([("dsp-baseline", baseline_url, "eu")])
+    data = wav_bytes(tone(8.0, seed=31))
+    hits = metric("musicsplit_gateway_cache_requests_total", backend="disk", result="hit")
+    doc, elapsed = _repeat_latency(gw.url, data, "fay")
+    print(f"disk cache hit: whole POST answered in {elapsed * 1000:.1f} ms")
+    assert doc["status"] == "succeeded" and doc["cached"] is True and doc["stems"]
+    assert elapsed < 0.5
+    assert metric("musicsplit_gateway_cache_requests_total", backend="disk", result="hit") == hits + 1
+    stem = httpx.get(gw.url + doc["stems"]["vocals"])
+    assert stem.status_code == 200 and len(stem.content) > 1000
+    # A different parameter is a different key.
+    other = submit(gw.url, data, user="fay", output_format="flac").json()
+    assert other["cached"] is False
+
+
+def test_disk_cache_evicts_least_recently_used_beyond_its_budget(tmp_path):
+    import asyncio
+
+    cache = DiskCache(tmp_path / "cache", max_bytes=2500)
+    src = tmp_path / "src"
+    src.mkdir()
+
+    async def run():
+        for i in range(4):
+            f = src / f"s{i}.wav"
+            f.write_bytes(b"x" * 1000)
+            await cache.put(f"k{i}", {"i": i}, {"vocals": f})
+            time.sleep(0.01)
+        return [await cache.get(f"k{i}", tmp_path / f"out{i}") is not None for i in range(4)]
+
+    present = asyncio.run(run())
+    assert present == [False, False, True, True]
+    assert cache.size() <= 2500
+
+
+def test_redis_cache_is_shared_by_replicas_and_redis_down_serves_uncached(
+        baseline_url, gateway_factory, redis_server):
+    url, proc = redis_server
+    a = gateway_factory([("dsp-baseline", baseline_url, "eu")], cache_backend="redis", redis_url=url)
+    b = gateway_factory([("dsp-baseline", baseline_url, "eu")], cache_backend="redis", redis_url=url)
+    data = wav_bytes(tone(4.0, seed=41))
+    first = wait_job(a.url, submit(a.url, data, user="gus").json()["id"])
+    assert first["status"] == "succeeded"
+    # Replica b has never seen this audio; it learns the model version from one request, then hits.
+    wait_job(b.url, submit(b.url, wav_bytes(tone(1.0, seed=42))).json()["id"])
+    start = time.perf_counter()
+    hit = submit(b.url, data, user="gus").json()
+    elapsed = time.perf_counter() - start
+    print(f"redis cache hit on another replica: {elapsed * 1000:.1f} ms")
+    assert hit["status"] == "succeeded" and hit["cached"] is True and elapsed < 0.5
+    proc.terminate()
+    proc.wait(10)
+    errors = metric("musicsplit_gateway_cache_requests_total", backend="redis", result="error")
+    doc = wait_job(b.url, submit(b.url, wav_bytes(tone(2.0, seed=43))).json()["id"])
+    assert doc["status"] == "succeeded" and doc["cached"] is False
+    assert metric("musicsplit_gateway_cache_requests_total", backend="redis", result="error") > errors
+
+
+def test_reseparation_rate_counts_same_user_same_audio(baseline_url, gateway_factory):
+    gw = gateway_factory([("dsp-baseline", baseline_url, "eu")], cache_backend="none")
+    data = wav_bytes(tone(1.0, seed=51))
+    before = metric("musicsplit_gateway_reseparations_total", model="dsp-baseline")
+    ids = [submit(gw.url, data, user="hal").json()["id"]]
+    ids.append(submit(gw.url, data, user="ivy").json()["id"])  # another user: not a re-separation
+    for j in ids:
+        wait_job(gw.url, j)
+    assert metric("musicsplit_gateway_reseparations_total", model="dsp-baseline") == before
+    wait_job(gw.url, submit(gw.url, data, user="hal").json()["id"])
+    assert metric("musicsplit_gateway_reseparations_total", model="dsp-baseline") == before + 1
