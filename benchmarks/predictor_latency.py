@@ -2,7 +2,8 @@
 
     python benchmarks/predictor_latency.py [--model full|tiny] [--seconds 30] [--repeats 3]
 
-Figures (medians over --repeats, same clip, same machine, one after another):
+Figures (medians over --repeats, same clip, same machine; the paths are
+interleaved within each repeat so background load hits them alike):
   in-process   the model's own separation call (musicsplit's DemucsSeparator,
                i.e. demucs.apply.apply_model) in this process, no HTTP
   http binary  POST /v2/models/{name}/infer with the binary tensor extension
@@ -75,39 +76,41 @@ def main() -> None:
 
     separator = load(str(model_dir), "cpu").separator
     separator.separate(x[:, :44100], shifts=0)  # warm-up, as the server does
-    inproc = timed(lambda: separator.separate(x, shifts=0), args.repeats)
+    track = work / "track.wav"
+    track.write_bytes(encode(x, 44100, "wav"))
+    use_cli = not args.skip_cli and shutil.which("demucs")
 
+    def run_cli():
+        subprocess.run(["demucs", "-n", "bench", "--repo", str(model_dir), "--shifts", "0",
+                        "-o", str(work / "cli"), str(track)], check=True, capture_output=True)
+
+    times: dict[str, list[float]] = {"in-process": [], "http binary": [], "http json": [], "demucs cli": []}
     server = start_predictor(model_dir, "bench", log_dir=work, threads=None)
     try:
         url = f"{server.url}/v2/models/bench/infer"
         with httpx.Client(timeout=900) as client:
             def post(build):
                 body, headers = build(x, params)
-                response = client.post(url, content=body, headers=headers)
-                response.raise_for_status()
-                return response
-            post(binary_request)  # first request pays allocator warm-up on the server side
-            binary = timed(lambda: post(binary_request), args.repeats)
-            as_json = timed(lambda: post(json_request), args.repeats)
+                client.post(url, content=body, headers=headers).raise_for_status()
+
+            post(binary_request)  # the server's first request pays allocator warm-up
+            for _ in range(args.repeats):
+                times["in-process"] += timed(lambda: separator.separate(x, shifts=0), 1)
+                times["http binary"] += timed(lambda: post(binary_request), 1)
+                times["http json"] += timed(lambda: post(json_request), 1)
+                if use_cli:
+                    times["demucs cli"] += timed(run_cli, 1)
     finally:
         server.stop()
-
-    cli = []
-    if not args.skip_cli and shutil.which("demucs"):
-        track = work / "track.wav"
-        track.write_bytes(encode(x, 44100, "wav"))
-        def run_cli():
-            subprocess.run(["demucs", "-n", "bench", "--repo", str(model_dir), "--shifts", "0",
-                            "-o", str(work / "cli"), str(track)], check=True, capture_output=True)
-        cli = timed(run_cli, args.repeats)
+    inproc, binary, as_json, cli = (times[k] for k in times)
 
     med = statistics.median
     print(f"model: {args.model} HTDemucs ({sum(p.numel() for p in separator.model.parameters()) / 1e6:.1f} M params), "
           f"clip: {args.seconds:.0f} s stereo 44.1 kHz, repeats: {args.repeats}, device: cpu")
     print(f"{'path':<14}{'median s':>10}{'min s':>10}")
-    rows = [("in-process", inproc), ("http binary", binary), ("http json", as_json)] + ([("demucs cli", cli)] if cli else [])
-    for name, times in rows:
-        print(f"{name:<14}{med(times):>10.3f}{min(times):>10.3f}")
+    for name, values in times.items():
+        if values:
+            print(f"{name:<14}{med(values):>10.3f}{min(values):>10.3f}")
     print(f"http binary / in-process : {med(binary) / med(inproc):.3f}  (goal <= 1.03)")
     print(f"http json / http binary  : {med(as_json) / med(binary):.3f}")
     print(f"real-time factor (binary): {med(binary) / args.seconds:.3f}  (seconds of compute per second of audio)")
