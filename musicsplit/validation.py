@@ -7,7 +7,7 @@ clipping) is fixed and reported as a warning.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -24,16 +24,6 @@ class Limits:
     max_sample_rate: int = 192_000
     max_channels: int = 2
     clip_level: float = 0.999  # |x| at or above this counts as a clipped sample
-
-
-@dataclass
-class Prepared:
-    """Audio ready for a model, and what was done to it."""
-
-    samples: np.ndarray  # float32 [model channels, samples] at the model's rate
-    sample_rate: int
-    input_seconds: float
-    warnings: list[str] = field(default_factory=list)
 
 
 def check_size(num_bytes: int, limits: Limits) -> None:
@@ -86,9 +76,9 @@ def validate(audio: Audio, limits: Limits) -> list[str]:
     return warnings
 
 
-def prepare(audio: Audio, model_rate: int, model_channels: int, limits: Limits) -> Prepared:
-    """Validate, then convert to the model's channel count and sample rate."""
-    warnings = validate(audio, limits)
+def conform(audio: Audio, model_rate: int, model_channels: int) -> tuple[np.ndarray, list[str]]:
+    """Convert validated audio to the model's channel count and sample rate; say what changed."""
+    warnings = []
     samples = audio.samples.astype(np.float32, copy=False)
     if samples.shape[0] == 1 and model_channels == 2:
         samples = np.repeat(samples, 2, axis=0)
@@ -99,4 +89,4 @@ def prepare(audio: Audio, model_rate: int, model_channels: int, limits: Limits) 
     if audio.sample_rate != model_rate:
         samples = resample(samples, audio.sample_rate, model_rate)
         warnings.append(f"resampled: {audio.sample_rate} Hz input resampled to {model_rate} Hz")
-    return Prepared(samples, model_rate, audio.seconds, warnings)
+    return samples, warnings

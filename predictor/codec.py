@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import orjson
@@ -39,7 +39,6 @@ class ParsedRequest:
     audio: Audio
     params: SeparationParams
     encoded_bytes: int = 0
-    warnings: list[str] = field(default_factory=list)
 
 
 def parse_rest_request(body: bytes, json_length: str | None, model_name: str) -> InferRequest:
@@ -167,7 +166,6 @@ def parse_request(request: InferRequest, limits: Limits) -> ParsedRequest:
         rate = int(rate)
     except (TypeError, ValueError):
         raise BadRequest(f"sample_rate {rate!r} is not an integer") from None
-    warnings = []
     if data.ndim == 1:
         data = data[None, :]
     elif data.ndim != 2:
@@ -179,7 +177,7 @@ def parse_request(request: InferRequest, limits: Limits) -> ParsedRequest:
             f"input 'audio' has shape {list(data.shape)}: more channels than samples; "
             "send [channels, samples], not [samples, channels]"
         )
-    return ParsedRequest(Audio(np.ascontiguousarray(data, dtype=np.float32), rate), sep_params, warnings=warnings)
+    return ParsedRequest(Audio(np.ascontiguousarray(data, dtype=np.float32), rate), sep_params)
 
 
 def select_stems(stems: np.ndarray, sources: list[str], wanted: list[str] | None) -> dict[str, np.ndarray]:

@@ -30,7 +30,7 @@ from musicsplit.predictor.codec import ParsedRequest, build_response, parse_requ
 from musicsplit.predictor.loading import LoadedModel, ModelLoadError, load
 from musicsplit.predictor.settings import PredictorSettings
 from musicsplit.telemetry import extract
-from musicsplit.validation import prepare
+from musicsplit.validation import conform, validate
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("musicsplit.predictor")
@@ -185,10 +185,12 @@ class SeparationModel(kserve.Model):
         with tracer.start_as_current_span("decode", context=ctx):
             parsed = parse_request(payload, self.limits)
         with tracer.start_as_current_span("validate", context=ctx) as span:
-            prepared = prepare(parsed.audio, sep.samplerate, sep.audio_channels, self.limits)
-            span.set_attribute("audio.seconds", prepared.input_seconds)
-            span.set_attribute("audio.resampled", parsed.audio.sample_rate != sep.samplerate)
-        return Job(payload, parsed, prepared.samples, parsed.warnings + prepared.warnings)
+            warnings = validate(parsed.audio, self.limits)
+            span.set_attribute("audio.seconds", parsed.audio.seconds)
+        with tracer.start_as_current_span("resample", context=ctx) as span:
+            samples, changes = conform(parsed.audio, sep.samplerate, sep.audio_channels)
+            span.set_attribute("audio.sample_rate", parsed.audio.sample_rate)
+        return Job(payload, parsed, samples, warnings + changes)
 
     async def predict(self, job: Job, headers=None) -> Job:
         ctx = extract(headers)

@@ -113,3 +113,13 @@ def test_remote_storage_uri_without_kserve_storage_says_how_to_get_it():
     else:
         with pytest.raises(ModelLoadError, match="could not download s3://models/htdemucs/v4"):
             load("s3://models/htdemucs/v4", "cpu")
+
+
+def test_a_manifest_can_register_the_dsp_baseline_like_any_model(tmp_path):
+    (tmp_path / "musicsplit.yaml").write_text(yaml.safe_dump(
+        {"name": "floor", "version": "2.0.0", "architecture": "dsp-baseline", "files": {}}))
+    model = load(str(tmp_path), "cpu")
+    assert (model.name, model.version, model.architecture) == ("floor", "2.0.0", "dsp-baseline")
+    mix = np.random.default_rng(0).standard_normal((2, 44100)).astype(np.float32) * 0.1
+    stems = model.separator.separate(mix)
+    np.testing.assert_allclose(stems.sum(0), mix, atol=1e-4)

@@ -303,10 +303,10 @@ def test_trace_context_from_the_caller_reaches_the_predictor_spans(strict, otlp)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         names = {name for name, tid in otlp.spans if tid == trace_id}
-        if {"decode", "validate", "inference", "encode"} <= names:
+        if {"decode", "validate", "resample", "inference", "encode"} <= names:
             break
         time.sleep(0.2)
-    assert {"decode", "validate", "inference", "encode"} <= names, otlp.spans
+    assert {"decode", "validate", "resample", "inference", "encode"} <= names, otlp.spans
 
 
 def test_a_model_that_fails_to_load_is_reported_not_crashed_on(tmp_path, logs_dir):
