@@ -62,12 +62,12 @@ def version_metrics(client: httpx.Client, prometheus_url: str, model: str, versi
                           p99_seconds=q["p99"], quality=q["quality"])
 
 
-def golden_sdr(url: str, model: str) -> float:
+def golden_sdr(url: str, model: str, timeout_s: float = 300.0) -> float:
     """Mean SDR (dB) of the model at `url` over the golden set (musicsplit.evaluate)."""
     from musicsplit.evaluate import evaluate
     from musicsplit.v2client import V2Client
 
-    client = V2Client(url)
+    client = V2Client(url, timeout=timeout_s)
     try:
         return float(evaluate(client, model).mean_sdr)
     finally:
@@ -78,7 +78,8 @@ def golden_sdr(url: str, model: str) -> float:
 
 def measure(*, prometheus_url: str, model: str, canary_version: str, stable_version: str | None,
             window_s: float, golden: bool, canary_url: str | None, stable_url: str | None,
-            stable_sdr: float | None = None, timeout_s: float = 10.0) -> Measurements:
+            stable_sdr: float | None = None, timeout_s: float = 10.0,
+            probe_timeout_s: float = 300.0) -> Measurements:
     """Everything the verdict needs; failures to measure become hold reasons, never passes."""
     canary = stable = None
     prom_err = probe_err = None
@@ -95,11 +96,11 @@ def measure(*, prometheus_url: str, model: str, canary_version: str, stable_vers
         try:
             if not canary_url:
                 raise RuntimeError("KServe reports no URL for the latest revision (tag 'latest')")
-            canary_sdr = golden_sdr(canary_url, model)
+            canary_sdr = golden_sdr(canary_url, model, probe_timeout_s)
             if stable_sdr is None:
                 if not stable_url:
                     raise RuntimeError("KServe reports no URL for the previous revision (tag 'prev')")
-                stable_sdr = golden_sdr(stable_url, model)
+                stable_sdr = golden_sdr(stable_url, model, probe_timeout_s)
         except Exception as e:  # noqa: BLE001 - any probe failure is a hold, reported as such
             probe_err = f"{type(e).__name__}: {e}"
             log.warning("golden-set probe failed: %s", probe_err)

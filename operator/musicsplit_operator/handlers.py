@@ -70,14 +70,27 @@ def write_route(body, name: str, namespace: str, spec, route: rollout.Route, cre
 
 
 def _status_patch(old: dict, new: dict) -> dict:
-    """A merge patch from `old` to `new` (keys gone from `new` are deleted)."""
+    """A merge patch from `old` to `new`: changed keys only (keys gone from `new`
+    are deleted), so a tick that decides nothing writes nothing."""
     out = {k: None for k in old if k not in new}
-    out.update(new)
+    out.update({k: v for k, v in new.items() if old.get(k) != v})
     return out
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=SETTINGS.tick_seconds, initial_delay=0.0, sharp=False)
-def reconcile(body, spec, status, meta, name, namespace, patch, logger, **_) -> None:
+def reconcile(body, name, namespace, patch, logger, **_) -> None:
+    # Read the object fresh rather than from the watch stream: the previous tick's
+    # status patch may not have come back through the watch yet, and deciding on
+    # a stale status would repeat its decision (and its Events).
+    try:
+        fresh = _api().get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    except ApiException as e:
+        if e.status == 404:
+            return
+        raise
+    spec, status, meta = fresh.get("spec") or {}, fresh.get("status") or {}, fresh.get("metadata") or {}
+    if meta.get("deletionTimestamp"):
+        return  # being deleted: the garbage collector takes the InferenceService
     now = datetime.now(timezone.utc)
     old = dict(status or {})
     generation = meta.get("generation")
@@ -107,7 +120,8 @@ def reconcile(body, spec, status, meta, name, namespace, patch, logger, **_) -> 
             prometheus_url=sm.analysis.prometheus_url, model=name, canary_version=new["canaryVersion"],
             stable_version=new.get("stableVersion"), window_s=sm.window_s(), golden=sm.analysis.golden_set,
             canary_url=obs.urls.get("latest") or (obs.url if sm.raw else None), stable_url=obs.urls.get("prev"),
-            stable_sdr=cached_sdr, timeout_s=SETTINGS.prometheus_timeout_seconds)
+            stable_sdr=cached_sdr, timeout_s=SETTINGS.prometheus_timeout_seconds,
+            probe_timeout_s=SETTINGS.probe_timeout_seconds)
         verdict = rollout.judge(m, sm, compare_stable=not sm.raw)
         logger.info("analysis of %s at %s %%: %s (%s)", new.get("canaryVersion"), new.get("canaryWeight"),
                     verdict.result, verdict.message)

@@ -13,5 +13,7 @@ class OperatorSettings(BaseSettings):
     tick_seconds: float = 10.0
     # Per Prometheus query; a slower answer counts as unreachable (hold).
     prometheus_timeout_seconds: float = 10.0
+    # Per golden-set request (a few short mixtures per model version).
+    probe_timeout_seconds: float = 300.0
     # Kubernetes Events are posted for kopf's own log lines at this level and above.
     event_log_level: str = "WARNING"

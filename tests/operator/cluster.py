@@ -182,6 +182,8 @@ class CRDEmulator(KubernetesEmulator):
         key, crd = self._info(request)
         if request.action == enums.action.CREATE and isinstance(request.data, dict):
             meta = request.data.setdefault("metadata", {})
+            if not meta.get("name") and meta.get("generateName"):
+                meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
             meta.setdefault("uid", str(uuid.uuid4()))
             meta.setdefault("creationTimestamp", now)
             meta["generation"] = 1
@@ -255,6 +257,10 @@ class CRDEmulator(KubernetesEmulator):
 
     async def _serve_list(self, request):
         result = await super()._serve_list(request)
+        # fieldSelector a.b=c[,d=e] (kubectl describe finds a resource's Events with it)
+        for cond in filter(None, (request.params.get("fieldSelector") or "").split(",")):
+            path, _, want = cond.partition("=")
+            result["items"] = [i for i in result["items"] if str(_jsonpath(i, path) or "") == want]
         if self._wants_table(request):
             return self._table(request, result["items"])
         info = self.resources.get(request.resource) if request.resource in self.resources else None
@@ -280,6 +286,7 @@ class Cluster:
         self._thread = threading.Thread(target=self._run, daemon=True, name="kmock")
         self.emu: CRDEmulator | None = None
         self.url = ""
+        self.sm_resource = kmock.resource(SM)
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -289,6 +296,10 @@ class Cluster:
         self._stop = asyncio.Event()
         async with CRDEmulator() as emu, kmock.Server(emu) as server:
             emu.resources.load_bundled()
+            # KServe's CRD (its own chart installs it); no schema here, KServe's controller is simulated.
+            emu.resources[ISVC] = ResourceInfo(kind="InferenceService", singular="inferenceservice", namespaced=True,
+                                               verbs={"get", "list", "watch", "create", "patch", "delete"},
+                                               shortnames={"isvc"}, subresources={"status"})
             self.emu, self.url = emu, str(server.url).rstrip("/")
             self._ready.set()
             await self._stop.wait()
@@ -361,7 +372,7 @@ class Operator:
                 "MUSICSPLIT_OPERATOR_PROMETHEUS_TIMEOUT_SECONDS": "2", **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "musicsplit.cli", "serve", "operator", "--standalone", "-n", "default",
-             "--liveness", "", "-v"],
+             "--liveness", ""],
             stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=full, cwd=REPO, start_new_session=True)
 
     def log(self) -> str:

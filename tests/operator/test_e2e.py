@@ -1,0 +1,214 @@
+"""End to end: a real Prometheus scrapes real predictor processes under a
+little traffic; the operator (a real process, against the kmock API) rolls a
+degraded canary back at its first step and promotes a healthy one to 100 %.
+
+Only KServe's controller and Knative's router are played by the test (the
+simulator sets the InferenceService's traffic; the load generator follows
+that split, request by request, as Knative does).
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.fixtures.checkpoints import make_model_dir
+from tests.fixtures.servers import free_port, start_predictor
+from tests.operator.cluster import ISVC, SM, Cluster, KServeSimulator, Operator
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not shutil.which("prometheus"), reason="needs the prometheus binary "
+                                                                         "(.ci/install-operator.sh)")]
+
+MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
+NAME = "tiny"  # the SeparationModel's name is the served model name (the `model` label)
+
+
+class Prometheus:
+    """The Debian `prometheus` binary on 127.0.0.1, scraping every second."""
+
+    def __init__(self, workdir: Path, targets: list[str]):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cfg = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+               "scrape_configs": [{"job_name": "predictors", "scrape_interval": "1s", "scrape_timeout": "1s",
+                                   "static_configs": [{"targets": targets}]}]}
+        (workdir / "prometheus.yml").write_text(yaml.safe_dump(cfg))
+        self.log_path = workdir / "prometheus.log"
+        self.proc = subprocess.Popen(
+            ["prometheus", f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=1h"],
+            stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/-/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("prometheus did not start:\n" + self.log_path.read_text()[-3000:])
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+class Traffic:
+    """Requests at the InferenceService, split as the simulator says Knative routes them."""
+
+    def __init__(self, sim: KServeSimulator, mixture, sample_rate):
+        from musicsplit.v2client import V2Client
+
+        self.sim, self.mixture, self.sr = sim, mixture, sample_rate
+        self.clients: dict[str, V2Client] = {}
+        self.sent: dict[str, int] = {}
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="traffic")
+        self._client_cls = V2Client
+        self._rng = random.Random(0)
+
+    def _run(self):
+        while not self._stop.is_set():
+            split = {u: w for u, w in (self.sim.split.get(("default", NAME)) or {}).items() if w > 0}
+            if not split:
+                self._stop.wait(0.2)
+                continue
+            url = self._rng.choices(list(split), weights=list(split.values()))[0]
+            client = self.clients.setdefault(url, self._client_cls(url, timeout=30))
+            try:
+                client.separate(NAME, self.mixture, self.sr)
+                self.sent[url] = self.sent.get(url, 0) + 1
+            except Exception as e:  # noqa: BLE001 - recorded; a dead revision is the test's business
+                self.errors.append(f"{url}: {e}")
+                self._stop.wait(0.2)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(30)
+        for c in self.clients.values():
+            c.close()
+
+
+def sm(version: str, model_dir: Path, prometheus_url: str) -> dict:
+    return {
+        "apiVersion": "musicsplit.io/v1alpha1", "kind": "SeparationModel",
+        "metadata": {"name": NAME, "namespace": "default"},
+        "spec": {
+            "model": {"architecture": "htdemucs", "version": version, "storageUri": f"file://{model_dir}"},
+            "replicas": {"min": 1, "max": 1},
+            "rollout": {"steps": [50, 100], "interval": "6s", "progressDeadline": "2m"},
+            "analysis": {
+                "prometheusUrl": prometheus_url, "window": "30s", "minRequests": 3,
+                "maxErrorRate": 0.05, "maxP99LatencySeconds": 20,
+                # Tiny random-weight test models score 0 on mixture consistency; the
+                # relative checks (quality drop, golden-set SDR drop) are what judge them.
+                "minQualityScore": 0.0, "maxQualityDrop": 0.05, "goldenSet": True, "maxSdrDropDb": 1.0,
+            },
+        },
+    }
+
+
+def status(cluster) -> dict:
+    return (cluster.get(SM, NAME) or {}).get("status") or {}
+
+
+def checks(st: dict) -> dict:
+    return {c["name"]: c for c in st["lastAnalysis"]["checks"]}
+
+
+def test_degraded_canary_is_rolled_back_and_a_healthy_one_promoted(tmp_path):
+    from musicsplit.golden import golden_set
+
+    models = tmp_path / "models"
+    stable_dir = make_model_dir(models / "stable", NAME, version="1.0.0")
+    bad_dir = make_model_dir(models / "bad", NAME, version="2.0.0", degrade=0.5)
+    good_dir = make_model_dir(models / "good", NAME, version="2.1.0")  # same weights: no regression
+    procs = []
+    try:
+        t0 = time.monotonic()
+        for d in (stable_dir, bad_dir, good_dir):
+            procs.append(start_predictor(d, NAME, log_dir=tmp_path, args=["--max_queue", "4"]))
+        stable, bad, good = procs
+        prom = Prometheus(tmp_path, [p.url.removeprefix("http://") for p in procs])
+        procs.append(prom)
+        endpoints = {f"file://{d}": p.url for d, p in ((stable_dir, stable), (bad_dir, bad), (good_dir, good))}
+        item = golden_set(n=1, seconds=2.0, seed=7)[0]  # traffic: not one of the probe's items
+        print(f"\nstartup (3 predictors + prometheus): {time.monotonic() - t0:.1f}s")
+
+        with Cluster(tmp_path) as cluster, KServeSimulator(cluster, endpoints=endpoints) as sim, \
+                Traffic(sim, item.mixture, item.sample_rate) as traffic:
+            cluster.kubectl("apply", "-f", str(MANIFESTS / "crd.yaml"))
+            op = Operator(cluster, tmp_path / "operator.log", tick=1.0)
+            procs.append(op)
+            cluster.apply(sm("1.0.0", stable_dir, prom.url))
+            cluster.wait(lambda: status(cluster).get("phase") == "Succeeded", 30, message="stable deployed")
+
+            # -- a degraded release: rolled back at its first step
+            t1 = time.monotonic()
+            cluster.apply(sm("2.0.0", bad_dir, prom.url))
+            cluster.wait(lambda: status(cluster).get("canaryWeight") == 50, 20, message="canary at 50 %")
+            st = cluster.wait(lambda: (s := status(cluster)).get("phase") in ("RolledBack", "Succeeded") and s,
+                              120, message="a verdict on 2.0.0")
+            print(f"degraded canary rolled back after {time.monotonic() - t1:.1f}s; sent {traffic.sent}")
+            assert st["phase"] == "RolledBack", st
+            assert st["stableVersion"] == "1.0.0" and st["canaryWeight"] == 0
+            last = st["lastAnalysis"]
+            assert last["weight"] == 50 and last["result"] == "fail" and last["canaryVersion"] == "2.0.0"
+            c = checks(st)
+            print("analysis:", {k: (v["value"], v["threshold"], v["result"]) for k, v in c.items()})
+            assert c["goldenSdrDrop"]["result"] == "fail" and c["goldenSdrDrop"]["value"] > 1.0
+            h = st["history"][-1]
+            assert h["version"] == "2.0.0" and h["outcome"] == "rolledBack" and "goldenSdrDrop" in h["reason"]
+            assert cluster.get(ISVC, NAME)["spec"]["predictor"]["canaryTrafficPercent"] == 0
+            reasons = [e["reason"] for e in cluster.events()]
+            assert "RolledBack" in reasons
+            cluster.wait(lambda: sim.split.get(("default", NAME), {}).get(bad.url) == 0, 10,
+                         message="no traffic to the rolled-back revision")
+            # Prometheus did measure the canary: the verdict is not blind
+            for name in ("requests", "errorRate", "latencyP99"):
+                if c[name]["result"] != "hold":
+                    assert c[name]["value"] is not None
+
+            # -- a healthy release: 50 % -> 100 % -> promoted
+            t2 = time.monotonic()
+            cluster.apply(sm("2.1.0", good_dir, prom.url))
+            st = cluster.wait(lambda: (s := status(cluster)).get("phase") in ("Succeeded", "RolledBack")
+                              and s.get("history", [{}])[-1].get("version") == "2.1.0" and s, 150,
+                              message="a verdict on 2.1.0")
+            print(f"healthy canary promoted after {time.monotonic() - t2:.1f}s; sent {traffic.sent}")
+            assert st["phase"] == "Succeeded", st
+            assert st["stableVersion"] == "2.1.0" and "canaryVersion" not in st
+            assert [h["outcome"] for h in st["history"]] == ["promoted", "rolledBack", "promoted"]
+            c = checks(st)
+            print("analysis:", {k: (v["value"], v["threshold"], v["result"]) for k, v in c.items()})
+            assert st["lastAnalysis"]["result"] == "pass" and st["lastAnalysis"]["weight"] == 100
+            assert c["requests"]["value"] >= 3 and c["errorRate"]["value"] == 0
+            assert abs(c["goldenSdrDrop"]["value"]) < 1.0
+            assert "canaryTrafficPercent" not in cluster.get(ISVC, NAME)["spec"]["predictor"]
+            cluster.wait(lambda: sim.split.get(("default", NAME)) == {good.url: 1.0}, 10,
+                         message="100 % of traffic to 2.1.0")
+            assert {"StepAdvanced", "Promoting", "Promoted"} <= {e["reason"] for e in cluster.events()}
+            op.stop()
+            assert "Traceback" not in op.log(), op.log()[-5000:]
+    finally:
+        for p in reversed(procs):
+            p.stop()

@@ -1,0 +1,239 @@
+"""The operator for real (`musicsplit serve operator`) against kmock's Kubernetes
+API emulator on 127.0.0.1, driven by the real `kubectl`, with the KServe
+simulator playing KServe's controller. No Prometheus here: analyses hold
+(tests/operator/test_e2e.py has the real one)."""
+
+from __future__ import annotations
+
+import copy
+import re
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.operator.cluster import ISVC, SM, Cluster, KServeSimulator, Operator
+
+MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
+UNREACHABLE = "http://127.0.0.1:9"  # discard port: nothing listens
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    d = tmp_path_factory.mktemp("kube")
+    with Cluster(d) as cluster, KServeSimulator(cluster, broken={"gs://models/broken/9.9.9"}) as sim:
+        cluster.kubectl("apply", "-f", str(MANIFESTS / "crd.yaml"))
+        op = Operator(cluster, d / "operator.log", tick=0.5)
+        try:
+            yield cluster, sim, op
+        finally:
+            op.stop()
+        assert "Traceback" not in op.log(), op.log()[-5000:]
+
+
+@pytest.fixture(autouse=True)
+def cleanup(env):
+    """Each test's models go away after it: the operator's work stays proportional."""
+    cluster = env[0]
+    before = {k[2] for k in list(cluster.emu.objects) if k[0] == cluster.sm_resource}
+    yield
+    for key in list(cluster.emu.objects):
+        if key[0] == cluster.sm_resource and key[2] not in before and key[2] != "htdemucs":
+            cluster.kubectl("delete", "sm", key[2], "--ignore-not-found", "--wait=false")
+
+
+def example(name: str, file: str = "htdemucs.yaml", **spec) -> dict:
+    doc = yaml.safe_load((MANIFESTS / "examples" / file).read_text())
+    doc["metadata"]["name"] = name
+    doc["spec"]["rollout"]["interval"] = "1s"
+    doc["spec"]["analysis"]["prometheusUrl"] = UNREACHABLE
+    # The simulated revisions' URLs serve nothing; the probe runs in test_e2e.py.
+    doc["spec"]["analysis"]["goldenSet"] = False
+    for k, v in spec.items():
+        doc["spec"][k] = {**doc["spec"].get(k, {}), **v} if isinstance(v, dict) else v
+    return doc
+
+
+def with_version(doc: dict, version: str) -> dict:
+    doc = copy.deepcopy(doc)
+    doc["spec"]["model"]["version"] = version
+    doc["spec"]["model"]["storageUri"] = f"gs://models/{doc['spec']['model']['architecture']}/{version}"
+    return doc
+
+
+def status(cluster: Cluster, name: str) -> dict:
+    return (cluster.get(SM, name) or {}).get("status") or {}
+
+
+def phase_is(cluster, name, phase, timeout=30.0):
+    return cluster.wait(lambda: status(cluster, name).get("phase") == phase and status(cluster, name), timeout,
+                        message=f"{name} phase {phase} (now {status(cluster, name).get('phase')})")
+
+
+def condition(st: dict, type_: str) -> dict:
+    return next(c for c in st["conditions"] if c["type"] == type_)
+
+
+def event_reasons(cluster, name) -> list[str]:
+    return [e.get("reason") for e in cluster.events() if (e.get("involvedObject") or {}).get("name") == name]
+
+
+def test_examples_apply_and_kubectl_get_shows_the_printer_columns(env):
+    cluster, sim, op = env
+    for f in ("htdemucs.yaml", "htdemucs_6s.yaml"):
+        out = cluster.kubectl("apply", "-f", str(MANIFESTS / "examples" / f)).stdout
+        assert "created" in out or "configured" in out
+    phase_is(cluster, "htdemucs", "Succeeded")
+    phase_is(cluster, "htdemucs-6s", "Succeeded")
+    table = cluster.kubectl("get", "sm").stdout.splitlines()
+    assert table[0].split() == ["NAME", "STABLE", "CANARY", "WEIGHT", "PHASE", "AGE"]
+    rows = {line.split()[0]: line.split() for line in table[1:]}
+    assert rows["htdemucs"][1:5] == ["4.0.0", "<none>", "0", "Succeeded"]
+    # the InferenceService is owned (deleting the model deletes it) and serves the predictor
+    isvc = cluster.get(ISVC, "htdemucs")
+    owner = isvc["metadata"]["ownerReferences"][0]
+    assert owner["kind"] == "SeparationModel" and owner["uid"] == cluster.get(SM, "htdemucs")["metadata"]["uid"]
+    assert isvc["spec"]["predictor"]["model"]["storageUri"] == "gs://musicsplit-models/htdemucs/4.0.0"
+    st = status(cluster, "htdemucs")
+    assert st["history"][0]["outcome"] == "promoted" and st["observedGeneration"] == 1
+    assert "Deploying" in event_reasons(cluster, "htdemucs") and "Promoted" in event_reasons(cluster, "htdemucs")
+
+
+@pytest.mark.parametrize("mutate, words", [
+    (lambda s: s["model"].pop("storageUri"), "spec.model.storageUri: Required value"),
+    (lambda s: s["model"].update(storageUri="/local/path"), "spec.model.storageUri: Invalid value"),
+    (lambda s: s["rollout"].update(steps=[10, 150]), "spec.rollout.steps.1: Invalid value: 150"),
+    (lambda s: s.update(deploymentMode="Magic"), 'spec.deploymentMode: Unsupported value: "Magic"'),
+    (lambda s: s["rollout"].update(interval="often"), "spec.rollout.interval: Invalid value"),
+    (lambda s: s.update(replicaz=3), "spec.replicaz: field not declared in schema"),
+    (lambda s: s["analysis"].update(maxErrorRate="low"), "spec.analysis.maxErrorRate: Invalid value"),
+])
+def test_invalid_specs_are_refused_by_kubectl_apply_with_a_clear_message(env, mutate, words):
+    cluster, _, _ = env
+    doc = example("refused")
+    mutate(doc["spec"])
+    p = cluster.apply(doc, check=False)
+    assert p.returncode != 0 and words in p.stderr, p.stderr
+    assert 'The SeparationModel "refused" is invalid' in p.stderr
+    assert cluster.get(SM, "refused") is None
+
+
+def test_spec_the_schema_cannot_judge_is_reported_in_status(env):
+    cluster, _, _ = env
+    cluster.apply(example("unordered", rollout={"steps": [50, 10]}))
+    st = phase_is(cluster, "unordered", "Failed")
+    cond = condition(st, "SpecValid")
+    assert cond["status"] == "False" and "increase strictly" in cond["message"]
+    assert cluster.get(ISVC, "unordered") is None
+    assert "InvalidSpec" in event_reasons(cluster, "unordered")
+
+
+def test_canary_holds_when_prometheus_is_unreachable_and_abort_rolls_back(env):
+    cluster, _, _ = env
+    base = example("holdme", rollout={"steps": [10, 50]})
+    cluster.apply(base)
+    phase_is(cluster, "holdme", "Succeeded")
+    cluster.apply(with_version(base, "4.1.0"))
+    st = cluster.wait(lambda: (s := status(cluster, "holdme")).get("lastAnalysis") and s, 20, message="an analysis")
+    assert st["phase"] == "Progressing" and st["canaryWeight"] == 10 and st["canaryVersion"] == "4.1.0"
+    assert cluster.get(ISVC, "holdme")["spec"]["predictor"]["canaryTrafficPercent"] == 10
+    cond = condition(st, "AnalysisReady")
+    assert cond["status"] == "False" and cond["reason"] == "PrometheusUnreachable"
+    assert st["lastAnalysis"]["result"] == "hold"
+    time.sleep(2)  # several more ticks: still held at the same weight, never promoted blind
+    st = status(cluster, "holdme")
+    assert st["phase"] == "Progressing" and st["canaryWeight"] == 10 and st["holds"] >= 2
+    assert event_reasons(cluster, "holdme").count("AnalysisHeld") == 1
+
+    cluster.kubectl("annotate", "sm", "holdme", "musicsplit.io/action=abort")
+    st = phase_is(cluster, "holdme", "RolledBack")
+    assert st["stableVersion"] == "4.0.0" and st["canaryWeight"] == 0
+    assert st["history"][-1]["outcome"] == "aborted" and st["history"][-1]["version"] == "4.1.0"
+    assert cluster.get(ISVC, "holdme")["spec"]["predictor"]["canaryTrafficPercent"] == 0
+    cluster.wait(lambda: "musicsplit.io/action" not in cluster.get(SM, "holdme")["metadata"].get("annotations", {}),
+                 10, message="the action annotation consumed")
+    assert "Aborted" in event_reasons(cluster, "holdme")
+    out = cluster.kubectl("get", "sm", "holdme").stdout.splitlines()[1].split()
+    assert out[1:5] == ["4.0.0", "<none>", "0", "RolledBack"]
+
+
+def test_pause_resume_and_manual_promote(env):
+    cluster, _, _ = env
+    base = example("manual", rollout={"steps": [20, 60]})
+    cluster.apply(base)
+    phase_is(cluster, "manual", "Succeeded")
+    cluster.apply(with_version(base, "4.2.0"))
+    phase_is(cluster, "manual", "Progressing")
+    cluster.kubectl("patch", "sm", "manual", "--type", "merge", "-p", '{"spec":{"rollout":{"paused":true}}}')
+    st = phase_is(cluster, "manual", "Paused")
+    assert st["canaryWeight"] == 20
+    cluster.kubectl("patch", "sm", "manual", "--type", "merge", "-p", '{"spec":{"rollout":{"paused":false}}}')
+    phase_is(cluster, "manual", "Progressing")
+    cluster.kubectl("annotate", "sm", "manual", "musicsplit.io/action=promote")
+    st = phase_is(cluster, "manual", "Succeeded")
+    assert st["stableVersion"] == "4.2.0" and "canaryVersion" not in st
+    assert "canaryTrafficPercent" not in cluster.get(ISVC, "manual")["spec"]["predictor"]
+    assert [h["outcome"] for h in st["history"]] == ["promoted", "promoted"]
+    assert {"Paused", "Resumed", "ManualPromotion", "Promoted"} <= set(event_reasons(cluster, "manual"))
+
+
+def test_canary_that_never_becomes_ready_is_rolled_back(env):
+    cluster, _, _ = env
+    base = example("broken")
+    cluster.apply(base)
+    phase_is(cluster, "broken", "Succeeded")
+    bad = copy.deepcopy(base)
+    bad["spec"]["model"].update(version="9.9.9", storageUri="gs://models/broken/9.9.9")
+    cluster.apply(bad)
+    st = phase_is(cluster, "broken", "RolledBack")
+    assert "RevisionFailed" in st["history"][-1]["reason"]
+    assert "CanaryNotReady" in event_reasons(cluster, "broken")
+
+
+def test_inference_service_deleted_by_hand_is_recreated(env):
+    cluster, _, _ = env
+    cluster.apply(example("recreate"))
+    phase_is(cluster, "recreate", "Succeeded")
+    cluster.kubectl("delete", "inferenceservices.serving.kserve.io", "recreate")
+    cluster.wait(lambda: "InferenceServiceRecreated" in event_reasons(cluster, "recreate"), 20,
+                 message="InferenceServiceRecreated event")
+    isvc = cluster.wait(lambda: cluster.get(ISVC, "recreate"), 10, message="the InferenceService back")
+    assert isvc["spec"]["predictor"]["model"]["storageUri"] == "gs://musicsplit-models/htdemucs/4.0.0"
+    assert phase_is(cluster, "recreate", "Succeeded")["stableVersion"] == "4.0.0"
+
+
+def test_model_deleted_mid_rollout_takes_its_inference_service_with_it(env):
+    cluster, _, op = env
+    base = example("shortlived")
+    cluster.apply(base)
+    phase_is(cluster, "shortlived", "Succeeded")
+    cluster.apply(with_version(base, "5.0.0"))
+    phase_is(cluster, "shortlived", "Progressing")
+    cluster.kubectl("delete", "sm", "shortlived", "--wait=true", "--timeout=20s")
+    assert cluster.get(SM, "shortlived") is None
+    cluster.wait(lambda: cluster.get(ISVC, "shortlived") is None, 10, message="garbage-collected InferenceService")
+    time.sleep(1)  # a few more ticks: the operator must not resurrect it
+    assert cluster.get(ISVC, "shortlived") is None
+    assert op.proc.poll() is None
+
+
+def test_raw_deployment_states_that_there_is_no_traffic_split(env):
+    cluster, _, _ = env
+    cluster.apply(example("raw", deploymentMode="RawDeployment"))
+    st = phase_is(cluster, "raw", "Succeeded")
+    cond = condition(st, "TrafficSplit")
+    assert cond["status"] == "False" and cond["reason"] == "RawDeploymentMode" and "no traffic split" in cond["message"]
+    isvc = cluster.get(ISVC, "raw")
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
+
+
+def test_status_and_events_are_visible_with_kubectl(env):
+    cluster, _, _ = env
+    phase_is(cluster, "htdemucs", "Succeeded")
+    out = cluster.kubectl("get", "sm", "htdemucs", "-o", "jsonpath={.status.history[0].version}").stdout
+    assert out == "4.0.0"
+    desc = cluster.kubectl("describe", "sm", "htdemucs").stdout
+    assert re.search(r"Stable Version:\s+4\.0\.0", desc), desc
+    events = [line.split() for line in desc.split("Events:")[1].splitlines()[3:]]
+    assert [e[:2] for e in events] == [["Normal", "Deploying"], ["Normal", "Promoted"]], desc  # each said once
