@@ -27,8 +27,11 @@ def init_sentry(dsn: str | None, release: str | None = None, environment: str | 
         return False
     import sentry_sdk
 
-    sentry_sdk.init(dsn=dsn, release=release, environment=environment, traces_sample_rate=0.0,
-                    send_default_pii=False)
+    from sentry_sdk.integrations.logging import ignore_logger
+
+    sentry_sdk.init(dsn=dsn, release=release, environment=environment, traces_sample_rate=0.0)
+    # The job runner captures its own failures with tags; its log line would be a second event.
+    ignore_logger("musicsplit.gateway.service")
     return True
 
 

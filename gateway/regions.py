@@ -106,6 +106,13 @@ class EndpointPool:
             r = await client.get(f"{state.url}/v2/models/{state.model}/ready", timeout=2.0)
             ready = r.status_code == 200
             state.last_error = None if ready else f"HTTP {r.status_code}: {r.text[:200]}"
+            if r.status_code == 503:
+                # KServe's ready route does not say why; an empty infer gets the predictor's own
+                # NotReady message ("still loading" vs "failed to load: ...") without any model time.
+                why = await client.post(f"{state.url}/v2/models/{state.model}/infer", content=b'{"inputs": []}',
+                                        timeout=2.0)
+                if why.status_code == 503:
+                    state.last_error = f"HTTP 503: {why.text[:300]}"
         except httpx.HTTPError as exc:
             ready = False
             state.last_error = f"{type(exc).__name__}: {exc}"

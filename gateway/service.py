@@ -38,12 +38,17 @@ from musicsplit.gateway.regions import EndpointPool
 from musicsplit.gateway.scheduling import FairQueue, QueueFull
 from musicsplit.gateway.settings import GatewaySettings
 from musicsplit.gateway.upstream import Router
+from musicsplit.telemetry import extract, inject
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("musicsplit.gateway")
 
 OUTPUT_FORMATS = {"wav": ("WAV", "FLOAT"), "flac": ("FLAC", "PCM_24")}
 EXPLICIT_ARM = "explicit"  # the caller named a model: no A/B assignment
+
+
+class UpstreamProtocolError(RuntimeError):
+    """A predictor answered 200 with something that is not a separation (a bug to report)."""
 
 
 @dataclass
@@ -98,6 +103,7 @@ class SeparationService:
         self._subscribers: dict[str, set[asyncio.Queue]] = {}
         self._leaders: dict[str, _Leader] = {}
         self._sweeper: asyncio.Task | None = None
+        self._trace_carriers: dict[str, dict[str, str]] = {}  # job id -> the submit's traceparent
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -177,6 +183,7 @@ class SeparationService:
         job = self.store.create(model=choice.model, params=req.params(), user_id=req.user_id, arm=choice.arm,
                                 filename=req.filename, audio_sha=intake.sha256, batch_id=batch_id,
                                 idempotency_key=req.idempotency_key, model_version=version)
+        self._trace_carriers[job.id] = inject({})
         jdir = self.job_dir(job.id)
         jdir.mkdir(parents=True, exist_ok=True)
         os.replace(intake.path, jdir / "input.wav")
@@ -263,6 +270,12 @@ class SeparationService:
                 metrics.RUNNING.set(len(self._running))
 
     async def _run(self, job_id: str) -> None:
+        # The job's spans continue the trace of the request that submitted it.
+        ctx = extract(self._trace_carriers.pop(job_id, None))
+        with tracer.start_as_current_span("job", context=ctx, attributes={"job.id": job_id}):
+            await self._run_job(job_id)
+
+    async def _run_job(self, job_id: str) -> None:
         if not self.store.transition(job_id, ("queued",), status="running", started=time.time()):
             return  # cancelled while queued
         job = self.store.get(job_id)
@@ -380,6 +393,10 @@ class SeparationService:
                     stats["models"].add(routed.model)
                     stats["regions"].add(routed.endpoint.region)
                     stems = {k: np.asarray(v, dtype=np.float32) for k, v in sep.stems.items()}
+                    if not stems or (params.get("stems") and set(stems) != set(params["stems"])):
+                        raise UpstreamProtocolError(
+                            f"predictor {routed.endpoint.url} answered chunk {chunk.index} with stems "
+                            f"{sorted(stems)}, asked for {params.get('stems') or 'all'}")
                     released = assembler.add(chunk.index, stems)
                     stats["peak_held"] = max(stats["peak_held"], assembler.held)
                     for start, block in released:

@@ -9,6 +9,7 @@ is tried if the flag allows; otherwise a clean 503 with Retry-After.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -89,8 +90,10 @@ class Router:
                 state, value = await self._with_retries(m, fn)
             except MusicsplitError:
                 raise
-            except Exception as exc:  # retries exhausted on this model
-                last = exc
+            except Exception as exc:
+                if not is_retryable(exc):
+                    raise  # a bug or a malformed answer: not an outage, so no fallback (Sentry sees it)
+                last = exc  # retries exhausted on this model
                 log.warning("model %s unavailable after retries: %s", m, exc)
                 continue
             if m != model:
@@ -139,8 +142,11 @@ class Router:
             state.healthy = False  # skip it until the next probe says otherwise
             log.warning("endpoint %s %s failed: %s", state.region, state.url, exc)
             raise
-        except BaseException:
+        except asyncio.CancelledError:
             outcome = "cancelled"
+            raise
+        except BaseException:
+            outcome = "error"
             raise
         else:
             state.breaker.success()
