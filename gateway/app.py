@@ -178,7 +178,12 @@ def create_app(settings: GatewaySettings | None = None, service: SeparationServi
             "Long tracks are cut into overlapping chunks separated concurrently. Also a KServe v2 "
             "pass-through (`/v2/models/{name}/infer`) where `name` may be an alias such as `default`.\n\n"
             "Identify the user with `X-User-Id` (model choice and A/B arms are sticky per user). "
-            "Every error is `{\"error\": ..., \"code\": ...}`; 429 and 503 carry `Retry-After`."
+            "Every error is `{\"error\": ..., \"code\": ...}`; 429 and 503 carry `Retry-After`.\n\n"
+            "Progress: WebSocket `GET /v1/separations/{id}/progress` (the job's `progress_url`) sends "
+            "`{\"id\", \"status\", \"chunks_done\", \"chunks_total\", \"progress\", \"model\", "
+            "\"model_version\", \"arm\"}` on every chunk, then closes with code 1000 when the job succeeds, "
+            "fails (an `error` object is included) or is cancelled; an unknown job gets `{\"code\": "
+            "\"not_found\"}` and close code 4404."
         ),
         lifespan=lifespan,
         openapi_tags=[{"name": "separations", "description": "Upload, jobs, progress, results"},
@@ -341,7 +346,8 @@ def create_app(settings: GatewaySettings | None = None, service: SeparationServi
         return job
 
     @app.get("/v1/separations/{job_id}/stems.zip", tags=["separations"], response_class=FileResponse,
-             responses={200: {"content": {"application/zip": {}}, "description": "All stems in one zip"},
+             responses={200: {"content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+                              "description": "All stems in one zip (vocals.wav, drums.wav, ...)"},
                         404: E404, 409: E409},
              summary="Download all stems as one zip")
     async def download_zip(request: Request, job_id: str):
@@ -351,7 +357,9 @@ def create_app(settings: GatewaySettings | None = None, service: SeparationServi
                             headers=_headers(job))
 
     @app.get("/v1/separations/{job_id}/stems/{stem}", tags=["separations"], response_class=FileResponse,
-             responses={200: {"content": {"audio/wav": {}, "audio/flac": {}}, "description": "One stem"},
+             responses={200: {"content": {"audio/wav": {"schema": {"type": "string", "format": "binary"}},
+                                          "audio/flac": {"schema": {"type": "string", "format": "binary"}}},
+                              "description": "One stem, in the job's output format"},
                         404: E404, 409: E409},
              summary="Download one stem")
     async def download_stem(request: Request, job_id: str, stem: str):
@@ -409,8 +417,22 @@ def create_app(settings: GatewaySettings | None = None, service: SeparationServi
     # -- v2 pass-through ---------------------------------------------------------------------
 
     @app.post("/v2/models/{name}/infer", tags=["v2"],
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"example": {
+                  "inputs": [{"name": "audio", "datatype": "FP32", "shape": [2, 4],
+                              "data": [0.0, 0.1, 0.2, 0.1, 0.0, 0.1, 0.2, 0.1],
+                              "parameters": {"sample_rate": 44100}}],
+                  "parameters": {"stems": "vocals", "output_format": "fp32"}}},
+                  "application/octet-stream": {"schema": {"type": "string", "format": "binary"},
+                                               "description": "JSON header + binary tensors (binary data "
+                                                              "extension; set Inference-Header-Content-Length)"}}}},
               responses={200: {"description": "The predictor's v2 response, unchanged (JSON, or JSON + binary "
-                                              "tensors with Inference-Header-Content-Length)"},
+                                              "tensors with Inference-Header-Content-Length)",
+                               "content": {"application/json": {"example": {
+                                   "model_name": "htdemucs", "model_version": "4.0.1",
+                                   "outputs": [{"name": "vocals", "datatype": "FP32", "shape": [2, 4],
+                                                "data": [0.0, 0.05, 0.1, 0.05, 0.0, 0.05, 0.1, 0.05]}],
+                                   "parameters": {"model_version": "4.0.1", "quality_score": 0.93,
+                                                  "warnings": "", "cost_usd": 1.2e-05}}}}},
                          400: E400, 413: E413, 429: E429, 503: E503},
               summary="KServe v2 inference; `name` may be an alias (e.g. `default`) resolved per user")
     async def v2_infer(request: Request, name: str, x_user_id: Annotated[str | None, Header()] = None):
@@ -442,7 +464,13 @@ def create_app(settings: GatewaySettings | None = None, service: SeparationServi
             headers["X-Musicsplit-Fallback"] = f"{choice.model} unavailable"
         return Response(upstream.content, status_code=upstream.status_code, headers=headers)
 
-    @app.get("/v2/models/{name}", tags=["v2"], responses={400: E400, 503: E503}, summary="v2 model metadata")
+    @app.get("/v2/models/{name}", tags=["v2"], summary="v2 model metadata (of the model the alias resolves to)",
+             responses={200: {"content": {"application/json": {"example": {
+                 "name": "htdemucs", "versions": None, "platform": "",
+                 "inputs": [{"name": "audio", "datatype": "FP32", "shape": [-1, -1]}],
+                 "outputs": [{"name": s, "datatype": "FP32", "shape": [-1, -1]}
+                             for s in ("drums", "bass", "other", "vocals")]}}}},
+                 400: E400, 503: E503})
     async def v2_metadata(request: Request, name: str, x_user_id: Annotated[str | None, Header()] = None):
         service_ = svc(request)
         choice = service_.resolve(name, x_user_id)
@@ -459,7 +487,9 @@ def create_app(settings: GatewaySettings | None = None, service: SeparationServi
                         media_type="application/json",
                         headers={"X-Musicsplit-Model": routed.model, "X-Musicsplit-Arm": choice.arm})
 
-    @app.get("/v2/models/{name}/ready", tags=["v2"], responses={503: E503}, summary="Is some endpoint of the model ready")
+    @app.get("/v2/models/{name}/ready", tags=["v2"], summary="Is some endpoint of the model ready",
+             responses={200: {"content": {"application/json": {"example": {"name": "htdemucs", "ready": True}}}},
+                        400: E400, 503: E503})
     async def v2_model_ready(request: Request, name: str, x_user_id: Annotated[str | None, Header()] = None):
         service_ = svc(request)
         choice = service_.resolve(name, x_user_id)
@@ -467,12 +497,16 @@ def create_app(settings: GatewaySettings | None = None, service: SeparationServi
             return {"name": choice.model, "ready": True}
         raise NotReady(f"no endpoint of {choice.model} is ready", retry_after=service_.pool.retry_after(choice.model) or 5)
 
-    @app.get("/v2/health/live", tags=["operations"], summary="The gateway process is up")
+    @app.get("/v2/health/live", tags=["operations"], summary="The gateway process is up",
+             responses={200: {"content": {"application/json": {"example": {"live": True}}}}})
     async def live():
         return {"live": True}
 
-    @app.get("/v2/health/ready", tags=["operations"], responses={503: E503},
-             summary="Ready when at least one predictor endpoint is healthy")
+    @app.get("/v2/health/ready", tags=["operations"], summary="Ready when at least one predictor endpoint is healthy",
+             responses={200: {"content": {"application/json": {"example": {"ready": True, "endpoints": [
+                 {"model": "htdemucs", "region": "eu-west", "healthy": True, "breaker": "closed"},
+                 {"model": "htdemucs", "region": "us-east", "healthy": False, "breaker": "open"}]}}}},
+                 503: E503})
     async def ready(request: Request):
         pool = svc(request).pool
         healthy = [s for s in pool.states if s.healthy]
@@ -481,10 +515,36 @@ def create_app(settings: GatewaySettings | None = None, service: SeparationServi
         return {"ready": True, "endpoints": [{"model": s.model, "region": s.region, "healthy": s.healthy,
                                               "breaker": s.breaker.state} for s in pool.states]}
 
-    @app.get("/metrics", tags=["operations"], response_class=Response, summary="Prometheus metrics")
+    @app.get("/metrics", tags=["operations"], response_class=Response, summary="Prometheus metrics",
+             responses={200: {"content": {"text/plain": {"example": 'musicsplit_gateway_jobs_total{arm="control",'
+                                                                  'model="htdemucs",model_version="4.0.1",'
+                                                                  'outcome="success"} 42.0\n'}}}})
     async def prom_metrics():
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes, tags=app.openapi_tags)
+            for ops in schema["paths"].values():
+                for op in ops.values():
+                    # Request validation errors are answered 400 (see _validation_error), never 422.
+                    if op["responses"].pop("422", None) is not None and "400" not in op["responses"]:
+                        op["responses"]["400"] = {
+                            "description": "A malformed request: the message names the field",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"},
+                                                             "example": {"error": "job_id: field required",
+                                                                         "code": "bad_request"}}}}
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
+            schema.setdefault("components", {}).setdefault("schemas", {})["ErrorBody"] = \
+                ErrorBody.model_json_schema()
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 
