@@ -179,8 +179,7 @@ def test_degraded_canary_is_rolled_back_and_a_healthy_one_promoted(tmp_path):
             h = st["history"][-1]
             assert h["version"] == "2.0.0" and h["outcome"] == "rolledBack" and "goldenSdrDrop" in h["reason"]
             assert cluster.get(ISVC, NAME)["spec"]["predictor"]["canaryTrafficPercent"] == 0
-            reasons = [e["reason"] for e in cluster.events()]
-            assert "RolledBack" in reasons
+            cluster.wait(lambda: "RolledBack" in [e["reason"] for e in cluster.events()], 10, message="Event")
             cluster.wait(lambda: sim.split.get(("default", NAME), {}).get(bad.url) == 0, 10,
                          message="no traffic to the rolled-back revision")
             # Prometheus did measure the canary: the verdict is not blind
@@ -206,7 +205,8 @@ def test_degraded_canary_is_rolled_back_and_a_healthy_one_promoted(tmp_path):
             assert "canaryTrafficPercent" not in cluster.get(ISVC, NAME)["spec"]["predictor"]
             cluster.wait(lambda: sim.split.get(("default", NAME)) == {good.url: 1.0}, 10,
                          message="100 % of traffic to 2.1.0")
-            assert {"StepAdvanced", "Promoting", "Promoted"} <= {e["reason"] for e in cluster.events()}
+            cluster.wait(lambda: {"StepAdvanced", "Promoting", "Promoted"} <= {e["reason"] for e in cluster.events()},
+                         10, message="Events")
             op.stop()
             assert "Traceback" not in op.log(), op.log()[-5000:]
     finally:

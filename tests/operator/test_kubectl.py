@@ -79,6 +79,13 @@ def event_reasons(cluster, name) -> list[str]:
     return [e.get("reason") for e in cluster.events() if (e.get("involvedObject") or {}).get("name") == name]
 
 
+def has_events(cluster, name, *reasons) -> bool:
+    """kopf posts Events from a queue, a moment after the status patch: wait for them."""
+    cluster.wait(lambda: set(reasons) <= set(event_reasons(cluster, name)), 10,
+                 message=f"events {reasons} for {name} (have {event_reasons(cluster, name)})")
+    return True
+
+
 def test_examples_apply_and_kubectl_get_shows_the_printer_columns(env):
     cluster, sim, op = env
     for f in ("htdemucs.yaml", "htdemucs_6s.yaml"):
@@ -97,7 +104,7 @@ def test_examples_apply_and_kubectl_get_shows_the_printer_columns(env):
     assert isvc["spec"]["predictor"]["model"]["storageUri"] == "gs://musicsplit-models/htdemucs/4.0.0"
     st = status(cluster, "htdemucs")
     assert st["history"][0]["outcome"] == "promoted" and st["observedGeneration"] == 1
-    assert "Deploying" in event_reasons(cluster, "htdemucs") and "Promoted" in event_reasons(cluster, "htdemucs")
+    assert has_events(cluster, "htdemucs", "Deploying", "Promoted")
 
 
 @pytest.mark.parametrize("mutate, words", [
@@ -126,7 +133,7 @@ def test_spec_the_schema_cannot_judge_is_reported_in_status(env):
     cond = condition(st, "SpecValid")
     assert cond["status"] == "False" and "increase strictly" in cond["message"]
     assert cluster.get(ISVC, "unordered") is None
-    assert "InvalidSpec" in event_reasons(cluster, "unordered")
+    assert has_events(cluster, "unordered", "InvalidSpec")
 
 
 def test_canary_holds_when_prometheus_is_unreachable_and_abort_rolls_back(env):
@@ -153,7 +160,7 @@ def test_canary_holds_when_prometheus_is_unreachable_and_abort_rolls_back(env):
     assert cluster.get(ISVC, "holdme")["spec"]["predictor"]["canaryTrafficPercent"] == 0
     cluster.wait(lambda: "musicsplit.io/action" not in cluster.get(SM, "holdme")["metadata"].get("annotations", {}),
                  10, message="the action annotation consumed")
-    assert "Aborted" in event_reasons(cluster, "holdme")
+    assert has_events(cluster, "holdme", "Aborted")
     out = cluster.kubectl("get", "sm", "holdme").stdout.splitlines()[1].split()
     assert out[1:5] == ["4.0.0", "<none>", "0", "RolledBack"]
 
@@ -175,7 +182,7 @@ def test_pause_resume_and_manual_promote(env):
     assert st["stableVersion"] == "4.2.0" and "canaryVersion" not in st
     assert "canaryTrafficPercent" not in cluster.get(ISVC, "manual")["spec"]["predictor"]
     assert [h["outcome"] for h in st["history"]] == ["promoted", "promoted"]
-    assert {"Paused", "Resumed", "ManualPromotion", "Promoted"} <= set(event_reasons(cluster, "manual"))
+    assert has_events(cluster, "manual", "Paused", "Resumed", "ManualPromotion", "Promoted")
 
 
 def test_canary_that_never_becomes_ready_is_rolled_back(env):
@@ -188,7 +195,7 @@ def test_canary_that_never_becomes_ready_is_rolled_back(env):
     cluster.apply(bad)
     st = phase_is(cluster, "broken", "RolledBack")
     assert "RevisionFailed" in st["history"][-1]["reason"]
-    assert "CanaryNotReady" in event_reasons(cluster, "broken")
+    assert has_events(cluster, "broken", "CanaryNotReady")
 
 
 def test_inference_service_deleted_by_hand_is_recreated(env):
@@ -196,8 +203,7 @@ def test_inference_service_deleted_by_hand_is_recreated(env):
     cluster.apply(example("recreate"))
     phase_is(cluster, "recreate", "Succeeded")
     cluster.kubectl("delete", "inferenceservices.serving.kserve.io", "recreate")
-    cluster.wait(lambda: "InferenceServiceRecreated" in event_reasons(cluster, "recreate"), 20,
-                 message="InferenceServiceRecreated event")
+    assert has_events(cluster, "recreate", "InferenceServiceRecreated")
     isvc = cluster.wait(lambda: cluster.get(ISVC, "recreate"), 10, message="the InferenceService back")
     assert isvc["spec"]["predictor"]["model"]["storageUri"] == "gs://musicsplit-models/htdemucs/4.0.0"
     assert phase_is(cluster, "recreate", "Succeeded")["stableVersion"] == "4.0.0"
@@ -237,3 +243,30 @@ def test_status_and_events_are_visible_with_kubectl(env):
     assert re.search(r"Stable Version:\s+4\.0\.0", desc), desc
     events = [line.split() for line in desc.split("Events:")[1].splitlines()[3:]]
     assert [e[:2] for e in events] == [["Normal", "Deploying"], ["Normal", "Promoted"]], desc  # each said once
+
+
+def _verb(req) -> str | None:
+    action = getattr(req.action, "value", req.action)
+    return {"WATCH": "watch", "LIST": "list", "FETCH": "get", "CREATE": "create", "UPDATE": "patch",
+            "DELETE": "delete"}.get(str(action).upper() if action else "")
+
+
+def test_rbac_grants_exactly_what_the_operator_used(env):
+    """Every API call the operator made during this module is allowed by
+    manifests/rbac.yaml, and every rule there was needed (least privilege)."""
+    cluster, _, _ = env
+    role = next(d for d in yaml.safe_load_all((MANIFESTS / "rbac.yaml").read_text()) if d["kind"] == "ClusterRole")
+    allowed = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+               for v in rule["verbs"]}
+    used = set()
+    for req in list(cluster.emu._requests):
+        ua = next((v for k, v in req.headers.items() if k.lower() == "user-agent"), "")
+        if not (ua.startswith("kopf") or ua.startswith("OpenAPI-Generator")) or req.resource is None:
+            continue
+        if not req.resource.plural or req.action is None:
+            continue  # discovery (/api, /apis/<group>...): allowed to every authenticated user
+        res = req.resource.plural + (f"/{req.subresource}" if req.subresource else "")
+        used.add((req.resource.group, res, _verb(req)))
+    assert used <= allowed, f"used but not granted: {used - allowed}"
+    peering = {a for a in allowed if a[1] == "clusterkopfpeerings"}  # exercised by test_peering.py
+    assert allowed - peering <= used, f"granted but never used: {allowed - peering - used}"
