@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 from starlette.websockets import WebSocketState
 
 from musicsplit.errors import BadRequest, MusicsplitError, NotReady, PayloadTooLarge, http_payload
+from musicsplit.gateway import metrics
 from musicsplit.gateway.jobs import Job
 from musicsplit.gateway.service import EXPLICIT_ARM, OUTPUT_FORMATS, Request as SepRequest, SeparationService
 from musicsplit.gateway.settings import GatewaySettings
@@ -448,14 +449,23 @@ def create_app(settings: GatewaySettings | None = None, service: SeparationServi
         try:
             routed = await service_.router.forward(choice.model, "/infer", body, fwd,
                                                    fallback=service_.fallback_for(x_user_id))
-        except MusicsplitError:
-            service_.store.record_observation(choice.arm, choice.model, None, "failure", None, None)
+        except MusicsplitError as exc:
+            outcome = "bad_input" if exc.status < 500 and exc.status != 429 else "failure"
+            metrics.V2_REQUESTS.labels(model=choice.model, model_version="unknown", arm=choice.arm,
+                                       outcome=outcome).inc()
+            if outcome == "failure":  # bad input says nothing about the arm
+                service_.store.record_observation(choice.arm, choice.model, None, "failure", None, None)
             raise
         upstream = routed.value
         params = _response_parameters(upstream)
-        version = params.get("model_version") or routed.endpoint.version or "unknown"
-        service_.store.record_observation(choice.arm, routed.model, version, "success",
-                                          params.get("quality_score"), time.perf_counter() - start)
+        version = str(params.get("model_version") or routed.endpoint.version or "unknown")
+        latency = time.perf_counter() - start
+        quality = params.get("quality_score")
+        metrics.V2_REQUESTS.labels(model=routed.model, model_version=version, arm=choice.arm, outcome="success").inc()
+        metrics.V2_SECONDS.labels(model=routed.model, arm=choice.arm).observe(latency)
+        if quality is not None:
+            metrics.QUALITY.labels(model=routed.model, model_version=version, arm=choice.arm).observe(float(quality))
+        service_.store.record_observation(choice.arm, routed.model, version, "success", quality, latency)
         headers = {k: v for k, v in upstream.headers.items()
                    if k.lower() in ("content-type", "inference-header-content-length")}
         headers.update({"X-Musicsplit-Model": routed.model, "X-Musicsplit-Model-Version": str(version),

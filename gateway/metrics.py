@@ -13,6 +13,10 @@ JOB_SECONDS = Histogram(f"{PREFIX}_job_seconds", "Job latency from submit to res
                         ["model", "arm"], buckets=(0.05, 0.25, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800))
 QUALITY = Histogram(f"{PREFIX}_quality_score", "Separation quality proxy (0..1) per finished job",
                     ["model", "model_version", "arm"], buckets=(0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0))
+V2_REQUESTS = Counter(f"{PREFIX}_v2_requests_total", "v2 pass-through requests, by outcome",
+                      ["model", "model_version", "arm", "outcome"])
+V2_SECONDS = Histogram(f"{PREFIX}_v2_request_seconds", "v2 pass-through latency", ["model", "arm"],
+                       buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600))
 ARM_REQUESTS = Counter(f"{PREFIX}_ab_assignments_total", "Requests assigned to each A/B arm", ["model", "arm"])
 CHUNKS = Counter(f"{PREFIX}_chunks_total", "Chunks sent to predictors, by outcome", ["model", "outcome"])
 UPSTREAM = Counter(f"{PREFIX}_upstream_requests_total", "Requests to predictor endpoints",

@@ -220,3 +220,31 @@ def _upstream_successes() -> float:
 
     return sum(s.value for m in REGISTRY.collect() if m.name == "musicsplit_gateway_upstream_requests"
                for s in m.samples if s.name.endswith("_total") and s.labels.get("outcome") == "success")
+
+
+def test_metrics_are_labelled_by_model_version_and_arm_never_by_user(gw):
+    wait_job(gw.url, submit(gw.url, wav_bytes(tone(1.0, seed=77)), user="secret-user-42").json()["id"])
+    text = httpx.get(f"{gw.url}/metrics").text
+    jobs = [line for line in text.splitlines() if line.startswith("musicsplit_gateway_jobs_total{")]
+    assert any('arm="control"' in line and 'model="dsp-baseline"' in line and "model_version=" in line
+               for line in jobs), jobs
+    assert "musicsplit_gateway_quality_score_bucket" in text and "musicsplit_gateway_v2_requests_total" in text
+    assert "secret-user-42" not in text and "job_id" not in text
+
+
+def test_fair_queue_takes_users_in_turn():
+    import asyncio
+
+    from musicsplit.gateway.scheduling import FairQueue, QueueFull
+
+    async def run():
+        q = FairQueue(maxsize=6)
+        for i in range(4):
+            q.put_nowait("batch-user", f"b{i}")
+        q.put_nowait("alice", "a0")
+        q.put_nowait("bob", "c0")
+        with pytest.raises(QueueFull):
+            q.put_nowait("carol", "x")
+        return [await q.get() for _ in range(6)]
+
+    assert asyncio.run(run()) == ["b0", "a0", "c0", "b1", "b2", "b3"]
