@@ -106,6 +106,8 @@ class Comparison:
 def analyse(observations: list[dict], alpha: float = 0.05) -> tuple[dict[str, Arm], list[Comparison], str | None]:
     arms: dict[str, Arm] = {}
     for o in observations:
+        if o["arm"] == "explicit":  # the caller named the model: not part of any experiment
+            continue
         arm = arms.setdefault(o["arm"], Arm(o["arm"]))
         arm.models.add(o["model"])
         if o["outcome"] == "cancelled":

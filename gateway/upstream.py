@@ -60,7 +60,9 @@ class Router:
         from musicsplit.v2client import AsyncV2Client
 
         if url not in self._clients:
-            self._clients[url] = AsyncV2Client(url, timeout=self.settings.request_timeout_s)
+            # A Timeout object, so an unreachable region fails in connect_timeout_s, not request_timeout_s.
+            self._clients[url] = AsyncV2Client(url, timeout=httpx.Timeout(  # type: ignore[arg-type]
+                self.settings.request_timeout_s, connect=self.settings.connect_timeout_s))
         return self._clients[url]
 
     @property

@@ -93,9 +93,13 @@ def test_delete_cancels_a_running_job(gw):
     while httpx.get(f"{gw.url}/v1/separations/{job['id']}").json()["progress"]["chunks_done"] < 1:
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    r = httpx.delete(f"{gw.url}/v1/separations/{job['id']}")
-    assert r.status_code == 200 and r.json()["status"] == "cancelled"
-    time.sleep(0.5)
+    with connect(gw.url.replace("http", "ws") + job["progress_url"], open_timeout=10) as ws:
+        assert json.loads(ws.recv())["status"] == "running"
+        r = httpx.delete(f"{gw.url}/v1/separations/{job['id']}")
+        assert r.status_code == 200 and r.json()["status"] == "cancelled"
+        messages = [json.loads(m) for m in ws]  # the server closes after the terminal message
+    assert messages[-1]["status"] == "cancelled" and messages[-1]["error"]["code"] == "cancelled"
+    time.sleep(0.2)
     doc = httpx.get(f"{gw.url}/v1/separations/{job['id']}").json()
     assert doc["status"] == "cancelled" and doc["stems"] == {}
     assert doc["progress"]["chunks_done"] < doc["progress"]["chunks_total"]

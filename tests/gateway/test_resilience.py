@@ -174,3 +174,21 @@ def _v2_body(mix) -> bytes:
 
     return json.dumps({"inputs": [{"name": "audio", "datatype": "FP32", "shape": list(mix.shape),
                                    "data": mix.ravel().tolist(), "parameters": {"sample_rate": 44100}}]}).encode()
+
+
+def test_nearest_healthy_region_takes_the_traffic(baseline_url, gateway_factory, tmp_path):
+    far = start_predictor("builtin://dsp-baseline", "dsp-baseline", log_dir=tmp_path)
+    try:
+        gw = gateway_factory([("dsp-baseline", far.url, "pref-far"), ("dsp-baseline", baseline_url, "pref-near")],
+                             region_order=["pref-near", "pref-far"])
+        with V2Client(gw.url) as client:
+            for _ in range(5):
+                client.separate("default", tone(0.3), 44100)
+        from prometheus_client import REGISTRY
+
+        counts = {s.labels["region"]: s.value for m in REGISTRY.collect()
+                  if m.name == "musicsplit_gateway_upstream_requests" for s in m.samples
+                  if s.name.endswith("_total") and s.labels["region"].startswith("pref-")}
+        assert counts.get("pref-near") == 5 and not counts.get("pref-far"), counts
+    finally:
+        far.stop()
