@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 
 import httpx
@@ -22,7 +23,11 @@ log = logging.getLogger(__name__)
 
 
 def init_sentry(dsn: str | None, release: str | None = None, environment: str | None = None) -> bool:
-    """sentry-sdk with the FastAPI/Starlette integrations (auto-enabled); no-op without a DSN."""
+    """sentry-sdk with the FastAPI/Starlette integrations (auto-enabled); no-op without a DSN.
+
+    The DSN is MUSICSPLIT_GATEWAY_SENTRY_DSN (settings), else Sentry's own SENTRY_DSN.
+    """
+    dsn = dsn or os.environ.get("SENTRY_DSN")
     if not dsn:
         return False
     import sentry_sdk

@@ -284,28 +284,35 @@ class SeparationService:
             if await self._answer_from_cache(job):
                 return
             key = self._cache_key(job, self.pool.version(job.model)) or f"{job.audio_sha}:{job.model}:{job.params}"
-            leader = self._leaders.get(key)
-            if leader is not None:  # an identical job is running: wait for its result instead of computing twice
-                outcome = await asyncio.shield(leader.future)
-                files = self._link_files(outcome.files, self.job_dir(job_id) / "stems")
-                self._succeed(job, Outcome(files, {**outcome.result, "deduplicated_from": leader.job_id},
-                                           outcome.version, outcome.model))
-                return
+            while (leader := self._leaders.get(key)) is not None:
+                # An identical job is running: wait for its result instead of computing twice.
+                await asyncio.wait([leader.future])
+                if not leader.future.cancelled() and leader.future.exception() is None:
+                    outcome = leader.future.result()
+                    files = self._link_files(outcome.files, self.job_dir(job_id) / "stems")
+                    self._succeed(job, Outcome(files, {**outcome.result, "deduplicated_from": leader.job_id},
+                                               outcome.version, outcome.model))
+                    return
+                # The leader failed or was cancelled: this job tries on its own (or follows a new leader).
             fut = asyncio.get_running_loop().create_future()
             self._leaders[key] = _Leader(fut, job_id)
             try:
                 outcome = await self._separate(job)
+                ckey = self._cache_key(job, outcome.version)
+                if ckey and outcome.model == job.model and self.flags.enabled(CACHE_FLAG, job.user_id):
+                    with tracer.start_as_current_span("cache.store", attributes={"cache.backend": self.cache.backend}):
+                        await self.cache.put(ckey, outcome.result, outcome.files)
                 fut.set_result(outcome)
+            except asyncio.CancelledError:
+                fut.cancel()
+                raise
             except BaseException as exc:
                 fut.set_exception(exc)
-                fut.exception()  # retrieved: followers re-raise it themselves
+                fut.exception()  # retrieved: followers see it through leader.future
                 raise
             finally:
-                self._leaders.pop(key, None)
-            ckey = self._cache_key(job, outcome.version)
-            if ckey and outcome.model == job.model and self.flags.enabled(CACHE_FLAG, job.user_id):
-                with tracer.start_as_current_span("cache.store", attributes={"cache.backend": self.cache.backend}):
-                    await self.cache.put(ckey, outcome.result, outcome.files)
+                if self._leaders.get(key) is not None and self._leaders[key].future is fut:
+                    del self._leaders[key]
             self._succeed(job, outcome)
         except asyncio.CancelledError:
             current = self.store.get(job_id)

@@ -252,3 +252,16 @@ def test_fair_queue_takes_users_in_turn():
         return [await q.get() for _ in range(6)]
 
     assert asyncio.run(run()) == ["b0", "a0", "c0", "b1", "b2", "b3"]
+
+
+def test_cancelling_one_of_two_duplicates_leaves_the_other_to_finish(gw):
+    data = wav_bytes(tone(40.0, channels=1, seed=78), subtype="PCM_16")
+    a = submit(gw.url, data, user="dup-a").json()["id"]
+    b = submit(gw.url, data, user="dup-b").json()["id"]
+    deadline = time.monotonic() + 20
+    while {httpx.get(f"{gw.url}/v1/separations/{j}").json()["status"] for j in (a, b)} != {"running"}:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert httpx.delete(f"{gw.url}/v1/separations/{a}").json()["status"] == "cancelled"
+    doc = wait_job(gw.url, b, timeout=60)
+    assert doc["status"] == "succeeded" and doc["stems"]

@@ -93,3 +93,13 @@ def test_report_says_significant_only_when_it_is():
     text = report(obs)
     assert "new vs control: quality" in text and "SIGNIFICANT" in text
     assert report([]) == "no A/B observations recorded yet\n"
+
+
+def test_gateway_starts_and_serves_with_unleash_unreachable(baseline_url, gateway_factory):
+    from .conftest import free_port
+
+    gw = gateway_factory([("dsp-baseline", baseline_url, "eu")],
+                         unleash_url=f"http://127.0.0.1:{free_port()}/api", unleash_refresh_s=1)
+    assert gw.service.flags.source == "bootstrap"
+    doc = wait_job(gw.url, submit(gw.url, wav_bytes(tone(1.0, seed=66)), user="kai").json()["id"])
+    assert doc["status"] == "succeeded" and doc["arm"] == "control"
