@@ -223,11 +223,14 @@ def create_app(settings: GatewaySettings | None = None, service: SeparationServi
                 status, body, headers = http_payload(exc)
                 return JSONResponse(body, status_code=status, headers=headers)
         ctx = extract(request.headers)
-        with tracer.start_as_current_span(f"{request.method} {request.url.path.split('/')[1] if '/' in request.url.path else ''}",
-                                          context=ctx, kind=trace.SpanKind.SERVER,
+        with tracer.start_as_current_span(request.method, context=ctx, kind=trace.SpanKind.SERVER,
                                           attributes={"http.method": request.method,
                                                       "http.target": request.url.path}) as span:
             response = await call_next(request)
+            route = request.scope.get("route")
+            if route is not None:  # the route template, not the path: span names stay few
+                span.update_name(f"{request.method} {route.path}")
+                span.set_attribute("http.route", route.path)
             span.set_attribute("http.status_code", response.status_code)
             return response
 

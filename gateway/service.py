@@ -17,6 +17,7 @@ import asyncio
 import logging
 import os
 import shutil
+import sqlite3
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -180,9 +181,16 @@ class SeparationService:
                 metrics.REJECTED.labels(reason=exc.code).inc()
                 raise
         version = self.pool.version(choice.model)
-        job = self.store.create(model=choice.model, params=req.params(), user_id=req.user_id, arm=choice.arm,
-                                filename=req.filename, audio_sha=intake.sha256, batch_id=batch_id,
-                                idempotency_key=req.idempotency_key, model_version=version)
+        try:
+            job = self.store.create(model=choice.model, params=req.params(), user_id=req.user_id, arm=choice.arm,
+                                    filename=req.filename, audio_sha=intake.sha256, batch_id=batch_id,
+                                    idempotency_key=req.idempotency_key, model_version=version)
+        except sqlite3.IntegrityError:  # the same idempotency key, submitted concurrently: one job
+            intake.path.unlink(missing_ok=True)
+            existing = self.store.by_idempotency(req.user_id, req.idempotency_key or "")
+            if existing is None:
+                raise
+            return existing
         self._trace_carriers[job.id] = inject({})
         jdir = self.job_dir(job.id)
         jdir.mkdir(parents=True, exist_ok=True)

@@ -145,10 +145,18 @@ def test_bad_input_is_refused_with_a_message_saying_what_to_fix(gw, case, status
 
 
 def test_idempotency_key_returns_the_same_job(gw):
+    from concurrent.futures import ThreadPoolExecutor
+
     data = wav_bytes(tone(1.0, seed=11))
     headers = {"Idempotency-Key": "k-123", "X-User-Id": "carol"}
-    ids = {httpx.post(f"{gw.url}/v1/separations", files={"file": ("a.wav", data)}, headers=headers).json()["id"]
-           for _ in range(3)}
+
+    def post(_):
+        r = httpx.post(f"{gw.url}/v1/separations", files={"file": ("a.wav", data)}, headers=headers, timeout=30)
+        assert r.status_code == 202, r.text
+        return r.json()["id"]
+
+    with ThreadPoolExecutor(4) as pool:  # retried submits, some of them concurrent
+        ids = set(pool.map(post, range(6)))
     assert len(ids) == 1
 
 
