@@ -81,3 +81,36 @@ def test_long_track_uses_several_replicas_with_bounded_memory(baseline_url, gate
         assert min(snrs.values()) > BASELINE_TOLERANCE_DB, snrs
     finally:
         second.stop()
+
+
+def test_job_memory_does_not_grow_with_the_track(baseline_url, gateway_factory):
+    """Python-side allocations (numpy included) while a job runs plateau at a few chunks'
+    worth: a track three times longer peaks at about the same memory."""
+    import tracemalloc
+
+    gw = gateway_factory([("dsp-baseline", baseline_url, "local")], chunk_seconds=5.0, chunk_overlap_seconds=0.5,
+                         chunk_concurrency=2, chunk_window=3, chunk_align_samples=2048)
+
+    def peak_during_job(seconds: float) -> tuple[int, int]:
+        data = wav_bytes(tone(seconds, seed=23), subtype="PCM_16")
+        tracemalloc.start()
+        try:
+            job = submit(gw.url, data).json()
+            del data
+            tracemalloc.reset_peak()
+            doc = wait_job(gw.url, job["id"], timeout=120)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert doc["status"] == "succeeded"
+        return peak, doc["progress"]["chunks_total"]
+
+    short, short_chunks = peak_during_job(30.0)
+    long, long_chunks = peak_during_job(90.0)
+    stems_long = int(90 * 44100) * 2 * 4 * 4  # 4 float32 stereo stems
+    print(f"peak traced memory: 30 s job ({short_chunks} chunks) {short / 2**20:.1f} MiB, "
+          f"90 s job ({long_chunks} chunks) {long / 2**20:.1f} MiB; the 90 s stems alone are "
+          f"{stems_long / 2**20:.0f} MiB")
+    assert long_chunks >= 3 * short_chunks - 2
+    assert long < 1.3 * short, "memory grew with the track length"
+    assert long < stems_long / 2
