@@ -103,3 +103,24 @@ def test_gateway_starts_and_serves_with_unleash_unreachable(baseline_url, gatewa
     assert gw.service.flags.source == "bootstrap"
     doc = wait_job(gw.url, submit(gw.url, wav_bytes(tone(1.0, seed=66)), user="kai").json()["id"])
     assert doc["status"] == "succeeded" and doc["arm"] == "control"
+
+
+def test_gradual_rollout_is_sticky_and_near_its_percentage(tmp_path):
+    from musicsplit.gateway.flags import Flags
+    from musicsplit.gateway.settings import GatewaySettings
+
+    rollout = {"musicsplit.model": {"enabled": True, "strategies": [{"name": "flexibleRollout", "parameters": {
+        "rollout": "30", "stickiness": "userId", "groupId": "musicsplit.model"}}], "variants": [
+        {"name": "htdemucs_ft", "weight": 1000, "weightType": "variable", "stickiness": "userId",
+         "payload": {"type": "string", "value": "htdemucs_ft"}}]}}
+    flags = Flags(GatewaySettings(data_dir=tmp_path / "d", default_model="htdemucs",
+                                  flags_bootstrap=bootstrap_with(tmp_path, **rollout)))
+    try:
+        first = {f"u{i}": flags.choose_model(f"u{i}") for i in range(1000)}
+        again = {u: flags.choose_model(u) for u in first}
+        assert first == again, "assignment is sticky per userId"
+        share = sum(c.model == "htdemucs_ft" for c in first.values()) / len(first)
+        assert 0.25 < share < 0.35, share
+        assert {c.arm for c in first.values() if c.model == "htdemucs"} == {"control"}
+    finally:
+        flags.close()
