@@ -113,10 +113,20 @@ def is_retryable(exc: BaseException) -> bool:
 
 
 def retrying(attempts: int, max_wait: float) -> AsyncRetrying:
-    """tenacity policy: exponential backoff with jitter, retryable errors only."""
+    """tenacity policy: exponential backoff with jitter, retryable errors only.
+
+    A predictor's Retry-After (429 saturated, 503 loading) stretches the wait, up to `max_wait`.
+    """
+    backoff = wait_exponential_jitter(multiplier=0.1, max=max_wait, jitter=0.1)
+
+    def wait(state) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        hinted = getattr(exc, "retry_after", None) if isinstance(exc, UpstreamStatus) else None
+        return min(max_wait, max(backoff(state), hinted or 0.0))
+
     return AsyncRetrying(
         stop=stop_after_attempt(max(1, attempts)),
-        wait=wait_exponential_jitter(multiplier=0.1, max=max_wait, jitter=0.1),
+        wait=wait,
         retry=retry_if_exception(is_retryable),
         reraise=True,
     )

@@ -27,7 +27,7 @@ import numpy as np
 import soundfile as sf
 from opentelemetry import trace
 
-from musicsplit.errors import BadRequest, MusicsplitError, Saturated
+from musicsplit.errors import BadRequest, MusicsplitError, Saturated, UpstreamUnavailable
 from musicsplit.gateway import metrics
 from musicsplit.gateway.cache import cache_key, make_cache
 from musicsplit.gateway.chunking import Assembler, plan_chunks
@@ -364,8 +364,17 @@ class SeparationService:
                 samples = await asyncio.to_thread(read_frames, jdir / "input.wav", chunk.start, chunk.end)
                 with tracer.start_as_current_span("chunk", attributes={"chunk.index": chunk.index,
                                                                        "chunk.total": len(chunks)}):
-                    routed = await self.router.separate(job.model, samples, rate, stems=params.get("stems"),
-                                                        fallback=fallback, shifts=params.get("shifts"))
+                    for attempt in range(self.settings.chunk_retries + 1):
+                        try:
+                            routed = await self.router.separate(job.model, samples, rate, stems=params.get("stems"),
+                                                                fallback=fallback, shifts=params.get("shifts"))
+                            break
+                        except UpstreamUnavailable as exc:
+                            # Only this chunk waits and tries again; the chunks already done stay done.
+                            metrics.CHUNKS.labels(model=job.model, outcome="retried").inc()
+                            if attempt == self.settings.chunk_retries:
+                                raise
+                            await asyncio.sleep(min(exc.retry_after or 1.0, self.settings.chunk_retry_max_wait_s))
                 del samples
                 metrics.CHUNKS.labels(model=routed.model, outcome="success").inc()
                 return chunk, routed

@@ -55,6 +55,8 @@ class GatewaySettings(BaseSettings):
     connect_timeout_s: float = 3.0
     retry_attempts: int = 4
     retry_max_wait_s: float = 4.0
+    chunk_retries: int = 2  # a chunk whose routed call failed is tried again this often, after Retry-After
+    chunk_retry_max_wait_s: float = 15.0
     breaker_failures: int = 3
     breaker_reset_s: float = 15.0
 

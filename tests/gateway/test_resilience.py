@@ -143,7 +143,7 @@ def test_fallback_model_when_the_chosen_model_is_down(baseline_url, gateway_fact
 
 def test_no_fallback_gives_a_clean_503_with_retry_after(gateway_factory):
     gw = gateway_factory([("htdemucs", dead_url(), "eu")], default_model="htdemucs", fallback_model=None,
-                         breaker_reset_s=7.0)
+                         breaker_reset_s=7.0, chunk_retries=0)
     r = httpx.post(f"{gw.url}/v2/models/default/infer", timeout=30, content=_v2_body(tone(0.5)))
     assert r.status_code == 503 and r.json()["code"] == "upstream_unavailable"
     assert 1 <= int(r.headers["retry-after"]) <= 7
@@ -192,3 +192,21 @@ def test_nearest_healthy_region_takes_the_traffic(baseline_url, gateway_factory,
         assert counts.get("pref-near") == 5 and not counts.get("pref-far"), counts
     finally:
         far.stop()
+
+
+def test_saturated_predictor_429s_are_waited_out_not_failed(gateway_factory, tmp_path):
+    busy = start_predictor("builtin://dsp-baseline", "dsp-baseline", log_dir=tmp_path,
+                           args=["--max_inflight", "1", "--max_queue", "0"])
+    try:
+        gw = gateway_factory([("dsp-baseline", busy.url, "sat")], chunk_seconds=2.0, chunk_overlap_seconds=0.25,
+                             chunk_concurrency=8, chunk_window=8, retry_max_wait_s=1.0)
+        doc = wait_job(gw.url, submit(gw.url, wav_bytes(tone(16.0, seed=81))).json()["id"], timeout=90)
+        assert doc["status"] == "succeeded", doc
+        from prometheus_client import REGISTRY
+
+        saturated = sum(s.value for m in REGISTRY.collect() if m.name == "musicsplit_gateway_upstream_requests"
+                        for s in m.samples if s.name.endswith("_total") and s.labels["region"] == "sat"
+                        and s.labels["outcome"] == "http_429")
+        assert saturated > 0, "the predictor did push back"
+    finally:
+        busy.stop()
