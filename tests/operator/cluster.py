@@ -363,16 +363,42 @@ class Cluster:
         raise AssertionError(f"timed out after {timeout}s waiting for {message or what}; last: {last!r}")
 
 
+def operator_api_calls(cluster: Cluster) -> set[tuple[str, str, str]]:
+    """(apiGroup, resource[/subresource], verb) of every call kopf or the
+    kubernetes client made (not kubectl's, not the simulator's)."""
+    verbs = {"WATCH": "watch", "LIST": "list", "FETCH": "get", "CREATE": "create", "UPDATE": "patch",
+             "DELETE": "delete"}
+    used = set()
+    for req in list(cluster.emu._requests):
+        ua = next((v for k, v in req.headers.items() if k.lower() == "user-agent"), "")
+        if not (ua.startswith("kopf") or ua.startswith("OpenAPI-Generator")) or req.resource is None:
+            continue
+        if not req.resource.plural or req.action is None:
+            continue  # discovery (/api, /apis/<group>...): open to every authenticated user
+        res = req.resource.plural + (f"/{req.subresource}" if req.subresource else "")
+        used.add((req.resource.group, res, verbs[req.action.name]))
+    return used
+
+
+def rbac_grants(path: Path) -> set[tuple[str, str, str]]:
+    role = next(d for d in yaml.safe_load_all(path.read_text()) if d["kind"] == "ClusterRole")
+    return {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+            for v in rule["verbs"]}
+
+
 class Operator:
     """`musicsplit serve operator` as a process against the cluster."""
 
-    def __init__(self, cluster: Cluster, log: Path, tick: float = 0.5, env: dict | None = None):
+    def __init__(self, cluster: Cluster, log: Path, tick: float = 0.5, env: dict | None = None,
+                 args: list[str] = (), standalone: bool = True, namespace: str | None = "default"):
         self.log_path = log
         full = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "MUSICSPLIT_OPERATOR_TICK_SECONDS": str(tick),
-                "MUSICSPLIT_OPERATOR_PROMETHEUS_TIMEOUT_SECONDS": "2", **(env or {})}
+                "MUSICSPLIT_OPERATOR_PROMETHEUS_TIMEOUT_SECONDS": "2", "PYTHONUNBUFFERED": "1",
+                **(env or {})}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "musicsplit.cli", "serve", "operator", "--standalone", "-n", "default",
-             "--liveness", ""],
+            [sys.executable, "-m", "musicsplit.cli", "serve", "operator", "--liveness", "",
+             *(["-n", namespace] if namespace else ["-A"]),
+             *(["--standalone"] if standalone else []), *args],
             stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=full, cwd=REPO, start_new_session=True)
 
     def log(self) -> str:

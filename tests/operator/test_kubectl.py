@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.operator.cluster import ISVC, SM, Cluster, KServeSimulator, Operator
+from tests.operator.cluster import ISVC, SM, Cluster, KServeSimulator, Operator, operator_api_calls, rbac_grants
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 UNREACHABLE = "http://127.0.0.1:9"  # discard port: nothing listens
@@ -245,28 +245,12 @@ def test_status_and_events_are_visible_with_kubectl(env):
     assert [e[:2] for e in events] == [["Normal", "Deploying"], ["Normal", "Promoted"]], desc  # each said once
 
 
-def _verb(req) -> str | None:
-    action = getattr(req.action, "value", req.action)
-    return {"WATCH": "watch", "LIST": "list", "FETCH": "get", "CREATE": "create", "UPDATE": "patch",
-            "DELETE": "delete"}.get(str(action).upper() if action else "")
-
 
 def test_rbac_grants_exactly_what_the_operator_used(env):
     """Every API call the operator made during this module is allowed by
     manifests/rbac.yaml, and every rule there was needed (least privilege)."""
     cluster, _, _ = env
-    role = next(d for d in yaml.safe_load_all((MANIFESTS / "rbac.yaml").read_text()) if d["kind"] == "ClusterRole")
-    allowed = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
-               for v in rule["verbs"]}
-    used = set()
-    for req in list(cluster.emu._requests):
-        ua = next((v for k, v in req.headers.items() if k.lower() == "user-agent"), "")
-        if not (ua.startswith("kopf") or ua.startswith("OpenAPI-Generator")) or req.resource is None:
-            continue
-        if not req.resource.plural or req.action is None:
-            continue  # discovery (/api, /apis/<group>...): allowed to every authenticated user
-        res = req.resource.plural + (f"/{req.subresource}" if req.subresource else "")
-        used.add((req.resource.group, res, _verb(req)))
+    allowed, used = rbac_grants(MANIFESTS / "rbac.yaml"), operator_api_calls(cluster)
     assert used <= allowed, f"used but not granted: {used - allowed}"
     peering = {a for a in allowed if a[1] == "clusterkopfpeerings"}  # exercised by test_peering.py
     assert allowed - peering <= used, f"granted but never used: {allowed - peering - used}"
