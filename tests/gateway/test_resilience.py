@@ -200,7 +200,7 @@ def test_saturated_predictor_429s_are_waited_out_not_failed(gateway_factory, tmp
     try:
         gw = gateway_factory([("dsp-baseline", busy.url, "sat")], chunk_seconds=2.0, chunk_overlap_seconds=0.25,
                              chunk_concurrency=8, chunk_window=8, retry_max_wait_s=1.0)
-        doc = wait_job(gw.url, submit(gw.url, wav_bytes(tone(16.0, seed=81))).json()["id"], timeout=90)
+        doc = wait_job(gw.url, submit(gw.url, wav_bytes(tone(10.0, seed=81))).json()["id"], timeout=90)
         assert doc["status"] == "succeeded", doc
         from prometheus_client import REGISTRY
 
