@@ -23,17 +23,26 @@ def _sel(model: str, version: str, extra: str = "") -> str:
     return f'model="{esc(model)}",model_version="{esc(version)}"{extra}'
 
 
+def _growth(metric: str, sel: str, w: str) -> str:
+    """How much a counter grew over the window, per series. Unlike increase(),
+    a series born inside the window counts from zero: a canary's first errors
+    create its `outcome="error"` series with a value already above zero, and
+    increase() would never see them. Resets (a restarted pod) count as 0."""
+    x = f"{metric}{{{sel}}}"
+    return f"(clamp_min({x} - {x} offset {w}, 0) or {x})"
+
+
 def queries(model: str, version: str, window_s: float) -> dict[str, str]:
     """The PromQL the analysis runs for one model version."""
     w = f"{max(int(window_s), 1)}s"
     sel = _sel(model, version)
     errors = _sel(model, version, ',outcome="error"')
     return {
-        "requests": f"sum(increase(musicsplit_requests_total{{{sel}}}[{w}]))",
-        "errors": f"sum(increase(musicsplit_requests_total{{{errors}}}[{w}]))",
-        "p99": f"histogram_quantile(0.99, sum by (le) (increase(musicsplit_request_duration_seconds_bucket{{{sel}}}[{w}])))",
-        "quality": (f"sum(increase(audio_separation_quality_sum{{{sel}}}[{w}]))"
-                    f" / sum(increase(audio_separation_quality_count{{{sel}}}[{w}]))"),
+        "requests": f"sum({_growth('musicsplit_requests_total', sel, w)})",
+        "errors": f"sum({_growth('musicsplit_requests_total', errors, w)})",
+        "p99": f"histogram_quantile(0.99, sum by (le) ({_growth('musicsplit_request_duration_seconds_bucket', sel, w)}))",
+        "quality": (f"sum({_growth('audio_separation_quality_sum', sel, w)})"
+                    f" / sum({_growth('audio_separation_quality_count', sel, w)})"),
     }
 
 

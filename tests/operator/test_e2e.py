@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import random
 import shutil
-import subprocess
 import threading
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
 from tests.fixtures.checkpoints import make_model_dir
-from tests.fixtures.servers import free_port, start_predictor
+from tests.fixtures.servers import start_predictor
 from tests.operator.cluster import ISVC, SM, Cluster, KServeSimulator, Operator
+from tests.operator.prometheus import Prometheus
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not shutil.which("prometheus"), reason="needs the prometheus binary "
@@ -30,41 +29,6 @@ pytestmark = [pytest.mark.slow,
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 NAME = "tiny"  # the SeparationModel's name is the served model name (the `model` label)
-
-
-class Prometheus:
-    """The Debian `prometheus` binary on 127.0.0.1, scraping every second."""
-
-    def __init__(self, workdir: Path, targets: list[str]):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cfg = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-               "scrape_configs": [{"job_name": "predictors", "scrape_interval": "1s", "scrape_timeout": "1s",
-                                   "static_configs": [{"targets": targets}]}]}
-        (workdir / "prometheus.yml").write_text(yaml.safe_dump(cfg))
-        self.log_path = workdir / "prometheus.log"
-        self.proc = subprocess.Popen(
-            ["prometheus", f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=1h"],
-            stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/-/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("prometheus did not start:\n" + self.log_path.read_text()[-3000:])
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 class Traffic:

@@ -216,8 +216,8 @@ def test_model_deleted_mid_rollout_takes_its_inference_service_with_it(env):
     phase_is(cluster, "shortlived", "Succeeded")
     cluster.apply(with_version(base, "5.0.0"))
     phase_is(cluster, "shortlived", "Progressing")
-    cluster.kubectl("delete", "sm", "shortlived", "--wait=true", "--timeout=20s")
-    assert cluster.get(SM, "shortlived") is None
+    cluster.kubectl("delete", "sm", "shortlived", "--wait=false")
+    cluster.wait(lambda: cluster.get(SM, "shortlived") is None, 30, message="the model gone (finalizer released)")
     cluster.wait(lambda: cluster.get(ISVC, "shortlived") is None, 10, message="garbage-collected InferenceService")
     time.sleep(1)  # a few more ticks: the operator must not resurrect it
     assert cluster.get(ISVC, "shortlived") is None
