@@ -23,11 +23,12 @@ RETRYABLE_STATUS = {429, 502, 503, 504}
 class UpstreamStatus(Exception):
     """A predictor answered with an error status (from the v2 client or the pass-through)."""
 
-    def __init__(self, status: int, message: str, retry_after: float | None = None):
+    def __init__(self, status: int, message: str, retry_after: float | None = None, code: str | None = None):
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
         self.message = message
         self.retry_after = retry_after
+        self.code = code
 
 
 class NoEndpoint(Exception):

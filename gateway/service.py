@@ -191,7 +191,6 @@ class SeparationService:
             if existing is None:
                 raise
             return existing
-        self._trace_carriers[job.id] = inject({})
         jdir = self.job_dir(job.id)
         jdir.mkdir(parents=True, exist_ok=True)
         os.replace(intake.path, jdir / "input.wav")
@@ -202,9 +201,11 @@ class SeparationService:
             metrics.RESEPARATIONS.labels(model=choice.model, model_version=version or "unknown").inc()
         if await self._answer_from_cache(job):
             return self.store.get(job.id)
+        self._trace_carriers[job.id] = inject({})
         try:
             self.queue.put_nowait(req.user_id or "anonymous", job.id, force=not reserve)
         except QueueFull:
+            self._trace_carriers.pop(job.id, None)
             self.store.update(job.id, status="failed", error_code="saturated", finished=time.time(),
                               error="the queue filled up while this upload was checked; submit it again")
             raise Saturated("the job queue is full; try again shortly", retry_after=self._queue_wait()) from None

@@ -39,11 +39,11 @@ class Routed:
     fallback: bool = False
 
 
-def client_error(status: int, message: str) -> MusicsplitError:
-    """A predictor's 4xx, passed on with its message (bad input is the caller's to fix)."""
+def client_error(status: int, message: str, code: str | None = None) -> MusicsplitError:
+    """A predictor's 4xx, passed on with its message and code (bad input is the caller's to fix)."""
     if status == 413:
         return PayloadTooLarge(message)
-    if status == 400:
+    if status == 400 and code != BadRequest.code:
         return BadAudio(message)
     return BadRequest(message)
 
@@ -136,7 +136,7 @@ class Router:
             else:
                 state.breaker.success()  # it answered: the endpoint works
             if not is_retryable(exc):
-                raise client_error(exc.status, exc.message) from None
+                raise client_error(exc.status, exc.message, exc.code) from None
             raise
         except httpx.TransportError as exc:
             outcome = "connection_error"
@@ -174,7 +174,7 @@ class Router:
                                             headers=inject({}))
             except V2Error as exc:
                 raise UpstreamStatus(exc.status, getattr(exc, "message", str(exc)),
-                                     getattr(exc, "retry_after", None)) from None
+                                     getattr(exc, "retry_after", None), getattr(exc, "code", None)) from None
             version = (sep.parameters or {}).get("model_version")
             if version:
                 state.version = str(version)
@@ -192,11 +192,12 @@ class Router:
                                       headers=out_headers)
             if r.status_code >= 400:
                 try:
-                    message = r.json().get("error", r.text)
-                except ValueError:
-                    message = r.text
+                    answer = r.json()
+                    message, code = answer.get("error", r.text), answer.get("code")
+                except (ValueError, AttributeError):
+                    message, code = r.text, None
                 retry_after = r.headers.get("retry-after")
-                raise UpstreamStatus(r.status_code, message, float(retry_after) if retry_after else None)
+                raise UpstreamStatus(r.status_code, message, float(retry_after) if retry_after else None, code)
             return r
 
         return await self.call(model, one, fallback=fallback)

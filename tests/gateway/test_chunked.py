@@ -88,7 +88,7 @@ def test_job_memory_is_bounded_by_the_window_not_the_track(baseline_url, gateway
     the chunk size and window alone, far below the decoded track's stems."""
     import tracemalloc
 
-    chunk_s, window, concurrency = 5.0, 3, 2
+    chunk_s, window, concurrency = 3.0, 3, 2
     gw = gateway_factory([("dsp-baseline", baseline_url, "local")], chunk_seconds=chunk_s, chunk_overlap_seconds=0.5,
                          chunk_concurrency=concurrency, chunk_window=window, chunk_align_samples=2048)
     seconds = 150.0
@@ -102,9 +102,11 @@ def test_job_memory_is_bounded_by_the_window_not_the_track(baseline_url, gateway
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert doc["status"] == "succeeded" and doc["progress"]["chunks_total"] == 34
+    assert doc["status"] == "succeeded" and doc["progress"]["chunks_total"] >= 55
     chunk_result = int(chunk_s * 44100) * 2 * 4 * 4  # one chunk's 4 float32 stereo stems
-    bound = (2 * window + concurrency + 4) * chunk_result  # held + in flight + the block being mixed/written
+    # Held results, responses being read (httpx joins the body: 2x), the block being mixed and
+    # written, with room for timing: a constant of the configuration, whatever the length.
+    bound = (3 * window + 2 * concurrency + 4) * chunk_result
     stems = int(seconds * 44100) * 2 * 4 * 4
     print(f"peak traced memory during a {seconds:.0f} s job: {peak / 2**20:.1f} MiB; bound from the window "
           f"{bound / 2**20:.0f} MiB; the track's stems {stems / 2**20:.0f} MiB")
