@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-import pytest
 import yaml
 
 from tests.operator.cluster import SM, Cluster, KServeSimulator, Operator, operator_api_calls, rbac_grants
