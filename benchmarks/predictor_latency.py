@@ -11,7 +11,10 @@ interleaved within each repeat so background load hits them alike):
   demucs cli   `demucs -n NAME --repo DIR file.wav`: what a user would run
                otherwise (loads the model on every call)
 Ratios: http binary / in-process (goal <= 1.03), json / binary, and the
-real-time factor (compute seconds per audio second).
+real-time factor (compute seconds per audio second). Also, per binary request,
+its latency over the server's own `compute_seconds` for that same request:
+the HTTP + decode + quality + encode overhead, immune to load that changes
+between one measurement and the next.
 """
 
 from __future__ import annotations
@@ -85,18 +88,24 @@ def main() -> None:
                         "-o", str(work / "cli"), str(track)], check=True, capture_output=True)
 
     times: dict[str, list[float]] = {"in-process": [], "http binary": [], "http json": [], "demucs cli": []}
+    compute: list[float] = []
+    overhead: list[float] = []
     server = start_predictor(model_dir, "bench", log_dir=work, threads=None)
     try:
         url = f"{server.url}/v2/models/bench/infer"
         with httpx.Client(timeout=900) as client:
             def post(build):
                 body, headers = build(x, params)
-                client.post(url, content=body, headers=headers).raise_for_status()
+                response = client.post(url, content=body, headers=headers)
+                response.raise_for_status()
+                head = response.content[:int(response.headers.get("inference-header-content-length", 0)) or None]
+                compute.append(orjson.loads(head)["parameters"]["compute_seconds"])
 
             post(binary_request)  # the server's first request pays allocator warm-up
             for _ in range(args.repeats):
                 times["in-process"] += timed(lambda: separator.separate(x, shifts=0), 1)
                 times["http binary"] += timed(lambda: post(binary_request), 1)
+                overhead.append(times["http binary"][-1] / compute[-1])
                 times["http json"] += timed(lambda: post(json_request), 1)
                 if use_cli:
                     times["demucs cli"] += timed(run_cli, 1)
@@ -112,6 +121,7 @@ def main() -> None:
         if values:
             print(f"{name:<14}{med(values):>10.3f}{min(values):>10.3f}")
     print(f"http binary / in-process : {med(binary) / med(inproc):.3f}  (goal <= 1.03)")
+    print(f"http binary / server compute, same request: {med(overhead):.3f}")
     print(f"http json / http binary  : {med(as_json) / med(binary):.3f}")
     print(f"real-time factor (binary): {med(binary) / args.seconds:.3f}  (seconds of compute per second of audio)")
     if cli:

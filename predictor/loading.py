@@ -173,7 +173,8 @@ class DemucsSeparator:
             raise BadRequest(
                 f"segment {segment} s is longer than this model allows ({self.max_segment:g} s)"
             )
-        wav = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
+        # Request tensors are read-only views of the body: np.require copies only those.
+        wav = torch.from_numpy(np.require(samples, np.float32, ["C", "W"]))
         # Same normalisation as demucs.separate / demucs.api: zero-mean, unit-std mono reference.
         ref = wav.mean(0)
         mean, std = ref.mean(), ref.std() + 1e-8
