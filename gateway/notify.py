@@ -65,34 +65,47 @@ class Notifier:
             metrics.NOTIFICATIONS.labels(channel="any", outcome="deduplicated").inc()
             return False
         self._sent[key] = now
+        self._spawn(self._send(key, summary, severity, details or {}, "trigger"))
+        return True
+
+    def resolve(self, key: str, summary: str) -> bool:
+        """Close an incident this process opened (PagerDuty resolve on the same dedup_key)."""
+        if self._sent.pop(key, None) is None:
+            return False
+        self._spawn(self._send(key, summary, "info", {}, "resolve"))
+        return True
+
+    def _spawn(self, coro) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            return False
-        task = loop.create_task(self._send(key, summary, severity, details or {}))
+            coro.close()
+            return
+        task = loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return True
 
-    async def _send(self, key: str, summary: str, severity: str, details: dict) -> None:
+    async def _send(self, key: str, summary: str, severity: str, details: dict, action: str) -> None:
         async with httpx.AsyncClient(timeout=5.0) as client:
             sends = []
             if self.settings.slack_webhook_url:
-                text = f":rotating_light: *{summary}*\n" + "\n".join(f"• {k}: {v}" for k, v in details.items())
+                icon = ":rotating_light:" if action == "trigger" else ":white_check_mark:"
+                text = f"{icon} *{summary}*\n" + "\n".join(f"• {k}: {v}" for k, v in details.items())
                 sends.append(("slack", client.post(self.settings.slack_webhook_url, json={"text": text})))
             if self.settings.pagerduty_routing_key:
-                event = {
+                event: dict = {
                     "routing_key": self.settings.pagerduty_routing_key,
-                    "event_action": "trigger",
+                    "event_action": action,
                     "dedup_key": f"musicsplit-gateway:{key}",
-                    "payload": {
+                }
+                if action == "trigger":
+                    event["payload"] = {
                         "summary": summary[:1024],
                         "source": "musicsplit-gateway",
                         "severity": severity,
                         "component": "gateway",
                         "custom_details": details,
-                    },
-                }
+                    }
                 sends.append(("pagerduty", client.post(self.settings.pagerduty_url, json=event)))
             for channel, coro in sends:
                 try:

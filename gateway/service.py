@@ -509,9 +509,13 @@ class SeparationService:
             shutil.rmtree(jdir / "stems", ignore_errors=True)
 
     def _breaker_changed(self, state, old: str, new: str) -> None:
+        key = f"breaker-open:{state.region}:{state.model}:{state.url}"
+        if new == "closed":
+            self.notifier.resolve(key, f"musicsplit gateway: circuit breaker closed again for {state.model} "
+                                       f"in {state.region}")
         if new == "open":
             self.notifier.incident(
-                f"breaker-open:{state.region}:{state.model}:{state.url}",
+                key,
                 f"musicsplit gateway: circuit breaker open for {state.model} in {state.region}",
                 severity="error",
                 details={"model": state.model, "region": state.region, "endpoint": state.url,

@@ -88,3 +88,28 @@ def test_unexpected_errors_reach_sentry(gateway_factory, sentry_receiver):
     assert event["tags"]["job_model"] == "dsp-baseline"
     path, headers, _ = sentry_receiver.posts("/api/")[0]
     assert path == "/api/42/envelope/" and "sentry_key=publickey" in headers.get("x-sentry-auth", "")
+
+
+def test_breaker_closing_resolves_the_page(baseline_url, gateway_factory):
+    with Receiver() as hooks, Receiver(status=503) as flaky:  # a predictor answering 503 ... until it recovers
+        gw = gateway_factory([("dsp-baseline", flaky.url, "eu-west")], pagerduty_routing_key="K",
+                             pagerduty_url=hooks.url + "/pagerduty", slack_webhook_url=hooks.url + "/slack",
+                             breaker_failures=2, breaker_reset_s=0.5, health_interval_s=60, fallback_model=None)
+        body = b'{"inputs": []}'
+        r = httpx.post(f"{gw.url}/v2/models/default/infer", content=body, timeout=30)
+        assert r.status_code == 503
+        _wait(lambda: hooks.posts("/pagerduty"))
+        flaky.forward_to = baseline_url  # it recovers
+        time.sleep(0.6)
+        mix = tone(0.3)
+        import json
+
+        ok = httpx.post(f"{gw.url}/v2/models/default/infer", timeout=30, content=json.dumps(
+            {"inputs": [{"name": "audio", "datatype": "FP32", "shape": list(mix.shape), "data": mix.ravel().tolist(),
+                         "parameters": {"sample_rate": 44100}}]}))
+        assert ok.status_code == 200
+        _wait(lambda: len(hooks.posts("/pagerduty")) == 2)
+        trigger, resolve = hooks.json_bodies("/pagerduty")
+        assert trigger["event_action"] == "trigger" and resolve["event_action"] == "resolve"
+        assert resolve["dedup_key"] == trigger["dedup_key"]
+        assert "closed again" in hooks.json_bodies("/slack")[-1]["text"]
