@@ -132,6 +132,16 @@ def reconcile(body, name, namespace, patch, logger, **_) -> None:
         route = after.route or route
         events += after.events
 
+    if (sm.raw and sm.analysis.golden_set and new.get("phase") == rollout.SUCCEEDED and obs.ready and obs.url
+            and (new.get("goldenBaseline") or {}).get("version") != new.get("stableVersion")):
+        # RawDeployment keeps no previous revision to probe during the next
+        # rollout: measure the stable version's golden-set SDR while it serves.
+        try:
+            sdr = analysis.golden_sdr(obs.url, name, SETTINGS.probe_timeout_seconds)
+            new["goldenBaseline"] = {"version": new["stableVersion"], "meanSdr": round(sdr, 4)}
+        except Exception as e:  # noqa: BLE001 - retried next tick; a rollout without it holds
+            logger.warning("golden-set baseline of %s not measured: %s", new.get("stableVersion"), e)
+
     new["conditions"] = rollout.set_condition(new.get("conditions") or [], "SpecValid", True, "Valid",
                                               "spec accepted", now, generation)
     if route is not None:

@@ -494,6 +494,10 @@ class KServeSimulator:
         latest = revs[-1]
         rolled = comp_old.get("latestRolledoutRevision")
         pct = pred.get("canaryTrafficPercent")
+        # RawDeployment: a Deployment per model, no revisions to split between (kserve#4074).
+        raw = (meta.get("annotations") or {}).get("serving.kserve.io/deploymentMode") == "RawDeployment"
+        if raw:
+            pct = None
         host = f"{meta['name']}-predictor.{meta['namespace']}.example.com"
         by_name = {r["name"]: r for r in revs}
 
@@ -520,14 +524,17 @@ class KServeSimulator:
             traffic.append({"revisionName": stable["name"], "percent": 100 - pct, "latestRevision": False,
                             "tag": "prev", "url": url(stable, "prev")})
         self.split[key] = {t["url"]: t["percent"] / 100 for t in traffic}
+        if raw:  # no Knative routes: no tags, no per-revision URLs
+            traffic = [{k: v for k, v in t.items() if k not in ("tag", "url")} for t in traffic]
         any_ready = bool(traffic)
         cond = [{"type": "Ready", "status": "True" if any_ready else "False"},
                 {"type": "PredictorReady", "status": "True" if latest["ready"] else "False",
                  **({"reason": "RevisionFailed", "message": f"revision {latest['name']} failed: {latest['uri']} "
                                                             "could not be loaded"}
                     if latest["uri"] in self.broken else {})}]
+        serving_rev = by_name.get(rolled)
         return {
-            "url": f"http://{host}",
+            "url": url(serving_rev, "latest") if raw and serving_rev else f"http://{host}",
             "conditions": cond,
             "components": {"predictor": {
                 "latestCreatedRevision": latest["name"],

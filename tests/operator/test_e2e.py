@@ -72,8 +72,8 @@ class Traffic:
             c.close()
 
 
-def sm(version: str, model_dir: Path, prometheus_url: str) -> dict:
-    return {
+def sm(version: str, model_dir: Path, prometheus_url: str, **spec) -> dict:
+    doc = {
         "apiVersion": "musicsplit.io/v1alpha1", "kind": "SeparationModel",
         "metadata": {"name": NAME, "namespace": "default"},
         "spec": {
@@ -89,6 +89,8 @@ def sm(version: str, model_dir: Path, prometheus_url: str) -> dict:
             },
         },
     }
+    doc["spec"].update(spec)
+    return doc
 
 
 def status(cluster) -> dict:
@@ -99,25 +101,38 @@ def checks(st: dict) -> dict:
     return {c["name"]: c for c in st["lastAnalysis"]["checks"]}
 
 
-def test_degraded_canary_is_rolled_back_and_a_healthy_one_promoted(tmp_path):
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """Predictors for a stable, a degraded and a healthy release, and Prometheus scraping them."""
     from musicsplit.golden import golden_set
 
-    models = tmp_path / "models"
-    stable_dir = make_model_dir(models / "stable", NAME, version="1.0.0")
-    bad_dir = make_model_dir(models / "bad", NAME, version="2.0.0", degrade=0.5)
-    good_dir = make_model_dir(models / "good", NAME, version="2.1.0")  # same weights: no regression
-    procs = []
+    tmp = tmp_path_factory.mktemp("e2e")
+    dirs = {"stable": make_model_dir(tmp / "stable", NAME, version="1.0.0"),
+            "bad": make_model_dir(tmp / "bad", NAME, version="2.0.0", degrade=0.5),
+            "good": make_model_dir(tmp / "good", NAME, version="2.1.0")}  # same weights: no regression
+    procs = {}
     try:
         t0 = time.monotonic()
-        for d in (stable_dir, bad_dir, good_dir):
-            procs.append(start_predictor(d, NAME, log_dir=tmp_path, args=["--max_queue", "4"]))
-        stable, bad, good = procs
-        prom = Prometheus(tmp_path, [p.url.removeprefix("http://") for p in procs])
-        procs.append(prom)
-        endpoints = {f"file://{d}": p.url for d, p in ((stable_dir, stable), (bad_dir, bad), (good_dir, good))}
-        item = golden_set(n=1, seconds=2.0, seed=7)[0]  # traffic: not one of the probe's items
+        for k, d in dirs.items():
+            procs[k] = start_predictor(d, NAME, log_dir=tmp, args=["--max_queue", "4"])
+        prom = Prometheus(tmp, [p.url.removeprefix("http://") for p in procs.values()])
         print(f"\nstartup (3 predictors + prometheus): {time.monotonic() - t0:.1f}s")
+        item = golden_set(n=1, seconds=2.0, seed=7)[0]  # traffic: not one of the probe's items
+        yield dirs, procs, prom, item
+    finally:
+        if "prom" in locals():
+            prom.stop()
+        for p in procs.values():
+            p.stop()
 
+
+def test_degraded_canary_is_rolled_back_and_a_healthy_one_promoted(stack, tmp_path):
+    dirs, predictors, prom, item = stack
+    stable_dir, bad_dir, good_dir = dirs["stable"], dirs["bad"], dirs["good"]
+    stable, bad, good = predictors["stable"], predictors["bad"], predictors["good"]
+    endpoints = {f"file://{d}": predictors[k].url for k, d in dirs.items()}
+    procs = []
+    try:
         with Cluster(tmp_path) as cluster, KServeSimulator(cluster, endpoints=endpoints) as sim, \
                 Traffic(sim, item.mixture, item.sample_rate) as traffic:
             cluster.kubectl("apply", "-f", str(MANIFESTS / "crd.yaml"))
@@ -176,3 +191,39 @@ def test_degraded_canary_is_rolled_back_and_a_healthy_one_promoted(tmp_path):
     finally:
         for p in reversed(procs):
             p.stop()
+
+
+def test_raw_deployment_canary_takes_all_traffic_and_is_rolled_back_by_redeploying_stable(stack, tmp_path):
+    dirs, predictors, prom, item = stack
+    endpoints = {f"file://{d}": predictors[k].url for k, d in dirs.items()}
+    raw = {"deploymentMode": "RawDeployment"}
+    with Cluster(tmp_path) as cluster, KServeSimulator(cluster, endpoints=endpoints) as sim, \
+            Traffic(sim, item.mixture, item.sample_rate):
+        cluster.kubectl("apply", "-f", str(MANIFESTS / "crd.yaml"))
+        op = Operator(cluster, tmp_path / "operator.log", tick=1.0)
+        try:
+            cluster.apply(sm("1.0.0", dirs["stable"], prom.url, **raw))
+            # While stable serves alone, its golden-set baseline is measured (no previous revision later).
+            st = cluster.wait(lambda: (s := status(cluster)).get("goldenBaseline") and s, 60, message="baseline")
+            assert st["phase"] == "Succeeded" and st["goldenBaseline"]["version"] == "1.0.0"
+            cond = next(c for c in st["conditions"] if c["type"] == "TrafficSplit")
+            assert cond["status"] == "False" and cond["reason"] == "RawDeploymentMode"
+
+            t0 = time.monotonic()
+            cluster.apply(sm("2.0.0", dirs["bad"], prom.url, **raw))
+            cluster.wait(lambda: sim.split.get(("default", NAME)) == {predictors["bad"].url: 1.0}, 20,
+                         message="all traffic on the new version (no split in RawDeployment)")
+            assert "canaryTrafficPercent" not in cluster.get(ISVC, NAME)["spec"]["predictor"]
+            st = cluster.wait(lambda: (s := status(cluster)).get("phase") in ("RolledBack", "Succeeded")
+                              and s.get("history", [{}])[-1].get("version") == "2.0.0" and s, 120,
+                              message="a verdict on 2.0.0")
+            print(f"RawDeployment: degraded version rolled back after {time.monotonic() - t0:.1f}s")
+            assert st["phase"] == "RolledBack" and st["history"][-1]["outcome"] == "rolledBack"
+            assert "goldenSdrDrop" in st["history"][-1]["reason"]
+            isvc = cluster.get(ISVC, NAME)
+            assert isvc["spec"]["predictor"]["model"]["storageUri"] == f"file://{dirs['stable']}"
+            cluster.wait(lambda: sim.split.get(("default", NAME)) == {predictors["stable"].url: 1.0}, 20,
+                         message="stable serving all traffic again")
+        finally:
+            op.stop()
+        assert "Traceback" not in op.log(), op.log()[-5000:]
