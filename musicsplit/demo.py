@@ -1,15 +1,16 @@
 """`musicsplit demo`: the local stack, end to end, on embedded defaults.
 
 Starts a predictor serving the weight-free DSP baseline (or any model dir
-or pretrained name given), renders a track whose true stems are known (or
-takes yours), separates it over KServe v2, writes one file per stem and
+or pretrained name given) and a gateway in front of it, renders a track
+whose true stems are known (or takes yours), uploads it as a job, follows
+its per-chunk progress over the WebSocket, downloads one file per stem and
 reports where they are and how good they are: the reference-free quality
 the platform measures on every request, and SDR against the true stems.
 """
 
 from __future__ import annotations
 
-import sys
+import json
 from pathlib import Path
 
 DEFAULT_MODEL = "builtin://dsp-baseline"
@@ -36,44 +37,83 @@ def _render_track(out: Path, seconds: float):
     return path, item
 
 
+def _follow(gateway_url: str, job: dict) -> dict:
+    """Per-chunk progress from the job's WebSocket, as a progress bar, until it ends."""
+    from tqdm import tqdm
+    from websockets.sync.client import connect
+
+    last = job
+    with tqdm(total=1.0, desc="separating", bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}") as bar:
+        with connect(gateway_url.replace("http", "ws", 1) + job["progress_url"], open_timeout=30) as ws:
+            for raw in ws:
+                last = json.loads(raw)
+                bar.n = last.get("progress", 0.0)
+                bar.set_postfix_str(f"{last['status']}, chunk {last['chunks_done']}/{last['chunks_total']}")
+                if last["status"] in ("succeeded", "failed", "cancelled", "expired"):
+                    break
+    return last
+
+
 def run_demo(args) -> int:
-    from musicsplit.localstack import start_predictor
+    import httpx
+
+    from musicsplit.audio import decode
+    from musicsplit.localstack import start_gateway, start_predictor
     from musicsplit.quality import sdr
-    from musicsplit.v2client import V2Client
 
     out: Path = args.out
-    (out / "stems").mkdir(parents=True, exist_ok=True)
-    (out / "logs").mkdir(parents=True, exist_ok=True)
+    for sub in ("stems", "logs", "gateway"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
     if args.track:
         track, reference = args.track, None
     else:
         track, reference = _render_track(out, args.seconds)
         print(f"rendered a {args.seconds:.0f} s track with known stems: {track}")
     name = args.model_name or ("dsp-baseline" if args.model_dir == DEFAULT_MODEL else Path(args.model_dir).name)
-    print(f"starting predictor '{name}' ({args.model_dir}) on 127.0.0.1 ...")
-    predictor = start_predictor(args.model_dir, name, log_dir=out / "logs", timeout=600, threads=None)
+    logs = out / "logs"
+    print(f"starting predictor '{name}' ({args.model_dir}) ...")
+    predictor = start_predictor(args.model_dir, name, log_dir=logs, timeout=600, threads=None)
     try:
-        print(f"predictor ready at {predictor.url} (KServe v2 REST; gRPC on {predictor.grpc_url})")
-        result = V2Client(predictor.url, timeout=900).separate(
-            name, encoded=track.read_bytes(), output_format="wav")
+        print(f"  predictor ready at {predictor.url} (KServe v2; gRPC on {predictor.grpc_url})")
+        # 8 s chunks: even the short demo track goes through the chunked, per-chunk-progress path.
+        gateway = start_gateway([(name, predictor.url)], data_dir=out / "gateway", log_dir=logs,
+                                default_model=name, env={"MUSICSPLIT_GATEWAY_CHUNK_SECONDS": "8"})
+        try:
+            print(f"  gateway ready at {gateway.url} (API docs: {gateway.url}/docs)")
+            with httpx.Client(base_url=gateway.url, timeout=120) as client:
+                submitted = client.post("/v1/separations", files={"file": (track.name, track.read_bytes())},
+                                        data={"output_format": "wav"}, headers={"X-User-Id": "demo"})
+                if submitted.status_code != 202:
+                    print(f"error: {submitted.status_code}: {submitted.json().get('error')}")
+                    return 1
+                job = submitted.json()
+                print(f"uploaded {track.name}: job {job['id']}")
+                last = _follow(gateway.url, job)
+                job = client.get(f"/v1/separations/{job['id']}").json()
+                if job["status"] != "succeeded":
+                    print(f"job {job['status']}: {(job.get('error') or {}).get('error', last)}")
+                    return 1
+                stems = {stem: client.get(url).content for stem, url in job["stems"].items()}
+        finally:
+            gateway.stop()
     finally:
         predictor.stop()
-    p = result.parameters
-    print(f"\nseparated {track.name} with {p['model']} version {p['model_version']} on {p['device']}: "
-          f"{float(p['audio_seconds']):.1f} s of audio in {float(p['compute_seconds']):.2f} s "
-          f"(real-time factor {float(p['real_time_factor']):.3f}), cost ${float(p['cost_usd']):.6f}")
-    print(f"quality score {float(p['quality_score']):.3f} (0..1), "
-          f"mixture-consistency SNR {float(p['mixture_snr_db']):.1f} dB")
-    if result.warnings:
-        print("warnings: " + "; ".join(result.warnings))
+    print(f"\nseparated {track.name} with {job['model']} version {job['model_version']} (arm {job['arm']}): "
+          f"{job['audio_seconds']:.1f} s of audio in {job['compute_seconds']:.2f} s of compute, "
+          f"cost ${job['cost_usd']:.6f}")
+    print(f"quality score {job['quality_score']:.3f} (0..1, reference-free, measured on every request)")
+    if job["warnings"]:
+        print("warnings: " + "; ".join(job["warnings"]))
     print(f"\nstems in {out / 'stems'}:")
-    for stem, blob in result.encoded.items():
+    for stem, blob in stems.items():
         path = out / "stems" / f"{track.stem}.{stem}.wav"
         path.write_bytes(blob)
         line = f"  {path}"
         if reference is not None and stem in reference.stems:
-            line += f"   SDR {sdr(reference.stems[stem], result.stems[stem]):6.2f} dB vs the true {stem}"
+            score = sdr(reference.stems[stem], decode(blob).samples)
+            line += f"  SDR {score:6.2f} dB vs the true {stem}"
         print(line)
     if reference is not None:
-        print("\n(SDR: higher is better; the weight-free baseline is the quality floor a Demucs model must beat.)")
+        print("\nSDR: higher is better; the weight-free baseline is the quality floor a Demucs model must beat.")
+    print(f"logs: {logs}")
     return 0

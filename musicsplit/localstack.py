@@ -98,3 +98,27 @@ def start_predictor(
     path = f"/v2/models/{name}/ready" if wait == "ready" else "/v2/health/live"
     wait_for(p.url + path, p, timeout)
     return p
+
+
+def start_gateway(
+    endpoints: list[tuple[str, str]],
+    *,
+    data_dir: Path,
+    log_dir: Path,
+    default_model: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 60.0,
+) -> Process:
+    """`musicsplit serve gateway` on a free 127.0.0.1 port, routing `(model, url)` endpoints."""
+    port = free_port()
+    log_path = Path(log_dir) / f"gateway-{port}.log"
+    cmd = [sys.executable, "-m", "musicsplit.cli", "serve", "gateway", "--host", "127.0.0.1",
+           "--port", str(port), "--data_dir", str(data_dir), "--default_model", default_model]
+    for model, url in endpoints:
+        cmd += ["--endpoint", f"{model}={url}"]
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                            start_new_session=True)
+    p = Process(proc, f"http://127.0.0.1:{port}", log_path)
+    wait_for(p.url + "/v2/health/ready", p, timeout)
+    return p

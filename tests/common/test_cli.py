@@ -52,3 +52,4 @@ def test_demo_separates_a_track_end_to_end_and_scores_it(tmp_path):
     sdrs = [float(line.split("SDR")[1].split("dB")[0]) for line in done.stdout.splitlines() if "SDR " in line and "vs the true" in line]
     assert len(sdrs) == 4 and min(sdrs) > 0  # the baseline really separates: every stem above 0 dB
     assert "quality score" in done.stdout and "dsp-baseline version builtin-1" in done.stdout
+    assert "gateway ready" in done.stdout and "uploaded track.wav: job" in done.stdout  # the whole stack
