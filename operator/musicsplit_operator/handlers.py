@@ -15,7 +15,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from . import analysis, rollout, router
+from . import analysis, metrics, rollout, router
 from .settings import OperatorSettings
 from .spec import GROUP, ISVC_GROUP, ISVC_PLURAL, ISVC_VERSION, PLURAL, VERSION, parse_spec
 
@@ -30,6 +30,8 @@ def configure(settings: kopf.OperatorSettings, logger, **_) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="musicsplit.io", key="last-handled-configuration")
     settings.posting.level = logging.getLevelName(SETTINGS.event_log_level)
+    if SETTINGS.metrics_port:
+        metrics.serve(SETTINGS.metrics_port, SETTINGS.metrics_address)
     settings.watching.server_timeout = 60
     # The CRD is installed before the operator (manifests/, the chart): no need
     # to watch CRDs, so no RBAC for them.
@@ -86,10 +88,12 @@ def reconcile(body, name, namespace, patch, logger, **_) -> None:
         fresh = _api().get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
     except ApiException as e:
         if e.status == 404:
+            metrics.forget(namespace, name)
             return
         raise
     spec, status, meta = fresh.get("spec") or {}, fresh.get("status") or {}, fresh.get("metadata") or {}
     if meta.get("deletionTimestamp"):
+        metrics.forget(namespace, name)
         return  # being deleted: the garbage collector takes the InferenceService
     now = datetime.now(timezone.utc)
     old = dict(status or {})
@@ -106,6 +110,7 @@ def reconcile(body, name, namespace, patch, logger, **_) -> None:
         if old.get("message") != new["message"]:
             kopf.warn(body, reason="InvalidSpec", message=msg)
         patch.status.update(_status_patch(old, new))
+        metrics.record(namespace, name, old, new)
         return
 
     isvc = get_isvc(namespace, name)
@@ -149,5 +154,6 @@ def reconcile(body, name, namespace, patch, logger, **_) -> None:
     for type_, reason, message in events:
         kopf.event(body, type=type_, reason=reason, message=message)
     patch.status.update(_status_patch(old, new))
+    metrics.record(namespace, name, old, new)
     if action:
         patch.metadata.setdefault("annotations", {})[ACTION_ANNOTATION] = None

@@ -15,5 +15,8 @@ class OperatorSettings(BaseSettings):
     prometheus_timeout_seconds: float = 10.0
     # Per golden-set request (a few short mixtures per model version).
     probe_timeout_seconds: float = 300.0
+    # The operator's own /metrics (rollout phase, canary weight, holds, outcomes); 0: off.
+    metrics_port: int = 8081
+    metrics_address: str = "0.0.0.0"
     # Kubernetes Events are posted for kopf's own log lines at this level and above.
     event_log_level: str = "WARNING"

@@ -38,6 +38,8 @@ from kmock import KubernetesEmulator, ResourceInfo
 from kmock._internal import enums
 from kmock._internal.k8s import KubernetesError
 
+from tests.fixtures.servers import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 CRD_RESOURCE = "apiextensions.k8s.io/v1/customresourcedefinitions"
 ISVC = "serving.kserve.io/v1beta1/inferenceservices"
@@ -392,7 +394,10 @@ class Operator:
     def __init__(self, cluster: Cluster, log: Path, tick: float = 0.5, env: dict | None = None,
                  args: list[str] = (), standalone: bool = True, namespace: str | None = "default"):
         self.log_path = log
-        full = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "MUSICSPLIT_OPERATOR_TICK_SECONDS": str(tick),
+        self.metrics_port = free_port()
+        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        full = {"MUSICSPLIT_OPERATOR_METRICS_PORT": str(self.metrics_port),
+                "MUSICSPLIT_OPERATOR_METRICS_ADDRESS": "127.0.0.1",**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "MUSICSPLIT_OPERATOR_TICK_SECONDS": str(tick),
                 "MUSICSPLIT_OPERATOR_PROMETHEUS_TIMEOUT_SECONDS": "2", "PYTHONUNBUFFERED": "1",
                 **(env or {})}
         self.proc = subprocess.Popen(

@@ -10,8 +10,10 @@ import re
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.operator.cluster import ISVC, SM, Cluster, KServeSimulator, Operator, operator_api_calls, rbac_grants
 
@@ -77,6 +79,18 @@ def condition(st: dict, type_: str) -> dict:
 
 def event_reasons(cluster, name) -> list[str]:
     return [e.get("reason") for e in cluster.events() if (e.get("involvedObject") or {}).get("name") == name]
+
+
+def metric(op: Operator, series: str) -> float | None:
+    """One series' value from the operator's /metrics, e.g. 'name{a="b"}'."""
+    name, _, labels = series.partition("{")
+    want = dict(kv.split("=", 1) for kv in labels.rstrip("}").split(",")) if labels else {}
+    want = {k: v.strip('"') for k, v in want.items()}
+    for family in text_string_to_metric_families(httpx.get(op.metrics_url, timeout=5).text):
+        for s in family.samples:
+            if s.name == name and s.labels == want:
+                return s.value
+    return None
 
 
 def has_events(cluster, name, *reasons) -> bool:
@@ -152,6 +166,8 @@ def test_canary_holds_when_prometheus_is_unreachable_and_abort_rolls_back(env):
     st = status(cluster, "holdme")
     assert st["phase"] == "Progressing" and st["canaryWeight"] == 10 and st["holds"] >= 2
     assert event_reasons(cluster, "holdme").count("AnalysisHeld") == 1
+    held = metric(env[2], 'musicsplit_rollout_analysis_holds{name="holdme",namespace="default"}')
+    assert held >= 2 and metric(env[2], 'musicsplit_rollout_canary_weight{name="holdme",namespace="default"}') == 10
 
     cluster.kubectl("annotate", "sm", "holdme", "musicsplit.io/action=abort")
     st = phase_is(cluster, "holdme", "RolledBack")
@@ -161,6 +177,9 @@ def test_canary_holds_when_prometheus_is_unreachable_and_abort_rolls_back(env):
     cluster.wait(lambda: "musicsplit.io/action" not in cluster.get(SM, "holdme")["metadata"].get("annotations", {}),
                  10, message="the action annotation consumed")
     assert has_events(cluster, "holdme", "Aborted")
+    # the operator's own metrics (manifests/operator-alerts.rules.yaml alerts on them)
+    assert metric(env[2], 'musicsplit_rollouts_total{name="holdme",namespace="default",outcome="aborted"}') == 1
+    assert metric(env[2], 'musicsplit_rollout_phase{name="holdme",namespace="default",phase="RolledBack"}') == 1
     out = cluster.kubectl("get", "sm", "holdme").stdout.splitlines()[1].split()
     assert out[1:5] == ["4.0.0", "<none>", "0", "RolledBack"]
 

@@ -1,0 +1,46 @@
+"""The operator's own Prometheus metrics: a view of the status it writes
+(the status stays the only state; a restarted operator re-derives these)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, start_http_server
+
+from . import rollout
+
+LABELS = ("namespace", "name")
+PHASES = (rollout.INITIALIZING, rollout.PROGRESSING, rollout.PROMOTING, rollout.SUCCEEDED, rollout.ROLLED_BACK,
+          rollout.FAILED, rollout.PAUSED)
+
+PHASE = Gauge("musicsplit_rollout_phase", "1 for the SeparationModel's current rollout phase", (*LABELS, "phase"))
+WEIGHT = Gauge("musicsplit_rollout_canary_weight", "Traffic percent the canary gets (0: no canary)", LABELS)
+HOLDS = Gauge("musicsplit_rollout_analysis_holds",
+              "Consecutive analyses held for lack of evidence at the current step", LABELS)
+OUTCOMES = Counter("musicsplit_rollouts", "Versions that left a rollout, by outcome "
+                   "(promoted, rolledBack, aborted, superseded, failed, interrupted)", (*LABELS, "outcome"))
+
+
+def serve(port: int, addr: str = "0.0.0.0") -> None:
+    start_http_server(port, addr)
+
+
+def record(namespace: str, name: str, old: dict, new: dict) -> None:
+    """Update the gauges from the new status; count history entries it added."""
+    phase = new.get("phase")
+    for p in PHASES:
+        PHASE.labels(namespace, name, p).set(1 if p == phase else 0)
+    WEIGHT.labels(namespace, name).set(new.get("canaryWeight") or 0)
+    HOLDS.labels(namespace, name).set(new.get("holds") or 0)
+    old_h, new_h = old.get("history") or [], new.get("history") or []
+    added = new_h[len(old_h):] if new_h[:len(old_h)] == old_h else new_h[-1:] if new_h != old_h else []
+    for h in added:
+        OUTCOMES.labels(namespace, name, h.get("outcome", "unknown")).inc()
+
+
+def forget(namespace: str, name: str) -> None:
+    """A deleted SeparationModel's series go away (bounded cardinality)."""
+    series = [(PHASE, (namespace, name, p)) for p in PHASES] + [(WEIGHT, (namespace, name)), (HOLDS, (namespace, name))]
+    for metric, labels in series:
+        try:
+            metric.remove(*labels)
+        except KeyError:
+            pass
