@@ -20,6 +20,7 @@ import soundfile as sf
 
 from musicsplit.audio import Audio, decode
 from musicsplit.errors import BadAudio
+from musicsplit import validation
 from musicsplit.validation import Limits, check_size, validate
 
 BLOCK_SECONDS = 30.0
@@ -40,16 +41,7 @@ class Intake:
 
 
 def check_length(frames: int, sample_rate: int, limits: Limits) -> None:
-    seconds = frames / float(sample_rate) if sample_rate else 0.0
-    if frames == 0:
-        raise BadAudio("the audio is empty (no samples)")
-    if seconds > limits.max_seconds:
-        raise BadAudio(
-            f"audio is {seconds:.1f} s long, over the limit of {limits.max_seconds:.0f} s; "
-            "split the track and submit the parts"
-        )
-    if seconds < limits.min_seconds:
-        raise BadAudio(f"audio is {seconds * 1000:.0f} ms long; send at least {limits.min_seconds} s")
+    validation.check_length(frames, sample_rate, limits, hint="split the track and submit the parts")
 
 
 def take(data: bytes, dest: Path, limits: Limits) -> Intake:

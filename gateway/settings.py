@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import BaseModel
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from musicsplit.validation import Limits
+from musicsplit.validation import InputLimitSettings
 
 
 class Endpoint(BaseModel):
@@ -22,7 +22,7 @@ class Endpoint(BaseModel):
     region: str = "local"
 
 
-class GatewaySettings(BaseSettings):
+class GatewaySettings(BaseSettings, InputLimitSettings):
     model_config = SettingsConfigDict(env_prefix="MUSICSPLIT_GATEWAY_", extra="ignore")
 
     host: str = "127.0.0.1"
@@ -60,12 +60,9 @@ class GatewaySettings(BaseSettings):
     breaker_failures: int = 3
     breaker_reset_s: float = 15.0
 
-    # Input limits (same module and defaults as the predictor).
-    max_request_bytes: int = 200 * 1024 * 1024
-    max_audio_seconds: float = 20 * 60.0
+    # Input limits: max_request_bytes, max_audio_seconds, min_sample_rate and
+    # max_channels come from InputLimitSettings (shared with the predictor).
     max_audio_seconds_unchunked: float = 10 * 60.0  # a single v2 request stays under Knative's 600 s cap
-    min_sample_rate: int = 16_000
-    max_channels: int = 2
     max_batch_files: int = 32
 
     # Cache: "disk" (embedded default), "redis" (shared by replicas) or "none".
@@ -89,14 +86,6 @@ class GatewaySettings(BaseSettings):
     pagerduty_routing_key: str | None = None
     pagerduty_url: str = "https://events.pagerduty.com/v2/enqueue"
     notify_dedup_s: float = 600.0
-
-    def limits(self) -> Limits:
-        return Limits(
-            max_bytes=self.max_request_bytes,
-            max_seconds=self.max_audio_seconds,
-            min_sample_rate=self.min_sample_rate,
-            max_channels=self.max_channels,
-        )
 
     @property
     def db_path(self) -> Path:

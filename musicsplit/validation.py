@@ -11,8 +11,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pydantic import BaseModel
+
 from musicsplit.audio import Audio, resample
 from musicsplit.errors import BadAudio, PayloadTooLarge
+
+
+class InputLimitSettings(BaseModel):
+    """The input limits every component's settings object exposes (predictor, gateway)."""
+
+    max_request_bytes: int = 200 * 1024 * 1024
+    max_audio_seconds: float = 20 * 60.0
+    min_sample_rate: int = 16_000
+    max_channels: int = 2
+
+    def limits(self) -> "Limits":
+        return Limits(max_bytes=self.max_request_bytes, max_seconds=self.max_audio_seconds,
+                      min_sample_rate=self.min_sample_rate, max_channels=self.max_channels)
 
 
 @dataclass(frozen=True)
@@ -32,6 +47,18 @@ def check_size(num_bytes: int, limits: Limits) -> None:
             f"request is {num_bytes} bytes, over the limit of {limits.max_bytes} bytes; "
             "split the track or use the gateway's chunked jobs"
         )
+
+
+def check_length(frames: int, sample_rate: int, limits: Limits,
+                 hint: str = "use the gateway's chunked jobs for long tracks") -> None:
+    """Refuse empty, too short and too long audio; `hint` says what to do about length."""
+    if frames == 0:
+        raise BadAudio("the audio is empty (no samples)")
+    seconds = frames / float(sample_rate)
+    if seconds > limits.max_seconds:
+        raise BadAudio(f"audio is {seconds:.1f} s long, over the limit of {limits.max_seconds:.0f} s; {hint}")
+    if seconds < limits.min_seconds:
+        raise BadAudio(f"audio is {seconds * 1000:.0f} ms long; send at least {limits.min_seconds} s")
 
 
 def validate(audio: Audio, limits: Limits) -> list[str]:
@@ -56,14 +83,7 @@ def validate(audio: Audio, limits: Limits) -> list[str]:
         raise BadAudio(
             f"sample rate {audio.sample_rate} Hz is above the maximum of {limits.max_sample_rate} Hz"
         )
-    seconds = audio.seconds
-    if seconds > limits.max_seconds:
-        raise BadAudio(
-            f"audio is {seconds:.1f} s long, over the limit of {limits.max_seconds:.0f} s; "
-            "use the gateway's chunked jobs for long tracks"
-        )
-    if seconds < limits.min_seconds:
-        raise BadAudio(f"audio is {seconds * 1000:.0f} ms long; send at least {limits.min_seconds} s")
+    check_length(length, audio.sample_rate, limits)
     finite = np.isfinite(samples)
     if not finite.all():
         bad = int(samples.size - np.count_nonzero(finite))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from musicsplit.validation import Limits
+from musicsplit.validation import InputLimitSettings
 
 # On-demand list prices per GPU-second (USD), used when the GPU type is known
 # and no explicit price is configured. Override with MUSICSPLIT_GPU_PRICE_PER_SECOND.
@@ -24,7 +24,7 @@ GPU_PRICES_PER_SECOND = {
 }
 
 
-class PredictorSettings(BaseSettings):
+class PredictorSettings(BaseSettings, InputLimitSettings):
     model_config = SettingsConfigDict(env_prefix="MUSICSPLIT_", extra="ignore")
 
     model_name: str = "htdemucs"
@@ -40,20 +40,8 @@ class PredictorSettings(BaseSettings):
     # Prices: GPU-seconds x price per GPU-second; CPU-seconds priced per core.
     gpu_price_per_second: float | None = None
     cpu_price_per_core_second: float = 0.0425 / 3600
-
-    # Input limits (see musicsplit.validation.Limits).
-    max_request_bytes: int = 200 * 1024 * 1024
-    max_audio_seconds: float = 20 * 60.0
-    min_sample_rate: int = 16_000
-    max_channels: int = 2
-
-    def limits(self) -> Limits:
-        return Limits(
-            max_bytes=self.max_request_bytes,
-            max_seconds=self.max_audio_seconds,
-            min_sample_rate=self.min_sample_rate,
-            max_channels=self.max_channels,
-        )
+    # Input limits: max_request_bytes, max_audio_seconds, min_sample_rate,
+    # max_channels (InputLimitSettings; MUSICSPLIT_MAX_AUDIO_SECONDS etc.).
 
     def gpu_price(self, gpu_name: str | None) -> float:
         if self.gpu_price_per_second is not None:
