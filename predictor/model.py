@@ -92,6 +92,10 @@ class SeparationModel(kserve.Model):
         try:
             with tracer.start_as_current_span("model.load", attributes={"model": self.name}):
                 loaded = load(self.settings.model_dir, self.settings.device)
+                expected = [x.strip() for x in (self.settings.stems or "").split(",") if x.strip()]
+                sources = loaded.separator.sources
+                if any(s not in sources and s.removeprefix("no_") not in sources for s in expected):
+                    raise ModelLoadError(f"the deployment expects stems {expected}, the model produces {sources}")
                 if self.settings.cpu_threads:
                     import torch
 
@@ -113,6 +117,10 @@ class SeparationModel(kserve.Model):
 
             self._gpu_name = torch.cuda.get_device_name(loaded.device)
         labels = self.labels()
+        # Every outcome series exists from the start at 0, so rate()/increase() see a
+        # new version's first errors instead of a series that appears mid-window.
+        for outcome in metrics.OUTCOMES:
+            metrics.REQUESTS.labels(**labels, outcome=outcome)
         metrics.LOAD_SECONDS.labels(**labels).set(loaded.load_seconds)
         metrics.MODEL_INFO.info({
             **labels, "architecture": loaded.architecture, "device": loaded.device,

@@ -30,6 +30,9 @@ class PredictorSettings(BaseSettings, InputLimitSettings):
     model_name: str = "htdemucs"
     model_dir: str = "/mnt/models"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # Stems the deployment must provide (comma-separated, from the SeparationModel);
+    # a model that cannot fails its load instead of serving the wrong stems.
+    stems: str | None = None
     warmup: bool = True
 
     # Concurrency: requests running inference at once, and how many may wait.

@@ -31,7 +31,7 @@ def predictor(name: str, spec: SeparationModelSpec, route: Route) -> dict:
         node_selector[GPU_PRODUCT_LABEL] = p.resources.gpu.type
     env = [{"name": "MUSICSPLIT_STEMS", "value": ",".join(spec.stems)}] if spec.stems else []
     if spec.cost_per_gpu_second is not None:
-        env.append({"name": "MUSICSPLIT_COST_PER_GPU_SECOND", "value": str(spec.cost_per_gpu_second)})
+        env.append({"name": "MUSICSPLIT_GPU_PRICE_PER_SECOND", "value": str(spec.cost_per_gpu_second)})
     out = {
         "minReplicas": spec.replicas.min,
         "maxReplicas": spec.replicas.max,

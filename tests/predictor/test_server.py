@@ -217,6 +217,8 @@ def test_metrics_carry_model_and_version_and_count_outcomes(predictor_url):
     assert 'le="0.5"' in after and 'le="600.0"' in after  # quality and latency buckets
     assert metric(after, "musicsplit_model_info", architecture="htdemucs", **labels) == 1
     assert metric(after, "musicsplit_model_ready", model="tiny") == 1
+    # Outcome series exist from the load on, at 0 until they happen.
+    assert all(f'outcome="{o}"' in before for o in ("error", "saturated", "too_large", "not_ready"))
 
 
 # -- limits, saturation, readiness, tracing: a strict server ---------------------------------
@@ -334,5 +336,20 @@ def test_a_model_that_fails_to_load_is_reported_not_crashed_on(tmp_path, logs_di
         assert metric(metrics, "musicsplit_model_load_failures_total", model="tiny") == 1
         assert metric(metrics, "musicsplit_requests_total", outcome="not_ready") == attempts
         assert proc.alive()
+    finally:
+        proc.stop()
+
+
+def test_a_model_with_other_stems_than_the_deployment_expects_does_not_serve(tiny_model_dir, logs_dir):
+    proc = start_predictor(tiny_model_dir, "tiny", log_dir=logs_dir, wait="live",
+                           env={"MUSICSPLIT_STEMS": "drums,bass,other,vocals,guitar,piano"})
+    try:
+        import time
+
+        deadline = time.monotonic() + 30
+        while "failed to load" not in (error := post_json(proc.url, fp32_doc(clip(0.2))).json()["error"]):
+            assert time.monotonic() < deadline, error
+            time.sleep(0.2)
+        assert "expects stems ['drums', 'bass', 'other', 'vocals', 'guitar', 'piano']" in error
     finally:
         proc.stop()
