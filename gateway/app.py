@@ -27,7 +27,7 @@ from starlette.websockets import WebSocketState
 from musicsplit.errors import BadRequest, MusicsplitError, NotReady, PayloadTooLarge, http_payload
 from musicsplit.gateway import metrics
 from musicsplit.gateway.jobs import Job
-from musicsplit.gateway.service import EXPLICIT_ARM, OUTPUT_FORMATS, Request as SepRequest, SeparationService
+from musicsplit.gateway.service import EXPLICIT_ARM, Request as SepRequest, SeparationService
 from musicsplit.gateway.settings import GatewaySettings
 from musicsplit.telemetry import extract
 from musicsplit.validation import check_size

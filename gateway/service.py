@@ -20,7 +20,7 @@ import shutil
 import sqlite3
 import time
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ from musicsplit.gateway import metrics
 from musicsplit.gateway.cache import cache_key, make_cache
 from musicsplit.gateway.chunking import Assembler, plan_chunks
 from musicsplit.gateway.flags import CACHE_FLAG, CHUNKED_FLAG, Choice, Flags
-from musicsplit.gateway.intake import Intake, read_frames, take
+from musicsplit.gateway.intake import read_frames, take
 from musicsplit.gateway.jobs import Job, JobStore
 from musicsplit.gateway.notify import Notifier, capture
 from musicsplit.gateway.regions import EndpointPool

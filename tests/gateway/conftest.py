@@ -8,7 +8,6 @@ session fixtures from tests/conftest.py (real processes).
 from __future__ import annotations
 
 import io
-import socket
 import threading
 import time
 from pathlib import Path
@@ -21,12 +20,7 @@ import uvicorn
 
 from musicsplit.gateway.app import create_app
 from musicsplit.gateway.settings import Endpoint, GatewaySettings
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from musicsplit.localstack import free_port
 
 
 class GatewayThread:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 
+from musicsplit.localstack import terminate
 from .conftest import free_port
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -107,11 +108,5 @@ class Unleash:
         return r
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        terminate(self.proc, timeout=15)
         self.log.close()

@@ -38,6 +38,7 @@ from kmock import KubernetesEmulator, ResourceInfo
 from kmock._internal import enums
 from kmock._internal.k8s import KubernetesError
 
+from musicsplit.localstack import terminate
 from tests.fixtures.servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -410,13 +411,7 @@ class Operator:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        terminate(self.proc, timeout=15)
 
 
 class KServeSimulator:

@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import yaml
 
+from musicsplit.localstack import terminate
 from tests.fixtures.servers import free_port
 
 
@@ -39,9 +40,4 @@ class Prometheus:
         raise RuntimeError("prometheus did not start:\n" + self.log_path.read_text()[-3000:])
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        terminate(self.proc, timeout=10)

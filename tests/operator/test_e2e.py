@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.fixtures.checkpoints import make_model_dir
 from tests.fixtures.servers import start_predictor
@@ -129,7 +128,7 @@ def stack(tmp_path_factory):
 def test_degraded_canary_is_rolled_back_and_a_healthy_one_promoted(stack, tmp_path):
     dirs, predictors, prom, item = stack
     stable_dir, bad_dir, good_dir = dirs["stable"], dirs["bad"], dirs["good"]
-    stable, bad, good = predictors["stable"], predictors["bad"], predictors["good"]
+    bad, good = predictors["bad"], predictors["good"]
     endpoints = {f"file://{d}": predictors[k].url for k, d in dirs.items()}
     procs = []
     try:
