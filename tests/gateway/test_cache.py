@@ -46,23 +46,20 @@ def redis_server(tmp_path):
     proc.wait(10)
 
 
-def _repeat_latency(url: str, data: bytes, user: str) -> tuple[dict, float]:
+def _repeat(url: str, data: bytes, user: str) -> dict:
     first = wait_job(url, submit(url, data, user=user).json()["id"])
     assert first["status"] == "succeeded" and not first["cached"]
-    start = time.perf_counter()
-    r = submit(url, data, user=user)
-    elapsed = time.perf_counter() - start
-    return r.json(), elapsed
+    return submit(url, data, user=user).json()
 
 
-def test_disk_cache_hit_returns_in_milliseconds(baseline_url, gateway_factory):
+def test_disk_cache_hit_is_answered_at_upload(baseline_url, gateway_factory):
+    """A repeat comes back already succeeded in the upload's own response (timings:
+    benchmarks/gateway_cache.py)."""
     gw = gateway_factory([("dsp-baseline", baseline_url, "eu")])
     data = wav_bytes(tone(8.0, seed=31))
     hits = metric("musicsplit_gateway_cache_requests_total", backend="disk", result="hit")
-    doc, elapsed = _repeat_latency(gw.url, data, "fay")
-    print(f"disk cache hit: whole POST answered in {elapsed * 1000:.1f} ms")
+    doc = _repeat(gw.url, data, "fay")
     assert doc["status"] == "succeeded" and doc["cached"] is True and doc["stems"]
-    assert elapsed < 0.5
     assert metric("musicsplit_gateway_cache_requests_total", backend="disk", result="hit") == hits + 1
     stem = httpx.get(gw.url + doc["stems"]["vocals"])
     assert stem.status_code == 200 and len(stem.content) > 1000
@@ -101,11 +98,8 @@ def test_redis_cache_is_shared_by_replicas_and_redis_down_serves_uncached(
     assert first["status"] == "succeeded"
     # Replica b has never seen this audio; it learns the model version from one request, then hits.
     wait_job(b.url, submit(b.url, wav_bytes(tone(1.0, seed=42))).json()["id"])
-    start = time.perf_counter()
     hit = submit(b.url, data, user="gus").json()
-    elapsed = time.perf_counter() - start
-    print(f"redis cache hit on another replica: {elapsed * 1000:.1f} ms")
-    assert hit["status"] == "succeeded" and hit["cached"] is True and elapsed < 0.5
+    assert hit["status"] == "succeeded" and hit["cached"] is True
     proc.terminate()
     proc.wait(10)
     errors = metric("musicsplit_gateway_cache_requests_total", backend="redis", result="error")

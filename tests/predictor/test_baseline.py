@@ -1,4 +1,3 @@
-import time
 
 import numpy as np
 import pytest
@@ -87,12 +86,3 @@ def test_silence_mono_and_tiny_inputs(baseline):
     assert mono.shape[:2] == (4, 1) and np.isfinite(mono).all()
     tiny = baseline.separate(np.ones((2, 10), np.float32) * 0.1)
     assert tiny.shape == (4, 2, 10) and np.isfinite(tiny).all()
-
-
-def test_thirty_seconds_take_seconds_not_minutes(baseline):
-    clip = np.random.default_rng(0).standard_normal((2, 30 * SR)).astype(np.float32) * 0.1
-    start = time.perf_counter()
-    baseline.separate(clip)
-    elapsed = time.perf_counter() - start
-    print(f"\nDSP baseline: 30 s stereo in {elapsed:.2f} s")
-    assert elapsed < 10.0  # ~1.5 s measured; generous for shared CI cores
