@@ -51,6 +51,15 @@ def decode(data: bytes) -> Audio:
     return Audio(np.ascontiguousarray(frames.T), sample_rate)
 
 
+def probe(data: bytes) -> tuple[int, int]:
+    """(frames, sample rate) from the file's header, without decoding; (0, 0) if unknown."""
+    try:
+        info = sf.info(io.BytesIO(data))
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
+        return 0, 0  # decode() gives the precise error
+    return max(int(info.frames), 0), int(info.samplerate)
+
+
 def encode(samples: np.ndarray, sample_rate: int, fmt: str = "wav") -> bytes:
     """Encode [channels, samples] float audio as wav (float32) or flac (24-bit)."""
     try:
@@ -65,6 +74,13 @@ def encode(samples: np.ndarray, sample_rate: int, fmt: str = "wav") -> bytes:
     buf = io.BytesIO()
     sf.write(buf, data, sample_rate, format=container, subtype=subtype)
     return buf.getvalue()
+
+
+def fit_length(samples: np.ndarray, length: int) -> np.ndarray:
+    """Trim or zero-pad the last axis to `length` (resampling there and back can be a sample off)."""
+    if samples.shape[-1] >= length:
+        return samples[..., :length]
+    return np.pad(samples, [(0, 0)] * (samples.ndim - 1) + [(0, length - samples.shape[-1])])
 
 
 def resample(samples: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:

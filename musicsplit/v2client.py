@@ -23,6 +23,7 @@ import numpy as np
 import orjson
 
 from musicsplit.audio import decode
+from musicsplit.validation import split_warnings
 
 JSON_LENGTH_HEADER = "Inference-Header-Content-Length"
 # Numeric v2 datatypes a stem may come back as; all are returned as float32.
@@ -61,8 +62,7 @@ class Separation:
 
     @property
     def warnings(self) -> list[str]:
-        # The predictor joins warnings with "; " (a warning's text may hold commas).
-        return [w.strip() for w in str(self.parameters.get("warnings") or "").split(";") if w.strip()]
+        return split_warnings(str(self.parameters.get("warnings") or ""))
 
 
 def encode_request(

@@ -41,6 +41,18 @@ class Limits:
     clip_level: float = 0.999  # |x| at or above this counts as a clipped sample
 
 
+WARNING_SEPARATOR = "; "
+
+
+def join_warnings(warnings: list[str]) -> str:
+    """Warnings as one v2 string parameter (gRPC parameters hold scalars only)."""
+    return WARNING_SEPARATOR.join(w.replace(";", ",") for w in warnings)
+
+
+def split_warnings(joined: str | None) -> list[str]:
+    return [w.strip() for w in (joined or "").split(WARNING_SEPARATOR.strip()) if w.strip()]
+
+
 def check_size(num_bytes: int, limits: Limits) -> None:
     if num_bytes > limits.max_bytes:
         raise PayloadTooLarge(
@@ -92,7 +104,7 @@ def validate(audio: Audio, limits: Limits) -> list[str]:
     clipped = int(np.count_nonzero(np.abs(samples) >= limits.clip_level))
     if clipped:
         share = clipped / samples.size
-        warnings.append(f"clipping: {clipped} samples ({share:.2%}) at full scale; stems may distort")
+        warnings.append(f"clipping: {clipped} samples ({share:.2%}) at full scale, stems may distort")
     return warnings
 
 

@@ -18,9 +18,9 @@ from kserve.protocol.infer_type import (
     InferInput, InferOutput, InferRequest, InferResponse, RequestedOutput, to_http_parameters,
 )
 
-from musicsplit.audio import ENCODINGS, Audio, decode, encode
+from musicsplit.audio import ENCODINGS, Audio, decode, encode, probe
 from musicsplit.errors import BadAudio, BadRequest
-from musicsplit.validation import Limits, check_size
+from musicsplit.validation import Limits, check_length, check_size
 
 OUTPUT_FORMATS = ("fp32", *ENCODINGS)
 
@@ -63,15 +63,25 @@ def parse_rest_request(body: bytes, json_length: str | None, model_name: str) ->
         raise BadRequest(f"request is not valid v2 JSON: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list):
         raise BadRequest('a v2 request needs an "inputs" list')
+    if not isinstance(doc.get("parameters") or {}, dict):
+        raise BadRequest('request "parameters" must be an object')
+    outputs = doc.get("outputs") or []
+    if not isinstance(outputs, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str)
+                                                 for o in outputs):
+        raise BadRequest('"outputs" must be a list of objects with a "name"')
     offset = header_len
     inputs = []
     for item in doc["inputs"]:
+        if not isinstance(item, dict) or not isinstance(item.get("parameters") or {}, dict):
+            raise BadRequest('every input must be an object, its "parameters" an object')
         try:
             tensor = InferInput(name=item["name"], shape=list(item["shape"]), datatype=item["datatype"],
                                 parameters=item.get("parameters"))
         except (KeyError, TypeError):
             raise BadRequest("every input needs name, shape and datatype") from None
         size = (item.get("parameters") or {}).get("binary_data_size")
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+            raise BadRequest(f"input {item['name']!r}: binary_data_size must be a non-negative integer")
         if "data" in item:
             tensor.data = item["data"]
         elif size is not None:
@@ -82,7 +92,7 @@ def parse_rest_request(body: bytes, json_length: str | None, model_name: str) ->
         else:
             raise BadRequest(f"input {item['name']!r} has neither data nor binary_data_size")
         inputs.append(tensor)
-    outputs = [RequestedOutput(name=o["name"], parameters=o.get("parameters")) for o in doc.get("outputs") or []]
+    outputs = [RequestedOutput(name=o["name"], parameters=o.get("parameters")) for o in outputs]
     return InferRequest(model_name=model_name, infer_inputs=inputs, request_id=doc.get("id"),
                         parameters=doc.get("parameters"), request_outputs=outputs or None)
 
@@ -111,6 +121,8 @@ def parse_params(params: dict, requested_outputs: list[str] | None = None) -> Se
     stems = params.get("stems") or requested_outputs or None
     if isinstance(stems, str):
         stems = [s.strip() for s in stems.split(",") if s.strip()]
+    elif stems is not None and not (isinstance(stems, list) and all(isinstance(s, str) for s in stems)):
+        raise BadRequest(f"parameter stems={stems!r}: use a comma-separated string such as 'vocals,drums'")
     fmt = str(params.get("output_format") or "fp32").lower()
     if fmt not in OUTPUT_FORMATS:
         raise BadRequest(f"output_format {fmt!r} is not one of {list(OUTPUT_FORMATS)}")
@@ -156,6 +168,9 @@ def parse_request(request: InferRequest, limits: Limits) -> ParsedRequest:
             raise BadAudio(f"BYTES input 'audio' must hold exactly one encoded file, got {data.size}")
         raw = _bytes_element(data.reshape(-1)[0])
         check_size(len(raw), limits)
+        frames, rate = probe(raw)
+        if frames > 0 and rate > 0:  # a small compressed file can decode to gigabytes: check first
+            check_length(frames, rate, limits)
         return ParsedRequest(decode(raw), sep_params, encoded_bytes=len(raw))
     if tensor.datatype not in ("FP32", "FP64"):
         raise BadAudio(f"input 'audio' must be FP32 [channels, samples] or BYTES [1], got {tensor.datatype}")
@@ -180,21 +195,22 @@ def parse_request(request: InferRequest, limits: Limits) -> ParsedRequest:
     return ParsedRequest(Audio(np.ascontiguousarray(data, dtype=np.float32), rate), sep_params)
 
 
+def check_stems(wanted: list[str] | None, sources: list[str]) -> None:
+    """Refuse stems the model cannot give, before any inference runs."""
+    for name in wanted or []:
+        if name not in sources and name.removeprefix("no_") not in sources:
+            choices = sources + [f"no_{s}" for s in sources]
+            raise BadRequest(f"unknown stem {name!r}; this model has {choices}")
+
+
 def select_stems(stems: np.ndarray, sources: list[str], wanted: list[str] | None) -> dict[str, np.ndarray]:
     """Pick stems by name; `no_<stem>` is everything but that stem (karaoke tracks)."""
     by_name = dict(zip(sources, stems))
     if not wanted:
         return by_name
-    out = {}
-    for name in wanted:
-        if name in by_name:
-            out[name] = by_name[name]
-        elif name.startswith("no_") and name[3:] in by_name:
-            out[name] = sum(v for k, v in by_name.items() if k != name[3:])
-        else:
-            choices = sources + [f"no_{s}" for s in sources]
-            raise BadRequest(f"unknown stem {name!r}; this model has {choices}")
-    return out
+    check_stems(wanted, sources)
+    return {name: by_name[name] if name in by_name else sum(v for k, v in by_name.items() if k != name[3:])
+            for name in wanted}
 
 
 def _scalar(value, grpc: bool):

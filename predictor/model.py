@@ -22,15 +22,15 @@ from kserve.protocol.infer_type import InferRequest
 from opentelemetry import trace
 
 from musicsplit import __version__, quality
-from musicsplit.audio import resample
+from musicsplit.audio import fit_length, resample
 from musicsplit.errors import BadAudio, BadRequest, MusicsplitError, NotReady, PayloadTooLarge, Saturated
 from musicsplit.predictor import metrics
 from musicsplit.predictor.admission import Admission, admitted
-from musicsplit.predictor.codec import ParsedRequest, build_response, parse_request, select_stems
+from musicsplit.predictor.codec import ParsedRequest, build_response, check_stems, parse_request, select_stems
 from musicsplit.predictor.loading import LoadedModel, ModelLoadError, load
 from musicsplit.predictor.settings import PredictorSettings
 from musicsplit.telemetry import extract
-from musicsplit.validation import conform, validate
+from musicsplit.validation import conform, join_warnings, validate
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("musicsplit.predictor")
@@ -74,6 +74,9 @@ class SeparationModel(kserve.Model):
         self.load_error: str | None = None
         self.admission = Admission(settings.max_inflight, settings.max_queue)
         self._executor = ThreadPoolExecutor(settings.max_inflight, thread_name_prefix="inference")
+        # Decoding, resampling, quality and encoding are seconds of CPU for long tracks:
+        # off the event loop, so health checks, /metrics and 429s keep answering.
+        self._cpu = ThreadPoolExecutor(settings.max_inflight + settings.max_queue, thread_name_prefix="codec")
         self._monthly = metrics.MonthlyCost()
         self._gpu_name: str | None = None
         metrics.READY.labels(model=name).set(0)
@@ -96,6 +99,10 @@ class SeparationModel(kserve.Model):
                 sources = loaded.separator.sources
                 if any(s not in sources and s.removeprefix("no_") not in sources for s in expected):
                     raise ModelLoadError(f"the deployment expects stems {expected}, the model produces {sources}")
+                if self.settings.expected_version and loaded.version != self.settings.expected_version:
+                    raise ModelLoadError(
+                        f"the model dir holds version {loaded.version}, the deployment expects "
+                        f"{self.settings.expected_version}: check musicsplit.yaml's version")
                 if self.settings.cpu_threads:
                     import torch
 
@@ -105,8 +112,8 @@ class SeparationModel(kserve.Model):
                     sep = loaded.separator
                     sep.separate(np.zeros((sep.audio_channels, sep.samplerate), np.float32), shifts=0)
                     log.info("warm-up inference took %.2f s", time.perf_counter() - t)
-        except (ModelLoadError, OSError, RuntimeError, ValueError, ImportError) as exc:
-            self.load_error = str(exc)
+        except Exception as exc:  # whatever broke, report it: a dead loader must not look like "loading"
+            self.load_error = str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
             metrics.LOAD_FAILURES.labels(model=self.name).inc()
             log.error("model %s failed to load: %s", self.name, exc)
             self.ready = False
@@ -185,13 +192,17 @@ class SeparationModel(kserve.Model):
         finally:
             self.record(outcome_of(error), time.perf_counter() - start)
 
-    def preprocess(self, payload: InferRequest, headers=None) -> Job:
+    async def preprocess(self, payload: InferRequest, headers=None) -> Job:
+        return await asyncio.get_running_loop().run_in_executor(self._cpu, self._preprocess, payload, headers)
+
+    def _preprocess(self, payload: InferRequest, headers=None) -> Job:
         if not isinstance(payload, InferRequest):
             raise BadRequest("this predictor speaks the v2 protocol: POST /v2/models/{name}/infer")
         ctx = extract(headers)
         sep = self.loaded.separator
         with tracer.start_as_current_span("decode", context=ctx):
             parsed = parse_request(payload, self.limits)
+            check_stems(parsed.params.stems, sep.sources)
         with tracer.start_as_current_span("validate", context=ctx) as span:
             warnings = validate(parsed.audio, self.limits)
             span.set_attribute("audio.seconds", parsed.audio.seconds)
@@ -228,7 +239,10 @@ class SeparationModel(kserve.Model):
         cores = self.settings.cpu_threads or min(torch.get_num_threads(), os.cpu_count() or 1)
         return compute_seconds * cores * self.settings.cpu_price_per_core_second
 
-    def postprocess(self, job: Job, headers=None, response_headers=None):
+    async def postprocess(self, job: Job, headers=None, response_headers=None):
+        return await asyncio.get_running_loop().run_in_executor(self._cpu, self._postprocess, job, headers)
+
+    def _postprocess(self, job: Job, headers=None):
         ctx = extract(headers)
         sep = self.loaded.separator
         labels = self.labels()
@@ -237,7 +251,8 @@ class SeparationModel(kserve.Model):
         with tracer.start_as_current_span("encode", context=ctx):
             stems = select_stems(job.stems, sep.sources, job.parsed.params.stems)
             if rate != sep.samplerate:  # give stems back at the caller's rate, aligned with the input
-                stems = {k: resample(v, sep.samplerate, rate) for k, v in stems.items()}
+                length = job.parsed.audio.samples.shape[-1]
+                stems = {k: fit_length(resample(v, sep.samplerate, rate), length) for k, v in stems.items()}
             audio_seconds = job.parsed.audio.seconds
             cost = self.cost(job.compute_seconds)
             params = {
@@ -249,7 +264,7 @@ class SeparationModel(kserve.Model):
                 "compute_seconds": round(job.compute_seconds, 4),
                 "real_time_factor": round(job.compute_seconds / max(audio_seconds, 1e-6), 4),
                 "cost_usd": cost,
-                "warnings": "; ".join(job.warnings),
+                "warnings": join_warnings(job.warnings),
                 **report.as_parameters(),
             }
             response = build_response(job.request, self.name, self.version, stems, rate,

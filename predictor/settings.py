@@ -33,6 +33,9 @@ class PredictorSettings(BaseSettings, InputLimitSettings):
     # Stems the deployment must provide (comma-separated, from the SeparationModel);
     # a model that cannot fails its load instead of serving the wrong stems.
     stems: str | None = None
+    # The version the deployment rolls out (the SeparationModel's spec.model.version): a
+    # model dir holding another version fails its load, so the canary fails visibly.
+    expected_version: str | None = None
     warmup: bool = True
 
     # Concurrency: requests running inference at once, and how many may wait.

@@ -9,8 +9,9 @@ import pytest
 import tritonclient.http as triton
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse, deserialize_bytes_tensor
 
-from musicsplit.audio import decode, encode
+from musicsplit.audio import Audio, decode, encode
 from musicsplit.golden import golden_set
+from musicsplit.validation import Limits, conform, join_warnings, validate
 from musicsplit.v2client import (
     JSON_LENGTH_HEADER, AsyncV2Client, Separation, V2Client, V2Error, decode_response, encode_request,
     raise_for_status,
@@ -83,14 +84,18 @@ def test_decodes_kserve_fp32_responses(binary):
         out = InferOutput(name=name, shape=list(stem.shape), datatype="FP32")
         out.set_data_from_numpy(stem, binary_data=binary)
         outputs.append(out)
-    params = {"model_version": "v7", "quality_score": 0.93, "warnings": "resampled 48000 -> 44100 Hz; mono, upmixed",
+    # The predictor's real warnings, joined the way it joins them.
+    clipped = Audio(np.ones((1, 44100), np.float32), 48000)
+    _, changes = conform(clipped, 44100, 2)
+    warnings = validate(clipped, Limits()) + changes
+    params = {"model_version": "v7", "quality_score": 0.93, "warnings": join_warnings(warnings),
               "sample_rate": 44100}
     result = decode_response(*_response(outputs, binary, params))
     assert list(result.stems) == ["vocals", "drums"]
     np.testing.assert_array_equal(result.stems["drums"], -WAV)
     assert result.stems["vocals"].dtype == np.float32
     assert result.model_version == "v7" and result.quality_score == pytest.approx(0.93)
-    assert result.warnings == ["resampled 48000 -> 44100 Hz", "mono, upmixed"]
+    assert result.warnings == warnings and len(warnings) == 3
     assert result.sample_rate == 44100 and result.model_name == "m" and result.encoded == {}
 
 

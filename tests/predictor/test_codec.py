@@ -73,6 +73,27 @@ def test_malformed_requests_say_what_is_wrong(body, length, message):
         parse_rest_request(body, length, "m")
 
 
+@pytest.mark.parametrize("doc,message", [
+    ({"inputs": [{"name": "audio", "shape": [1], "datatype": "FP32", "parameters": {"binary_data_size": "x"}}]},
+     "binary_data_size must be a non-negative integer"),
+    ({"inputs": [{"name": "audio", "shape": [1], "datatype": "FP32", "data": [0], "parameters": [1]}]},
+     '"parameters" an object'),
+    ({"inputs": [{"name": "audio", "shape": [1], "datatype": "FP32", "data": [0]}], "outputs": ["vocals"]},
+     '"outputs" must be a list of objects'),
+    ({"inputs": [{"name": "audio", "shape": [1], "datatype": "FP32", "data": [0]}], "parameters": [1]},
+     'request "parameters" must be an object'),
+    (["not", "an", "object"], '"inputs" list'),
+])
+def test_wrongly_typed_fields_are_400s_not_500s(doc, message):
+    with pytest.raises(BadRequest, match=message):
+        parse_rest_request(orjson.dumps(doc), None, "m")
+
+
+def test_stems_of_the_wrong_type_are_a_400():
+    with pytest.raises(BadRequest, match="comma-separated string"):
+        parse_params({"stems": 5})
+
+
 def test_binary_tensor_longer_than_the_body_is_refused():
     body, n = binary_body([("audio", "FP32", [4], b"\0" * 16)])
     with pytest.raises(BadRequest, match="claims 16 bytes, the body holds 4"):

@@ -123,3 +123,27 @@ def test_a_manifest_can_register_the_dsp_baseline_like_any_model(tmp_path):
     mix = np.random.default_rng(0).standard_normal((2, 44100)).astype(np.float32) * 0.1
     stems = model.separator.separate(mix)
     np.testing.assert_allclose(stems.sum(0), mix, atol=1e-4)
+
+
+def _load_in_server_model(directory, **settings):
+    from musicsplit.predictor.model import SeparationModel
+    from musicsplit.predictor.settings import PredictorSettings
+
+    model = SeparationModel("m", PredictorSettings(model_dir=str(directory), warmup=False, **settings))
+    return model, model.load()
+
+
+def test_any_load_failure_is_reported_not_left_as_loading(tmp_path):
+    directory = make_model_dir(tmp_path / "odd", "odd")
+    (directory / "musicsplit.yaml").write_text(yaml.safe_dump({"version": "1", "files": ["odd.yaml"]}))
+    model, ok = _load_in_server_model(directory)
+    assert not ok and not model.ready and model.load_error
+    assert "failed to load" in model.not_ready_error().message
+
+
+def test_a_model_dir_of_another_version_than_expected_fails_its_load(tiny_model_dir):
+    model, ok = _load_in_server_model(tiny_model_dir, expected_version="2.0.0")
+    assert not ok
+    assert "holds version 1.0.0, the deployment expects 2.0.0" in model.load_error
+    model, ok = _load_in_server_model(tiny_model_dir, expected_version="1.0.0")
+    assert ok and model.ready

@@ -102,7 +102,7 @@ def test_json_and_binary_give_the_same_stems(predictor_url):
 
 
 def test_encoded_mono_48k_file_is_upmixed_resampled_and_returned_at_its_rate(predictor_url):
-    x = clip(1.5, channels=1, rate=48000, seed=4)
+    x = clip(1.5, channels=1, rate=48000, seed=4)[:, :72001]  # not a multiple of 160: 48k -> 44.1k is inexact
     result = bytes_infer(predictor_url, wav(x, 48000), {"output_format": "flac", "stems": "vocals,no_vocals"})
     response = result.get_response()
     warnings = response["parameters"]["warnings"]
@@ -178,6 +178,13 @@ def test_bad_input_is_a_400_naming_the_problem(predictor_url, make_doc, message)
     response = post_json(predictor_url, make_doc())
     assert response.status_code == 400, response.text
     assert re.search(message, response.json()["error"])
+
+
+def test_unknown_stem_is_refused_before_any_inference(predictor_url):
+    before = metric(httpx.get(f"{predictor_url}/metrics").text, "musicsplit_compute_seconds_total")
+    response = post_binary(predictor_url, clip(1.0), stems="vocals,guitar")
+    assert response.status_code == 400 and "unknown stem 'guitar'" in response.json()["error"]
+    assert metric(httpx.get(f"{predictor_url}/metrics").text, "musicsplit_compute_seconds_total") == before
 
 
 def test_empty_file_is_a_400(predictor_url):
@@ -274,6 +281,10 @@ def strict(tiny_model_dir, logs_dir, otlp):
 def test_too_long_audio_is_a_400_and_too_big_a_body_a_413(strict):
     long = post_binary(strict.url, clip(7.0, channels=1))
     assert long.status_code == 400 and "over the limit of 6 s" in long.json()["error"]
+    compressed = wav(np.zeros((2, 44100 * 8), np.float32), 44100, subtype="PCM_16", fmt="FLAC")
+    assert len(compressed) < 100_000  # small on the wire, 8 s once decoded: refused from its header
+    with pytest.raises(InferenceServerException, match=r"\[400\].*over the limit of 6 s"):
+        bytes_infer(strict.url, compressed)
     big = httpx.post(f"{strict.url}/v2/models/tiny/infer", content=b"x" * 2_000_001,
                      headers={"inference-header-content-length": "2"})
     assert big.status_code == 413 and "over the limit of 2000000 bytes" in big.json()["error"]
