@@ -9,8 +9,7 @@ OTLP directly.
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
-from typing import Iterator, Mapping
+from typing import Mapping
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
@@ -55,9 +54,3 @@ def inject(headers: dict[str, str]) -> dict[str, str]:
     """Add the current trace context to outgoing headers."""
     propagate.inject(headers)
     return headers
-
-
-@contextmanager
-def span(tracer: trace.Tracer, name: str, context: Context | None = None, **attributes) -> Iterator[trace.Span]:
-    with tracer.start_as_current_span(name, context=context, attributes=attributes or None) as s:
-        yield s

@@ -13,7 +13,6 @@ It is far below Demucs but costs no GPU and no weights, and it is honest.
 
 from __future__ import annotations
 
-from typing import Callable
 
 import numpy as np
 from scipy.ndimage import median_filter
@@ -60,7 +59,6 @@ class DSPBaseline:
         shifts: int = 1,
         overlap: float = 0.25,
         segment: float | None = None,
-        progress: Callable[[float], None] | None = None,
     ) -> np.ndarray:
         """[C, T] float32 at 44.1 kHz in, [4, C, T] float32 out (drums, bass, other, vocals).
 
@@ -84,8 +82,6 @@ class DSPBaseline:
             lo, hi = max(0, start - context), min(length, end + context)
             stems = self._separate_block(mix[:, lo:hi])
             out[:, :, start:end] = stems[:, :, start - lo:end - lo]
-            if progress:
-                progress((i + 1) / len(starts))
         # Other is the remainder, so the stems sum to the input whatever the masks did.
         out[2] = mix - out[0] - out[1] - out[3]
         return out

@@ -13,7 +13,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import yaml
@@ -49,7 +49,6 @@ class Separator(Protocol):
         shifts: int = 1,
         overlap: float = 0.25,
         segment: float | None = None,
-        progress: Callable[[float], None] | None = None,
     ) -> np.ndarray: ...
 
 
@@ -165,7 +164,7 @@ class DemucsSeparator:
         first = getattr(model, "models", [model])[0]
         self.segment = float(getattr(model, "segment", None) or getattr(first, "segment", 0) or 0) or None
 
-    def separate(self, samples, *, shifts=1, overlap=0.25, segment=None, progress=None):
+    def separate(self, samples, *, shifts=1, overlap=0.25, segment=None):
         import torch
         from demucs.apply import apply_model
 
@@ -179,34 +178,13 @@ class DemucsSeparator:
         ref = wav.mean(0)
         mean, std = ref.mean(), ref.std() + 1e-8
         wav = (wav - mean) / std
-        callback = _progress_counter(self, wav.shape[-1], shifts, overlap, segment, progress)
         with torch.inference_mode():
             out = apply_model(
                 self.model, wav[None], shifts=shifts, split=True, overlap=overlap,
-                segment=segment, device=self.device, callback=callback,
+                segment=segment, device=self.device,
             )[0]
         out = out * std + mean
         return out.cpu().numpy().astype(np.float32, copy=False)
-
-
-def _progress_counter(sep: DemucsSeparator, length, shifts, overlap, segment, progress):
-    """Turn Demucs' per-chunk callbacks into a 0..1 fraction (demucs#567)."""
-    if progress is None:
-        return None
-    models = len(getattr(sep.model, "models", [sep.model]))
-    seg = segment or sep.segment or 10.0
-    stride = max(1, int((1 - overlap) * int(sep.samplerate * seg)))
-    padded = length + (int(0.5 * sep.samplerate) if shifts else 0)
-    total = models * max(1, shifts) * max(1, math.ceil(padded / stride))
-    done = 0
-
-    def callback(info: dict) -> None:
-        nonlocal done
-        if info.get("state") == "end":
-            done += 1
-            progress(min(1.0, done / total))
-
-    return callback
 
 
 def _load_demucs_dir(directory: Path, manifest: Manifest):
