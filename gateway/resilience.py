@@ -1,8 +1,9 @@
 """Retries with backoff, and a circuit breaker per predictor endpoint.
 
 Retries (tenacity) cover what a second try can fix: connection errors,
-timeouts, 429/503 from a predictor (saturated, model loading). 4xx for bad
-input is never retried. A breaker opens after `failures` consecutive
+timeouts, 429 (saturated), any 5xx (crashed, loading, overloaded replica)
+and 404 (that replica does not serve the model). Other 4xx are bad input,
+the caller's to fix, and are never retried. A breaker opens after `failures` consecutive
 failures of one endpoint, so requests stop going to a dead replica; after
 `reset_s` one trial request (half-open) decides whether it closes again.
 See docs/adr/0201-gateway-resilience.md for why this is a small class and
@@ -17,7 +18,14 @@ from typing import Callable
 import httpx
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-RETRYABLE_STATUS = {429, 502, 503, 504}
+# 4xx a predictor answers that are not about the request: 404 (model-name mismatch on that
+# replica) and 429 (saturated). Every other 4xx is bad input; every 5xx is the predictor's failure.
+UPSTREAM_4XX = {404, 429}
+
+
+def is_client_fault(status: int) -> bool:
+    """A predictor's answer that blames the request (passed on to the user, never retried)."""
+    return 400 <= status < 500 and status not in UPSTREAM_4XX
 
 
 class UpstreamStatus(Exception):
@@ -79,12 +87,20 @@ class CircuitBreaker:
         state = self.state
         return state == self.CLOSED or (state == self.HALF_OPEN and not self._trial)
 
-    def before_call(self) -> None:
+    def before_call(self) -> bool:
+        """Admit a call or raise CircuitOpen; True when this call is the half-open trial."""
         state = self.state
         if state == self.OPEN or (state == self.HALF_OPEN and self._trial):
             raise CircuitOpen(self.name, self.retry_after() or self.reset_s)
         if state == self.HALF_OPEN:
             self._trial = True
+            return True
+        return False
+
+    def release(self, trial: bool) -> None:
+        """A call ended with no verdict (cancelled): a trial it held may be run again."""
+        if trial:
+            self._trial = False
 
     def success(self) -> None:
         self.failures = 0
@@ -110,7 +126,7 @@ def is_retryable(exc: BaseException) -> bool:
     """A failure another try (maybe on another endpoint) can fix."""
     if isinstance(exc, (httpx.TransportError, CircuitOpen, NoEndpoint)):
         return True
-    return isinstance(exc, UpstreamStatus) and exc.status in RETRYABLE_STATUS
+    return isinstance(exc, UpstreamStatus) and not is_client_fault(exc.status)
 
 
 def retrying(attempts: int, max_wait: float) -> AsyncRetrying:

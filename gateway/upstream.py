@@ -22,9 +22,10 @@ from opentelemetry import trace
 from musicsplit.errors import BadAudio, BadRequest, MusicsplitError, PayloadTooLarge, UpstreamUnavailable
 from musicsplit.gateway import metrics
 from musicsplit.gateway.regions import EndpointPool, EndpointState
-from musicsplit.gateway.resilience import NoEndpoint, UpstreamStatus, is_retryable, retrying
+from musicsplit.gateway.resilience import NoEndpoint, UpstreamStatus, is_client_fault, is_retryable, retrying
 from musicsplit.gateway.settings import GatewaySettings
 from musicsplit.telemetry import inject
+from musicsplit.v2client import AsyncV2Client, V2Error, raise_for_status
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("musicsplit.gateway")
@@ -40,7 +41,7 @@ class Routed:
 
 
 def client_error(status: int, message: str, code: str | None = None) -> MusicsplitError:
-    """A predictor's 4xx, passed on with its message and code (bad input is the caller's to fix)."""
+    """A predictor's 4xx that blames the request (is_client_fault), passed on with its message and code."""
     if status == 413:
         return PayloadTooLarge(message)
     if status == 400 and code != BadRequest.code:
@@ -52,13 +53,11 @@ class Router:
     def __init__(self, settings: GatewaySettings, pool: EndpointPool):
         self.settings = settings
         self.pool = pool
-        self._clients: dict[str, object] = {}
+        self._clients: dict[str, AsyncV2Client] = {}
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(settings.request_timeout_s,
                                                              connect=settings.connect_timeout_s))
 
-    def v2client(self, url: str):
-        from musicsplit.v2client import AsyncV2Client
-
+    def v2client(self, url: str) -> AsyncV2Client:
         if url not in self._clients:
             # A Timeout object, so an unreachable region fails in connect_timeout_s, not request_timeout_s.
             self._clients[url] = AsyncV2Client(url, timeout=httpx.Timeout(  # type: ignore[arg-type]
@@ -72,11 +71,7 @@ class Router:
     async def close(self) -> None:
         await self._http.aclose()
         for c in self._clients.values():
-            close = getattr(c, "aclose", None) or getattr(c, "close", None)
-            if close:
-                res = close()
-                if hasattr(res, "__await__"):
-                    await res
+            await c.aclose()
 
     async def call(self, model: str, fn: Callable[[EndpointState], Awaitable[T]], *,
                    fallback: str | None = None) -> Routed:
@@ -121,7 +116,7 @@ class Router:
         fresh = [c for c in candidates if c.url not in tried]
         state = (fresh or candidates)[0]
         tried.add(state.url)
-        state.breaker.before_call()
+        trial = state.breaker.before_call()
         state.inflight += 1
         start = time.perf_counter()
         outcome = "success"
@@ -131,12 +126,13 @@ class Router:
                 value = await fn(state)
         except UpstreamStatus as exc:
             outcome = f"http_{exc.status}"
-            if exc.status >= 500:
-                state.breaker.failure()
-            else:
-                state.breaker.success()  # it answered: the endpoint works
-            if not is_retryable(exc):
+            if is_client_fault(exc.status):
+                state.breaker.success()  # it answered about the input: the endpoint works
                 raise client_error(exc.status, exc.message, exc.code) from None
+            if exc.status == 429:
+                state.breaker.success()  # alive, only saturated: retried, but no reason to open
+            else:
+                state.breaker.failure()  # a 5xx, or a 404 (this replica does not serve the model)
             raise
         except httpx.TransportError as exc:
             outcome = "connection_error"
@@ -146,9 +142,11 @@ class Router:
             raise
         except asyncio.CancelledError:
             outcome = "cancelled"
+            state.breaker.release(trial)  # no verdict, but a half-open trial must not stay taken
             raise
         except BaseException:
             outcome = "error"
+            state.breaker.failure()  # a malformed answer (or a bug): never leave a trial taken
             raise
         else:
             state.breaker.success()
@@ -165,16 +163,13 @@ class Router:
         """Separate [C, T] audio on some endpoint; returns Routed(value=Separation)."""
 
         async def one(state: EndpointState):
-            from musicsplit.v2client import V2Error
-
             client = self.v2client(state.url)
             try:
                 sep = await client.separate(state.model, samples, sample_rate, stems=stems, shifts=shifts,
                                             overlap=overlap, segment=segment, output_format="fp32",
                                             headers=inject({}))
             except V2Error as exc:
-                raise UpstreamStatus(exc.status, getattr(exc, "message", str(exc)),
-                                     getattr(exc, "retry_after", None), getattr(exc, "code", None)) from None
+                raise UpstreamStatus(exc.status, exc.message, exc.retry_after, exc.code) from None
             version = (sep.parameters or {}).get("model_version")
             if version:
                 state.version = str(version)
@@ -190,14 +185,10 @@ class Router:
             out_headers = inject({k: v for k, v in headers.items()})
             r = await self._http.post(f"{state.url}/v2/models/{state.model}{path}", content=body,
                                       headers=out_headers)
-            if r.status_code >= 400:
-                try:
-                    answer = r.json()
-                    message, code = answer.get("error", r.text), answer.get("code")
-                except (ValueError, AttributeError):
-                    message, code = r.text, None
-                retry_after = r.headers.get("retry-after")
-                raise UpstreamStatus(r.status_code, message, float(retry_after) if retry_after else None, code)
+            try:
+                raise_for_status(r)
+            except V2Error as exc:
+                raise UpstreamStatus(exc.status, exc.message, exc.retry_after, exc.code) from None
             return r
 
         return await self.call(model, one, fallback=fallback)
