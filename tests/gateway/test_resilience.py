@@ -3,6 +3,7 @@ a full queue. Real predictor processes; the dead ones are really dead."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -210,3 +211,118 @@ def test_saturated_predictor_429s_are_waited_out_not_failed(gateway_factory, tmp
         assert saturated > 0, "the predictor did push back"
     finally:
         busy.stop()
+
+
+@pytest.fixture
+def failing_predictor():
+    """A server that is ready but answers every infer with a given status (a crashing or misnamed replica)."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    servers = []
+
+    def start(status: int, headers: dict[str, str] | None = None) -> str:
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self, code: int, body: dict, extra: dict[str, str] | None = None):
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in (extra or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                self._answer(200, {"name": "dsp-baseline", "ready": True})
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self._answer(status, {"error": f"injected {status}"}, headers)
+
+            def log_message(self, *args):
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for s in servers:
+        s.shutdown()
+        s.server_close()
+
+
+@pytest.mark.parametrize("status", [500, 404])
+def test_a_crashing_or_misnamed_replica_fails_over(status, failing_predictor, baseline_url, gateway_factory):
+    gw = gateway_factory([("dsp-baseline", failing_predictor(status), "near"), ("dsp-baseline", baseline_url, "far")],
+                         region_order=["near", "far"])
+    r = httpx.post(f"{gw.url}/v2/models/default/infer", timeout=30, content=_v2_body(tone(0.5)))
+    assert r.status_code == 200, r.text
+    doc = wait_job(gw.url, submit(gw.url, wav_bytes(tone(1.0, seed=91))).json()["id"])
+    assert doc["status"] == "succeeded", doc
+    near = next(s for s in gw.service.pool.states if s.region == "near")
+    assert near.breaker.failures > 0 or near.breaker.state != "closed"
+
+
+@pytest.mark.parametrize("status", [500, 404])
+def test_only_a_crashing_replica_is_a_503_not_the_users_400(status, failing_predictor, gateway_factory):
+    gw = gateway_factory([("dsp-baseline", failing_predictor(status), "eu")], fallback_model=None, chunk_retries=0)
+    r = httpx.post(f"{gw.url}/v2/models/default/infer", timeout=30, content=_v2_body(tone(0.5)))
+    assert r.status_code == 503 and r.json()["code"] == "upstream_unavailable", r.text
+    doc = wait_job(gw.url, submit(gw.url, wav_bytes(tone(1.0, seed=92))).json()["id"])
+    assert doc["status"] == "failed" and doc["error"]["code"] == "upstream_unavailable", doc
+
+
+def test_http_date_retry_after_from_a_predictor_is_understood(failing_predictor, gateway_factory):
+    from email.utils import formatdate
+
+    url = failing_predictor(503, {"Retry-After": formatdate(time.time() + 3, usegmt=True)})
+    gw = gateway_factory([("dsp-baseline", url, "eu")], fallback_model=None)
+    r = httpx.post(f"{gw.url}/v2/models/default/infer", timeout=30, content=_v2_body(tone(0.5)))
+    assert r.status_code == 503 and r.json()["code"] == "upstream_unavailable", r.text
+    assert int(r.headers["retry-after"]) >= 1
+
+
+def test_breaker_trial_is_released_when_the_call_is_cancelled_or_crashes():
+    clock = Clock()
+    b = CircuitBreaker("ep", failures=1, reset_s=10, clock=clock)
+    b.before_call()
+    b.failure()
+    clock.t = 10.0
+    assert b.before_call() is True  # the trial
+    assert not b.available()
+    b.release(True)  # cancelled: no verdict, but the trial is free again
+    assert b.available() and b.state == "half_open"
+
+
+@pytest.mark.parametrize("exc", [ValueError("malformed answer"), asyncio.CancelledError()])
+def test_router_never_leaves_a_half_open_trial_taken(exc, tmp_path):
+    from musicsplit.gateway.regions import EndpointPool
+    from musicsplit.gateway.upstream import Router
+
+    from .conftest import make_settings
+
+    settings = make_settings(tmp_path, [("dsp-baseline", dead_url(), "eu")], retry_attempts=1)
+    pool = EndpointPool(settings.endpoints, settings.region_order, failures=1, reset_s=0.0)
+    state = pool.states[0]
+    state.healthy = True
+    state.breaker.before_call()
+    state.breaker.failure()
+    assert state.breaker.state == "half_open"
+
+    async def fn(_state):
+        raise exc
+
+    async def main():
+        router = Router(settings, pool)
+        try:
+            with pytest.raises(type(exc)):
+                await router.call("dsp-baseline", fn)
+        finally:
+            await router.close()
+
+    asyncio.run(main())
+    assert state.breaker.available(), state.breaker.state
