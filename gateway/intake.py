@@ -75,7 +75,10 @@ def _take(data: bytes, dest: Path, limits: Limits) -> Intake:
         block = max(1, int(BLOCK_SECONDS * rate))
         with sf.SoundFile(dest, "w", samplerate=rate, channels=channels, format="WAV", subtype="FLOAT") as out:
             while True:
-                chunk = src.read(block, dtype="float32", always_2d=True)
+                try:
+                    chunk = src.read(block, dtype="float32", always_2d=True)
+                except (sf.LibsndfileError, RuntimeError) as exc:  # corrupt partway through the file
+                    raise BadAudio(f"could not decode the audio: {exc}; send a wav, flac, ogg or mp3 file") from None
                 if chunk.shape[0] == 0:
                     break
                 for w in validate(Audio(np.ascontiguousarray(chunk.T), rate), block_limits):

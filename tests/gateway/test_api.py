@@ -273,3 +273,24 @@ def test_cancelling_one_of_two_duplicates_leaves_the_other_to_finish(gw):
     assert httpx.delete(f"{gw.url}/v1/separations/{a}").json()["status"] == "cancelled"
     doc = wait_job(gw.url, b, timeout=60)
     assert doc["status"] == "succeeded" and doc["stems"]
+
+
+def corrupt_flac(seconds: float = 40.0) -> bytes:
+    """A flac whose header is fine and whose middle bytes are garbage (libsndfile: 'lost sync')."""
+    data = bytearray(wav_bytes(tone(seconds, seed=23), fmt="FLAC", subtype="PCM_16"))
+    mid = len(data) // 2
+    data[mid:mid + 4096] = b"\xff" * 4096
+    return bytes(data)
+
+
+def test_a_file_corrupt_partway_through_is_bad_audio_not_a_500(gw):
+    r = submit(gw.url, corrupt_flac(), filename="broken.flac")
+    assert r.status_code == 400 and r.json()["code"] == "bad_audio", r.text
+    assert "could not decode" in r.json()["error"]
+    files = [("files", ("good.wav", wav_bytes(tone(1.0, seed=24)), "audio/wav")),
+             ("files", ("broken.flac", corrupt_flac(), "audio/flac"))]
+    r = httpx.post(f"{gw.url}/v1/separations/batch", files=files, headers={"X-User-Id": "erin"}, timeout=30)
+    assert r.status_code == 202, r.text
+    batch = r.json()
+    assert len(batch["jobs"]) == 1 and batch["rejected"][0]["filename"] == "broken.flac"
+    assert batch["rejected"][0]["code"] == "bad_audio"
