@@ -45,7 +45,15 @@ CREATE TABLE IF NOT EXISTS jobs (
     cached INTEGER NOT NULL DEFAULT 0,
     attempts INTEGER NOT NULL DEFAULT 0
 );
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs(user_id, idempotency_key)
+-- One job per (user, idempotency key), anonymous users included: UNIQUE treats NULLs as distinct,
+-- so the owner is indexed as COALESCE(user_id, ''). Databases made before this index may hold
+-- anonymous duplicates: all but the first lose their key, then the old index goes.
+UPDATE jobs SET idempotency_key = NULL
+    WHERE user_id IS NULL AND idempotency_key IS NOT NULL AND rowid NOT IN (
+        SELECT MIN(rowid) FROM jobs WHERE user_id IS NULL AND idempotency_key IS NOT NULL
+        GROUP BY idempotency_key);
+DROP INDEX IF EXISTS jobs_idempotency;
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency_owner ON jobs(COALESCE(user_id, ''), idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_batch ON jobs(batch_id);
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
@@ -143,7 +151,8 @@ class JobStore:
         return _row_to_job(row) if row else None
 
     def by_idempotency(self, user_id: str | None, key: str) -> Job | None:
-        row = self._exec("SELECT * FROM jobs WHERE user_id IS ? AND idempotency_key = ?", (user_id, key)).fetchone()
+        row = self._exec("SELECT * FROM jobs WHERE COALESCE(user_id, '') = ? AND idempotency_key = ?",
+                         (user_id or "", key)).fetchone()
         return _row_to_job(row) if row else None
 
     def batch(self, batch_id: str) -> list[Job]:

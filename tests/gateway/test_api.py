@@ -144,11 +144,12 @@ def test_bad_input_is_refused_with_a_message_saying_what_to_fix(gw, case, status
     assert body["code"] == code and fragment in body["error"], body
 
 
-def test_idempotency_key_returns_the_same_job(gw):
+@pytest.mark.parametrize("user", ["carol", None])
+def test_idempotency_key_returns_the_same_job(gw, user):
     from concurrent.futures import ThreadPoolExecutor
 
     data = wav_bytes(tone(1.0, seed=11))
-    headers = {"Idempotency-Key": "k-123", "X-User-Id": "carol"}
+    headers = {"Idempotency-Key": f"k-123-{user}", **({"X-User-Id": user} if user else {})}
 
     def post(_):
         r = httpx.post(f"{gw.url}/v1/separations", files={"file": ("a.wav", data)}, headers=headers, timeout=30)
