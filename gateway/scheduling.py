@@ -39,10 +39,6 @@ class FairQueue:
         async with self._ready:
             self._ready.notify_all()
 
-    async def put(self, owner: str, item, *, force: bool = False) -> None:
-        self.put_nowait(owner, item, force=force)
-        await self.notify()
-
     async def get(self):
         async with self._ready:
             await self._ready.wait_for(lambda: self._size > 0)
