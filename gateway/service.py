@@ -23,10 +23,13 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import re
+
 import numpy as np
 import soundfile as sf
 from opentelemetry import trace
 
+from musicsplit.audio import ENCODINGS
 from musicsplit.errors import BadRequest, MusicsplitError, Saturated, UpstreamUnavailable
 from musicsplit.gateway import metrics
 from musicsplit.gateway.cache import cache_key, make_cache
@@ -44,7 +47,6 @@ from musicsplit.telemetry import extract, inject
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("musicsplit.gateway")
 
-OUTPUT_FORMATS = {"wav": ("WAV", "FLOAT"), "flac": ("FLAC", "PCM_24")}
 EXPLICIT_ARM = "explicit"  # the caller named a model: no A/B assignment
 
 
@@ -81,6 +83,12 @@ class Outcome:
     result: dict
     version: str | None
     model: str
+    cacheable: bool = True  # False when chunks came from more than one model version
+
+
+def _version_key(version: str) -> tuple:
+    """'1.10' after '1.9': numeric parts compare as numbers."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"[.\-+]", version))
 
 
 class SeparationService:
@@ -163,8 +171,8 @@ class SeparationService:
     async def submit(self, data: bytes, req: Request, *, batch_id: str | None = None,
                      reserve: bool = True) -> Job:
         """Validate and queue one upload (or answer it from the cache)."""
-        if req.output_format not in OUTPUT_FORMATS:
-            raise BadRequest(f"output_format {req.output_format!r} is not supported: use one of {sorted(OUTPUT_FORMATS)}")
+        if req.output_format not in ENCODINGS:
+            raise BadRequest(f"output_format {req.output_format!r} is not supported: use one of {sorted(ENCODINGS)}")
         if req.idempotency_key:
             existing = self.store.by_idempotency(req.user_id, req.idempotency_key)
             if existing:
@@ -253,7 +261,7 @@ class SeparationService:
                                    started=time.time())
         self._finish_files(job.id)
         if ok:
-            self._observe(self.store.get(job.id), "success")
+            self._observe(self.store.get(job.id), "success", ab=False)  # milliseconds, not the arm's latency
             self._publish(job.id)
         return ok
 
@@ -300,7 +308,7 @@ class SeparationService:
                     outcome = leader.future.result()
                     files = self._link_files(outcome.files, self.job_dir(job_id) / "stems")
                     self._succeed(job, Outcome(files, {**outcome.result, "deduplicated_from": leader.job_id},
-                                               outcome.version, outcome.model))
+                                               outcome.version, outcome.model), ab=False)
                     return
                 # The leader failed or was cancelled: this job tries on its own (or follows a new leader).
             fut = asyncio.get_running_loop().create_future()
@@ -308,7 +316,8 @@ class SeparationService:
             try:
                 outcome = await self._separate(job)
                 ckey = self._cache_key(job, outcome.version)
-                if ckey and outcome.model == job.model and self.flags.enabled(CACHE_FLAG, job.user_id):
+                if (ckey and outcome.cacheable and outcome.model == job.model
+                        and self.flags.enabled(CACHE_FLAG, job.user_id)):
                     with tracer.start_as_current_span("cache.store", attributes={"cache.backend": self.cache.backend}):
                         await self.cache.put(ckey, outcome.result, outcome.files)
                 fut.set_result(outcome)
@@ -343,6 +352,9 @@ class SeparationService:
         info = sf.info(str(jdir / "input.wav"))
         total, rate = int(info.frames), int(info.samplerate)
         chunked = self.flags.enabled(CHUNKED_FLAG, job.user_id)
+        forced_chunks = not chunked and total / rate > self.settings.max_audio_seconds_unchunked
+        # One request for a track this long would go over the predictor's size and time limits.
+        chunked = chunked or forced_chunks
         chunk_len = int(self.settings.chunk_seconds * rate) if chunked else total
         chunks = plan_chunks(total, chunk_len, int(self.settings.chunk_overlap_seconds * rate),
                              align=self.settings.chunk_align_samples or 1)
@@ -350,7 +362,7 @@ class SeparationService:
         self._publish(job.id)
         fallback = self.fallback_for(job.user_id)
         params = job.params
-        fmt, subtype = OUTPUT_FORMATS[params.get("output_format") or "wav"]
+        fmt, subtype = ENCODINGS[params.get("output_format") or "wav"]
         ext = params.get("output_format") or "wav"
         out_dir = jdir / "stems"
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -385,6 +397,7 @@ class SeparationService:
                 if name not in writers:
                     writers[name] = sf.SoundFile(str(out_dir / f"{name}.{ext}"), "w", samplerate=rate,
                                                  channels=audio.shape[0], format=fmt, subtype=subtype)
+                # Streamed block by block, so not musicsplit.audio.encode (whole files); same clip rule.
                 data = audio.T
                 if subtype.startswith("PCM"):
                     data = np.clip(data, -1.0, 1.0)
@@ -410,7 +423,9 @@ class SeparationService:
                         stats["weight"] += n
                     stats["compute"] += float(p.get("compute_seconds") or 0.0)
                     stats["cost"] += float(p.get("cost_usd") or 0.0)
-                    for w in str(p.get("warnings") or "").split("; "):
+                    # The predictor joins warnings with "; " (never inside one). Clipping is the whole
+                    # input's, already in input_warnings; the rest once each, as the predictor wrote them.
+                    for w in (w.strip() for w in str(p.get("warnings") or "").split("; ")):
                         if w and w not in stats["warnings"] and not w.startswith("clipping"):
                             stats["warnings"].append(w)
                     if p.get("model_version"):
@@ -436,9 +451,16 @@ class SeparationService:
                 await asyncio.gather(*pending, return_exceptions=True)
             for w in writers.values():
                 w.close()
-        version = sorted(stats["versions"])[-1] if stats["versions"] else None
+        versions = sorted(stats["versions"], key=_version_key)
+        version = "+".join(versions) if versions else None
         model = sorted(stats["models"])[0] if len(stats["models"]) == 1 else job.model
         warnings = list(job.result.get("input_warnings", [])) + stats["warnings"]
+        if forced_chunks:
+            warnings.append(f"chunked: {total / rate:.0f} s is over the {self.settings.max_audio_seconds_unchunked:.0f} s "
+                            f"one request may carry, so it was separated in {len(chunks)} chunks")
+        if len(versions) > 1:
+            warnings.append(f"model versions: the chunks were separated by {', '.join(versions)} (a rollout was "
+                            "under way); the result is not cached, submit again for a single version")
         if stats["models"] - {job.model}:
             warnings.append(f"fallback: separated by {sorted(stats['models'])} because {job.model} was unavailable")
         files = {name: out_dir / f"{name}.{ext}" for name in writers}
@@ -457,7 +479,7 @@ class SeparationService:
             "peak_chunks_held": stats["peak_held"],
             "output_format": ext,
         }
-        return Outcome(files, result, version, model)
+        return Outcome(files, result, version, model, cacheable=len(versions) <= 1)
 
     def _link_files(self, files: dict[str, Path], dest: Path) -> dict[str, Path]:
         dest.mkdir(parents=True, exist_ok=True)
@@ -471,7 +493,7 @@ class SeparationService:
             out[stem] = target
         return out
 
-    def _succeed(self, job: Job, outcome: Outcome) -> None:
+    def _succeed(self, job: Job, outcome: Outcome, *, ab: bool = True) -> None:
         result = {**job.result, **outcome.result}
         result.pop("input_warnings", None)
         ok = self.store.transition(job.id, ("running",), status="succeeded", result=result, finished=time.time(),
@@ -479,7 +501,7 @@ class SeparationService:
                                    chunks_total=result.get("chunks", 0) or 0)
         self._finish_files(job.id)
         if ok:
-            self._observe(self.store.get(job.id), "success")
+            self._observe(self.store.get(job.id), "success", ab=ab)
             self._publish(job.id)
 
     def _fail(self, job: Job, code: str, message: str) -> None:
@@ -489,10 +511,14 @@ class SeparationService:
             self._observe(self.store.get(job.id), "failure")
             self._publish(job.id)
 
-    def _observe(self, job: Job, outcome: str) -> None:
+    def _observe(self, job: Job, outcome: str, *, ab: bool = True) -> None:
+        """Job metrics, and (ab) an A/B observation; a cache hit or a deduplicated job is counted,
+        but its latency and quality are another job's work, so it is not an observation of the arm."""
         version = job.model_version or "unknown"
         arm = job.arm or EXPLICIT_ARM
         metrics.JOBS.labels(model=job.model, model_version=version, arm=arm, outcome=outcome).inc()
+        if not ab:
+            return
         latency = (job.finished or time.time()) - job.created
         quality = job.result.get("quality_score")
         if outcome == "success":

@@ -111,3 +111,39 @@ def test_job_memory_is_bounded_by_the_window_not_the_track(baseline_url, gateway
     print(f"peak traced memory during a {seconds:.0f} s job: {peak / 2**20:.1f} MiB; bound from the window "
           f"{bound / 2**20:.0f} MiB; the track's stems {stems / 2**20:.0f} MiB")
     assert peak < bound < stems / 2
+
+
+def test_chunks_from_two_model_versions_are_reported_not_cached(baseline_url, gateway_factory):
+    # A rollout under way: the chunks of one job come back from "1.9" and "1.10".
+    gw = gateway_factory([("dsp-baseline", baseline_url, "eu")], chunk_seconds=3.0, chunk_overlap_seconds=0.5)
+    original, calls = gw.service.router.separate, []
+
+    async def separate(*args, **kwargs):
+        routed = await original(*args, **kwargs)
+        calls.append(1)
+        routed.value.parameters["model_version"] = "1.9" if len(calls) % 2 else "1.10"
+        routed.endpoint.version = "1.10"
+        return routed
+
+    gw.service.router.separate = separate
+    data = wav_bytes(tone(9.0, seed=71))
+    doc = wait_job(gw.url, submit(gw.url, data, user="rollout").json()["id"])
+    assert doc["status"] == "succeeded", doc
+    assert doc["progress"]["chunks_total"] > 1
+    job = gw.service.store.get(doc["id"])
+    assert job.model_version == "1.9+1.10" and job.result["model_version"] == "1.9+1.10"
+    assert any(w.startswith("model versions") for w in job.result["warnings"]), job.result["warnings"]
+    again = wait_job(gw.url, submit(gw.url, data, user="rollout").json()["id"])
+    assert again["status"] == "succeeded" and again["cached"] is False
+
+
+def test_48k_upload_of_an_odd_length_keeps_its_length_in_every_stem(baseline_url, gateway_factory):
+    rate, frames = 48000, 48000 * 9 + 7  # not a multiple of the 160-sample 48k/44.1k resampling period
+    mix = tone(10.0, rate=rate, seed=72)[:, :frames]
+    gw = gateway_factory([("dsp-baseline", baseline_url, "eu")], chunk_seconds=4.0, chunk_overlap_seconds=0.5)
+    doc = wait_job(gw.url, submit(gw.url, wav_bytes(mix, rate=rate)).json()["id"], timeout=90)
+    assert doc["status"] == "succeeded", doc
+    assert doc["progress"]["chunks_total"] > 1
+    for name, path in doc["stems"].items():
+        audio, sr = sf.read(io.BytesIO(httpx.get(gw.url + path).content), dtype="float32", always_2d=True)
+        assert sr == rate and audio.shape == (frames, 2), (name, sr, audio.shape)

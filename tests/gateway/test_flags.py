@@ -77,6 +77,27 @@ def test_feature_gates_turn_off_chunking_and_cache(baseline_url, gateway_factory
     assert second["cached"] is False
 
 
+def test_a_track_too_long_for_one_request_is_chunked_even_with_the_flag_off(baseline_url, gateway_factory, tmp_path):
+    off = {"musicsplit.chunked-jobs": {"enabled": False}}
+    gw = gateway_factory([("dsp-baseline", baseline_url, "eu")], flags_bootstrap=bootstrap_with(tmp_path, **off),
+                         max_audio_seconds_unchunked=5.0)
+    doc = wait_job(gw.url, submit(gw.url, wav_bytes(tone(9.0, seed=62)), user="long").json()["id"])
+    assert doc["status"] == "succeeded", doc
+    assert doc["progress"]["chunks_total"] > 1
+    assert any(w.startswith("chunked:") for w in doc["warnings"]), doc["warnings"]
+
+
+def test_cache_hits_are_not_ab_observations(baseline_url, gateway_factory):
+    gw = gateway_factory([("dsp-baseline", baseline_url, "eu")])
+    data = wav_bytes(tone(2.0, seed=63))
+    first = wait_job(gw.url, submit(gw.url, data, user="obs").json()["id"])
+    assert first["status"] == "succeeded"
+    second = wait_job(gw.url, submit(gw.url, data, user="obs").json()["id"])
+    assert second["status"] == "succeeded" and second["cached"] is True
+    observations = gw.service.store.observations()
+    assert len(observations) == 1 and observations[0]["latency_s"] > 0.0, observations
+
+
 def test_report_says_significant_only_when_it_is():
     rng = random.Random(0)
     obs = []
