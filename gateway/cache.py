@@ -163,25 +163,33 @@ class RedisCache:
         if not data:
             self._observe("miss", start)
             return None
-        meta = json.loads(data[b"meta"])
-        dest.mkdir(parents=True, exist_ok=True)
-        files = {}
-        for stem, name in meta["files"].items():
-            target = dest / name
-            target.write_bytes(data[f"file:{stem}".encode()])
-            files[stem] = target
+        try:
+            meta = json.loads(data[b"meta"])
+            blobs = {stem: (dest / name, data[f"file:{stem}".encode()]) for stem, name in meta["files"].items()}
+            result = meta["result"]
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:  # a partial or foreign entry: a miss
+            log.warning("redis cache: unreadable entry %s (%s): serving uncached", key, exc)
+            self._observe("miss", start)
+            return None
+        try:
+            await asyncio.to_thread(_write_files, dest, blobs)
+        except OSError as exc:
+            log.warning("redis cache: could not write %s: %s", dest, exc)
+            self._observe("error", start)
+            return None
         self._observe("hit", start)
-        return CachedResult(meta["result"], files)
+        return CachedResult(result, {stem: path for stem, (path, _) in blobs.items()})
 
     async def put(self, key: str, meta: dict, files: dict[str, Path]) -> None:
         from redis.exceptions import RedisError
 
-        if sum(p.stat().st_size for p in files.values()) > self.max_entry_bytes:
+        try:
+            mapping = await asyncio.to_thread(self._mapping, meta, files)
+        except OSError as exc:
+            log.warning("redis cache: could not read the result files (%s): result not cached", exc)
             return
-        mapping: dict[str, bytes] = {
-            "meta": json.dumps({"result": meta, "files": {s: p.name for s, p in files.items()}}).encode()}
-        for stem, path in files.items():
-            mapping[f"file:{stem}"] = path.read_bytes()
+        if mapping is None:
+            return
         try:
             async with self.client.pipeline(transaction=True) as pipe:
                 pipe.hset(self.prefix + key, mapping=mapping)
@@ -190,6 +198,15 @@ class RedisCache:
         except (RedisError, OSError) as exc:
             log.warning("redis cache unavailable (%s): result not cached", exc)
             metrics.CACHE.labels(backend=self.backend, result="error").inc()
+
+    def _mapping(self, meta: dict, files: dict[str, Path]) -> dict[str, bytes] | None:
+        """The hash fields of an entry (file reads: run in a thread), None when over the size cap."""
+        if sum(p.stat().st_size for p in files.values()) > self.max_entry_bytes:
+            return None
+        mapping = {"meta": json.dumps({"result": meta, "files": {s: p.name for s, p in files.items()}}).encode()}
+        for stem, path in files.items():
+            mapping[f"file:{stem}"] = path.read_bytes()
+        return mapping
 
     def _observe(self, result: str, start: float) -> None:
         metrics.CACHE.labels(backend=self.backend, result=result).inc()
@@ -200,6 +217,12 @@ class RedisCache:
             await self.client.aclose()
         except Exception:  # pragma: no cover
             pass
+
+
+def _write_files(dest: Path, blobs: dict[str, tuple[Path, bytes]]) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    for path, content in blobs.values():
+        path.write_bytes(content)
 
 
 def make_cache(settings) -> NoCache | DiskCache | RedisCache:

@@ -119,3 +119,34 @@ def test_reseparation_rate_counts_same_user_same_audio(baseline_url, gateway_fac
     assert metric("musicsplit_gateway_reseparations_total", model="dsp-baseline") == before
     wait_job(gw.url, submit(gw.url, data, user="hal").json()["id"])
     assert metric("musicsplit_gateway_reseparations_total", model="dsp-baseline") == before + 1
+
+
+def test_a_partial_or_garbled_redis_entry_is_a_miss_not_a_500(redis_server, tmp_path):
+    import asyncio
+
+    import redis
+
+    from musicsplit.gateway.cache import RedisCache
+
+    url, _ = redis_server
+    src = tmp_path / "vocals.wav"
+    src.write_bytes(b"RIFF" + b"\0" * 100)
+    raw = redis.Redis.from_url(url)
+
+    async def run():
+        cache = RedisCache(url, ttl_s=60)
+        try:
+            await cache.put("k", {"stems": ["vocals"]}, {"vocals": src})
+            hit = await cache.get("k", tmp_path / "out")
+            assert hit is not None and hit.files["vocals"].read_bytes() == src.read_bytes()
+            raw.hdel(cache.prefix + "k", "file:vocals")  # a stem field lost (partial write, eviction)
+            assert await cache.get("k", tmp_path / "out2") is None
+            raw.hset(cache.prefix + "k", "meta", b"{not json")
+            assert await cache.get("k", tmp_path / "out3") is None
+            raw.delete(cache.prefix + "k")
+            raw.hset(cache.prefix + "k", "file:vocals", b"x")  # no meta at all
+            assert await cache.get("k", tmp_path / "out4") is None
+        finally:
+            await cache.close()
+
+    asyncio.run(run())
