@@ -147,3 +147,19 @@ def test_48k_upload_of_an_odd_length_keeps_its_length_in_every_stem(baseline_url
     for name, path in doc["stems"].items():
         audio, sr = sf.read(io.BytesIO(httpx.get(gw.url + path).content), dtype="float32", always_2d=True)
         assert sr == rate and audio.shape == (frames, 2), (name, sr, audio.shape)
+
+
+def test_predictor_warnings_reach_the_job_whole_and_once(baseline_url, gateway_factory):
+    gw = gateway_factory([("dsp-baseline", baseline_url, "eu")], chunk_seconds=3.0, chunk_overlap_seconds=0.5)
+    original = gw.service.router.separate
+    joined = "resampled: 48000 Hz to 44100 Hz, and back;  low_level: -45 dBFS; clipping: 3 samples"
+
+    async def separate(*args, **kwargs):
+        routed = await original(*args, **kwargs)
+        routed.value.parameters["warnings"] = joined  # as the predictor joins them: "; "
+        return routed
+
+    gw.service.router.separate = separate
+    doc = wait_job(gw.url, submit(gw.url, wav_bytes(tone(7.0, seed=73))).json()["id"])
+    assert doc["status"] == "succeeded" and doc["progress"]["chunks_total"] > 1, doc
+    assert doc["warnings"] == ["resampled: 48000 Hz to 44100 Hz, and back", "low_level: -45 dBFS"], doc["warnings"]
