@@ -24,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 from starlette.websockets import WebSocketState
 
-from musicsplit.errors import BadRequest, MusicsplitError, NotReady, PayloadTooLarge, http_payload
+from musicsplit.errors import BadRequest, Conflict, MusicsplitError, NotFound, NotReady, PayloadTooLarge, http_payload
 from musicsplit.gateway import metrics
 from musicsplit.gateway.jobs import Job
 from musicsplit.gateway.service import EXPLICIT_ARM, Request as SepRequest, SeparationService
@@ -111,16 +111,6 @@ class BatchView(BaseModel):
     rejected: list[dict] = Field(default_factory=list, description="Files refused at upload, with the reason",
                                  examples=[[{"filename": "notes.txt", "error": "could not decode the audio ...",
                                              "code": "bad_audio"}]])
-
-
-class NotFound(MusicsplitError):
-    status = 404
-    code = "not_found"
-
-
-class Conflict(MusicsplitError):
-    status = 409
-    code = "conflict"
 
 
 def job_view(job: Job, settings: GatewaySettings) -> JobView:

@@ -33,6 +33,20 @@ class BadAudio(BadRequest):
     code = "bad_audio"
 
 
+class NotFound(MusicsplitError):
+    """No such job, batch, stem or result (any more)."""
+
+    status = 404
+    code = "not_found"
+
+
+class Conflict(MusicsplitError):
+    """The resource exists but is not in a state that allows this (a job still running)."""
+
+    status = 409
+    code = "conflict"
+
+
 class PayloadTooLarge(MusicsplitError):
     status = 413
     code = "payload_too_large"
