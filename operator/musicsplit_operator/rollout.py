@@ -138,7 +138,11 @@ def judge(m: Measurements, spec: SeparationModelSpec, *, compare_stable: bool = 
         enough = requests >= a.min_requests
         checks.append(Check(
             "requests", requests, a.min_requests, PASS if enough else HOLD,
-            f"canary served {requests:.0f} requests in the window ({'>=' if enough else '<'} {a.min_requests} needed)",
+            f"canary served {requests:.0f} requests in the window ({'>=' if enough else '<'} {a.min_requests} needed)"
+            # Metrics are filtered on model_version = spec.model.version: none at
+            # all while traffic flows usually means the loaded model says otherwise.
+            + ("; check that the model dir's musicsplit.yaml version equals spec.model.version"
+               if requests <= 0 else ""),
         ))
         why = "not enough canary requests yet"
         if enough:
@@ -188,7 +192,7 @@ class Observed:
     storage_uri: str | None = None  # what its spec serves as the latest revision
     canary_percent: int | None = None  # spec.predictor.canaryTrafficPercent
     ready: bool = False  # Ready condition
-    latest_ready: bool = False  # the latest created revision is ready
+    latest_ready: bool = False  # the latest revision is ready (RawDeployment: the applied spec's Deployment)
     latest_percent: int | None = None  # traffic % the latest revision actually gets
     failure: str | None = None  # a reason KServe gives for not becoming ready
     urls: dict = field(default_factory=dict)  # traffic tag -> URL (latest, prev)

@@ -29,7 +29,12 @@ def predictor(name: str, spec: SeparationModelSpec, route: Route) -> dict:
     node_selector = dict(p.node_selector)
     if p.resources.gpu.type:
         node_selector[GPU_PRODUCT_LABEL] = p.resources.gpu.type
-    env = [{"name": "MUSICSPLIT_STEMS", "value": ",".join(spec.stems)}] if spec.stems else []
+    # The predictor refuses to load a model whose musicsplit.yaml version differs:
+    # the analysis filters metrics on model_version = spec.model.version, so a
+    # mismatch would otherwise hold forever on "0 canary requests".
+    env = [{"name": "MUSICSPLIT_EXPECTED_VERSION", "value": spec.model.version}]
+    if spec.stems:
+        env.append({"name": "MUSICSPLIT_STEMS", "value": ",".join(spec.stems)})
     if spec.cost_per_gpu_second is not None:
         env.append({"name": "MUSICSPLIT_GPU_PRICE_PER_SECOND", "value": str(spec.cost_per_gpu_second)})
     out = {
@@ -51,7 +56,7 @@ def predictor(name: str, spec: SeparationModelSpec, route: Route) -> dict:
         out["containers"] = None
         out["model"] = {
             "modelFormat": {"name": "musicsplit"}, "runtime": p.runtime, "storageUri": route.storage_uri,
-            "args": args, "env": env or None, "resources": _resources(spec),
+            "args": args, "env": env, "resources": _resources(spec),
         }
     return out
 
@@ -97,6 +102,12 @@ def _storage_uri(pred: dict) -> str | None:
     return None
 
 
+def _raw(isvc: dict) -> bool:
+    ann = (isvc.get("metadata") or {}).get("annotations") or {}
+    mode = ann.get("serving.kserve.io/deploymentMode") or (isvc.get("status") or {}).get("deploymentMode")
+    return mode == "RawDeployment"
+
+
 def observe(isvc: dict | None) -> Observed:
     """What KServe says: readiness, the latest revision, the actual traffic."""
     if not isvc:
@@ -110,20 +121,40 @@ def observe(isvc: dict | None) -> Observed:
     traffic = comp.get("traffic") or []
     latest_percent = next((t.get("percent") for t in traffic if t.get("latestRevision")
                            or (latest_created and t.get("revisionName") == latest_created)), None)
+    if _raw(isvc):
+        # RawDeployment has no revisions: KServe's PropagateRawStatus sets only
+        # PredictorReady (from the Deployment's Available/Progressing conditions:
+        # Unknown while a rolling update is under way, True once the new
+        # ReplicaSet is available) and the URL. Its status.observedGeneration is
+        # the Deployment's, not the InferenceService's, so it cannot be compared
+        # with metadata.generation. Ready here means the spec last applied serves.
+        # For a moment after a patch the conditions may still describe the old
+        # pods; that only starts the interval early: the analysis counts requests
+        # labelled with the canary's version, so it holds until the new pods serve.
+        pr = conds.get("PredictorReady") or conds.get("Ready") or {}
+        latest = pr.get("status") == "True"
+    else:
+        latest = bool(latest_created) and latest_created == latest_ready
     failure = None
     for key in ("PredictorReady", "Ready"):
         c = conds.get(key) or {}
-        if c.get("status") == "False" and c.get("reason") in ("RevisionFailed", "RevisionMissing", "ModelLoadFailed"):
+        if c.get("status") == "False" and c.get("reason") in ("RevisionFailed", "RevisionMissing", "ModelLoadFailed",
+                                                              "ProgressDeadlineExceeded"):
             failure = f"{c.get('reason')}: {c.get('message', '')}".strip()
     mf = st.get("modelStatus") or {}
-    if (mf.get("lastFailureInfo") or {}).get("message"):
-        failure = failure or f"{mf['lastFailureInfo'].get('reason', 'Failed')}: {mf['lastFailureInfo']['message']}"
+    # KServe never clears lastFailureInfo: it describes the current model only
+    # while the transition is blocked by that failed load.
+    # The load error (e.g. the predictor's version check) says why; keep both.
+    info = mf.get("lastFailureInfo") or {}
+    if info.get("message") and mf.get("transitionStatus") == "BlockedByFailedLoad":
+        load = f"{info.get('reason', 'Failed')}: {info['message']}"
+        failure = f"{failure}; {load}" if failure else load
     return Observed(
         exists=True,
         storage_uri=_storage_uri(pred),
         canary_percent=pred.get("canaryTrafficPercent"),
         ready=ready,
-        latest_ready=bool(latest_created) and latest_created == latest_ready,
+        latest_ready=latest,
         latest_percent=latest_percent,
         failure=failure,
         urls={t["tag"]: t["url"] for t in traffic if t.get("tag") and t.get("url")},

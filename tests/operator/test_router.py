@@ -59,3 +59,61 @@ def test_observe_reads_kserve_status():
     assert o.exists and o.ready and o.latest_ready and o.latest_percent == 25 and o.canary_percent == 25
     assert o.storage_uri == "gs://new" and o.urls == {"latest": "http://latest-m", "prev": "http://prev-m"}
     assert not router.observe(None).exists
+
+
+def _env(pred: dict) -> list[dict]:
+    return pred["model"]["env"] if pred.get("model") else pred["containers"][0]["env"]
+
+
+def test_predictor_is_told_which_version_it_must_load():
+    bare = parse_spec({"model": SPEC.model.model_dump(by_alias=True)})
+    custom = parse_spec({**SPEC.model_dump(by_alias=True), "predictor": {"image": "ghcr.io/x/musicsplit:1"}})
+    for spec in (SPEC, bare, custom):
+        pred = router.inference_service("m", "ns", spec, Route("gs://m/htdemucs/4.0.1", None))["spec"]["predictor"]
+        assert {"name": "MUSICSPLIT_EXPECTED_VERSION", "value": "4.0.1"} in _env(pred)
+        assert {"name": "MUSICSPLIT_EXPECTED_VERSION", "value": "4.0.1"} in _env(
+            router.patch("m", spec, Route("gs://x", None))["spec"]["predictor"])
+
+
+def _raw(status: dict, generation: int = 2) -> dict:
+    isvc = router.inference_service("m", "ns", SPEC.model_copy(update={"deployment_mode": "RawDeployment"}),
+                                    Route("gs://new", None))
+    isvc["metadata"]["generation"] = generation
+    isvc["status"] = {"deploymentMode": "RawDeployment", "url": "http://m.ns", **status}
+    return isvc
+
+
+def test_raw_deployment_is_ready_from_its_conditions_without_revisions():
+    # What KServe's PropagateRawStatus writes: conditions and URL, no revisions;
+    # observedGeneration is the Deployment's, not the InferenceService's.
+    ready = [{"type": "IngressReady", "status": "True"},
+             {"type": "PredictorReady", "status": "True", "reason": "NewReplicaSetAvailable"},
+             {"type": "Ready", "status": "True"}]
+    o = router.observe(_raw({"conditions": ready, "observedGeneration": 7}))
+    assert o.ready and o.latest_ready and o.storage_uri == "gs://new" and o.url == "http://m.ns" and not o.failure
+
+    rolling = [{"type": "PredictorReady", "status": "Unknown", "reason": "ReplicaSetUpdated"},
+               {"type": "Ready", "status": "Unknown", "reason": "ReplicaSetUpdated"}]
+    o = router.observe(_raw({"conditions": rolling, "observedGeneration": 2}))
+    assert not o.latest_ready and not o.failure
+
+    stuck = [{"type": "PredictorReady", "status": "False", "reason": "ProgressDeadlineExceeded",
+              "message": "ReplicaSet has timed out progressing."}]
+    o = router.observe(_raw({"conditions": stuck}))
+    assert not o.latest_ready and o.failure.startswith("ProgressDeadlineExceeded")
+
+
+def test_a_model_load_failure_counts_only_while_it_blocks_the_transition():
+    info = {"reason": "ModelLoadFailed", "message": "version 3.0 != expected 4.0.1"}
+    ok = [{"type": "PredictorReady", "status": "True"}, {"type": "Ready", "status": "True"}]
+    blocked = router.observe(_raw({"conditions": [], "modelStatus": {
+        "transitionStatus": "BlockedByFailedLoad", "lastFailureInfo": info}}))
+    assert blocked.failure == "ModelLoadFailed: version 3.0 != expected 4.0.1"
+    stuck = [{"type": "PredictorReady", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "timed out"}]
+    both = router.observe(_raw({"conditions": stuck, "modelStatus": {
+        "transitionStatus": "BlockedByFailedLoad", "lastFailureInfo": info}}))
+    assert both.failure == "ProgressDeadlineExceeded: timed out; ModelLoadFailed: version 3.0 != expected 4.0.1"
+    # KServe never clears lastFailureInfo: a later, healthy model is not failed by it.
+    later = router.observe(_raw({"conditions": ok, "modelStatus": {"transitionStatus": "UpToDate",
+                                                                    "lastFailureInfo": info}}))
+    assert later.failure is None and later.latest_ready
