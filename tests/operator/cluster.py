@@ -427,6 +427,8 @@ class KServeSimulator:
         self.cluster, self.endpoints, self.ready_after, self.broken = cluster, endpoints or {}, ready_after, broken
         self.period = period
         self.revisions: dict[tuple, list[dict]] = {}  # (ns, name) -> [{name, uri, created}]
+        # RawDeployment reports no revisions in status: what the Deployment serves is kept here.
+        self.raw_rolled: dict[tuple, str | None] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="kserve-sim")
         self.http = httpx.Client(base_url=cluster.url, timeout=5.0)
@@ -462,6 +464,7 @@ class KServeSimulator:
                 self.http.delete(f"/apis/serving.kserve.io/v1beta1/namespaces/{meta['namespace']}"
                                  f"/inferenceservices/{meta['name']}")
                 self.revisions.pop((meta["namespace"], meta["name"]), None)
+                self.raw_rolled.pop((meta["namespace"], meta["name"]), None)
                 continue
             status = self.reconcile(isvc)
             if status != isvc.get("status"):
@@ -492,10 +495,10 @@ class KServeSimulator:
         old = isvc.get("status") or {}
         comp_old = (old.get("components") or {}).get("predictor") or {}
         latest = revs[-1]
-        rolled = comp_old.get("latestRolledoutRevision")
-        pct = pred.get("canaryTrafficPercent")
         # RawDeployment: a Deployment per model, no revisions to split between (kserve#4074).
         raw = (meta.get("annotations") or {}).get("serving.kserve.io/deploymentMode") == "RawDeployment"
+        rolled = self.raw_rolled.get(key) if raw else comp_old.get("latestRolledoutRevision")
+        pct = pred.get("canaryTrafficPercent")
         if raw:
             pct = None
         host = f"{meta['name']}-predictor.{meta['namespace']}.example.com"
@@ -527,14 +530,17 @@ class KServeSimulator:
         if raw:  # no Knative routes: no tags, no per-revision URLs
             traffic = [{k: v for k, v in t.items() if k not in ("tag", "url")} for t in traffic]
         any_ready = bool(traffic)
+        if raw:
+            self.raw_rolled[key] = rolled
+            serving = by_name.get(rolled)
+            return self._raw_status(isvc, latest, serving, url(serving, "latest") if serving else None, len(revs))
         cond = [{"type": "Ready", "status": "True" if any_ready else "False"},
                 {"type": "PredictorReady", "status": "True" if latest["ready"] else "False",
                  **({"reason": "RevisionFailed", "message": f"revision {latest['name']} failed: {latest['uri']} "
                                                             "could not be loaded"}
                     if latest["uri"] in self.broken else {})}]
-        serving_rev = by_name.get(rolled)
         return {
-            "url": url(serving_rev, "latest") if raw and serving_rev else f"http://{host}",
+            "url": f"http://{host}",
             "conditions": cond,
             "components": {"predictor": {
                 "latestCreatedRevision": latest["name"],
@@ -544,3 +550,43 @@ class KServeSimulator:
                 "traffic": traffic,
             }},
         }
+
+    def _raw_status(self, isvc: dict, latest: dict, serving: dict | None, serving_url: str | None,
+                    deployment_generation: int) -> dict:
+        """What KServe's PropagateRawStatus reports: no revisions, only PredictorReady
+        from the Deployment's conditions (Unknown while the new ReplicaSet rolls out,
+        False once it cannot), the URL once ready, and the Deployment's (not the
+        InferenceService's) observedGeneration."""
+        broken = latest["uri"] in self.broken
+        if latest["ready"]:
+            pred = {"status": "True", "reason": "NewReplicaSetAvailable",
+                    "message": f"ReplicaSet for {latest['uri']} has successfully progressed."}
+        elif broken and serving:  # old pods keep serving; the rollout gives up at its deadline
+            pred = {"status": "False", "reason": "ProgressDeadlineExceeded",
+                    "message": f"ReplicaSet for {latest['uri']} has timed out progressing."}
+        elif broken:
+            pred = {"status": "False", "reason": "MinimumReplicasUnavailable",
+                    "message": "Deployment does not have minimum availability."}
+        else:
+            pred = {"status": "Unknown", "reason": "ReplicaSetUpdated",
+                    "message": f"ReplicaSet for {latest['uri']} is progressing."}
+        # Ready = PredictorReady and IngressReady (KServe's living condition set).
+        cond = [{"type": "IngressReady", "status": "True"}, {"type": "PredictorReady", **pred},
+                {"type": "Ready", **pred}]
+        status = {
+            "conditions": cond,
+            "deploymentMode": "RawDeployment",
+            "observedGeneration": deployment_generation,
+            # KServe sets the component URL once ready and never clears it.
+            "components": {"predictor": {"url": serving_url} if serving_url else {}},
+            "modelStatus": {"transitionStatus": "UpToDate" if latest["ready"] else "InProgress"},
+        }
+        if serving_url:
+            status["url"] = serving_url
+        last_failure = ((isvc.get("status") or {}).get("modelStatus") or {}).get("lastFailureInfo")
+        if broken:
+            status["modelStatus"] = {"transitionStatus": "BlockedByFailedLoad", "lastFailureInfo": {
+                "reason": "ModelLoadFailed", "message": f"{latest['uri']} could not be loaded"}}
+        elif last_failure:  # KServe never clears it
+            status["modelStatus"]["lastFailureInfo"] = last_failure
+        return status

@@ -251,6 +251,29 @@ def test_raw_deployment_states_that_there_is_no_traffic_split(env):
     assert cond["status"] == "False" and cond["reason"] == "RawDeploymentMode" and "no traffic split" in cond["message"]
     isvc = cluster.get(ISVC, "raw")
     assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
+    # Ready from PredictorReady alone: RawDeployment reports no revisions (PropagateRawStatus).
+    pred = isvc["status"]["components"]["predictor"]
+    assert "latestCreatedRevision" not in pred and "latestReadyRevision" not in pred
+    assert condition(isvc["status"], "PredictorReady")["status"] == "True"
+
+
+def test_raw_deployment_canary_that_never_becomes_ready_is_rolled_back_with_the_load_failure(env):
+    cluster, _, _ = env
+    base = example("rawbroken", deploymentMode="RawDeployment")
+    cluster.apply(base)
+    phase_is(cluster, "rawbroken", "Succeeded")
+    bad = copy.deepcopy(base)
+    bad["spec"]["model"].update(version="9.9.9", storageUri="gs://models/broken/9.9.9")
+    cluster.apply(bad)
+    st = phase_is(cluster, "rawbroken", "RolledBack")
+    # The predictor's own load error reaches the history (KServe's lastFailureInfo).
+    assert "ModelLoadFailed: gs://models/broken/9.9.9 could not be loaded" in st["history"][-1]["reason"]
+    assert has_events(cluster, "rawbroken", "CanaryNotReady")
+    isvc = cluster.get(ISVC, "rawbroken")
+    assert isvc["spec"]["predictor"]["model"]["storageUri"] == base["spec"]["model"]["storageUri"]
+    # Redeployed stable becomes ready again, although KServe keeps the old lastFailureInfo.
+    cluster.wait(lambda: condition(cluster.get(ISVC, "rawbroken")["status"], "PredictorReady")["status"] == "True",
+                 10, message="stable Deployment ready again")
 
 
 def test_status_and_events_are_visible_with_kubectl(env):
