@@ -99,10 +99,13 @@ class SeparationModel(kserve.Model):
                 sources = loaded.separator.sources
                 if any(s not in sources and s.removeprefix("no_") not in sources for s in expected):
                     raise ModelLoadError(f"the deployment expects stems {expected}, the model produces {sources}")
-                if self.settings.expected_version and loaded.version != self.settings.expected_version:
+                expected_version = self.settings.expected_version
+                if expected_version and loaded.manifest.version is None:
+                    loaded.version = expected_version  # no manifest says otherwise: the deployment names it
+                elif expected_version and loaded.version != expected_version:
                     raise ModelLoadError(
                         f"the model dir holds version {loaded.version}, the deployment expects "
-                        f"{self.settings.expected_version}: check musicsplit.yaml's version")
+                        f"{expected_version}: check musicsplit.yaml's version")
                 if self.settings.cpu_threads:
                     import torch
 

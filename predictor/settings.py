@@ -34,7 +34,8 @@ class PredictorSettings(BaseSettings, InputLimitSettings):
     # a model that cannot fails its load instead of serving the wrong stems.
     stems: str | None = None
     # The version the deployment rolls out (the SeparationModel's spec.model.version): a
-    # model dir holding another version fails its load, so the canary fails visibly.
+    # manifest naming another version fails the load, so the canary fails visibly; a
+    # dir without a manifest is served (and labelled) as this version.
     expected_version: str | None = None
     warmup: bool = True
 

@@ -140,3 +140,9 @@ def test_a_model_dir_of_another_version_than_expected_fails_its_load(tiny_model_
     assert "holds version 1.0.0, the deployment expects 2.0.0" in model.load_error
     model, ok = _load_in_server_model(tiny_model_dir, expected_version="1.0.0")
     assert ok and model.ready
+
+
+def test_a_dir_without_manifest_is_served_as_the_expected_version(tmp_path):
+    directory = make_model_dir(tmp_path / "bare", "bare", manifest=False)
+    model, ok = _load_in_server_model(directory, expected_version="4.0.1")
+    assert ok and model.version == "4.0.1" and model.labels()["model_version"] == "4.0.1"
