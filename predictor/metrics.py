@@ -123,7 +123,14 @@ class DeviceCollector:
         yield total
 
 
+_collector: DeviceCollector | None = None
+
+
 def register_device_collector(labels: dict[str, str], monthly: MonthlyCost) -> DeviceCollector:
-    collector = DeviceCollector(labels, monthly)
-    REGISTRY.register(collector)
-    return collector
+    """One collector per process; a reload points it at the new model's labels."""
+    global _collector
+    if _collector is None:
+        _collector = DeviceCollector(labels, monthly)
+        REGISTRY.register(_collector)
+    _collector.labels, _collector.monthly = labels, monthly
+    return _collector
