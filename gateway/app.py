@@ -30,6 +30,7 @@ from musicsplit.gateway.jobs import Job
 from musicsplit.gateway.service import EXPLICIT_ARM, Request as SepRequest, SeparationService
 from musicsplit.gateway.settings import GatewaySettings
 from musicsplit.telemetry import extract
+from musicsplit.v2client import V2Error
 from musicsplit.validation import check_size
 
 log = logging.getLogger(__name__)
@@ -481,8 +482,7 @@ def create_app(settings: GatewaySettings | None = None, service: SeparationServi
         async def one(state):
             r = await service_.router.http.get(f"{state.url}/v2/models/{state.model}", timeout=10.0)
             if r.status_code >= 500:
-                from musicsplit.gateway.resilience import UpstreamStatus
-                raise UpstreamStatus(r.status_code, r.text)
+                raise V2Error(r.status_code, r.text)
             return r
 
         routed = await service_.router.call(choice.model, one)

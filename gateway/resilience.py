@@ -18,6 +18,8 @@ from typing import Callable
 import httpx
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
+from musicsplit.v2client import V2Error
+
 # 4xx a predictor answers that are not about the request: 404 (model-name mismatch on that
 # replica) and 429 (saturated). Every other 4xx is bad input; every 5xx is the predictor's failure.
 UPSTREAM_4XX = {404, 429}
@@ -26,17 +28,6 @@ UPSTREAM_4XX = {404, 429}
 def is_client_fault(status: int) -> bool:
     """A predictor's answer that blames the request (passed on to the user, never retried)."""
     return 400 <= status < 500 and status not in UPSTREAM_4XX
-
-
-class UpstreamStatus(Exception):
-    """A predictor answered with an error status (from the v2 client or the pass-through)."""
-
-    def __init__(self, status: int, message: str, retry_after: float | None = None, code: str | None = None):
-        super().__init__(f"HTTP {status}: {message}")
-        self.status = status
-        self.message = message
-        self.retry_after = retry_after
-        self.code = code
 
 
 class NoEndpoint(Exception):
@@ -126,7 +117,7 @@ def is_retryable(exc: BaseException) -> bool:
     """A failure another try (maybe on another endpoint) can fix."""
     if isinstance(exc, (httpx.TransportError, CircuitOpen, NoEndpoint)):
         return True
-    return isinstance(exc, UpstreamStatus) and not is_client_fault(exc.status)
+    return isinstance(exc, V2Error) and not is_client_fault(exc.status)
 
 
 def retrying(attempts: int, max_wait: float) -> AsyncRetrying:
@@ -138,7 +129,7 @@ def retrying(attempts: int, max_wait: float) -> AsyncRetrying:
 
     def wait(state) -> float:
         exc = state.outcome.exception() if state.outcome else None
-        hinted = getattr(exc, "retry_after", None) if isinstance(exc, UpstreamStatus) else None
+        hinted = getattr(exc, "retry_after", None) if isinstance(exc, V2Error) else None
         return min(max_wait, max(backoff(state), hinted or 0.0))
 
     return AsyncRetrying(

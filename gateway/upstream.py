@@ -22,7 +22,7 @@ from opentelemetry import trace
 from musicsplit.errors import BadAudio, BadRequest, MusicsplitError, PayloadTooLarge, UpstreamUnavailable
 from musicsplit.gateway import metrics
 from musicsplit.gateway.regions import EndpointPool, EndpointState
-from musicsplit.gateway.resilience import NoEndpoint, UpstreamStatus, is_client_fault, is_retryable, retrying
+from musicsplit.gateway.resilience import NoEndpoint, is_client_fault, is_retryable, retrying
 from musicsplit.gateway.settings import GatewaySettings
 from musicsplit.telemetry import inject
 from musicsplit.v2client import AsyncV2Client, V2Error, raise_for_status
@@ -124,7 +124,7 @@ class Router:
             with tracer.start_as_current_span("proxy", attributes={
                     "predictor.model": model, "predictor.region": state.region, "predictor.url": state.url}):
                 value = await fn(state)
-        except UpstreamStatus as exc:
+        except V2Error as exc:
             outcome = f"http_{exc.status}"
             if is_client_fault(exc.status):
                 state.breaker.success()  # it answered about the input: the endpoint works
@@ -164,12 +164,9 @@ class Router:
 
         async def one(state: EndpointState):
             client = self.v2client(state.url)
-            try:
-                sep = await client.separate(state.model, samples, sample_rate, stems=stems, shifts=shifts,
-                                            overlap=overlap, segment=segment, output_format="fp32",
-                                            headers=inject({}))
-            except V2Error as exc:
-                raise UpstreamStatus(exc.status, exc.message, exc.retry_after, exc.code) from None
+            sep = await client.separate(state.model, samples, sample_rate, stems=stems, shifts=shifts,
+                                        overlap=overlap, segment=segment, output_format="fp32",
+                                        headers=inject({}))
             version = (sep.parameters or {}).get("model_version")
             if version:
                 state.version = str(version)
@@ -185,10 +182,7 @@ class Router:
             out_headers = inject({k: v for k, v in headers.items()})
             r = await self._http.post(f"{state.url}/v2/models/{state.model}{path}", content=body,
                                       headers=out_headers)
-            try:
-                raise_for_status(r)
-            except V2Error as exc:
-                raise UpstreamStatus(exc.status, exc.message, exc.retry_after, exc.code) from None
+            raise_for_status(r)
             return r
 
         return await self.call(model, one, fallback=fallback)
