@@ -404,6 +404,7 @@ class SeparationService:
                 writers[name].write(data)
 
         pending: set[asyncio.Task] = set()
+        writing: asyncio.Future | None = None  # the block a worker thread is writing into `writers`
         next_chunk = 0
         done = 0
         try:
@@ -440,7 +441,9 @@ class SeparationService:
                     released = assembler.add(chunk.index, stems)
                     stats["peak_held"] = max(stats["peak_held"], assembler.held)
                     for start, block in released:
-                        await asyncio.to_thread(write, start, block)
+                        # Shielded: a cancelled job must not close the files under a thread still writing.
+                        writing = asyncio.ensure_future(asyncio.to_thread(write, start, block))
+                        await asyncio.shield(writing)
                     done += 1
                     self.store.update(job.id, chunks_done=done)
                     self._publish(job.id)
@@ -449,6 +452,8 @@ class SeparationService:
                 t.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
+            if writing is not None and not writing.done():
+                await asyncio.wait([writing])  # libsndfile crashes on a file closed mid-write
             for w in writers.values():
                 w.close()
         versions = sorted(stats["versions"], key=_version_key)
