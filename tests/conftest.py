@@ -10,7 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.fixtures.checkpoints import make_model_dir  # noqa: E402
-from tests.fixtures.servers import start_predictor  # noqa: E402
+from musicsplit.localstack import start_predictor  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -55,7 +55,7 @@ def test_chunked_demucs_matches_whole_track(predictor_url, gateway_factory):
 
 
 def test_long_track_uses_several_replicas_with_bounded_memory(baseline_url, gateway_factory, tmp_path):
-    from tests.fixtures.servers import start_predictor
+    from musicsplit.localstack import start_predictor
 
     second = start_predictor("builtin://dsp-baseline", "dsp-baseline", log_dir=tmp_path)
     try:

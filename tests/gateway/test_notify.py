@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from musicsplit.gateway.notify import init_sentry
-from tests.fixtures.servers import start_predictor
+from musicsplit.localstack import start_predictor
 
 from .conftest import free_port, submit, tone, wait_job, wav_bytes
 from .receivers import Receiver, sentry_events

@@ -11,7 +11,7 @@ import time
 
 import httpx
 
-from tests.fixtures.servers import Process, wait_for
+from musicsplit.localstack import Process, wait_for
 
 from .conftest import free_port, submit, tone, wait_job, wav_bytes
 

@@ -13,7 +13,7 @@ import pytest
 
 from musicsplit.gateway.resilience import CircuitBreaker, CircuitOpen
 from musicsplit.v2client import V2Client
-from tests.fixtures.servers import start_predictor
+from musicsplit.localstack import start_predictor
 
 from .conftest import free_port, submit, tone, wait_job, wav_bytes
 

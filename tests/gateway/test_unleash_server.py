@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from tests.fixtures.servers import start_predictor
+from musicsplit.localstack import start_predictor
 
 from .conftest import GatewayThread, make_settings, tone
 from .unleash_server import CLIENT_TOKEN, Postgres, Unleash, available

@@ -39,7 +39,7 @@ from kmock._internal import enums
 from kmock._internal.k8s import KubernetesError
 
 from musicsplit.localstack import terminate
-from tests.fixtures.servers import free_port
+from musicsplit.localstack import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_RESOURCE = "apiextensions.k8s.io/v1/customresourcedefinitions"

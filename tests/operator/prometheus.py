@@ -10,7 +10,7 @@ import httpx
 import yaml
 
 from musicsplit.localstack import terminate
-from tests.fixtures.servers import free_port
+from musicsplit.localstack import free_port
 
 
 class Prometheus:

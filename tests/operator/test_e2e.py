@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.checkpoints import make_model_dir
-from tests.fixtures.servers import start_predictor
+from musicsplit.localstack import start_predictor
 from tests.operator.cluster import ISVC, SM, Cluster, KServeSimulator, Operator
 from tests.operator.prometheus import Prometheus
 

@@ -204,15 +204,20 @@ def test_pause_resume_and_manual_promote(env):
     assert has_events(cluster, "manual", "Paused", "Resumed", "ManualPromotion", "Promoted")
 
 
-def test_canary_that_never_becomes_ready_is_rolled_back(env):
-    cluster, _, _ = env
-    base = example("broken")
+def roll_out_a_broken_canary(cluster, name: str, **overrides) -> tuple[dict, dict]:
+    """Deploy `name`, then a version the simulator never makes ready; (base, status once rolled back)."""
+    base = example(name, **overrides)
     cluster.apply(base)
-    phase_is(cluster, "broken", "Succeeded")
+    phase_is(cluster, name, "Succeeded")
     bad = copy.deepcopy(base)
     bad["spec"]["model"].update(version="9.9.9", storageUri="gs://models/broken/9.9.9")
     cluster.apply(bad)
-    st = phase_is(cluster, "broken", "RolledBack")
+    return base, phase_is(cluster, name, "RolledBack")
+
+
+def test_canary_that_never_becomes_ready_is_rolled_back(env):
+    cluster, _, _ = env
+    _, st = roll_out_a_broken_canary(cluster, "broken")
     assert "RevisionFailed" in st["history"][-1]["reason"]
     assert has_events(cluster, "broken", "CanaryNotReady")
 
@@ -259,13 +264,7 @@ def test_raw_deployment_states_that_there_is_no_traffic_split(env):
 
 def test_raw_deployment_canary_that_never_becomes_ready_is_rolled_back_with_the_load_failure(env):
     cluster, _, _ = env
-    base = example("rawbroken", deploymentMode="RawDeployment")
-    cluster.apply(base)
-    phase_is(cluster, "rawbroken", "Succeeded")
-    bad = copy.deepcopy(base)
-    bad["spec"]["model"].update(version="9.9.9", storageUri="gs://models/broken/9.9.9")
-    cluster.apply(bad)
-    st = phase_is(cluster, "rawbroken", "RolledBack")
+    base, st = roll_out_a_broken_canary(cluster, "rawbroken", deploymentMode="RawDeployment")
     # The predictor's own load error reaches the history (KServe's lastFailureInfo).
     assert "ModelLoadFailed: gs://models/broken/9.9.9 could not be loaded" in st["history"][-1]["reason"]
     assert has_events(cluster, "rawbroken", "CanaryNotReady")

@@ -14,7 +14,7 @@ import tritonclient.http as thttp
 from tritonclient.utils import InferenceServerException
 
 from tests.fixtures.checkpoints import make_model_dir
-from tests.fixtures.servers import start_predictor
+from musicsplit.localstack import start_predictor
 
 STEMS = ["drums", "bass", "other", "vocals"]
 
