@@ -36,7 +36,7 @@ def init_sentry(dsn: str | None, release: str | None = None, environment: str | 
 
     sentry_sdk.init(dsn=dsn, release=release, environment=environment, traces_sample_rate=0.0)
     # The job runner captures its own failures with tags; its log line would be a second event.
-    ignore_logger("musicsplit.gateway.service")
+    ignore_logger("musicsplit.gateway.runner")
     return True
 
 
@@ -74,6 +74,29 @@ class Notifier:
             return False
         self._spawn(self._send(key, summary, "info", {}, "resolve"))
         return True
+
+    def breaker_changed(self, state, old: str, new: str) -> None:
+        """EndpointPool hook: an opening breaker is an incident, its closing resolves it."""
+        key = f"breaker-open:{state.region}:{state.model}:{state.url}"
+        if new == "closed":
+            self.resolve(key, f"musicsplit gateway: circuit breaker closed again for {state.model} in {state.region}")
+        if new == "open":
+            self.incident(
+                key,
+                f"musicsplit gateway: circuit breaker open for {state.model} in {state.region}",
+                severity="error",
+                details={"model": state.model, "region": state.region, "endpoint": state.url,
+                         "last_error": state.last_error or "consecutive request failures"},
+            )
+
+    def model_not_ready(self, state) -> None:
+        """EndpointPool hook: a live predictor whose model failed to load pages someone."""
+        self.incident(
+            f"model-load-failed:{state.region}:{state.model}:{state.url}",
+            f"musicsplit: model {state.model} failed to load in {state.region}",
+            severity="critical",
+            details={"model": state.model, "region": state.region, "endpoint": state.url, "error": state.last_error},
+        )
 
     def _spawn(self, coro) -> None:
         try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from musicsplit.validation import InputLimitSettings
@@ -36,8 +36,10 @@ class GatewaySettings(BaseSettings, InputLimitSettings):
     aliases: dict[str, str] = {}  # static aliases; `default` is resolved by flags per user
     health_interval_s: float = 5.0
 
-    # Storage: SQLite jobs database, uploaded inputs and stem results.
+    # Storage: uploaded inputs and stem results under data_dir; the job store is PostgreSQL
+    # (postgresql://user:pass@host:5432/db) or, when empty, the SQLite file data_dir/jobs.sqlite3.
     data_dir: Path = Path("/var/lib/musicsplit-gateway")
+    database_url: SecretStr | None = None
     results_ttl_s: float = 24 * 3600.0
     sweep_interval_s: float = 60.0
 
@@ -89,4 +91,5 @@ class GatewaySettings(BaseSettings, InputLimitSettings):
 
     @property
     def db_path(self) -> Path:
+        """The SQLite job store's file (used when database_url is empty)."""
         return self.data_dir / "jobs.sqlite3"

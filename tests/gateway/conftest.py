@@ -7,6 +7,7 @@ session fixtures from tests/conftest.py (real processes).
 
 from __future__ import annotations
 
+import asyncio
 import io
 import threading
 import time
@@ -19,6 +20,7 @@ import soundfile as sf
 import uvicorn
 
 from musicsplit.gateway.app import create_app
+from musicsplit.gateway.jobstore import SeparationJob, open_job_store
 from musicsplit.gateway.settings import Endpoint, GatewaySettings
 from musicsplit.localstack import free_port
 
@@ -40,6 +42,13 @@ class GatewayThread:
     def service(self):
         return self.app.state.service
 
+    def job(self, job_id: str) -> SeparationJob | None:
+        """A job's row as stored (the internal result fields included), read by a store of the test's own."""
+        return asyncio.run(_read(self.settings, lambda store: store.get(job_id, tenant=None)))
+
+    def observations(self) -> list[dict]:
+        return asyncio.run(_read(self.settings, lambda store: store.observations()))
+
     def start(self, timeout: float = 20.0) -> "GatewayThread":
         self.thread.start()
         deadline = time.monotonic() + timeout
@@ -60,6 +69,14 @@ class GatewayThread:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+async def _read(settings: GatewaySettings, query):
+    store = await open_job_store(settings)
+    try:
+        return await query(store)
+    finally:
+        await store.close()
 
 
 def make_settings(tmp: Path, endpoints: list[tuple[str, str, str]], **overrides) -> GatewaySettings:

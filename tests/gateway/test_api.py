@@ -105,7 +105,7 @@ def test_delete_cancels_a_running_job(gw):
     assert doc["progress"]["chunks_done"] < doc["progress"]["chunks_total"]
     r = httpx.get(f"{gw.url}/v1/separations/{job['id']}/stems.zip")
     assert r.status_code == 409 and "cancelled" in r.json()["error"]
-    assert not (gw.service.job_dir(job["id"]) / "stems").exists(), "partial stems deleted"
+    assert not (gw.service.results.job_dir(job["id"]) / "stems").exists(), "partial stems deleted"
 
 
 @pytest.mark.parametrize("case,status,code,fragment", [

@@ -70,7 +70,7 @@ def test_long_track_uses_several_replicas_with_bounded_memory(baseline_url, gate
         elapsed = time.perf_counter() - start
         assert doc["status"] == "succeeded", doc
         assert doc["progress"]["chunks_total"] == 21
-        job = gw.service.store.get(doc["id"])
+        job = gw.job(doc["id"])
         assert job.result["peak_chunks_held"] <= 4, "memory bounded by the window (4 chunks), not 21"
         # Both replicas took chunks (equal preference: the one with fewer in flight gets the next).
         assert set(job.result["regions"]) == {"zone-a", "zone-b"}
@@ -130,7 +130,7 @@ def test_chunks_from_two_model_versions_are_reported_not_cached(baseline_url, ga
     doc = wait_job(gw.url, submit(gw.url, data, user="rollout").json()["id"])
     assert doc["status"] == "succeeded", doc
     assert doc["progress"]["chunks_total"] > 1
-    job = gw.service.store.get(doc["id"])
+    job = gw.job(doc["id"])
     assert job.model_version == "1.9+1.10" and job.result["model_version"] == "1.9+1.10"
     assert any(w.startswith("model versions") for w in job.result["warnings"]), job.result["warnings"]
     again = wait_job(gw.url, submit(gw.url, data, user="rollout").json()["id"])

@@ -94,7 +94,7 @@ def test_cache_hits_are_not_ab_observations(baseline_url, gateway_factory):
     assert first["status"] == "succeeded"
     second = wait_job(gw.url, submit(gw.url, data, user="obs").json()["id"])
     assert second["status"] == "succeeded" and second["cached"] is True
-    observations = gw.service.store.observations()
+    observations = gw.observations()
     assert len(observations) == 1 and observations[0]["latency_s"] > 0.0, observations
 
 

@@ -62,33 +62,5 @@ def test_results_expire_and_the_job_says_so(baseline_url, gateway_factory):
     assert expired["stems"] == {}
     r = httpx.get(f"{gw.url}/v1/separations/{doc['id']}/stems.zip")
     assert r.status_code == 404 and "retention" in r.json()["error"]
-    assert not gw.service.job_dir(doc["id"]).exists()
+    assert not gw.service.results.job_dir(doc["id"]).exists()
 
-
-def test_idempotency_holds_for_anonymous_users_in_a_database_made_before_the_fix(tmp_path):
-    import sqlite3
-
-    import pytest
-
-    from musicsplit.gateway.jobs import JobStore
-
-    path = tmp_path / "jobs.db"
-    old = JobStore(path)
-    old.close()
-    db = sqlite3.connect(str(path))  # the old index let two anonymous jobs share a key
-    db.executescript("DROP INDEX jobs_idempotency_owner; CREATE UNIQUE INDEX jobs_idempotency ON "
-                     "jobs(user_id, idempotency_key) WHERE idempotency_key IS NOT NULL;")
-    for i in range(2):
-        db.execute("INSERT INTO jobs (id, status, model, params, idempotency_key, created, updated) "
-                   "VALUES (?, 'succeeded', 'm', '{}', 'k', ?, ?)", (f"j{i}", i, i))
-    db.commit()
-    db.close()
-    store = JobStore(path)
-    try:
-        assert store.by_idempotency(None, "k").id == "j0"
-        with pytest.raises(sqlite3.IntegrityError):
-            store.create(model="m", params={}, user_id=None, arm=None, filename=None, audio_sha=None,
-                         idempotency_key="k")
-        store.create(model="m", params={}, user_id="u", arm=None, filename=None, audio_sha=None, idempotency_key="k")
-    finally:
-        store.close()

@@ -1,0 +1,223 @@
+"""Separating one job's stored input: plan the chunks, route them, assemble, write the stems.
+
+Chunks go to predictors `chunk_concurrency` at a time, at most `chunk_window`
+held in memory; the Assembler cross-fades them and releases audio front to
+back, straight into the stem files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+from opentelemetry import trace
+
+from musicsplit.errors import UpstreamUnavailable
+from musicsplit.gateway import metrics
+from musicsplit.gateway.chunking import Assembler, Chunk, plan_chunks
+from musicsplit.gateway.jobstore import SeparationJob
+from musicsplit.gateway.results import InputInfo, ResultStore
+from musicsplit.gateway.settings import GatewaySettings
+from musicsplit.gateway.upstream import Routed, Router
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("musicsplit.gateway")
+
+
+class UpstreamProtocolError(RuntimeError):
+    """A predictor answered 200 with something that is not a separation (a bug to report)."""
+
+
+@dataclass
+class Outcome:
+    job_id: str  # whose stem files these are (a deduplicated job copies another job's)
+    stems: list[str]
+    result: dict
+    version: str | None
+    model: str
+    cacheable: bool = True  # False when chunks came from more than one model version
+
+
+@dataclass
+class Plan:
+    chunks: list[Chunk]
+    forced: str | None  # why a track was chunked although the chunked-jobs flag is off
+
+
+def plan(settings: GatewaySettings, info: InputInfo, chunked: bool) -> Plan:
+    """Chunks for a track; one chunk when chunking is off and it is short enough for one request."""
+    rate = info.sample_rate
+    forced = not chunked and info.frames / rate > settings.max_audio_seconds_unchunked
+    length = int(settings.chunk_seconds * rate) if chunked or forced else info.frames
+    chunks = plan_chunks(info.frames, length, int(settings.chunk_overlap_seconds * rate),
+                         align=settings.chunk_align_samples or 1)
+    if not forced:
+        return Plan(chunks, None)
+    return Plan(chunks, f"chunked: {info.frames / rate:.0f} s is over the {settings.max_audio_seconds_unchunked:.0f} s "
+                        f"one request may carry, so it was separated in {len(chunks)} chunks")
+
+
+@dataclass
+class _Totals:
+    quality: float = 0.0
+    weight: float = 0.0
+    compute: float = 0.0
+    cost: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+    regions: set[str] = field(default_factory=set)
+    versions: set[str] = field(default_factory=set)
+    models: set[str] = field(default_factory=set)
+    peak_held: int = 0
+
+    def add(self, chunk: Chunk, routed: Routed) -> None:
+        p = routed.value.parameters or {}
+        n = chunk.end - chunk.start
+        if p.get("quality_score") is not None:
+            self.quality += float(p["quality_score"]) * n
+            self.weight += n
+        self.compute += float(p.get("compute_seconds") or 0.0)
+        self.cost += float(p.get("cost_usd") or 0.0)
+        # The predictor joins warnings with "; " (never inside one). Clipping is the whole
+        # input's, already in input_warnings; the rest once each, as the predictor wrote them.
+        for w in (w.strip() for w in str(p.get("warnings") or "").split("; ")):
+            if w and w not in self.warnings and not w.startswith("clipping"):
+                self.warnings.append(w)
+        if p.get("model_version"):
+            self.versions.add(str(p["model_version"]))
+        self.models.add(routed.model)
+        self.regions.add(routed.endpoint.region)
+
+
+def _version_key(version: str) -> tuple:
+    """'1.10' after '1.9': numeric parts compare as numbers."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"[.\-+]", version))
+
+
+class ChunkedSeparation:
+    """One run of one job; `run()` returns the Outcome once the stems are written."""
+
+    def __init__(self, job: SeparationJob, *, settings: GatewaySettings, router: Router, results: ResultStore,
+                 chunked: bool, fallback: str | None, on_progress):
+        self.job = job
+        self.settings = settings
+        self.router = router
+        self.results = results
+        self.chunked = chunked
+        self.fallback = fallback
+        self.on_progress = on_progress  # async (chunks_done, chunks_total) -> None
+
+    async def run(self) -> Outcome:
+        job, settings = self.job, self.settings
+        info = await self.results.input_info(job.id)
+        planned = plan(settings, info, self.chunked)
+        chunks = planned.chunks
+        await self.on_progress(0, len(chunks))
+        output_format = job.params.get("output_format") or "wav"
+        writer = self.results.stem_writer(job.id, output_format, info.sample_rate)
+        assembler = Assembler(chunks)
+        sem = asyncio.Semaphore(max(1, settings.chunk_concurrency))
+        totals = _Totals()
+        pending: set[asyncio.Task] = set()
+        writing: asyncio.Future | None = None  # the block a worker thread is writing
+        committed = False
+        next_chunk = done = 0
+        try:
+            while done < len(chunks):
+                # Launch while the window has room: chunks held = launched - released.
+                while next_chunk < len(chunks) and next_chunk - assembler.released < settings.chunk_window:
+                    pending.add(asyncio.create_task(self._one(chunks[next_chunk], len(chunks), info, sem)))
+                    next_chunk += 1
+                finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for t in finished:
+                    chunk, routed = t.result()
+                    totals.add(chunk, routed)
+                    stems = {k: np.asarray(v, dtype=np.float32) for k, v in routed.value.stems.items()}
+                    self._check_stems(chunk, routed, stems)
+                    released = assembler.add(chunk.index, stems)
+                    totals.peak_held = max(totals.peak_held, assembler.held)
+                    for _start, block in released:
+                        # Shielded: a cancelled job must not close the files under a thread still writing.
+                        writing = asyncio.ensure_future(asyncio.to_thread(self._write, writer, block))
+                        await asyncio.shield(writing)
+                    done += 1
+                    await self.on_progress(done, len(chunks))
+            stem_names = await asyncio.to_thread(writer.commit)
+            committed = True
+        finally:
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+            if writing is not None and not writing.done():
+                await asyncio.wait([writing])  # libsndfile crashes on a file closed mid-write
+            if not committed:
+                writer.abort()
+        return self._outcome(planned, info, stem_names, totals, output_format)
+
+    @staticmethod
+    def _write(writer, block: dict[str, np.ndarray]) -> None:
+        for name, audio in block.items():
+            writer.write(name, audio)
+
+    async def _one(self, chunk: Chunk, total: int, info: InputInfo, sem: asyncio.Semaphore) -> tuple[Chunk, Routed]:
+        settings, params = self.settings, self.job.params
+        async with sem:
+            samples = await self.results.read_input(self.job.id, chunk.start, chunk.end)
+            with tracer.start_as_current_span("chunk", attributes={"chunk.index": chunk.index,
+                                                                   "chunk.total": total}):
+                for attempt in range(settings.chunk_retries + 1):
+                    try:
+                        routed = await self.router.separate(self.job.model, samples, info.sample_rate,
+                                                            stems=params.get("stems"), fallback=self.fallback,
+                                                            shifts=params.get("shifts"))
+                        break
+                    except UpstreamUnavailable as exc:
+                        # Only this chunk waits and tries again; the chunks already done stay done.
+                        metrics.CHUNKS.labels(model=self.job.model, outcome="retried").inc()
+                        if attempt == settings.chunk_retries:
+                            raise
+                        await asyncio.sleep(min(exc.retry_after or 1.0, settings.chunk_retry_max_wait_s))
+        metrics.CHUNKS.labels(model=routed.model, outcome="success").inc()
+        return chunk, routed
+
+    def _check_stems(self, chunk: Chunk, routed: Routed, stems: dict[str, np.ndarray]) -> None:
+        wanted = self.job.params.get("stems")
+        if not stems or (wanted and set(stems) != set(wanted)):
+            raise UpstreamProtocolError(
+                f"predictor {routed.endpoint.url} answered chunk {chunk.index} with stems {sorted(stems)}, "
+                f"asked for {wanted or 'all'}")
+
+    def _outcome(self, planned: Plan, info: InputInfo, stem_names: list[str], totals: _Totals,
+                 output_format: str) -> Outcome:
+        job = self.job
+        versions = sorted(totals.versions, key=_version_key)
+        version = "+".join(versions) if versions else None
+        model = sorted(totals.models)[0] if len(totals.models) == 1 else job.model
+        warnings = list(job.result.get("input_warnings", [])) + totals.warnings
+        if planned.forced:
+            warnings.append(planned.forced)
+        if len(versions) > 1:
+            warnings.append(f"model versions: the chunks were separated by {', '.join(versions)} (a rollout was "
+                            "under way); the result is not cached, submit again for a single version")
+        if totals.models - {job.model}:
+            warnings.append(f"fallback: separated by {sorted(totals.models)} because {job.model} was unavailable")
+        rate = info.sample_rate
+        result = {
+            "stems": stem_names,
+            "sample_rate": rate,
+            "audio_seconds": round(info.frames / rate, 3),
+            "compute_seconds": round(totals.compute, 4),
+            "cost_usd": totals.cost,
+            "quality_score": round(totals.quality / totals.weight, 4) if totals.weight else None,
+            "warnings": warnings,
+            "model_version": version,
+            "served_by": sorted(totals.models),
+            "regions": sorted(totals.regions),
+            "chunks": len(planned.chunks),
+            "peak_chunks_held": totals.peak_held,
+            "output_format": output_format,
+        }
+        return Outcome(job.id, stem_names, result, version, model, cacheable=len(versions) <= 1)
