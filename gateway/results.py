@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import tempfile
 import time
 import uuid
+import weakref
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,6 +135,7 @@ class LocalResultStore:
         self.staging_dir = Path(data_dir) / "staging"
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self.staging_dir.mkdir(parents=True, exist_ok=True)
+        self._zip_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     def job_dir(self, job_id: str) -> Path:
         return self.jobs_dir / job_id
@@ -198,18 +201,24 @@ class LocalResultStore:
 
     async def zip(self, job_id: str, stems: list[str], output_format: str) -> Download:
         """The stems as one zip (stored, not deflated: audio does not compress), built once."""
-        path = self.job_dir(job_id) / "stems.zip"
-        if not path.exists():
-            await asyncio.to_thread(self._build_zip, job_id, stems, output_format, path)
+        async with self._zip_locks.setdefault(job_id, asyncio.Lock()):  # concurrent first downloads: built once
+            path = self.job_dir(job_id) / "stems.zip"
+            if not path.exists():
+                await asyncio.to_thread(self._build_zip, job_id, stems, output_format, path)
         return Download("application/zip", f"{job_id}-stems.zip", path)
 
     def _build_zip(self, job_id: str, stems: list[str], output_format: str, path: Path) -> None:
-        tmp = self.job_dir(job_id) / f".stems.zip.{os.getpid()}"
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:
-            for name in stems:
-                src = self._stem_path(job_id, name, output_format)
-                z.write(src, arcname=src.name)
-        os.replace(tmp, path)
+        # A temp file of its own: another replica on the same volume may be building it too.
+        fd, tmp = tempfile.mkstemp(prefix=".stems.", suffix=".zip", dir=self.job_dir(job_id))
+        try:
+            with os.fdopen(fd, "wb") as out, zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as z:
+                for name in stems:
+                    src = self._stem_path(job_id, name, output_format)
+                    z.write(src, arcname=src.name)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
     # -- deletion ------------------------------------------------------------------
 

@@ -295,3 +295,21 @@ def test_a_file_corrupt_partway_through_is_bad_audio_not_a_500(gw):
     batch = r.json()
     assert len(batch["jobs"]) == 1 and batch["rejected"][0]["filename"] == "broken.flac"
     assert batch["rejected"][0]["code"] == "bad_audio"
+
+
+def test_concurrent_zip_downloads_each_get_the_whole_zip(gw):
+    from concurrent.futures import ThreadPoolExecutor
+
+    doc = wait_job(gw.url, submit(gw.url, wav_bytes(tone(20.0, seed=79)), user="zipper").json()["id"])
+    assert doc["status"] == "succeeded", doc
+
+    def download(_):
+        r = httpx.get(gw.url + doc["zip_url"], timeout=60)
+        assert r.status_code == 200, r.text
+        with zipfile.ZipFile(io.BytesIO(r.content)) as z:
+            assert z.testzip() is None
+            return sorted(z.namelist())
+
+    with ThreadPoolExecutor(6) as pool:  # the first downloads of a job all build its zip at once
+        names = list(pool.map(download, range(6)))
+    assert names == [["bass.wav", "drums.wav", "other.wav", "vocals.wav"]] * 6
