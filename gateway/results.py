@@ -5,6 +5,11 @@ range of it (a chunk), write stems block by block, hand out a download, a
 zip, delete, sweep. `LocalResultStore` (the embedded default) keeps them
 under data_dir/jobs/<id>/; a shared store (S3) fits the same interface, with
 downloads as redirects to presigned URLs (`Download.url`).
+
+Stem files may be hard links shared with the result cache and with other
+jobs (a cache hit, a deduplicated job), so nothing here ever opens an
+existing stem file for writing: new content goes to a fresh temp file that
+is renamed over the name, which leaves the other links' file as it was.
 """
 
 from __future__ import annotations
@@ -108,9 +113,9 @@ class LocalStemWriter:
     def write(self, name: str, block: np.ndarray) -> None:
         if name not in self._files:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            path = self.out_dir / f"{name}.{self.ext}"
-            self._files[name] = (sf.SoundFile(str(path), "w", samplerate=self.rate, channels=block.shape[0],
-                                              format=self.format, subtype=self.subtype), path)
+            tmp = self.out_dir / f".{name}.{uuid.uuid4().hex}.{self.ext}"
+            self._files[name] = (sf.SoundFile(str(tmp), "w", samplerate=self.rate, channels=block.shape[0],
+                                              format=self.format, subtype=self.subtype), tmp)
         # Streamed block by block, so not musicsplit.audio.encode (whole files); same clip rule.
         data = block.T
         if self.subtype.startswith("PCM"):
@@ -118,13 +123,15 @@ class LocalStemWriter:
         self._files[name][0].write(data)
 
     def commit(self) -> list[str]:
-        for f, _path in self._files.values():
+        for name, (f, tmp) in self._files.items():
             f.close()
+            os.replace(tmp, self.out_dir / f"{name}.{self.ext}")
         return sorted(self._files)
 
     def abort(self) -> None:
-        for f, _path in self._files.values():
+        for f, tmp in self._files.values():
             f.close()
+            tmp.unlink(missing_ok=True)
 
 
 class LocalResultStore:
@@ -182,13 +189,15 @@ class LocalResultStore:
 
     @staticmethod
     def _place(files: dict[str, Path], dest: Path) -> None:
-        """Link (else copy) each file to dest/name."""
+        """Link (else copy) each file to dest/name through a fresh temp name, then rename over."""
         dest.mkdir(parents=True, exist_ok=True)
         for name, src in files.items():
+            tmp = dest / f".{uuid.uuid4().hex}.{name}"
             try:
-                os.link(src, dest / name)
+                os.link(src, tmp)
             except OSError:
-                shutil.copyfile(src, dest / name)
+                shutil.copyfile(src, tmp)
+            os.replace(tmp, dest / name)
 
     async def stem_files(self, job_id: str, stems: list[str], output_format: str) -> dict[str, Path]:
         return {s: self._stem_path(job_id, s, output_format) for s in stems}
