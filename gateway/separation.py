@@ -17,7 +17,7 @@ from opentelemetry import trace
 
 from musicsplit.errors import UpstreamUnavailable
 from musicsplit.gateway import metrics
-from musicsplit.gateway.chunking import Assembler, Chunk, plan_chunks
+from musicsplit.gateway.chunking import Assembler, Chunk, max_request_frames, plan_chunks
 from musicsplit.gateway.jobstore import SeparationJob
 from musicsplit.gateway.results import InputInfo, ResultStore
 from musicsplit.gateway.settings import GatewaySettings
@@ -48,16 +48,24 @@ class Plan:
 
 
 def plan(settings: GatewaySettings, info: InputInfo, chunked: bool) -> Plan:
-    """Chunks for a track; one chunk when chunking is off and it is short enough for one request."""
+    """Chunks for a track; one chunk when it fits a single request and chunking is off.
+
+    One request must stay under the predictor's byte limit (fp32 samples: a 48 kHz stereo
+    track reaches 200 MiB at ~546 s) and under `max_audio_seconds_unchunked` (Knative's cap);
+    no chunk is longer than one request may be, whatever `chunk_seconds` says.
+    """
     rate = info.sample_rate
-    forced = not chunked and info.frames / rate > settings.max_audio_seconds_unchunked
-    length = int(settings.chunk_seconds * rate) if chunked or forced else info.frames
+    by_bytes = max_request_frames(settings.predictor_max_request_bytes, info.channels)
+    one_request = min(by_bytes, int(settings.max_audio_seconds_unchunked * rate))
+    forced = not chunked and info.frames > one_request
+    length = min(int(settings.chunk_seconds * rate), one_request) if chunked or forced else info.frames
     chunks = plan_chunks(info.frames, length, int(settings.chunk_overlap_seconds * rate),
                          align=settings.chunk_align_samples or 1)
     if not forced:
         return Plan(chunks, None)
-    return Plan(chunks, f"chunked: {info.frames / rate:.0f} s is over the {settings.max_audio_seconds_unchunked:.0f} s "
-                        f"one request may carry, so it was separated in {len(chunks)} chunks")
+    return Plan(chunks, f"chunked: {info.frames / rate:.0f} s ({4 * info.channels * info.frames / 1e6:.0f} MB as "
+                        f"one request) is over what one request to a predictor may carry ({one_request / rate:.0f} s "
+                        f"here), so it was separated in {len(chunks)} chunks")
 
 
 @dataclass

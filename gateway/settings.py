@@ -65,6 +65,9 @@ class GatewaySettings(BaseSettings, InputLimitSettings):
     # Input limits: max_request_bytes, max_audio_seconds, min_sample_rate and
     # max_channels come from InputLimitSettings (shared with the predictor).
     max_audio_seconds_unchunked: float = 10 * 60.0  # a single v2 request stays under Knative's 600 s cap
+    # The predictors' MUSICSPLIT_MAX_REQUEST_BYTES: a track whose fp32 samples would make a bigger
+    # request is chunked, and no chunk is bigger.
+    predictor_max_request_bytes: int = 200 * 1024 * 1024
     max_batch_files: int = 32
 
     # Cache: "disk" (embedded default), "redis" (shared by replicas) or "none".
