@@ -226,7 +226,7 @@ class JobRunner:
 
     async def _cache(self, job: SeparationJob, outcome: Outcome) -> None:
         key = self.cache_key(job, outcome.version)
-        if (key and outcome.cacheable and outcome.model == job.model
+        if (key and outcome.model == job.model
                 and self.flags.enabled(CACHE_FLAG, Caller.of(job).flag_user)):
             files = await self.results.stem_files(job.id, outcome.stems, outcome.result["output_format"])
             with tracer.start_as_current_span("cache.store", attributes={"cache.backend": self.cache.backend}):

@@ -36,7 +36,8 @@ TAGS = [{"name": "separations", "description": "Upload, jobs, progress, results"
 class ErrorBody(BaseModel):
     error: str = Field(description="What went wrong and what to do about it")
     code: str = Field(description="Stable machine-readable code (bad_audio, bad_request, payload_too_large, "
-                                  "saturated, not_ready, upstream_unavailable, not_found, conflict)")
+                                  "saturated, not_ready, upstream_unavailable, not_found, conflict; a failed job's "
+                                  "error also: model_changed, input_lost, cancelled, internal_error)")
 
 
 def error_doc(description: str, message: str, code: str, retry: bool = False) -> dict:

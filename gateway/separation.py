@@ -3,19 +3,26 @@
 Chunks go to predictors `chunk_concurrency` at a time, at most `chunk_window`
 held in memory; the Assembler cross-fades them and releases audio front to
 back, straight into the stem files.
+
+A job is one model and one version end to end. The first chunk answered
+pins the model and version that served it (the fallback model, when the
+chosen one was down from the start); every other chunk must be served by
+the same: the router prefers endpoints of the pinned version, a chunk
+answered by another version is sent again, and when none serves the pinned
+model and version the job fails (`model_changed`, or `upstream_unavailable`),
+never mixing stems of two models or versions.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
 from opentelemetry import trace
 
-from musicsplit.errors import UpstreamUnavailable
+from musicsplit.errors import ModelChanged, UpstreamUnavailable
 from musicsplit.gateway import metrics
 from musicsplit.gateway.chunking import Assembler, Chunk, max_request_frames, plan_chunks
 from musicsplit.gateway.jobstore import SeparationJob
@@ -31,6 +38,14 @@ class UpstreamProtocolError(RuntimeError):
     """A predictor answered 200 with something that is not a separation (a bug to report)."""
 
 
+@dataclass(frozen=True)
+class Pin:
+    """The model and version a job is separated by, from its first answered chunk."""
+
+    model: str
+    version: str | None
+
+
 @dataclass
 class Outcome:
     job_id: str  # whose stem files these are (a deduplicated job copies another job's)
@@ -38,7 +53,6 @@ class Outcome:
     result: dict
     version: str | None
     model: str
-    cacheable: bool = True  # False when chunks came from more than one model version
 
 
 @dataclass
@@ -76,8 +90,6 @@ class _Totals:
     cost: float = 0.0
     warnings: list[str] = field(default_factory=list)
     regions: set[str] = field(default_factory=set)
-    versions: set[str] = field(default_factory=set)
-    models: set[str] = field(default_factory=set)
     peak_held: int = 0
 
     def add(self, chunk: Chunk, routed: Routed) -> None:
@@ -93,15 +105,12 @@ class _Totals:
         for w in (w.strip() for w in str(p.get("warnings") or "").split("; ")):
             if w and w not in self.warnings and not w.startswith("clipping"):
                 self.warnings.append(w)
-        if p.get("model_version"):
-            self.versions.add(str(p["model_version"]))
-        self.models.add(routed.model)
         self.regions.add(routed.endpoint.region)
 
 
-def _version_key(version: str) -> tuple:
-    """'1.10' after '1.9': numeric parts compare as numbers."""
-    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"[.\-+]", version))
+def _served(routed: Routed) -> Pin:
+    version = (routed.value.parameters or {}).get("model_version")
+    return Pin(routed.model, str(version) if version else None)
 
 
 class ChunkedSeparation:
@@ -116,6 +125,8 @@ class ChunkedSeparation:
         self.chunked = chunked
         self.fallback = fallback
         self.on_progress = on_progress  # async (chunks_done, chunks_total) -> None
+        self.pin: Pin | None = None
+        self.stem_names: set[str] | None = None
 
     async def run(self) -> Outcome:
         job, settings = self.job, self.settings
@@ -176,42 +187,63 @@ class ChunkedSeparation:
             samples = await self.results.read_input(self.job.id, chunk.start, chunk.end)
             with tracer.start_as_current_span("chunk", attributes={"chunk.index": chunk.index,
                                                                    "chunk.total": total}):
-                for attempt in range(settings.chunk_retries + 1):
+                outages = mismatches = 0
+                while True:
+                    pin = self.pin
                     try:
-                        routed = await self.router.separate(self.job.model, samples, info.sample_rate,
-                                                            stems=params.get("stems"), fallback=self.fallback,
-                                                            shifts=params.get("shifts"))
-                        break
+                        routed = await self.router.separate(
+                            pin.model if pin else self.job.model, samples, info.sample_rate,
+                            stems=params.get("stems"), shifts=params.get("shifts"),
+                            fallback=None if pin else self.fallback, version=pin.version if pin else None)
                     except UpstreamUnavailable as exc:
                         # Only this chunk waits and tries again; the chunks already done stay done.
                         metrics.CHUNKS.labels(model=self.job.model, outcome="retried").inc()
-                        if attempt == settings.chunk_retries:
+                        outages += 1
+                        if outages > settings.chunk_retries:
+                            if self.pin is not None:
+                                raise UpstreamUnavailable(
+                                    f"model {self.pin.model} ({self.pin.version or 'unknown version'}), which "
+                                    "separated this job's first chunks, is not answering; a job is never "
+                                    "finished by another model or version: submit it again later",
+                                    retry_after=exc.retry_after) from None
                             raise
                         await asyncio.sleep(min(exc.retry_after or 1.0, settings.chunk_retry_max_wait_s))
+                        continue
+                    served = _served(routed)
+                    if self.pin is None:
+                        self.pin = served
+                    if served == self.pin:
+                        break
+                    # Another version (a rollout under way) or, for a chunk sent before the pin,
+                    # another model: sent again, to the pinned model, its version's endpoints first.
+                    metrics.CHUNKS.labels(model=self.job.model, outcome="version_mismatch").inc()
+                    mismatches += 1
+                    if mismatches > settings.chunk_version_retries:
+                        raise ModelChanged(
+                            f"the model changed while this job ran: its first chunks were separated by "
+                            f"{self.pin.model} {self.pin.version}, a later one only by {served.model} "
+                            f"{served.version}; a job is one model version end to end: submit it again")
         metrics.CHUNKS.labels(model=routed.model, outcome="success").inc()
         return chunk, routed
 
     def _check_stems(self, chunk: Chunk, routed: Routed, stems: dict[str, np.ndarray]) -> None:
         wanted = self.job.params.get("stems")
-        if not stems or (wanted and set(stems) != set(wanted)):
+        if not stems or (wanted and set(stems) != set(wanted)) or (
+                self.stem_names is not None and set(stems) != self.stem_names):
             raise UpstreamProtocolError(
                 f"predictor {routed.endpoint.url} answered chunk {chunk.index} with stems {sorted(stems)}, "
-                f"asked for {wanted or 'all'}")
+                f"expected {sorted(wanted or self.stem_names or []) or 'some'}")
+        self.stem_names = set(stems)
 
     def _outcome(self, planned: Plan, info: InputInfo, stem_names: list[str], totals: _Totals,
                  output_format: str) -> Outcome:
-        job = self.job
-        versions = sorted(totals.versions, key=_version_key)
-        version = "+".join(versions) if versions else None
-        model = sorted(totals.models)[0] if len(totals.models) == 1 else job.model
+        job, pin = self.job, self.pin
         warnings = list(job.result.get("input_warnings", [])) + totals.warnings
         if planned.forced:
             warnings.append(planned.forced)
-        if len(versions) > 1:
-            warnings.append(f"model versions: the chunks were separated by {', '.join(versions)} (a rollout was "
-                            "under way); the result is not cached, submit again for a single version")
-        if totals.models - {job.model}:
-            warnings.append(f"fallback: separated by {sorted(totals.models)} because {job.model} was unavailable")
+        model = pin.model if pin else job.model
+        if model != job.model:
+            warnings.append(f"fallback: separated by {model} because {job.model} was unavailable")
         rate = info.sample_rate
         result = {
             "stems": stem_names,
@@ -221,11 +253,11 @@ class ChunkedSeparation:
             "cost_usd": totals.cost,
             "quality_score": round(totals.quality / totals.weight, 4) if totals.weight else None,
             "warnings": warnings,
-            "model_version": version,
-            "served_by": sorted(totals.models),
+            "model_version": pin.version if pin else None,
+            "served_by": [model],
             "regions": sorted(totals.regions),
             "chunks": len(planned.chunks),
             "peak_chunks_held": totals.peak_held,
             "output_format": output_format,
         }
-        return Outcome(job.id, stem_names, result, version, model, cacheable=len(versions) <= 1)
+        return Outcome(job.id, stem_names, result, pin.version if pin else None, model)
