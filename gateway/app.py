@@ -1,7 +1,9 @@
 """The gateway's FastAPI app: the routers (routers/), error mapping, tracing, the OpenAPI document.
 
 Every response about a separation says the model, version and arm (in the
-body and in X-Musicsplit-* headers); every error is `{"error", "code"}`.
+body and in X-Musicsplit-* headers); every error is `{"error", "code"}`,
+an unexpected one a 500 whose message is a reference to the log and Sentry
+(never a path, an upstream's words or a traceback).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from fastapi.responses import JSONResponse
 from opentelemetry import trace
 
 from musicsplit.errors import MusicsplitError, PayloadTooLarge, http_payload
+from musicsplit.gateway.notify import report
 from musicsplit.gateway.routers import operations, separations, v2
 from musicsplit.gateway.schemas import DESCRIPTION, MALFORMED, TAGS, ErrorBody
 from musicsplit.gateway.service import SeparationService
@@ -76,7 +79,13 @@ def create_app(settings: GatewaySettings | None = None, service: SeparationServi
         with tracer.start_as_current_span(request.method, context=ctx, kind=trace.SpanKind.SERVER,
                                           attributes={"http.method": request.method,
                                                       "http.target": request.url.path}) as span:
-            response = await call_next(request)
+            try:
+                response = await call_next(request)
+            except Exception as exc:  # a bug or a broken backend: the details are for us, not the caller
+                reference = report(exc, f"{request.method} {request.url.path}")
+                response = JSONResponse({"error": f"an internal error occurred; it has been reported (reference "
+                                                  f"{reference}); try again later", "code": "internal_error"},
+                                        status_code=500)
             route = request.scope.get("route")
             if route is not None:  # the route template, not the path: span names stay few
                 span.update_name(f"{request.method} {route.path}")

@@ -229,7 +229,7 @@ def make_cache(settings) -> NoCache | DiskCache | RedisCache:
     if settings.cache_backend == "disk":
         return DiskCache(Path(settings.data_dir) / "cache", settings.cache_max_bytes)
     if settings.cache_backend == "redis":
-        return RedisCache(settings.redis_url, settings.cache_ttl_s)
+        return RedisCache(settings.redis_url.get_secret_value(), settings.cache_ttl_s)
     if settings.cache_backend == "none":
         return NoCache()
     raise ValueError(f"cache_backend must be disk, redis or none, not {settings.cache_backend!r}")

@@ -35,7 +35,7 @@ def serve(args) -> int:
     }.items() if v is not None}
     settings = GatewaySettings(**overrides)
     setup_tracing("musicsplit-gateway")
-    init_sentry(settings.sentry_dsn)
+    init_sentry(settings.sentry_dsn.get_secret_value() if settings.sentry_dsn else None)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
                 ws="websockets-sansio")
     return 0

@@ -223,6 +223,8 @@ class LocalResultStore:
             with os.fdopen(fd, "wb") as out, zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as z:
                 for name in stems:
                     src = self._stem_path(job_id, name, output_format)
+                    if not src.is_file():
+                        raise ResultMissing(f"{src} is missing")
                     z.write(src, arcname=src.name)
             os.replace(tmp, path)
         except BaseException:

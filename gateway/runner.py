@@ -26,7 +26,7 @@ from musicsplit.gateway.cache import cache_key
 from musicsplit.gateway.events import EventBus
 from musicsplit.gateway.flags import CACHE_FLAG, CHUNKED_FLAG, Flags
 from musicsplit.gateway.jobstore import JobStore, SeparationJob
-from musicsplit.gateway.notify import capture
+from musicsplit.gateway.notify import report
 from musicsplit.gateway.observations import Observations
 from musicsplit.gateway.regions import EndpointPool
 from musicsplit.gateway.results import ResultStore
@@ -208,10 +208,9 @@ class JobRunner:
         except MusicsplitError as exc:
             await self._fail(job, exc.code, exc.message)
         except Exception as exc:
-            log.exception("job %s failed unexpectedly", job_id)
-            capture(exc, job_model=job.model)
-            await self._fail(job, "internal_error", f"the separation failed unexpectedly ({type(exc).__name__}); "
-                                                    "it has been reported, please try again")
+            reference = report(exc, f"job {job_id}", job_model=job.model)
+            await self._fail(job, "internal_error", f"the separation failed unexpectedly; it has been reported "
+                                                    f"(reference {reference}), please try again")
 
     async def _separate(self, job: SeparationJob) -> Outcome:
         caller = Caller.of(job)

@@ -1,5 +1,8 @@
 """Gateway settings: one typed object, from MUSICSPLIT_GATEWAY_* environment or flags.
 
+Secrets (tokens, keys, URLs that carry a password or a webhook's key) are
+SecretStr: they never print, in a repr, a log line or a dump.
+
 Lists and maps (endpoints, aliases) are JSON in the environment, e.g.
 MUSICSPLIT_GATEWAY_ENDPOINTS='[{"model": "htdemucs", "url": "http://eu.example", "region": "eu"}]'.
 """
@@ -76,22 +79,22 @@ class GatewaySettings(BaseSettings, InputLimitSettings):
     # Cache: "disk" (embedded default), "redis" (shared by replicas) or "none".
     cache_backend: str = "disk"
     cache_max_bytes: int = 2 * 1024**3
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     cache_ttl_s: float = 7 * 24 * 3600.0
     reseparation_window_s: float = 24 * 3600.0
 
     # Flags: Unleash; the bootstrap file is the offline default.
     unleash_url: str | None = None
-    unleash_api_token: str | None = None
+    unleash_api_token: SecretStr | None = None
     unleash_app_name: str = "musicsplit-gateway"
     unleash_environment: str = "default"
     unleash_refresh_s: int = 15
     flags_bootstrap: Path | None = None  # default: gateway/flags_bootstrap.json
 
     # Notifications.
-    sentry_dsn: str | None = None
-    slack_webhook_url: str | None = None
-    pagerduty_routing_key: str | None = None
+    sentry_dsn: SecretStr | None = None
+    slack_webhook_url: SecretStr | None = None
+    pagerduty_routing_key: SecretStr | None = None
     pagerduty_url: str = "https://events.pagerduty.com/v2/enqueue"
     notify_dedup_s: float = 600.0
 

@@ -41,12 +41,21 @@ class Routed:
 
 
 def client_error(status: int, message: str, code: str | None = None) -> MusicsplitError:
-    """A predictor's 4xx that blames the request (is_client_fault), passed on with its message and code."""
+    """A predictor's 4xx that blames the request (is_client_fault), for the user.
+
+    400, 413 and 422 are the predictor's own answers about the input, written for users: passed on.
+    Any other 4xx (a proxy's 401/403, a 405...) speaks of the platform: a stable message, and
+    the predictor's words go to the log.
+    """
     if status == 413:
         return PayloadTooLarge(message)
-    if status == 400 and code != BadRequest.code:
-        return BadAudio(message)
-    return BadRequest(message)
+    if status == 400:
+        return BadRequest(message) if code == BadRequest.code else BadAudio(message)
+    if status == 422:
+        return BadRequest(message)
+    log.warning("a predictor refused a request with HTTP %s: %s", status, message)
+    return BadRequest(f"the predictor refused this request (HTTP {status}); check the request against the v2 "
+                      "protocol, or report it if it is well-formed")
 
 
 class Router:
@@ -101,10 +110,9 @@ class Router:
                 metrics.FALLBACKS.labels(model=model, fallback=m).inc()
             return Routed(value, m, state, fallback=m != model)
         retry_after = getattr(last, "retry_after", None) or self.pool.retry_after(model) or 5.0
-        raise UpstreamUnavailable(
-            f"no predictor for model {model!r} is answering right now ({last}); try again later",
-            retry_after=retry_after,
-        )
+        # What the predictors answered (URLs, their messages) is logged above, never shown to users.
+        raise UpstreamUnavailable(f"no predictor for model {model!r} is answering right now; try again later",
+                                  retry_after=retry_after)
 
     async def _with_retries(self, model: str, fn, version: str | None) -> tuple[EndpointState, object]:
         tried: set[str] = set()
