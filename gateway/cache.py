@@ -34,7 +34,7 @@ def cache_key(audio_sha: str, model: str, version: str, params: dict) -> str:
 @dataclass
 class CachedResult:
     meta: dict  # the job's result document (stems, sample_rate, quality, version...)
-    files: dict[str, Path]  # stem name -> file in the job's result dir
+    files: dict[str, Path]  # stem name -> local file, in the directory `get` was given
 
 
 class NoCache:

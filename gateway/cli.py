@@ -46,15 +46,13 @@ def ab_report(args) -> int:
     import time
 
     from musicsplit.gateway.abtest import report
-    from musicsplit.gateway.jobstore import SqlJobStore, database_url
+    from musicsplit.gateway.jobstore import SqlJobStore, database_url, settings_database_url
     from musicsplit.gateway.settings import GatewaySettings
 
-    settings = GatewaySettings()
     if args.db:  # a URL, or the path of a SQLite file
-        url = database_url(args.db if "://" in args.db else f"sqlite:///{args.db}", settings.data_dir)
+        url = database_url(args.db if "://" in args.db else f"sqlite:///{args.db}")
     else:
-        url = database_url(settings.database_url.get_secret_value() if settings.database_url else None,
-                           settings.data_dir)
+        url = settings_database_url(GatewaySettings())
     since = time.time() - args.days * 86400 if args.days else 0.0
 
     async def observations() -> list[dict]:

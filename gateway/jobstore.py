@@ -281,16 +281,24 @@ class SqlJobStore:
             return [_job(r) for r in await conn.execute(statement)]
 
 
-def database_url(raw: str | None, data_dir: Path) -> str:
-    """The SQLAlchemy async URL for a `database_url` setting: empty -> the SQLite file under data_dir."""
+def database_url(raw: str | None, sqlite_path: Path | None = None) -> str:
+    """The SQLAlchemy async URL for a postgresql:// or sqlite:/// URL; empty: the SQLite file sqlite_path."""
     if not raw:
-        return f"sqlite+aiosqlite:///{Path(data_dir) / 'jobs.sqlite3'}"
+        if sqlite_path is None:
+            raise ValueError("no database URL and no SQLite file")
+        return f"sqlite+aiosqlite:///{sqlite_path}"
     url = make_url(raw)
     driver = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg",
               "sqlite": "sqlite+aiosqlite"}.get(url.drivername, url.drivername)
     if driver not in ("postgresql+psycopg", "sqlite+aiosqlite"):
         raise ValueError(f"database_url must be postgresql://... or sqlite:///..., not {url.drivername}://")
     return url.set(drivername=driver).render_as_string(hide_password=False)
+
+
+def settings_database_url(settings) -> str:
+    """The job store the settings name: `database_url`, or when empty the SQLite file under data_dir."""
+    raw = settings.database_url.get_secret_value() if settings.database_url else None
+    return database_url(raw, settings.db_path)
 
 
 def _engine(url: str) -> AsyncEngine:
@@ -330,6 +338,4 @@ def _upgrade(connection: sa.Connection) -> None:
 
 
 async def open_job_store(settings) -> SqlJobStore:
-    """The job store the settings name (`database_url`, empty: SQLite under data_dir)."""
-    raw = settings.database_url.get_secret_value() if settings.database_url else None
-    return await SqlJobStore.open(database_url(raw, settings.data_dir))
+    return await SqlJobStore.open(settings_database_url(settings))

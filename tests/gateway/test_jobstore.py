@@ -16,8 +16,8 @@ from musicsplit.gateway.jobstore import DuplicateIdempotencyKey, SqlJobStore, da
 @pytest.fixture(params=["sqlite", "postgresql"])
 def url(request, tmp_path):
     if request.param == "sqlite":
-        return database_url(f"sqlite:///{tmp_path / 'jobs.sqlite3'}", tmp_path)
-    return database_url(request.getfixturevalue("postgres").database(), tmp_path)
+        return database_url(f"sqlite:///{tmp_path / 'jobs.sqlite3'}")
+    return database_url(request.getfixturevalue("postgres").database())
 
 
 @pytest.fixture
@@ -142,7 +142,7 @@ def legacy_file(path, schema: str, rows: list[tuple]) -> str:
     db.execute("INSERT INTO submissions VALUES ('u', 'sha', 'm', ?)", (time.time(),))
     db.commit()
     db.close()
-    return database_url(f"sqlite:///{path}", path.parent)
+    return database_url(f"sqlite:///{path}")
 
 
 async def test_a_database_from_before_tenants_is_migrated_in_place(tmp_path):
