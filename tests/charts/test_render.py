@@ -115,3 +115,16 @@ def test_multi_replica_gateway_renders_with_the_shared_stores(chart):
     out = render(chart, shared)
     assert out.one("Deployment", "prod-musicsplit-gateway")["spec"]["replicas"] == 3
     assert schemas.errors(out.objects) == {}
+
+
+def test_every_value_is_commented():
+    """values.yaml is the chart's documentation: a comment above every key."""
+    import re
+
+    undocumented, previous = [], ""
+    for number, line in enumerate((CHART_DIR / "values.yaml").read_text().splitlines(), start=1):
+        if re.match(r"^\s*[A-Za-z0-9_.-]+:", line) and not previous.lstrip().startswith("#"):
+            undocumented.append(f"{number}: {line.strip()}")
+        if line.strip():
+            previous = line
+    assert not undocumented, undocumented

@@ -85,10 +85,20 @@ def test_runtime_runs_the_predictor_as_manifests_servingruntime_does(rendered):
             assert ours[key] == theirs[key], (name, key)
 
 
-def test_rule_files_and_dashboards_ship_from_the_repository():
-    # Symlinks into the repository, so nothing is copied and nothing drifts.
+def test_rule_files_and_dashboards_ship_from_the_repository(tmp_path):
+    # Symlinks into the repository, so nothing is copied and nothing drifts ...
     assert (CHART_DIR / "files" / "alerts").resolve() == ROOT / "alerts"
     assert (CHART_DIR / "files" / "dashboards").resolve() == ROOT / "grafana" / "dashboards"
+    # ... and a packaged chart holds the files themselves.
+    import tarfile
+
+    import helm_python as helm
+
+    with tarfile.open(helm.package(CHART_DIR, destination=tmp_path)) as archive:
+        packaged = {m.name: m for m in archive.getmembers()}
+        for path in (ROOT / "alerts").glob("*.rules.yaml"):
+            member = packaged[f"musicsplit/files/alerts/{path.name}"]
+            assert member.isfile() and archive.extractfile(member).read() == path.read_bytes()
 
 
 def test_every_rule_file_ships_as_a_prometheus_rule_and_to_the_bundled_prometheus(chart):
