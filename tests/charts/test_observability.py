@@ -193,7 +193,8 @@ def scrape_targets(observed, prometheus_config) -> dict[str, list[dict]]:
                 for i, jobs in enumerate((operator_style, bundled))] for c in COMPONENTS}
 
 
-def promtool_test(tmp_path, observed, series: list[tuple[dict, str]], checks: list[dict]) -> subprocess.CompletedProcess:
+def promtool_test(tmp_path, observed, series: list[tuple[dict, str]], checks: list[dict]):
+    """`promtool test rules` of the chart's alerts over these `up` series."""
     rules = tmp_path / "rules.yaml"
     rules.write_text(yaml.safe_dump({"groups": [g for r in observed.of_kind("PrometheusRule")
                                                 for g in r["spec"]["groups"]]}))

@@ -98,7 +98,8 @@ def test_schema_refuses_bad_values_and_says_where(chart, values, where):
                   "storage": {"url": "s3://b/p"}, "eventsBackend": "redis", "persistence": {"enabled": True}},
       "redis": {"enabled": True}}, "cannot share a ReadWriteOnce data volume"),
     ({"gateway": {"cacheBackend": "redis"}}, "there is no Redis: set redis.enabled or redis.url"),
-    ({"unleash": {"postgresql": {"enabled": False}}}, "set unleash.postgresql.enabled or unleash.postgresql.externalUrl"),
+    ({"unleash": {"postgresql": {"enabled": False}}},
+     "set unleash.postgresql.enabled or unleash.postgresql.externalUrl"),
     ({"quickstart": {"enabled": True}, "monitoring": {"dashboards": {"namespace": "grafana"}}},
      "leave it empty with quickstart.grafana"),
 ])
@@ -128,3 +129,23 @@ def test_every_value_is_commented():
         if line.strip():
             previous = line
     assert not undocumented, undocumented
+
+
+@pytest.mark.parametrize("values", [
+    {"operator": {"enabled": False}, "gateway": {"enabled": False}, "predictor": {"runtime": {"enabled": False}},
+     "unleash": {"enabled": False}},
+    {"unleash": {"apiToken": {"existingSecret": "unleash-token", "key": "token"},
+                 "postgresql": {"enabled": False, "externalUrl": {"existingSecret": "unleash-db", "key": "url"}}}},
+    {"unleash": {"enabled": False, "url": "https://unleash.example/api", "apiToken": {"value": "*:production.x"}},
+     "redis": {"url": "rediss://cache.example:6380/0"}, "gateway": {"cacheBackend": "redis"}},
+    {"gateway": {"auth": {"tenants": {"existingSecret": "tenants"}}, "persistence": {"enabled": True,
+                 "existingClaim": "gateway-data"}, "service": {"type": "LoadBalancer"}}},
+    {"quickstart": {"enabled": True, "prometheus": {"enabled": False}, "jaeger": {"enabled": False}},
+     "alerting": {"slack": {"webhookUrl": {"existingSecret": "chat", "key": "url"}}}},
+    {"quickstart": {"enabled": True, "grafana": {"enabled": False}, "alertmanager": {"enabled": False}},
+     "tracing": {"otlpEndpoint": "http://otel-collector.monitoring:4318"}},
+], ids=["nothing-but-crds", "unleash-external-db", "external-unleash-and-redis", "tenants-secret-and-claim",
+        "quickstart-grafana-alertmanager", "quickstart-prometheus-jaeger"])
+def test_toggles_render_objects_a_cluster_accepts(chart, values):
+    out = render(chart, values)
+    assert schemas.errors(out.objects) == {}

@@ -26,7 +26,7 @@ def test_operator_cluster_role_is_manifests_rbac(rendered):
     manifest = next(d for d in yaml.safe_load_all((MANIFESTS / "rbac.yaml").read_text()) if d["kind"] == "ClusterRole")
     for variant in rendered.values():
         role = variant.one("ClusterRole", "prod-musicsplit-operator")
-        assert role["rules"] == manifest["rules"], "change manifests/rbac.yaml and the chart's operator/rbac.yaml together"
+        assert role["rules"] == manifest["rules"], "change both RBAC files together"
         binding = variant.one("ClusterRoleBinding", "prod-musicsplit-operator")
         deployment = variant.one("Deployment", "prod-musicsplit-operator")
         assert binding["roleRef"]["name"] == role["metadata"]["name"]
