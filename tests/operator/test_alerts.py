@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-RULES = ROOT / "manifests" / "operator-alerts.rules.yaml"
+RULES = ROOT / "alerts" / "operator.rules.yaml"
 
 pytestmark = pytest.mark.skipif(not shutil.which("promtool"), reason="needs promtool (.ci/install-operator.sh)")
 
@@ -76,7 +76,7 @@ def test_alerts_fire_when_they_should(tmp_path):
             {   # operator down
                 "interval": "1m",
                 "input_series": [
-                    {"series": 'up{job="musicsplit-operator",instance="a"}', "values": "1 1 1 0x20"},
+                    {"series": 'up{job="ms/operator",musicsplit_component="operator",instance="a"}', "values": "1 1 1 0x20"},
                 ],
                 "alert_rule_test": [
                     {"eval_time": "5m", "alertname": "MusicsplitOperatorDown", "exp_alerts": []},
