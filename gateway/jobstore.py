@@ -302,11 +302,13 @@ def settings_database_url(settings) -> str:
 
 
 def _engine(url: str) -> AsyncEngine:
+    # Every use here is a context that commits or rolls back, so the pool's own rollback when a
+    # connection comes back would be one more round trip for nothing (benchmarks/gateway_jobstore.py).
     if make_url(url).get_backend_name() != "sqlite":
-        return create_async_engine(url, pool_pre_ping=True)
+        return create_async_engine(url, pool_pre_ping=True, pool_reset_on_return=None)
     Path(make_url(url).database or "").parent.mkdir(parents=True, exist_ok=True)
     # One connection: SQLite has one writer at a time anyway.
-    engine = create_async_engine(url, pool_size=1, max_overflow=0)
+    engine = create_async_engine(url, pool_size=1, max_overflow=0, pool_reset_on_return=None)
 
     @sa.event.listens_for(engine.sync_engine, "connect")
     def _pragmas(dbapi_connection, _record):
