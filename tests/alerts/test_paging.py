@@ -2,17 +2,16 @@
 
 A real Prometheus scrapes a real predictor and evaluates the rules in
 alerts/ (their `for:` shortened, expressions unchanged); a real
-Alertmanager routes critical alerts to PagerDuty, whose Events API v2 URL
-points at a local receiver. Stopping the predictor must deliver a
-`trigger` for MusicsplitPredictorDown carrying its runbook link.
-
-The Alertmanager configuration below stands in for the chart's template
-(charts/musicsplit, branch `chart`) until that lands: same routing
-(critical -> PagerDuty Events v2, warning -> Slack), same grouping.
+Alertmanager runs the configuration the chart renders for its bundled
+Alertmanager (values point PagerDuty's Events API v2, Slack and the
+Watchdog's dead man's switch at local receivers, and shorten the grouping
+waits). Stopping the predictor must deliver a `trigger` for
+MusicsplitPredictorDown carrying its runbook link.
 """
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import pytest
@@ -26,30 +25,26 @@ from tests.gateway.receivers import Receiver
 
 pytestmark = pytest.mark.slow
 
-ALERTS = Path(__file__).resolve().parents[2] / "alerts"
+ROOT = Path(__file__).resolve().parents[2]
+ALERTS = ROOT / "alerts"
+CHART = ROOT / "charts" / "musicsplit"
 ROUTING_KEY = "0123456789abcdef0123456789abcdef"
 RUNBOOK = "https://github.com/musicsplit/musicsplit/blob/main/runbooks/MusicsplitPredictorDown.md"
 
 
-def alertmanager_config(pagerduty_url: str, slack_url: str) -> dict:
-    """Critical pages through PagerDuty's Events API v2, warnings go to Slack."""
-    return {
-        "route": {"receiver": "slack", "group_by": ["alertname", "namespace"], "group_wait": "1s",
-                  "group_interval": "1s", "repeat_interval": "1h",
-                  "routes": [{"receiver": "pagerduty", "matchers": ['severity="critical"']}]},
-        "inhibit_rules": [{"source_matchers": ['severity="critical"'], "target_matchers": ['severity="warning"'],
-                           "equal": ["alertname", "namespace"]}],
-        "receivers": [
-            {"name": "pagerduty", "pagerduty_configs": [{
-                "routing_key": ROUTING_KEY, "url": pagerduty_url, "send_resolved": True,
-                "severity": "{{ .CommonLabels.severity }}",
-                "description": "{{ .CommonAnnotations.summary }}",
-                "links": [{"href": "{{ .CommonAnnotations.runbook_url }}", "text": "runbook"}],
-            }]},
-            {"name": "slack", "slack_configs": [{"api_url": slack_url, "channel": "#musicsplit-alerts",
-                                                 "send_resolved": True}]},
-        ],
-    }
+def chart_alertmanager_config(pagerduty: str, slack: str, watchdog: str) -> str:
+    """alertmanager.yml as the chart renders it for the bundled Alertmanager."""
+    import helm_python as helm
+
+    values = {"quickstart": {"enabled": True},
+              "alerting": {"groupWait": "1s", "groupInterval": "1s",
+                           "pagerduty": {"routingKey": {"value": ROUTING_KEY}, "url": pagerduty},
+                           "slack": {"webhookUrl": {"value": slack}}, "watchdog": {"url": watchdog}}}
+    with helm.Chart.load(CHART) as chart:
+        files = chart.render(values=values, name="musicsplit", namespace="musicsplit-system", is_install=True)
+    docs = [d for name, text in files.items() if not name.endswith("NOTES.txt") for d in yaml.safe_load_all(text) if d]
+    (secret,) = [d for d in docs if d["kind"] == "Secret" and "alertmanager.yml" in d.get("data", {})]
+    return base64.b64decode(secret["data"]["alertmanager.yml"]).decode()
 
 
 def shortened_rules(dest: Path) -> list[Path]:
@@ -78,16 +73,18 @@ def test_a_stopped_predictor_pages_pagerduty(tmp_path):
     predictor = start_predictor("builtin://dsp-baseline", "dsp-baseline", log_dir=tmp_path)
     prom = alertmanager = None
     try:
-        with Receiver() as pagerduty, Receiver(status=200) as slack:
-            alertmanager = Alertmanager(tmp_path, alertmanager_config(f"{pagerduty.url}/v2/enqueue",
-                                                                      f"{slack.url}/services/T0/B0/X"))
+        with Receiver() as pagerduty, Receiver(status=200) as slack, Receiver(status=200) as watchdog:
+            alertmanager = Alertmanager(tmp_path, chart_alertmanager_config(
+                f"{pagerduty.url}/v2/enqueue", f"{slack.url}/services/T0/B0/X", f"{watchdog.url}/ping"))
             prom = Prometheus(tmp_path, jobs=[scrape_job("kserve-predictors", [predictor.url.removeprefix("http://")],
                                                          "predictor", namespace="ml")],
                               rule_files=shortened_rules(tmp_path), alertmanager=alertmanager.address)
             eventually(lambda: prom.query('up{musicsplit_component="predictor"} == 1'), 20, "the predictor scraped")
 
-            # The pipeline delivers while the predictor is up: no operator is scraped
-            # here, so MusicsplitOperatorDown pages, and PredictorDown must not.
+            # The pipeline delivers while the predictor is up: Watchdog reaches its
+            # dead man's switch, and (no operator is scraped here) MusicsplitOperatorDown
+            # pages; MusicsplitPredictorDown must not.
+            eventually(lambda: watchdog.json_bodies("/ping"), 60, "Watchdog at the dead man's switch")
             eventually(lambda: triggers(pagerduty, "MusicsplitOperatorDown"), 60, "the operator-down page")
             assert triggers(pagerduty, "MusicsplitPredictorDown") == []
 
