@@ -35,8 +35,8 @@ MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 
 # The panels that must show data with today's metrics, and which of their
 # queries (refIds; "*" = all). Panels on metrics other branches are adding
-# (predictor `source` and output issues, gateway tenants/backends/shadow,
-# operator golden SDR, failed analyses, webhooks) join this list as they land.
+# (gateway tenants, backends, shadow traffic; operator golden SDR, failed
+# analyses, analyses by result, webhooks) join this list as they land.
 CORE: dict[tuple[str, str], str] = {
     ("overview", "Requests / s"): "*",
     ("overview", "Server error ratio"): "*",
@@ -49,7 +49,9 @@ CORE: dict[tuple[str, str], str] = {
     ("overview", "Server error ratio by model and version"): "*",
     ("overview", "Latency p50 / p95 / p99 by model and version"): "*",
     ("overview", "Requests in flight"): "*",
+    ("overview", "Refusals (429 / 503)"): "A",  # B: the gateway's queue-full series, from its first 429
     ("overview", "Ready replicas per model"): "*",
+    ("overview", "Caller errors by model"): "*",
     ("overview", "Jobs by outcome"): "*",
     ("overview", "Job latency p50 / p95 / p99"): "*",
     ("overview", "v2 pass-through requests by outcome"): "*",
@@ -65,16 +67,22 @@ CORE: dict[tuple[str, str], str] = {
     ("quality", "SNR p10 / p50 / p90 by version"): "*",
     ("quality", "SNR distribution"): "*",
     ("quality", "Quality score by A/B arm (gateway)"): "*",
+    ("quality", "Silent or non-finite outputs by version"): "*",
+    ("quality", "Share of requests with an output issue"): "*",
+    ("quality", "Non-finite outputs (time range)"): "*",
     ("canary", "Phase"): "*",
     ("canary", "Canary weight"): "*",
     ("canary", "Analyses held in a row"): "*",
     ("canary", "Canary weight over time"): "*",
     ("canary", "Phase over time"): "*",
-    ("canary", "Stable ($stable): request rate"): "*",
-    ("canary", "Canary ($canary): request rate"): "*",
-    ("canary", "Stable ($stable): p99 latency"): "*",
-    ("canary", "Canary ($canary): mean quality score"): "*",
+    ("canary", "Promotions (time range)"): "*",
+    ("canary", "Holds and hold deadlines"): "A",  # B: deadline counter, from its first deadline
+    ("canary", "Rollout outcomes"): "*",
+    **{("canary", f"{side}: {what}"): "*" for side in ("Stable ($stable)", "Canary ($canary)")
+       for what in ("request rate", "server error ratio", "p99 latency", "mean quality score")},
     ("cost", "Monthly estimate"): "*",
+    ("cost", "Monthly estimate by version"): "*",
+    ("cost", "Spend per hour by traffic source"): "*",
     ("cost", "Spend per hour"): "*",
     ("cost", "Mean cost per separation"): "*",
     ("cost", "Cost per audio hour"): "*",
