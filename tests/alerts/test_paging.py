@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from musicsplit.localstack import start_predictor
+from musicsplit.localstack import start_predictor, wait_until
 from tests.fixtures.alertmanager import Alertmanager
-from tests.fixtures.polling import eventually
 from tests.fixtures.prometheus import Prometheus, scrape_job
 from tests.gateway.receivers import Receiver
 
@@ -79,17 +78,17 @@ def test_a_stopped_predictor_pages_pagerduty(tmp_path):
             prom = Prometheus(tmp_path, jobs=[scrape_job("kserve-predictors", [predictor.url.removeprefix("http://")],
                                                          "predictor", namespace="ml")],
                               rule_files=shortened_rules(tmp_path), alertmanager=alertmanager.address)
-            eventually(lambda: prom.query('up{musicsplit_component="predictor"} == 1'), 20, "the predictor scraped")
+            wait_until(lambda: prom.query('up{musicsplit_component="predictor"} == 1'), 20, "the predictor scraped")
 
             # The pipeline delivers while the predictor is up: Watchdog reaches its
             # dead man's switch, and (no operator is scraped here) MusicsplitOperatorDown
             # pages; MusicsplitPredictorDown must not.
-            eventually(lambda: watchdog.json_bodies("/ping"), 60, "Watchdog at the dead man's switch")
-            eventually(lambda: triggers(pagerduty, "MusicsplitOperatorDown"), 60, "the operator-down page")
+            wait_until(lambda: watchdog.json_bodies("/ping"), 60, "Watchdog at the dead man's switch")
+            wait_until(lambda: triggers(pagerduty, "MusicsplitOperatorDown"), 60, "the operator-down page")
             assert triggers(pagerduty, "MusicsplitPredictorDown") == []
 
             predictor.stop()
-            eventually(lambda: triggers(pagerduty, "MusicsplitPredictorDown"), 60, "the predictor-down page")
+            wait_until(lambda: triggers(pagerduty, "MusicsplitPredictorDown"), 60, "the predictor-down page")
             event = triggers(pagerduty, "MusicsplitPredictorDown")[0]
             assert event["routing_key"] == ROUTING_KEY and event["event_action"] == "trigger"
             assert event["dedup_key"] and event["client"] == "Alertmanager"

@@ -20,9 +20,8 @@ import pytest
 
 from musicsplit.audio import encode
 from musicsplit.golden import golden_set
-from musicsplit.localstack import free_port, start_gateway
+from musicsplit.localstack import free_port, start_gateway, wait_until
 from musicsplit.v2client import V2Client
-from tests.fixtures.polling import eventually
 from tests.fixtures.prometheus import Prometheus, scrape_job
 from tests.grafana.dashboards import load, panels, resolve_variables, substitute
 
@@ -132,8 +131,9 @@ def send_round(gateway_url: str, items, users) -> None:
                        files={"file": ("track.wav", encode(item.mixture, item.sample_rate), "audio/wav")})
         assert r.status_code in (200, 201, 202), r.text
         job = r.json()["id"]
-        eventually(lambda: httpx.get(f"{gateway_url}/v1/separations/{job}", timeout=10).json()["status"]
-                   == "succeeded", 60, f"job {job} to succeed")
+        doc = wait_until(lambda: (d := httpx.get(f"{gateway_url}/v1/separations/{job}", timeout=10).json())["status"]
+                         in ("succeeded", "failed", "cancelled") and d, 60, f"job {job} to finish")
+        assert doc["status"] == "succeeded", doc
     with V2Client(gateway_url, timeout=60) as client:
         client.separate(MODEL, items[0].mixture, items[0].sample_rate)
 
@@ -164,15 +164,15 @@ def stack(baseline, tmp_path_factory, logs_dir):
                 cluster.apply(separation_model("1.0.0"))
                 cluster.wait(lambda: (cluster.get(SM, MODEL) or {}).get("status", {}).get("phase") == "Succeeded",
                              60, message="the SeparationModel deployed")
-                eventually(lambda: total(prom, 'count(up{musicsplit_component!=""} == 1)') == 3, 30,
+                wait_until(lambda: total(prom, 'count(up{musicsplit_component!=""} == 1)') == 3, 30,
                            "all three targets scraped")
                 items = golden_set(n=3, seconds=2.0, seed=11)
                 send_round(gateway.url, items[:2], ["alice", "bob"])
-                eventually(lambda: total(prom, "sum(musicsplit_gateway_jobs_total)") >= 2
+                wait_until(lambda: total(prom, "sum(musicsplit_gateway_jobs_total)") >= 2
                            and total(prom, 'sum(musicsplit_requests_total{outcome="success"})') >= 3, 30,
                            "round 1 scraped")
                 send_round(gateway.url, [items[0], items[2]], ["alice", "carol"])
-                eventually(lambda: total(prom, "sum(musicsplit_gateway_jobs_total)") >= 4
+                wait_until(lambda: total(prom, "sum(musicsplit_gateway_jobs_total)") >= 4
                            and total(prom, 'sum(musicsplit_requests_total{outcome="success"})') >= 6, 30,
                            "round 2 scraped")
                 yield prom
