@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from musicsplit.operator import analysis
 from musicsplit.operator.rollout import judge
 from musicsplit.operator.spec import parse_spec
-from tests.operator.prometheus import Prometheus
+from tests.fixtures.prometheus import Prometheus
 
 needs_prometheus = pytest.mark.skipif(not shutil.which("prometheus"), reason="needs the prometheus binary")
 

@@ -10,7 +10,12 @@ a Secret); from an existingSecret they are read as files mounted under
 */}}
 {{- define "musicsplit.alertmanagerConfig" -}}
 {{- $a := .Values.alerting }}
-{{- $pd := dict "url" $a.pagerduty.url "send_resolved" true }}
+{{- /* Alertmanager templates, not Helm's (string literals are not parsed): the
+incident's summary and severity are the alerts' own (PagerDuty's default
+severity would be "error"), and the runbook is a link on it. */}}
+{{- $pdSummary := "{{ if .CommonAnnotations.summary }}{{ .CommonAnnotations.summary }}{{ else }}{{ template \"pagerduty.default.description\" . }}{{ end }}" }}
+{{- $runbook := dict "href" "{{ .CommonAnnotations.runbook_url }}" "text" "runbook" }}
+{{- $pd := dict "url" $a.pagerduty.url "send_resolved" true "description" $pdSummary "links" (list $runbook) "severity" "{{ .CommonLabels.severity }}" }}
 {{- if $a.pagerduty.routingKey.existingSecret }}
 {{- $_ := set $pd "routing_key_file" (printf "/etc/alertmanager/secrets/%s/%s" $a.pagerduty.routingKey.existingSecret $a.pagerduty.routingKey.key) }}
 {{- else }}
