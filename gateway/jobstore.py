@@ -314,9 +314,11 @@ def _engine(url: str) -> AsyncEngine:
     def _pragmas(dbapi_connection, _record):
         dbapi_connection.isolation_level = None  # the driver's own implicit BEGIN off: see _begin
         cursor = dbapi_connection.cursor()
+        # First: switching a new file to WAL waits for a lock another opener (ab-report, a second
+        # gateway, one upgrading the schema) may hold.
+        cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=10000")  # another process (ab-report, a second gateway) writing
         cursor.close()
 
     @sa.event.listens_for(engine.sync_engine, "begin")
