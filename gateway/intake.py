@@ -47,20 +47,42 @@ def check_length(frames: int, sample_rate: int, limits: Limits) -> None:
 def take(data: bytes, dest: Path, limits: Limits) -> Intake:
     """Validate an uploaded file and write it to `dest` as float WAV; raise BadAudio/PayloadTooLarge."""
     try:
-        return _take(data, dest, limits)
+        check_size(len(data), limits)
+        try:
+            src = sf.SoundFile(io.BytesIO(data))
+        except Exception:
+            decode(data)  # raises BadAudio with libsndfile's reason, worded as everywhere else
+            raise BadAudio("could not decode the audio; send a wav, flac, ogg or mp3 file") from None
+        return _take(src, hashlib.sha256(data).hexdigest(), dest, limits)
     except BaseException:
         dest.unlink(missing_ok=True)
         raise
 
 
-def _take(data: bytes, dest: Path, limits: Limits) -> Intake:
-    check_size(len(data), limits)
-    sha = hashlib.sha256(data).hexdigest()
+def take_file(path: Path, dest: Path, limits: Limits) -> Intake:
+    """`take` for a file already on local disk (a presigned upload, size checked by the caller):
+    read block by block, never whole in memory."""
     try:
-        src = sf.SoundFile(io.BytesIO(data))
-    except Exception:
-        decode(data)  # raises BadAudio with libsndfile's reason, worded as everywhere else
-        raise BadAudio("could not decode the audio; send a wav, flac, ogg or mp3 file") from None
+        size = path.stat().st_size
+        if size == 0:
+            raise BadAudio("the audio file is empty (0 bytes): send a wav, flac, ogg or mp3 file")
+        sha = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(1024 * 1024):
+                sha.update(block)
+        try:
+            src = sf.SoundFile(str(path))
+        except Exception as exc:
+            reason = str(exc).rsplit(": ", 1)[-1].strip().rstrip(".")  # libsndfile's reason, as decode() words it
+            raise BadAudio(f"could not decode the audio ({size} bytes): {reason}; "
+                           "send a wav, flac, ogg or mp3 file") from None
+        return _take(src, sha.hexdigest(), dest, limits)
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
+
+
+def _take(src: sf.SoundFile, sha: str, dest: Path, limits: Limits) -> Intake:
     block_limits = dataclasses.replace(limits, max_seconds=math.inf, min_seconds=0.0)
     warnings: list[str] = []
     clipped = 0
