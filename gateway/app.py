@@ -19,7 +19,7 @@ from opentelemetry import trace
 
 from musicsplit.errors import MusicsplitError, PayloadTooLarge, http_payload
 from musicsplit.gateway.notify import report
-from musicsplit.gateway.routers import operations, separations, v2
+from musicsplit.gateway.routers import operations, separations, uploads, v2
 from musicsplit.gateway.schemas import DESCRIPTION, MALFORMED, TAGS, ErrorBody
 from musicsplit.gateway.service import SeparationService
 from musicsplit.gateway.settings import GatewaySettings
@@ -46,7 +46,7 @@ def create_app(settings: GatewaySettings | None = None, service: SeparationServi
     app = FastAPI(title="musicsplit gateway", version="1.0.0", description=DESCRIPTION, lifespan=lifespan,
                   openapi_tags=TAGS)
     app.state.settings = settings
-    for area in (separations, v2, operations):
+    for area in (separations, uploads, v2, operations):
         app.include_router(area.router)
 
     @app.exception_handler(MusicsplitError)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Annotated
 
@@ -11,8 +12,9 @@ from starlette.websockets import WebSocketState
 
 from musicsplit.errors import BadRequest, MusicsplitError, NotFound
 from musicsplit.gateway.results import Download
-from musicsplit.gateway.schemas import (E400, E404, E409, E413, E429, E503, STEM_RESPONSE, ZIP_RESPONSE, BatchView,
-                                        JobView, batch_view, job_headers, job_view, progress_message)
+from musicsplit.gateway.schemas import (E400, E404, E409, E413, E429, E503, REDIRECT_RESPONSE, STEM_RESPONSE,
+                                        ZIP_RESPONSE, BatchView, JobView, batch_view, job_headers, job_view,
+                                        progress_message)
 from musicsplit.gateway.service import SeparationRequest, SeparationService, service_of
 from musicsplit.gateway.tenancy import Caller, caller
 
@@ -21,6 +23,7 @@ router = APIRouter(tags=["separations"])
 Service = Annotated[SeparationService, Depends(service_of)]
 Calling = Annotated[Caller, Depends(caller)]
 HEARTBEAT_S = 15.0
+POLL_S = 1.0
 
 
 def _parse_stems(stems: str | None) -> list[str] | None:
@@ -40,13 +43,15 @@ def _download(download: Download, headers: dict[str, str]) -> Response:
 
 
 @router.post("/v1/separations", status_code=202, response_model=JobView,
-             responses={400: E400, 413: E413, 429: E429, 503: E503},
-             summary="Upload a track and start a separation job")
+             responses={400: E400, 404: E404, 413: E413, 429: E429, 503: E503},
+             summary="Upload a track (or name a presigned upload) and start a separation job")
 async def create_separation(
     service: Service,
     who: Calling,
     response: Response,
-    file: Annotated[UploadFile, File(description="The audio: wav, flac, ogg or mp3")],
+    file: Annotated[UploadFile | None, File(description="The audio: wav, flac, ogg or mp3")] = None,
+    upload_id: Annotated[str | None, Form(description="Instead of `file`: the id of a presigned upload "
+                                                      "(POST /v1/uploads) whose PUT is done")] = None,
     model: Annotated[str, Form(description="Model name or alias; `default` lets flags choose (A/B)")] = "default",
     stems: Annotated[str | None, Form(description="Comma-separated stems to return (default: all)",
                                       examples=["vocals,drums"])] = None,
@@ -56,11 +61,15 @@ async def create_separation(
                                                               "the same job")] = None,
 ) -> JobView:
     """Validates the audio (same checks as the predictor), then queues a job, or answers at once from
-    the result cache. Follow it with `GET /v1/separations/{id}` or the WebSocket `progress_url`."""
-    data = await file.read()
+    the result cache. Follow it with `GET /v1/separations/{id}` or the WebSocket `progress_url`.
+    Send either `file` or `upload_id` (404 if the upload is not there: not PUT yet, expired or used)."""
+    if (file is None) == (upload_id is None):
+        raise BadRequest("send the audio as a multipart/form-data field named 'file', or the upload_id of a "
+                         "presigned upload (POST /v1/uploads), not both")
+    data = await file.read() if file is not None else None
     req = SeparationRequest(model=model, stems=_parse_stems(stems), output_format=output_format, shifts=shifts,
-                            idempotency_key=idempotency_key, filename=file.filename)
-    job = await service.submit(data, req, who)
+                            idempotency_key=idempotency_key, filename=file.filename if file is not None else None)
+    job = await service.submit(data, req, who, upload_id=upload_id)
     response.headers.update(job_headers(job))
     response.headers["Location"] = f"/v1/separations/{job.id}"
     return job_view(job, service.settings.results_ttl_s)
@@ -122,14 +131,16 @@ async def cancel_separation(service: Service, who: Calling, response: Response, 
 
 
 @router.get("/v1/separations/{job_id}/stems.zip", response_class=FileResponse,
-            responses={200: ZIP_RESPONSE, 404: E404, 409: E409}, summary="Download all stems as one zip")
+            responses={200: ZIP_RESPONSE, 307: REDIRECT_RESPONSE, 404: E404, 409: E409},
+            summary="Download all stems as one zip")
 async def download_zip(service: Service, who: Calling, job_id: str):
     job = await service.result_job(who, job_id)
     return _download(await service.zip(job), job_headers(job))
 
 
 @router.get("/v1/separations/{job_id}/stems/{stem}", response_class=FileResponse,
-            responses={200: STEM_RESPONSE, 404: E404, 409: E409}, summary="Download one stem")
+            responses={200: STEM_RESPONSE, 307: REDIRECT_RESPONSE, 404: E404, 409: E409},
+            summary="Download one stem")
 async def download_stem(service: Service, who: Calling, job_id: str, stem: str):
     job = await service.result_job(who, job_id)
     return _download(await service.stem(job, stem), job_headers(job))
@@ -149,20 +160,24 @@ async def progress(ws: WebSocket, job_id: str, who: Calling):
     try:
         async with service.events.subscribe(job_id) as updates:
             job = await service.store.get(job_id, tenant=who.tenant) or job  # what changed while subscribing
-            last = None
+            last, sent_at = None, time.monotonic()
             while True:
                 message = progress_message(job)
                 if message != last:
                     await ws.send_json(message)
-                    last = message
+                    last, sent_at = message, time.monotonic()
                 if job.terminal:
                     break
-                update = await updates.next(HEARTBEAT_S)
-                if update is None:  # heartbeat; also covers an update the bus did not deliver
-                    job = await service.store.get(job_id, tenant=who.tenant) or job
-                    await ws.send_json({**progress_message(job), "heartbeat": True})
-                else:
+                # With the event bus down, updates from other replicas do not come: poll the store.
+                update = await updates.next(HEARTBEAT_S if service.events.up else POLL_S)
+                if update is not None:
                     job = update
+                    continue
+                # Nothing came: read the store (an update the bus did not deliver), and say we are here.
+                job = await service.store.get(job_id, tenant=who.tenant) or job
+                if progress_message(job) == last and time.monotonic() - sent_at >= HEARTBEAT_S:
+                    await ws.send_json({**last, "heartbeat": True})
+                    sent_at = time.monotonic()
     except WebSocketDisconnect:
         return
     if ws.application_state == WebSocketState.CONNECTED:

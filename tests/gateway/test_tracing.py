@@ -11,6 +11,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from musicsplit.localstack import wait_until
+
 from .conftest import submit, tone, wait_job, wav_bytes
 from .receivers import Receiver
 
@@ -56,6 +58,8 @@ def test_traceparent_reaches_the_predictor_and_joins_the_callers_trace(baseline_
         proxy.requests.clear()
         doc = wait_job(gw.url, submit(gw.url, wav_bytes(tone(9.0))).json()["id"])
         assert doc["status"] == "succeeded"
+        # The job span ends after the job's cleanup, a moment after the status says succeeded.
+        wait_until(lambda: any(s.name == "job" for s in spans.get_finished_spans()), 10, "the job span ended")
         finished = spans.get_finished_spans()
         names = {s.name for s in finished}
         assert {"validate", "job", "chunk", "proxy"} <= names, names
