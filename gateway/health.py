@@ -3,12 +3,13 @@
 Ready means its job store (the shared queue) and result store answer: it can
 accept uploads, run jobs, serve status and downloads. Everything else only
 degrades it, and says so in /v2/health/ready's body and in
-`musicsplit_gateway_backend_up`: predictors down (jobs wait in the queue;
-status and downloads keep working), Redis events down (progress from other
-replicas arrives by polling), the result cache down (uncached), Unleash down
-(flags from the last known state). A replica that is not ready is taken out
-of the Service by Kubernetes; a predictor outage must not take out every
-gateway replica with it.
+`musicsplit_gateway_backend_up`: predictors down (jobs fail after their
+retries, as they would on any replica; uploads, status and downloads keep
+working), Redis events down (progress from other replicas arrives by
+polling), the result cache down (uncached), Unleash down (flags from the
+last known state). A replica that is not ready is taken out of the Service
+by Kubernetes; a predictor outage must not take out every gateway replica
+with it.
 
 `musicsplit_gateway_ready`, `backend_up{backend}` and `queue_depth` are
 refreshed every `health_interval_s` whether or not anything probes.
@@ -89,8 +90,8 @@ class Health:
             degraded.append(f"unleash: {why.get('unleash')}: flags from the last known state")
         pool = svc.pool
         if not any(s.healthy for s in pool.states):
-            degraded.append("predictors: no predictor endpoint is healthy: jobs wait in the queue; status and "
-                            "downloads keep working")
+            degraded.append("predictors: no predictor endpoint is healthy: jobs fail upstream_unavailable after "
+                            "their retries; uploads, status and downloads keep working")
         for name, up in backends.items():
             metrics.BACKEND_UP.labels(backend=name).set(1 if up else 0)
         metrics.READY.set(1 if ready else 0)

@@ -81,6 +81,9 @@ class JobRunner:
         running is a previous life's: resume them at once instead of after their leases expire."""
         if sole_replica and (count := await self.queue.release_all()):
             log.info("resuming %d job(s) left running by the previous start", count)
+        if self.settings.max_running_jobs <= 0:
+            log.info("max_running_jobs is 0: this replica serves the API and runs no jobs")
+            return
         self._tasks = [asyncio.create_task(self._dispatch(), name="job-dispatcher"),
                        asyncio.create_task(self._renew(), name="lease-renewer")]
 

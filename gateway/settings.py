@@ -69,7 +69,8 @@ class GatewaySettings(BaseSettings, InputLimitSettings):
     lease_seconds: float = 30.0
     queue_poll_s: float = 1.0
 
-    # Jobs: workers per replica, a queue bound shared by all replicas (429 beyond), chunking.
+    # Jobs: workers per replica (0: this replica serves the API and runs no jobs), a queue bound
+    # shared by all replicas (429 beyond), chunking.
     max_running_jobs: int = 4
     max_queued_jobs: int = 64
     chunk_seconds: float = 30.0
