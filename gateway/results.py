@@ -143,11 +143,12 @@ class Staging:
         return count
 
 
-def encode_chunk(stems: dict[str, np.ndarray]) -> bytes:
-    """A checkpoint as bytes: the float32 stems exactly (a resumed job's stems equal an uninterrupted run's)."""
-    buf = io.BytesIO()
-    np.savez(buf, **{name: np.asarray(a, dtype=np.float32) for name, a in stems.items()})
-    return buf.getvalue()
+def write_chunk(stems: dict[str, np.ndarray], path: Path) -> None:
+    """A checkpoint file: the float32 stems exactly (a resumed job's stems equal an uninterrupted
+    run's). Streamed to the file, not built in memory first: a chunk's stems are megabytes, and
+    every chunk in flight writes one."""
+    with open(path, "wb") as f:
+        np.savez(f, **{name: np.asarray(a, dtype=np.float32) for name, a in stems.items()})
 
 
 def decode_chunk(data: bytes) -> dict[str, np.ndarray]:

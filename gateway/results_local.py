@@ -19,7 +19,7 @@ import weakref
 import zipfile
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import numpy as np
 import soundfile as sf
@@ -27,7 +27,7 @@ import soundfile as sf
 from musicsplit.audio import ENCODINGS
 from musicsplit.gateway.jobstore import SeparationJob
 from musicsplit.gateway.results import (MEDIA_TYPES, Download, InputInfo, ResultMissing, Staging, decode_chunk,
-                                        encode_chunk)
+                                        write_chunk)
 
 
 class LocalStemWriter:
@@ -114,7 +114,7 @@ class LocalResultStore:
     # -- checkpoints -----------------------------------------------------------------
 
     async def put_chunk(self, job: SeparationJob, index: int, stems: dict[str, np.ndarray]) -> None:
-        await asyncio.to_thread(_write_atomic, self._chunk(job, index), encode_chunk(stems))
+        await asyncio.to_thread(_write_atomic, self._chunk(job, index), lambda tmp: write_chunk(stems, tmp))
 
     async def get_chunk(self, job: SeparationJob, index: int) -> dict[str, np.ndarray] | None:
         try:
@@ -203,11 +203,12 @@ def build_zip(files: dict[str, Path], path: Path) -> None:
         raise
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """`write` a temp file beside `path`, then rename it over: readers see the whole file or none."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{uuid.uuid4().hex}.{path.name}")
     try:
-        tmp.write_bytes(data)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -30,7 +30,7 @@ import soundfile as sf
 
 from musicsplit.gateway.jobstore import SeparationJob
 from musicsplit.gateway.results import (MEDIA_TYPES, Download, InputInfo, ResultMissing, Staging, decode_chunk,
-                                        encode_chunk)
+                                        write_chunk)
 from musicsplit.gateway.results_local import LocalStemWriter, build_zip
 
 UPLOAD_CONTENT_TYPE = "application/octet-stream"
@@ -205,9 +205,15 @@ class S3ResultStore:
     # -- checkpoints -----------------------------------------------------------------------
 
     async def put_chunk(self, job: SeparationJob, index: int, stems: dict[str, np.ndarray]) -> None:
-        body = await asyncio.to_thread(encode_chunk, stems)
-        await asyncio.to_thread(self.client.put_object, Bucket=self.bucket, Key=self._chunk_key(job, index),
-                                Body=body, ContentType="application/octet-stream")
+        await asyncio.to_thread(self._put_chunk, self._chunk_key(job, index), stems)
+
+    def _put_chunk(self, key: str, stems: dict[str, np.ndarray]) -> None:
+        tmp = self.staging.path(".npz")
+        try:
+            write_chunk(stems, tmp)
+            self.upload_file(tmp, key, "application/octet-stream")
+        finally:
+            tmp.unlink(missing_ok=True)
 
     async def get_chunk(self, job: SeparationJob, index: int) -> dict[str, np.ndarray] | None:
         try:
