@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "musicsplit.demo",
     "musicsplit.operator.cli",
     "musicsplit.evaluate",
+    "musicsplit.loadtest.cli",
 ]
 
 
