@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -47,7 +48,9 @@ def add_commands(sub, serve) -> None:
     p.set_defaults(func=run)
 
     r = sub.add_parser("loadtest-report", help="turn load-test summaries into docs/loadtest.md with plots")
-    r.add_argument("runs", type=Path, help="folder holding NAME.json + NAME.csv.gz from musicsplit loadtest")
+    r.add_argument("runs", type=Path, nargs="+",
+                   help="folders holding NAME.json + NAME.csv.gz from musicsplit loadtest, one per configuration "
+                        "(the first gets the plots)")
     r.add_argument("--docs", type=Path, default=Path("docs"), help="writes DOCS/loadtest.md and DOCS/loadtest/*.png")
     r.set_defaults(func=report)
 
@@ -123,9 +126,14 @@ def _one(scenario: str, out: Path, args, settings, tracks: Path, command: str) -
     return code
 
 
+def _stop_on_sigterm(signum, _frame):
+    raise SystemExit(128 + signum)  # unwinds through `finally`: the stack's processes are stopped
+
+
 def run(args) -> int:
     from musicsplit.loadtest.tracks import write_tracks
 
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     settings = _settings(args)
     command = "musicsplit " + " ".join(sys.argv[1:]) if sys.argv[1:] else "musicsplit loadtest"
     if args.scenario == "all":

@@ -189,6 +189,25 @@ def steady_goodput(run: Run) -> tuple[float, float, float]:
     return run.rate("ok", start, end), start, end
 
 
+def cpu_used(run: Run) -> dict[str, float]:
+    """CPU seconds each stack process used during the run (empty without a --stack)."""
+    samples = run.meta.get("stack", {}).get("rss", [])
+    used = {}
+    for comp in sorted({x["component"] for x in samples}):
+        cpu = [x["cpu_s"] for x in samples if x["component"] == comp and "cpu_s" in x]
+        if cpu:
+            used[comp] = cpu[-1] - cpu[0]
+    return used
+
+
+def predictor_cpu_per_ok(run: Run) -> float | None:
+    """Predictor CPU seconds per successful separation: the work one separation takes,
+    whatever share of the CPU the rest of the machine left the predictors."""
+    used = cpu_used(run)
+    total = sum(v for k, v in used.items() if k.startswith("predictor"))
+    return total / run.count("ok") if total and run.count("ok") else None
+
+
 def parse_duration(text: str) -> float:
     """k6 durations: '50s', '2m', '1m30s'."""
     total, number = 0.0, ""

@@ -83,7 +83,8 @@ class RunResult:
 
 
 def run_scenario(scenario: str, url: str, out: Path, settings: LoadtestSettings, *, tracks: Path,
-                 rate: float | None = None, duration: str | None = None, extra_meta: dict | None = None, stack=None) -> RunResult:
+                 rate: float | None = None, duration: str | None = None, extra_meta: dict | None = None,
+                 stack=None) -> RunResult:
     """Run `scenario` against the gateway at `url`; the summary goes to `out` (NAME.json)."""
     if scenario not in scenarios():
         raise ValueError(f"unknown scenario {scenario!r}: use one of {sorted(scenarios())}")
@@ -123,8 +124,8 @@ def run_scenario(scenario: str, url: str, out: Path, settings: LoadtestSettings,
     summary = json.loads(out.read_text())
     summary.setdefault("musicsplit", {}).update({
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started)),
-        "k6": version, "k6_exit_code": proc.returncode, "k6_cpu_s": round(k6_cpu, 2), "machine": {**before, "load_average_after":
-                                                                     [round(x, 2) for x in os.getloadavg()]},
+        "k6": version, "k6_exit_code": proc.returncode, "k6_cpu_s": round(k6_cpu, 2),
+        "machine": {**before, "load_average_after": [round(x, 2) for x in os.getloadavg()]},
         **({"stack": stack.describe(since=started)} if stack is not None else {}),
         **(extra_meta or {}),
     })

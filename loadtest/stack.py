@@ -1,20 +1,28 @@
 """The local stack a load test may start for itself, and its memory over time.
 
 Predictor replicas and a gateway on 127.0.0.1 (musicsplit.localstack), each
-a real process reading its settings from the environment; a sampler records
-every process's resident memory while the test runs, so a soak shows
-whether memory creeps.
+a real process reading its settings from the environment; samplers record
+every process's resident memory and CPU time while the test runs, so a soak
+shows whether memory creeps, and each predictor's requests in flight twice a
+second, so an overload shows whether the model idled while work was refused.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
+
 from musicsplit.localstack import Process, start_gateway, start_predictor
+
+# The predictor's gauge of requests in inference (running or waiting for the model): 0 means
+# the model has nothing to do. docs/metrics.md names it.
+_INFLIGHT = re.compile(r"^musicsplit_inflight_requests\{[^}]*\} (\S+)$", re.M)
 
 # Variables recorded with a run (never the secrets: keys, tokens, DSNs, passwords).
 _SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "DSN", "WEBHOOK")
@@ -50,8 +58,9 @@ class Stack:
     gateway: Process
     predictors: list[Process]
     samples: list[dict] = field(default_factory=list)  # {"t", "component", "rss_mib", "cpu_s"}
+    inflight: list[dict] = field(default_factory=list)  # {"t", "component", "inflight"}
     _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    _threads: list[threading.Thread] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -67,22 +76,39 @@ class Stack:
             if rss is not None and cpu is not None:
                 self.samples.append({"t": now, "component": name, "rss_mib": round(rss, 1), "cpu_s": cpu})
 
-    def start_sampling(self, interval: float = 5.0) -> None:
-        if self._thread is not None:
+    def sample_inflight(self, client: httpx.Client) -> None:
+        now = time.time()
+        for i, p in enumerate(self.predictors):
+            try:
+                text = client.get(f"{p.url}/metrics").text
+            except httpx.HTTPError:
+                continue
+            values = [float(v) for v in _INFLIGHT.findall(text)]
+            self.inflight.append({"t": now, "component": f"predictor-{i}", "inflight": sum(values)})
+
+    def start_sampling(self, interval: float = 5.0, inflight_interval: float = 0.5) -> None:
+        if self._threads:
             return
 
-        def loop():
+        def resources():
             while not self._stop.wait(interval):
                 self.sample()
 
+        def activity():
+            with httpx.Client(timeout=2.0) as client:
+                while not self._stop.wait(inflight_interval):
+                    self.sample_inflight(client)
+
         self.sample()
-        self._thread = threading.Thread(target=loop, name="rss-sampler", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=resources, name="rss-sampler", daemon=True),
+                         threading.Thread(target=activity, name="inflight-sampler", daemon=True)]
+        for t in self._threads:
+            t.start()
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread:
-            self._thread.join(10)
+        for t in self._threads:
+            t.join(10)
         self.sample()
         self.gateway.stop()
         for p in self.predictors:
@@ -92,7 +118,8 @@ class Stack:
         """What ran, and the memory samples taken from `since` (unix time) on."""
         self.sample()
         return {"gateway": self.gateway.url, "predictors": [p.url for p in self.predictors],
-                "environment": musicsplit_environment(), "rss": [s for s in self.samples if s["t"] >= since]}
+                "environment": musicsplit_environment(), "rss": [s for s in self.samples if s["t"] >= since],
+                "inflight": [s for s in self.inflight if s["t"] >= since]}
 
 
 def start_stack(work: Path, *, replicas: int = 1, model_dir: str = "builtin://dsp-baseline",
