@@ -67,8 +67,9 @@ def unique(data: bytes, n: int) -> bytes:
     return data[:-4] + n.to_bytes(4, "little")
 
 
-def measure(kind: str, replicas: list[Process], model: str, counts: list[int], chunk_s: float, data: bytes,
-            repeats: int, work: Path) -> dict[int, list[float]]:
+def measure(kind: str, replicas: list, model: str, counts: list[int], chunk_s: float, data: bytes,
+            repeats: int, work: Path) -> dict[int, tuple[list[float], list[tuple[float, float]]]]:
+    """Per replica count: job seconds and (gateway, predictors) CPU seconds of each repeat."""
     gateways = {}
     try:
         for n in counts:
