@@ -68,7 +68,7 @@ def main() -> int:
     from musicsplit import cli
     from musicsplit.predictor import loading, model
 
-    def load(model_dir: str, device: str = "auto") -> loading.LoadedModel:
+    def load(model_dir: str, *_settings, **_named) -> loading.LoadedModel:  # device, precision, ...: unused
         return loading.LoadedModel(SleepingSeparator(args.rtf), "gpu-standin", f"standin-rtf{args.rtf:g}",
                                    "gpu-standin", "cpu", loading.Manifest())
 

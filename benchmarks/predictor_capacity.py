@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -120,6 +121,34 @@ def start(model: str, inflight: int, queue: int, rtf: float, work: Path):
         "dsp-baseline"
 
 
+def sweep(args, inflight: int, levels: list[int], samples: np.ndarray, work: Path) -> None:
+    """One replica at MAX_INFLIGHT=inflight through every concurrency level; prints its table."""
+    proc, name = start(args.model, inflight, max(levels), args.rtf, work)
+    try:
+        results = []
+        for c in levels:
+            level = asyncio.run(measure(proc.url, name, samples, c, args.window, proc.proc.pid))
+            results.append(level)
+            print(f"  inflight {inflight} concurrency {c}: {level.throughput:.2f} req/s"
+                  f"{'' if level.stable else ' (unstable)'}", flush=True)
+    finally:
+        proc.stop()
+    best = max(r.throughput for r in results)
+    knee = next(r for r in results if r.throughput >= 0.95 * best)
+    print(f"\nMAX_INFLIGHT={inflight}: knee at concurrency {knee.concurrency} "
+          f"({knee.throughput:.2f} req/s = {knee.throughput * args.seconds:.1f} audio s/s, p99 {knee.p(99):.2f} s)")
+    print("| concurrency | req/s | audio s/s | p50 s | p95 s | p99 s | compute s | queue + rest s "
+          "| server CPU s/req | stable |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        compute = statistics.mean(r.computes)
+        rest = statistics.mean(r.latencies) - compute
+        print(f"| {r.concurrency}{' (knee)' if r is knee else ''} | {r.throughput:.2f} | "
+              f"{r.throughput * args.seconds:.1f} | {r.p(50):.2f} | {r.p(95):.2f} | {r.p(99):.2f} | "
+              f"{compute:.2f} | {rest:.2f} | {r.server_cpu:.2f} | {'yes' if r.stable else 'no'} |")
+    print(flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["dsp-baseline", "gpu-standin"], default="dsp-baseline")
@@ -134,31 +163,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="musicsplit-capacity-"))
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, {time.strftime('%Y-%m-%d %H:%M')}; "
           f"{args.model}, {args.seconds:g} s stereo per request, windows of {args.window:g} s", flush=True)
-    for inflight in (int(x) for x in args.inflight.split(",")):
-        proc, name = start(args.model, inflight, max(levels), args.rtf, work)
-        try:
-            results = []
-            for c in levels:
-                level = asyncio.run(measure(proc.url, name, samples, c, args.window, proc.proc.pid))
-                results.append(level)
-                print(f"  inflight {inflight} concurrency {c}: {level.throughput:.2f} req/s"
-                      f"{'' if level.stable else ' (unstable)'}", flush=True)
-        finally:
-            proc.stop()
-        best = max(r.throughput for r in results)
-        knee = next(r for r in results if r.throughput >= 0.95 * best)
-        print(f"\nMAX_INFLIGHT={inflight}: knee at concurrency {knee.concurrency} "
-              f"({knee.throughput:.2f} req/s = {knee.throughput * args.seconds:.1f} audio s/s, p99 {knee.p(99):.2f} s)")
-        print("| concurrency | req/s | audio s/s | p50 s | p95 s | p99 s | compute s | queue + rest s "
-              "| server CPU s/req | stable |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
-        for r in results:
-            compute = statistics.mean(r.computes)
-            rest = statistics.mean(r.latencies) - compute
-            print(f"| {r.concurrency}{' (knee)' if r is knee else ''} | {r.throughput:.2f} | "
-                  f"{r.throughput * args.seconds:.1f} | {r.p(50):.2f} | {r.p(95):.2f} | {r.p(99):.2f} | "
-                  f"{compute:.2f} | {rest:.2f} | {r.server_cpu:.2f} | {'yes' if r.stable else 'no'} |")
-        print(flush=True)
+    try:
+        for inflight in (int(x) for x in args.inflight.split(",")):
+            sweep(args, inflight, levels, samples, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 
