@@ -52,6 +52,7 @@ def add_commands(sub, serve) -> None:
                    help="folders holding NAME.json + NAME.csv.gz from musicsplit loadtest, one per configuration "
                         "(the first gets the plots)")
     r.add_argument("--docs", type=Path, default=Path("docs"), help="writes DOCS/loadtest.md and DOCS/loadtest/*.png")
+    r.add_argument("--note", help="a line heading the page, e.g. that the machine was shared with other jobs")
     r.set_defaults(func=report)
 
 
@@ -156,5 +157,5 @@ def run(args) -> int:
 def report(args) -> int:
     from musicsplit.loadtest.report import write_report
 
-    print(write_report(args.runs, args.docs))
+    print(write_report(args.runs, args.docs, note=args.note))
     return 0

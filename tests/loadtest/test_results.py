@@ -78,3 +78,13 @@ def test_timeline_windows_cover_the_run(two_levels):
 @pytest.mark.parametrize("text,seconds", [("50s", 50), ("2m", 120), ("1m30s", 90), ("1h", 3600), ("", 0)])
 def test_k6_durations(text, seconds):
     assert parse_duration(text) == seconds
+
+
+def test_the_report_heads_its_page_with_the_note_on_its_figures(two_levels, tmp_path):
+    from musicsplit.loadtest.report import write_report
+
+    note = "Figures from 2026-11-26, machine shared with other jobs"
+    md = write_report(tmp_path, tmp_path / "docs", note=note).read_text().splitlines()
+    assert md[:3] == ["# Load tests", "", f"> **{note}**"]
+    assert any(line.startswith("| run |") for line in md)  # the figures the note is about follow it
+    assert "> **" not in "\n".join(write_report(tmp_path, tmp_path / "plain").read_text().splitlines()[1:4])
