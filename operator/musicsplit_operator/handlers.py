@@ -15,9 +15,10 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from . import analysis, metrics, rollout, router
+from . import analysis, metrics, probe, prometheus, router, scheduler
 from .settings import OperatorSettings
 from .spec import GROUP, ISVC_GROUP, ISVC_PLURAL, ISVC_VERSION, PLURAL, VERSION, parse_spec
+from .status import FAILED, SUCCEEDED, set_condition
 
 ACTION_ANNOTATION = "musicsplit.io/action"
 SETTINGS = OperatorSettings()
@@ -56,7 +57,7 @@ def get_isvc(namespace: str, name: str) -> dict | None:
         raise
 
 
-def write_route(body, name: str, namespace: str, spec, route: rollout.Route, create: bool) -> None:
+def write_route(body, name: str, namespace: str, spec, route: router.Route, create: bool) -> None:
     if create:
         isvc = router.inference_service(name, namespace, spec, route)
         kopf.adopt(isvc, owner=body)  # ownerReferences: deleting the SeparationModel deletes it
@@ -104,8 +105,8 @@ def reconcile(body, name, namespace, patch, logger, **_) -> None:
         sm = parse_spec(dict(spec))
     except ValidationError as e:
         msg = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-        new = dict(old, phase=rollout.FAILED, message=f"invalid spec: {msg}", observedGeneration=generation)
-        new["conditions"] = rollout.set_condition(old.get("conditions") or [], "SpecValid", False, "InvalidSpec",
+        new = dict(old, phase=FAILED, message=f"invalid spec: {msg}", observedGeneration=generation)
+        new["conditions"] = set_condition(old.get("conditions") or [], "SpecValid", False, "InvalidSpec",
                                                   msg, now, generation)
         if old.get("message") != new["message"]:
             kopf.warn(body, reason="InvalidSpec", message=msg)
@@ -115,39 +116,39 @@ def reconcile(body, name, namespace, patch, logger, **_) -> None:
 
     isvc = get_isvc(namespace, name)
     obs = router.observe(isvc)
-    plan = rollout.schedule(sm, old, obs, now, generation=generation, action=action)
+    plan = scheduler.schedule(sm, old, obs, now, generation=generation, action=action)
     route, events, create = plan.route, list(plan.events), plan.create
     new = plan.status
     if plan.analyze:
         baseline = old.get("goldenBaseline") or {}
         cached_sdr = baseline.get("meanSdr") if baseline.get("version") == old.get("stableVersion") else None
-        m = analysis.measure(
+        m = prometheus.measure(
             prometheus_url=sm.analysis.prometheus_url, model=name, canary_version=new["canaryVersion"],
             stable_version=new.get("stableVersion"), window_s=sm.window_s(), golden=sm.analysis.golden_set,
             canary_url=obs.urls.get("latest") or (obs.url if sm.raw else None), stable_url=obs.urls.get("prev"),
             stable_sdr=cached_sdr, timeout_s=SETTINGS.prometheus_timeout_seconds,
             probe_timeout_s=SETTINGS.probe_timeout_seconds)
-        verdict = rollout.judge(m, sm, compare_stable=not sm.raw)
+        verdict = analysis.judge(m, sm, compare_stable=not sm.raw)
         logger.info("analysis of %s at %s %%: %s (%s)", new.get("canaryVersion"), new.get("canaryWeight"),
                     verdict.result, verdict.message)
-        after = rollout.after_analysis(sm, new, verdict, now, generation=generation)
+        after = scheduler.after_analysis(sm, new, verdict, now, generation=generation)
         new = after.status
         if m.stable_sdr is not None and old.get("stableVersion"):
             new["goldenBaseline"] = {"version": old["stableVersion"], "meanSdr": round(m.stable_sdr, 4)}
         route = after.route or route
         events += after.events
 
-    if (sm.raw and sm.analysis.golden_set and new.get("phase") == rollout.SUCCEEDED and obs.ready and obs.url
+    if (sm.raw and sm.analysis.golden_set and new.get("phase") == SUCCEEDED and obs.ready and obs.url
             and (new.get("goldenBaseline") or {}).get("version") != new.get("stableVersion")):
         # RawDeployment keeps no previous revision to probe during the next
         # rollout: measure the stable version's golden-set SDR while it serves.
         try:
-            sdr = analysis.golden_sdr(obs.url, name, SETTINGS.probe_timeout_seconds)
+            sdr = probe.golden_sdr(obs.url, name, SETTINGS.probe_timeout_seconds)
             new["goldenBaseline"] = {"version": new["stableVersion"], "meanSdr": round(sdr, 4)}
         except Exception as e:  # noqa: BLE001 - retried next tick; a rollout without it holds
             logger.warning("golden-set baseline of %s not measured: %s", new.get("stableVersion"), e)
 
-    new["conditions"] = rollout.set_condition(new.get("conditions") or [], "SpecValid", True, "Valid",
+    new["conditions"] = set_condition(new.get("conditions") or [], "SpecValid", True, "Valid",
                                               "spec accepted", now, generation)
     if route is not None:
         write_route(body, name, namespace, sm, route, create)

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, start_http_server
 
-from . import rollout
+from .status import PHASES
 
 LABELS = ("namespace", "name")
-PHASES = (rollout.INITIALIZING, rollout.PROGRESSING, rollout.PROMOTING, rollout.SUCCEEDED, rollout.ROLLED_BACK,
-          rollout.FAILED, rollout.PAUSED)
 
 PHASE = Gauge("musicsplit_rollout_phase", "1 for the SeparationModel's current rollout phase", (*LABELS, "phase"))
 WEIGHT = Gauge("musicsplit_rollout_canary_weight", "Traffic percent the canary gets (0: no canary)", LABELS)

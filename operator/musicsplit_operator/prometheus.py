@@ -1,0 +1,104 @@
+"""The analysis' measurements from Prometheus: PromQL over its HTTP API.
+The verdict itself is `analysis.judge` (pure)."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import httpx
+
+from .analysis import Measurements, VersionMetrics
+from .probe import golden_sdr
+
+log = logging.getLogger(__name__)
+
+
+class PrometheusUnavailable(Exception):
+    """Prometheus could not answer (down, unreachable, or an error)."""
+
+
+def _sel(model: str, version: str, extra: str = "") -> str:
+    # Label values come from our own spec; escape what PromQL string literals need.
+    esc = lambda v: v.replace("\\", "\\\\").replace('"', '\\"')  # noqa: E731
+    return f'model="{esc(model)}",model_version="{esc(version)}"{extra}'
+
+
+def _growth(metric: str, sel: str, w: str) -> str:
+    """How much a counter grew over the window, per series. Unlike increase(),
+    a series born inside the window counts from zero: a canary's first errors
+    create its `outcome="error"` series with a value already above zero, and
+    increase() would never see them. Resets (a restarted pod) count as 0."""
+    x = f"{metric}{{{sel}}}"
+    return f"(clamp_min({x} - {x} offset {w}, 0) or {x})"
+
+
+def queries(model: str, version: str, window_s: float) -> dict[str, str]:
+    """The PromQL the analysis runs for one model version."""
+    w = f"{max(int(window_s), 1)}s"
+    sel = _sel(model, version)
+    errors = _sel(model, version, ',outcome="error"')
+    return {
+        "requests": f"sum({_growth('musicsplit_requests_total', sel, w)})",
+        "errors": f"sum({_growth('musicsplit_requests_total', errors, w)})",
+        "p99": f"histogram_quantile(0.99, sum by (le) ({_growth('musicsplit_request_duration_seconds_bucket', sel, w)}))",
+        "quality": (f"sum({_growth('audio_separation_quality_sum', sel, w)})"
+                    f" / sum({_growth('audio_separation_quality_count', sel, w)})"),
+    }
+
+
+def query_scalar(client: httpx.Client, prometheus_url: str, promql: str) -> float | None:
+    """One instant query; None when the result is empty (no such series)."""
+    try:
+        r = client.get(prometheus_url.rstrip("/") + "/api/v1/query", params={"query": promql})
+    except httpx.HTTPError as e:
+        raise PrometheusUnavailable(f"{type(e).__name__}: {e}") from e
+    if r.status_code != 200:
+        raise PrometheusUnavailable(f"HTTP {r.status_code}: {r.text[:200]}")
+    body = r.json()
+    if body.get("status") != "success":
+        raise PrometheusUnavailable(f"{body.get('errorType')}: {body.get('error')}")
+    result = body["data"]["result"]
+    if not result:
+        return None
+    value = float(result[0]["value"][1])
+    return None if math.isnan(value) else value
+
+
+def version_metrics(client: httpx.Client, prometheus_url: str, model: str, version: str,
+                    window_s: float) -> VersionMetrics:
+    q = {k: query_scalar(client, prometheus_url, v) for k, v in queries(model, version, window_s).items()}
+    return VersionMetrics(requests=q["requests"] or 0.0, errors=q["errors"] or 0.0,
+                          p99_seconds=q["p99"], quality=q["quality"])
+
+
+def measure(*, prometheus_url: str, model: str, canary_version: str, stable_version: str | None,
+            window_s: float, golden: bool, canary_url: str | None, stable_url: str | None,
+            stable_sdr: float | None = None, timeout_s: float = 10.0,
+            probe_timeout_s: float = 300.0) -> Measurements:
+    """Everything the verdict needs; failures to measure become hold reasons, never passes."""
+    canary = stable = None
+    prom_err = probe_err = None
+    with httpx.Client(timeout=timeout_s) as client:
+        try:
+            canary = version_metrics(client, prometheus_url, model, canary_version, window_s)
+            if stable_version:
+                stable = version_metrics(client, prometheus_url, model, stable_version, window_s)
+        except PrometheusUnavailable as e:
+            prom_err = str(e)
+            log.warning("Prometheus at %s unavailable: %s", prometheus_url, e)
+    canary_sdr = None
+    if golden:
+        try:
+            if not canary_url:
+                raise RuntimeError("KServe reports no URL for the latest revision (tag 'latest')")
+            canary_sdr = golden_sdr(canary_url, model, probe_timeout_s)
+            if stable_sdr is None:
+                if not stable_url:
+                    raise RuntimeError("KServe reports no URL for the previous revision (tag 'prev')")
+                stable_sdr = golden_sdr(stable_url, model, probe_timeout_s)
+        except Exception as e:  # noqa: BLE001 - any probe failure is a hold, reported as such
+            probe_err = f"{type(e).__name__}: {e}"
+            log.warning("golden-set probe failed: %s", probe_err)
+    return Measurements(canary=canary, stable=stable, canary_sdr=canary_sdr, stable_sdr=stable_sdr,
+                        prometheus_error=prom_err, probe_error=probe_err)
