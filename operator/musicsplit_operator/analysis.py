@@ -109,13 +109,16 @@ def judge(m: Measurements, spec: SeparationModelSpec, *, compare_stable: bool = 
         enough = requests >= a.min_requests
         checks.append(Check(
             "requests", requests, a.min_requests, PASS if enough else HOLD,
-            f"canary served {requests:.0f} requests in the window ({'>=' if enough else '<'} {a.min_requests} needed)"
+            # Users' requests only: the operator's own probe and shadow copies are
+            # no evidence that the canary serves its users well.
+            f"canary served {requests:.0f} user requests in the window ({'>=' if enough else '<'} "
+            f"{a.min_requests} needed)"
             # Metrics are filtered on model_version = spec.model.version: none at
             # all while traffic flows usually means the loaded model says otherwise.
-            + ("; check that the model dir's musicsplit.yaml version equals spec.model.version"
-               if requests <= 0 else ""),
+            + ("; no user traffic reached it, or the model dir's musicsplit.yaml version differs from "
+               "spec.model.version" if requests <= 0 else ""),
         ))
-        why = "not enough canary requests yet"
+        why = "not enough user requests yet"
         if enough:
             checks.append(_upper("errorRate", c.error_rate, a.max_error_rate))
             checks.append(_upper("latencyP99", c.p99_seconds, a.max_p99_latency_seconds, "s"))

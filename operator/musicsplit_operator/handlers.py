@@ -123,7 +123,8 @@ def reconcile(body, name, namespace, patch, logger, **_) -> None:
         baseline = old.get("goldenBaseline") or {}
         cached_sdr = baseline.get("meanSdr") if baseline.get("version") == old.get("stableVersion") else None
         m = prometheus.measure(
-            prometheus_url=sm.analysis.prometheus_url, model=name, canary_version=new["canaryVersion"],
+            prometheus_url=sm.analysis.prometheus_url, model=name, namespace=namespace,
+            namespace_label=SETTINGS.namespace_label, canary_version=new["canaryVersion"],
             stable_version=new.get("stableVersion"), window_s=sm.window_s(), golden=sm.analysis.golden_set,
             canary_url=obs.urls.get("latest") or (obs.url if sm.raw else None), stable_url=obs.urls.get("prev"),
             stable_sdr=cached_sdr, timeout_s=SETTINGS.prometheus_timeout_seconds,

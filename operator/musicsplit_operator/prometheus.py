@@ -18,10 +18,17 @@ class PrometheusUnavailable(Exception):
     """Prometheus could not answer (down, unreachable, or an error)."""
 
 
-def _sel(model: str, version: str, extra: str = "") -> str:
-    # Label values come from our own spec; escape what PromQL string literals need.
-    esc = lambda v: v.replace("\\", "\\\\").replace('"', '\\"')  # noqa: E731
-    return f'model="{esc(model)}",model_version="{esc(version)}"{extra}'
+def _esc(value: str) -> str:
+    """A PromQL string literal's contents (label values come from spec and metadata)."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def selector(model: str, version: str, namespace: str, namespace_label: str = "namespace", **extra: str) -> str:
+    """The series one analysis may count: this model version's, users' requests
+    only (not the operator's probe, not mirrored shadow traffic), scraped in the
+    SeparationModel's own namespace (a same-named model elsewhere is another)."""
+    labels = {"model": model, "model_version": version, "source": "user", namespace_label: namespace, **extra}
+    return ",".join(f'{k}="{_esc(v)}"' for k, v in labels.items())
 
 
 def _growth(metric: str, sel: str, w: str) -> str:
@@ -33,11 +40,12 @@ def _growth(metric: str, sel: str, w: str) -> str:
     return f"(clamp_min({x} - {x} offset {w}, 0) or {x})"
 
 
-def queries(model: str, version: str, window_s: float) -> dict[str, str]:
+def queries(model: str, version: str, window_s: float, namespace: str,
+            namespace_label: str = "namespace") -> dict[str, str]:
     """The PromQL the analysis runs for one model version."""
     w = f"{max(int(window_s), 1)}s"
-    sel = _sel(model, version)
-    errors = _sel(model, version, ',outcome="error"')
+    sel = selector(model, version, namespace, namespace_label)
+    errors = selector(model, version, namespace, namespace_label, outcome="error")
     return {
         "requests": f"sum({_growth('musicsplit_requests_total', sel, w)})",
         "errors": f"sum({_growth('musicsplit_requests_total', errors, w)})",
@@ -66,14 +74,15 @@ def query_scalar(client: httpx.Client, prometheus_url: str, promql: str) -> floa
 
 
 def version_metrics(client: httpx.Client, prometheus_url: str, model: str, version: str,
-                    window_s: float) -> VersionMetrics:
-    q = {k: query_scalar(client, prometheus_url, v) for k, v in queries(model, version, window_s).items()}
+                    window_s: float, namespace: str, namespace_label: str = "namespace") -> VersionMetrics:
+    q = {k: query_scalar(client, prometheus_url, v)
+         for k, v in queries(model, version, window_s, namespace, namespace_label).items()}
     return VersionMetrics(requests=q["requests"] or 0.0, errors=q["errors"] or 0.0,
                           p99_seconds=q["p99"], quality=q["quality"])
 
 
-def measure(*, prometheus_url: str, model: str, canary_version: str, stable_version: str | None,
-            window_s: float, golden: bool, canary_url: str | None, stable_url: str | None,
+def measure(*, prometheus_url: str, model: str, namespace: str, canary_version: str, stable_version: str | None,
+            window_s: float, golden: bool, namespace_label: str = "namespace", canary_url: str | None, stable_url: str | None,
             stable_sdr: float | None = None, timeout_s: float = 10.0,
             probe_timeout_s: float = 300.0) -> Measurements:
     """Everything the verdict needs; failures to measure become hold reasons, never passes."""
@@ -81,9 +90,11 @@ def measure(*, prometheus_url: str, model: str, canary_version: str, stable_vers
     prom_err = probe_err = None
     with httpx.Client(timeout=timeout_s) as client:
         try:
-            canary = version_metrics(client, prometheus_url, model, canary_version, window_s)
+            canary = version_metrics(client, prometheus_url, model, canary_version, window_s, namespace,
+                                     namespace_label)
             if stable_version:
-                stable = version_metrics(client, prometheus_url, model, stable_version, window_s)
+                stable = version_metrics(client, prometheus_url, model, stable_version, window_s, namespace,
+                                         namespace_label)
         except PrometheusUnavailable as e:
             prom_err = str(e)
             log.warning("Prometheus at %s unavailable: %s", prometheus_url, e)

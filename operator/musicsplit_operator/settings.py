@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
+from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 
 class OperatorSettings(BaseSettings):
@@ -11,6 +16,9 @@ class OperatorSettings(BaseSettings):
     # How often each SeparationModel is reconciled (kopf timer). The rollout's
     # own interval (spec.rollout.interval) decides when analyses run.
     tick_seconds: float = 10.0
+    # The scrape label that holds a target's namespace; analysis queries select
+    # the SeparationModel's namespace by it (clusters that relabel rename it).
+    namespace_label: str = "namespace"
     # Per Prometheus query; a slower answer counts as unreachable (hold).
     prometheus_timeout_seconds: float = 10.0
     # Per golden-set request (a few short mixtures per model version).
@@ -20,3 +28,10 @@ class OperatorSettings(BaseSettings):
     metrics_address: str = "0.0.0.0"
     # Kubernetes Events are posted for kopf's own log lines at this level and above.
     event_log_level: str = "WARNING"
+
+    @field_validator("namespace_label")
+    @classmethod
+    def _label(cls, v: str) -> str:
+        if not _LABEL_NAME.match(v):
+            raise ValueError(f"not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*): {v!r}")
+        return v

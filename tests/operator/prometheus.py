@@ -13,15 +13,27 @@ from musicsplit.localstack import terminate
 from musicsplit.localstack import free_port
 
 
-class Prometheus:
-    """The Debian `prometheus` binary on 127.0.0.1, scraping every second."""
+# What a Kubernetes scrape puts on a predictor's series (docs/metrics.md): its
+# component, and the namespace it runs in (the operator's analysis selects by it).
+PREDICTOR_LABELS = {"musicsplit_component": "predictor", "namespace": "default"}
 
-    def __init__(self, workdir: Path, targets: list[str] = ()):
+
+class Prometheus:
+    """The Debian `prometheus` binary on 127.0.0.1, scraping every second.
+
+    `targets`: "host:port" (labelled as a predictor in namespace `default`) or
+    ("host:port", {label: value}) for targets labelled otherwise."""
+
+    def __init__(self, workdir: Path, targets: list[str | tuple[str, dict]] = ()):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        static = []
+        for t in targets:
+            target, labels = (t, PREDICTOR_LABELS) if isinstance(t, str) else t
+            static.append({"targets": [target], "labels": dict(labels)})
         cfg = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
                "scrape_configs": [{"job_name": "predictors", "scrape_interval": "1s", "scrape_timeout": "1s",
-                                   "static_configs": [{"targets": list(targets)}]}]}
+                                   "static_configs": static}]}
         (workdir / "prometheus.yml").write_text(yaml.safe_dump(cfg))
         self.log_path = workdir / "prometheus.log"
         self.proc = subprocess.Popen(

@@ -33,14 +33,15 @@ def test_judge_fails_naming_the_check_and_by_how_much(canary, sdr, failing):
 def test_judge_holds_without_enough_requests():
     v = a.judge(good(canary=VersionMetrics(5, 0, 1.0, 0.9)), spec())
     assert v.result == a.HOLD and v.reason == "InsufficientData"
-    assert "5 requests" in v.message and "musicsplit.yaml" not in v.message
+    assert "5 user requests" in v.message and "not enough user requests" in v.message
+    assert "musicsplit.yaml" not in v.message
 
 
 def test_no_canary_requests_at_all_points_at_a_version_mismatch():
     # Metrics are filtered on model_version = spec.model.version.
     v = a.judge(good(canary=None), spec())
-    assert v.result == a.HOLD and "0 requests" in v.message
-    assert "check that the model dir's musicsplit.yaml version equals spec.model.version" in v.message
+    assert v.result == a.HOLD and "0 user requests" in v.message
+    assert "musicsplit.yaml version differs from spec.model.version" in v.message
 
 
 def test_judge_holds_when_prometheus_is_unreachable():

@@ -4,7 +4,6 @@ not there, or answers an error."""
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,15 +17,12 @@ from musicsplit.operator.analysis import judge
 from musicsplit.operator.spec import parse_spec
 from tests.operator.prometheus import Prometheus
 
-needs_prometheus = pytest.mark.skipif(not shutil.which("prometheus"), reason="needs the prometheus binary")
-
-
 class FakePredictorMetrics:
     """A /metrics endpoint with the predictor's series (same names, labels, buckets)."""
 
     def __init__(self):
         self.registry = CollectorRegistry()
-        labels = ("model", "model_version")
+        labels = ("model", "model_version", "source")
         self.requests = Counter("musicsplit_requests", "", (*labels, "outcome"), registry=self.registry)
         self.latency = Histogram("musicsplit_request_duration_seconds", "", labels, registry=self.registry,
                                  buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600))
@@ -50,26 +46,37 @@ class FakePredictorMetrics:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def serve(self, version: str, n: int, errors: int = 0, bad_input: int = 0, seconds: float = 2.0,
-              quality: float = 0.9):
+              quality: float = 0.9, source: str = "user"):
         for i in range(n):
             outcome = "error" if i < errors else "bad_input" if i < errors + bad_input else "success"
-            self.requests.labels("m", version, outcome).inc()
-            self.latency.labels("m", version).observe(seconds)
+            self.requests.labels("m", version, source, outcome).inc()
+            self.latency.labels("m", version, source).observe(seconds)
             if outcome == "success":
-                self.quality.labels("m", version).observe(quality)
+                self.quality.labels("m", version, source).observe(quality)
 
     def stop(self):
         self.server.shutdown()
         self.server.server_close()
 
 
+def component(**labels) -> dict:
+    return {"musicsplit_component": "predictor", **labels}
+
+
 @pytest.fixture(scope="module")
 def prom(tmp_path_factory):
-    metrics = FakePredictorMetrics()
+    """Three predictors serving model `m`: in namespace team-a (a regressed
+    canary, plus healthy-looking probe and shadow traffic), team-b (a healthy
+    canary of the same name and version) and one whose scrape relabels the
+    namespace as `kube_ns`."""
+    a, b, c = FakePredictorMetrics(), FakePredictorMetrics(), FakePredictorMetrics()
     # the series exist (at 0) before the traffic, as a running predictor's do
-    for v in ("1.0", "2.0"):
-        metrics.requests.labels("m", v, "success")
-    p = Prometheus(tmp_path_factory.mktemp("prom"), [metrics.target])
+    for metrics in (a, b, c):
+        for v in ("1.0", "2.0"):
+            metrics.requests.labels("m", v, "user", "success")
+    p = Prometheus(tmp_path_factory.mktemp("prom"), [(a.target, component(namespace="team-a")),
+                                                     (b.target, component(namespace="team-b")),
+                                                     (c.target, component(kube_ns="team-c"))])
 
     def scraped(promql, want):
         deadline = time.monotonic() + 30
@@ -81,55 +88,80 @@ def prom(tmp_path_factory):
         raise AssertionError(f"Prometheus never saw {promql} == {want}")
 
     try:
-        scraped('count_over_time(musicsplit_requests_total{model_version="2.0"}[1m])', 2)  # zero state, twice
-        metrics.serve("1.0", 40, errors=0, seconds=2.0, quality=0.92)
-        metrics.serve("2.0", 20, errors=4, bad_input=2, seconds=40.0, quality=0.62)
-        scraped('sum(musicsplit_requests_total{model_version="2.0"})', 20)
+        scraped('count(count_over_time(musicsplit_requests_total{model_version="2.0"}[1m]) >= 2)', 3)  # zero state
+        a.serve("1.0", 40, errors=0, seconds=2.0, quality=0.92)
+        a.serve("2.0", 20, errors=4, bad_input=2, seconds=40.0, quality=0.62)
+        # Were these counted, the canary would look healthy: no errors, fast, good quality.
+        a.serve("2.0", 50, seconds=0.2, quality=0.99, source="probe")
+        a.serve("2.0", 10, seconds=0.2, quality=0.99, source="shadow")
+        b.serve("1.0", 10, seconds=1.0, quality=0.95)
+        b.serve("2.0", 30, seconds=1.0, quality=0.95)
+        c.serve("2.0", 7, seconds=1.0, quality=0.95)
+        scraped('sum(musicsplit_requests_total{model_version="2.0"})', 117)
         yield p
     finally:
         p.stop()
-        metrics.stop()
+        for metrics in (a, b, c):
+            metrics.stop()
 
 
-@needs_prometheus
-def test_version_metrics_from_real_prometheus(prom):
+def test_version_metrics_count_users_in_the_models_namespace_only(prom):
     with httpx.Client(timeout=5) as client:
-        stable = prometheus.version_metrics(client, prom.url, "m", "1.0", window_s=60)
-        canary = prometheus.version_metrics(client, prom.url, "m", "2.0", window_s=60)
-        unknown = prometheus.version_metrics(client, prom.url, "m", "9.9", window_s=60)
-    # increase() extrapolates a little; the ratios are what the checks use
-    assert stable.requests == pytest.approx(40, rel=0.2) and stable.errors == 0
+        def vm(version, namespace, **kw):
+            return prometheus.version_metrics(client, prom.url, "m", version, 60, namespace, **kw)
+
+        stable, canary, unknown = vm("1.0", "team-a"), vm("2.0", "team-a"), vm("9.9", "team-a")
+        elsewhere = vm("2.0", "team-b")
+    # Users' requests in team-a only: not the probe's 50, not shadow's 10, not team-b's 30.
+    assert stable.requests == pytest.approx(40, abs=0.5) and stable.errors == 0
+    assert canary.requests == pytest.approx(20, abs=0.5)
     assert canary.error_rate == pytest.approx(4 / 20, abs=0.01)  # bad_input is not the model's fault
     assert stable.p99_seconds <= 2.5 and 30 < canary.p99_seconds <= 60
     assert stable.quality == pytest.approx(0.92, abs=0.01) and canary.quality == pytest.approx(0.62, abs=0.01)
     assert unknown.requests == 0 and unknown.p99_seconds is None and unknown.quality is None
+    # The same model name and version in team-b is another model.
+    assert elsewhere.requests == pytest.approx(30, abs=0.5) and elsewhere.errors == 0
+    assert elsewhere.quality == pytest.approx(0.95, abs=0.01) and elsewhere.p99_seconds <= 1.0
 
 
-@needs_prometheus
+def test_the_namespace_label_follows_the_clusters_relabelling(prom):
+    with httpx.Client(timeout=5) as client:
+        relabelled = prometheus.version_metrics(client, prom.url, "m", "2.0", 60, "team-c", namespace_label="kube_ns")
+        default_label = prometheus.version_metrics(client, prom.url, "m", "2.0", 60, "team-c")
+    assert relabelled.requests == pytest.approx(7, abs=0.5)
+    assert default_label.requests == 0  # no series carries namespace="team-c"
+
+
 def test_measure_and_judge_name_every_regression(prom):
     spec = parse_spec({"model": {"architecture": "htdemucs", "version": "2.0", "storageUri": "gs://m/2"},
-                       "analysis": {"prometheusUrl": prom.url, "goldenSet": False, "minRequests": 10,
-                                    "maxErrorRate": 0.05, "maxP99LatencySeconds": 30, "minQualityScore": 0.7}})
-    m = prometheus.measure(prometheus_url=prom.url, model="m", canary_version="2.0", stable_version="1.0",
-                         window_s=60, golden=False, canary_url=None, stable_url=None)
+                       "analysis": {"goldenSet": False, "minRequests": 10, "maxErrorRate": 0.05,
+                                    "maxP99LatencySeconds": 30, "minQualityScore": 0.7}})
+    m = prometheus.measure(prometheus_url=prom.url, model="m", namespace="team-a", canary_version="2.0",
+                           stable_version="1.0", window_s=60, golden=False, canary_url=None, stable_url=None)
     v = judge(m, spec)
     assert v.result == "fail"
     assert {c.name for c in v.failed} == {"errorRate", "latencyP99", "qualityScore", "qualityDrop"}
+    healthy = judge(prometheus.measure(prometheus_url=prom.url, model="m", namespace="team-b", canary_version="2.0",
+                                       stable_version="1.0", window_s=60, golden=False, canary_url=None,
+                                       stable_url=None), spec)
+    assert healthy.result == "pass", healthy.message
 
 
-@needs_prometheus
 def test_a_prometheus_error_is_a_hold_not_a_pass(prom):
     with httpx.Client(timeout=5) as client, pytest.raises(prometheus.PrometheusUnavailable, match="bad_data"):
         prometheus.query_scalar(client, prom.url, "sum(rate(x[")
 
 
 def test_unreachable_prometheus_and_missing_probe_urls_are_reported_not_raised():
-    m = prometheus.measure(prometheus_url="http://127.0.0.1:9", model="m", canary_version="2", stable_version="1",
-                         window_s=60, golden=True, canary_url=None, stable_url=None, timeout_s=2)
+    m = prometheus.measure(prometheus_url="http://127.0.0.1:9", model="m", namespace="ns", canary_version="2",
+                           stable_version="1", window_s=60, golden=True, canary_url=None, stable_url=None, timeout_s=2)
     assert m.canary is None and "ConnectError" in m.prometheus_error
     assert "tag 'latest'" in m.probe_error
 
 
-def test_label_values_are_escaped_in_promql():
-    q = prometheus.queries('m"x', 'v\\1', 30)
+def test_every_query_selects_user_requests_in_the_namespace_and_escapes_values():
+    q = prometheus.queries('m"x', 'v\\1', 30, "team-a", namespace_label="kube_ns")
+    for promql in q.values():
+        assert promql.count('source="user"') == promql.count("model=") > 0
+        assert promql.count('kube_ns="team-a"') == promql.count("model=")
     assert 'model="m\\"x"' in q["requests"] and 'model_version="v\\\\1"' in q["requests"]
