@@ -40,6 +40,7 @@ class Measurements:
     stable_sdr: float | None = None
     prometheus_error: str | None = None  # set when Prometheus could not be asked
     probe_error: str | None = None  # set when the golden-set probe could not run
+    probe_pending: str | None = None  # what the golden-set SDR still waits for
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,7 @@ def judge(m: Measurements, spec: SeparationModelSpec, *, compare_stable: bool = 
         else:
             drop = (m.stable_sdr - m.canary_sdr) if (_finite(m.stable_sdr) and _finite(m.canary_sdr)) else None
             checks.append(_upper("goldenSdrDrop", drop, a.max_sdr_drop_db, " dB",
-                                 missing="no golden-set SDR for canary and stable"))
+                                 missing=m.probe_pending or "no golden-set SDR for canary and stable"))
 
     failed = [c for c in checks if c.result == FAIL]
     held = [c for c in checks if c.result == HOLD]
@@ -153,3 +154,34 @@ def judge(m: Measurements, spec: SeparationModelSpec, *, compare_stable: bool = 
             reason = "InsufficientData"
         return Verdict(HOLD, tuple(checks), reason, "holding: " + "; ".join(c.message for c in held))
     return Verdict(PASS, tuple(checks), "AnalysisPassed", "; ".join(c.message for c in checks))
+
+
+def matching_probe(record: dict | None, version: str | None, storage_uri: str | None) -> dict | None:
+    """The probe record if it is of this release; one of another is no evidence."""
+    if not record or not version or record.get("version") != version:
+        return None
+    # Baselines written before storageUri was recorded match on the version alone.
+    return record if record.get("storageUri", storage_uri) == storage_uri else None
+
+
+def golden_measurements(status: dict) -> dict:
+    """The golden-set part of the Measurements, from what the probe wrote to
+    status (`probe`: the canary; `goldenBaseline`: the stable): SDRs of the
+    current canary and stable only, their errors, or what is still awaited."""
+    canary = matching_probe(status.get("probe"), status.get("canaryVersion"), status.get("canaryStorageUri"))
+    stable = matching_probe(status.get("goldenBaseline"), status.get("stableVersion"), status.get("stableStorageUri"))
+    out: dict = {"canary_sdr": None, "stable_sdr": None, "probe_error": None, "probe_pending": None}
+    errors, waiting = [], []
+    for role, key, rec, version in (("canary", "canary_sdr", canary, status.get("canaryVersion")),
+                                    ("stable", "stable_sdr", stable, status.get("stableVersion"))):
+        if rec is None:
+            waiting.append(f"{role} {version}")
+        elif rec.get("error"):
+            errors.append(f"{role} {version}: {rec['error']}")
+        else:
+            out[key] = rec.get("meanSdr")
+    if errors:
+        out["probe_error"] = "; ".join(errors)
+    if waiting:
+        out["probe_pending"] = "waiting for the golden-set probe of " + " and ".join(waiting)
+    return out

@@ -7,6 +7,7 @@ Import this module to register the handlers (`musicsplit serve operator` does).
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from datetime import datetime, timezone
 
 import kopf
@@ -18,10 +19,11 @@ from pydantic import ValidationError
 from . import analysis, metrics, probe, prometheus, router, scheduler
 from .settings import OperatorSettings
 from .spec import GROUP, ISVC_GROUP, ISVC_PLURAL, ISVC_VERSION, PLURAL, VERSION, parse_spec
-from .status import FAILED, SUCCEEDED, set_condition
+from .status import FAILED, set_condition
 
 ACTION_ANNOTATION = "musicsplit.io/action"
 SETTINGS = OperatorSettings()
+PROBES: probe.ProbeWorker | None = None  # started with the operator (configure)
 
 
 @kopf.on.startup()
@@ -34,6 +36,11 @@ def configure(settings: kopf.OperatorSettings, logger, **_) -> None:
     if SETTINGS.metrics_port:
         metrics.serve(SETTINGS.metrics_port, SETTINGS.metrics_address)
     settings.watching.server_timeout = 60
+    # A deleted SeparationModel keeps its finalizer until its timer stops; a tick
+    # that is running at that moment is checked again after this many seconds
+    # (kopf's default, 60, held deletions for a minute). Ticks are short: no
+    # probe or other long call runs in one.
+    settings.background.cancellation_polling = 1
     # The CRD is installed before the operator (manifests/, the chart): no need
     # to watch CRDs, so no RBAC for them.
     settings.scanning.disabled = True
@@ -41,7 +48,17 @@ def configure(settings: kopf.OperatorSettings, logger, **_) -> None:
         k8s_config.load_incluster_config()
     except k8s_config.ConfigException:
         k8s_config.load_kube_config()
-    logger.info("musicsplit operator: tick %.1fs", SETTINGS.tick_seconds)
+    global PROBES
+    PROBES = probe.ProbeWorker(write_probe_result, workers=SETTINGS.probe_workers,
+                               timeout_s=SETTINGS.probe_timeout_seconds)
+    logger.info("musicsplit operator: tick %.1fs, %d golden-set probe workers", SETTINGS.tick_seconds,
+                SETTINGS.probe_workers)
+
+
+@kopf.on.cleanup()
+def stop_probes(**_) -> None:
+    if PROBES is not None:
+        PROBES.shutdown()
 
 
 def _api() -> k8s.CustomObjectsApi:
@@ -72,12 +89,29 @@ def write_route(body, name: str, namespace: str, spec, route: router.Route, crea
         _content_type="application/merge-patch+json")
 
 
+def write_probe_result(namespace: str, name: str, fields: dict) -> None:
+    """The probe worker's write: its result keys only, so a tick's status patch
+    (which carries them unchanged) and this one never undo each other."""
+    try:
+        _api().patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": fields},
+                                                     _content_type="application/merge-patch+json")
+    except ApiException as e:
+        if e.status != 404:  # deleted meanwhile: nothing to record
+            raise
+
+
 def _status_patch(old: dict, new: dict) -> dict:
     """A merge patch from `old` to `new`: changed keys only (keys gone from `new`
     are deleted), so a tick that decides nothing writes nothing."""
     out = {k: None for k in old if k not in new}
     out.update({k: v for k, v in new.items() if old.get(k) != v})
     return out
+
+
+def _forget(namespace: str, name: str) -> None:
+    metrics.forget(namespace, name)
+    if PROBES is not None:
+        PROBES.forget(namespace, name)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=SETTINGS.tick_seconds, initial_delay=0.0, sharp=False)
@@ -89,12 +123,12 @@ def reconcile(body, name, namespace, patch, logger, **_) -> None:
         fresh = _api().get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
     except ApiException as e:
         if e.status == 404:
-            metrics.forget(namespace, name)
+            _forget(namespace, name)
             return
         raise
     spec, status, meta = fresh.get("spec") or {}, fresh.get("status") or {}, fresh.get("metadata") or {}
     if meta.get("deletionTimestamp"):
-        metrics.forget(namespace, name)
+        _forget(namespace, name)
         return  # being deleted: the garbage collector takes the InferenceService
     now = datetime.now(timezone.utc)
     old = dict(status or {})
@@ -120,34 +154,25 @@ def reconcile(body, name, namespace, patch, logger, **_) -> None:
     route, events, create = plan.route, list(plan.events), plan.create
     new = plan.status
     if plan.analyze:
-        baseline = old.get("goldenBaseline") or {}
-        cached_sdr = baseline.get("meanSdr") if baseline.get("version") == old.get("stableVersion") else None
+        # The tick only reads the golden-set results the probe worker wrote to
+        # status; it never waits for a probe.
         m = prometheus.measure(
             prometheus_url=sm.analysis.prometheus_url, model=name, namespace=namespace,
             namespace_label=SETTINGS.namespace_label, canary_version=new["canaryVersion"],
-            stable_version=new.get("stableVersion"), window_s=sm.window_s(), golden=sm.analysis.golden_set,
-            canary_url=obs.urls.get("latest") or (obs.url if sm.raw else None), stable_url=obs.urls.get("prev"),
-            stable_sdr=cached_sdr, timeout_s=SETTINGS.prometheus_timeout_seconds,
-            probe_timeout_s=SETTINGS.probe_timeout_seconds)
+            stable_version=new.get("stableVersion"), window_s=sm.window_s(),
+            timeout_s=SETTINGS.prometheus_timeout_seconds)
+        if sm.analysis.golden_set:
+            m = replace(m, **analysis.golden_measurements(new))
         verdict = analysis.judge(m, sm, compare_stable=not sm.raw)
         logger.info("analysis of %s at %s %%: %s (%s)", new.get("canaryVersion"), new.get("canaryWeight"),
                     verdict.result, verdict.message)
         after = scheduler.after_analysis(sm, new, verdict, now, generation=generation)
         new = after.status
-        if m.stable_sdr is not None and old.get("stableVersion"):
-            new["goldenBaseline"] = {"version": old["stableVersion"], "meanSdr": round(m.stable_sdr, 4)}
         route = after.route or route
         events += after.events
-
-    if (sm.raw and sm.analysis.golden_set and new.get("phase") == SUCCEEDED and obs.ready and obs.url
-            and (new.get("goldenBaseline") or {}).get("version") != new.get("stableVersion")):
-        # RawDeployment keeps no previous revision to probe during the next
-        # rollout: measure the stable version's golden-set SDR while it serves.
-        try:
-            sdr = probe.golden_sdr(obs.url, name, SETTINGS.probe_timeout_seconds)
-            new["goldenBaseline"] = {"version": new["stableVersion"], "meanSdr": round(sdr, 4)}
-        except Exception as e:  # noqa: BLE001 - retried next tick; a rollout without it holds
-            logger.warning("golden-set baseline of %s not measured: %s", new.get("stableVersion"), e)
+    job = scheduler.probe_due(sm, new, obs, now, namespace, name, meta.get("uid"))
+    if job is not None and PROBES is not None and PROBES.submit(job):
+        logger.info("golden-set probe queued: %s", ", ".join(f"{t.role} {t.version}" for t in job.targets))
 
     new["conditions"] = set_condition(new.get("conditions") or [], "SpecValid", True, "Valid",
                                               "spec accepted", now, generation)

@@ -9,7 +9,6 @@ import math
 import httpx
 
 from .analysis import Measurements, VersionMetrics
-from .probe import golden_sdr
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +81,10 @@ def version_metrics(client: httpx.Client, prometheus_url: str, model: str, versi
 
 
 def measure(*, prometheus_url: str, model: str, namespace: str, canary_version: str, stable_version: str | None,
-            window_s: float, golden: bool, namespace_label: str = "namespace", canary_url: str | None, stable_url: str | None,
-            stable_sdr: float | None = None, timeout_s: float = 10.0,
-            probe_timeout_s: float = 300.0) -> Measurements:
-    """Everything the verdict needs; failures to measure become hold reasons, never passes."""
+            window_s: float, namespace_label: str = "namespace", timeout_s: float = 10.0) -> Measurements:
+    """What Prometheus says about canary and stable; failing to ask is a hold reason, never a pass."""
     canary = stable = None
-    prom_err = probe_err = None
+    prom_err = None
     with httpx.Client(timeout=timeout_s) as client:
         try:
             canary = version_metrics(client, prometheus_url, model, canary_version, window_s, namespace,
@@ -98,18 +95,4 @@ def measure(*, prometheus_url: str, model: str, namespace: str, canary_version: 
         except PrometheusUnavailable as e:
             prom_err = str(e)
             log.warning("Prometheus at %s unavailable: %s", prometheus_url, e)
-    canary_sdr = None
-    if golden:
-        try:
-            if not canary_url:
-                raise RuntimeError("KServe reports no URL for the latest revision (tag 'latest')")
-            canary_sdr = golden_sdr(canary_url, model, probe_timeout_s)
-            if stable_sdr is None:
-                if not stable_url:
-                    raise RuntimeError("KServe reports no URL for the previous revision (tag 'prev')")
-                stable_sdr = golden_sdr(stable_url, model, probe_timeout_s)
-        except Exception as e:  # noqa: BLE001 - any probe failure is a hold, reported as such
-            probe_err = f"{type(e).__name__}: {e}"
-            log.warning("golden-set probe failed: %s", probe_err)
-    return Measurements(canary=canary, stable=stable, canary_sdr=canary_sdr, stable_sdr=stable_sdr,
-                        prometheus_error=prom_err, probe_error=probe_err)
+    return Measurements(canary=canary, stable=stable, prometheus_error=prom_err)

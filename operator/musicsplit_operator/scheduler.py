@@ -4,7 +4,8 @@ spec, status, what KServe reports and the clock in; a Plan out.
 - `schedule`: at this tick, deploy, start a canary, wait, analyse, promote,
   roll back or recreate;
 - `after_analysis`: the verdict's consequence (next step, promotion,
-  rollback, hold).
+  rollback, hold);
+- `probe_due`: which golden-set probes the background worker should run.
 
 The verdict is `analysis.judge`; the InferenceService that sets the traffic
 is `router.py`; the status it all lands in is `status.py`.
@@ -15,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from .analysis import FAIL, HOLD, Verdict
+from .analysis import FAIL, HOLD, Verdict, matching_probe
 from .router import Observed, Route
 from .spec import SeparationModelSpec
 from .status import (ACTIVE, FAILED, INITIALIZING, PAUSED, PROGRESSING, PROMOTING, ROLLED_BACK, SUCCEEDED,
@@ -262,3 +263,76 @@ def after_analysis(spec: SeparationModelSpec, status: dict, verdict: Verdict, no
     s.cond("Progressing", True, "StepAdvanced", s.d["message"])
     s.event("Normal", "StepAdvanced", f"analysis passed at {weights[i]} %; canary now gets {w} %")
     return _plan(s, route=Route(s.d["canaryStorageUri"], w))
+
+
+# ---------------------------------------------------------------- golden-set probe
+
+
+@dataclass(frozen=True)
+class ProbeTarget:
+    """One release to probe, and where; `role` says where the result goes
+    (canary: status.probe, stable: status.goldenBaseline)."""
+
+    role: str
+    version: str
+    storage_uri: str
+    url: str | None
+    missing: str | None = None  # why there is no URL to probe (recorded as the probe's error)
+
+
+@dataclass(frozen=True)
+class ProbeJob:
+    namespace: str
+    name: str  # the SeparationModel's, and the served model's name
+    targets: tuple[ProbeTarget, ...]
+    uid: str | None = None  # the SeparationModel's metadata.uid
+
+
+def _due(record: dict | None, version: str, storage_uri: str, now: datetime, retry_s: float) -> bool:
+    """No result for this release yet, or a failed one old enough to try again.
+    A result is final: the probe is deterministic, so measuring again at the
+    next step would only repeat it."""
+    rec = matching_probe(record, version, storage_uri)
+    if rec is None:
+        return True
+    if rec.get("error"):
+        at = parse_time(rec.get("measuredAt"))
+        return at is None or (now - at).total_seconds() >= retry_s
+    return False
+
+
+def probe_due(spec: SeparationModelSpec, status: dict, obs: Observed, now: datetime, namespace: str,
+              name: str, uid: str | None = None) -> ProbeJob | None:
+    """The golden-set probes to run now (in the background; the tick only reads
+    their results from status), or None."""
+    if not spec.analysis.golden_set:
+        return None
+    retry_s = spec.rollout.interval_s
+    phase = status.get("phase")
+    stable_v, stable_uri = status.get("stableVersion"), status.get("stableStorageUri")
+    targets = []
+    # Serverless: only once KServe routes the canary's share to it. Right after
+    # a route change, status still describes the previous revisions, and the
+    # `latest` tag would send the probe to the stable one.
+    routed = spec.raw or obs.latest_percent == status.get("canaryWeight")
+    if phase in ACTIVE and obs.latest_ready and routed:
+        canary_v, canary_uri = status.get("canaryVersion"), status.get("canaryStorageUri")
+        if canary_v and _due(status.get("probe"), canary_v, canary_uri, now, retry_s):
+            url = obs.url if spec.raw else obs.urls.get("latest")
+            targets.append(ProbeTarget("canary", canary_v, canary_uri, url, None if url else
+                                       "KServe reports no URL for the latest revision (tag 'latest')"))
+        if stable_v and _due(status.get("goldenBaseline"), stable_v, stable_uri, now, retry_s):
+            if spec.raw:
+                targets.append(ProbeTarget("stable", stable_v, stable_uri, None,
+                                           "RawDeployment keeps no previous revision to probe, and the stable "
+                                           "version's baseline was not measured while it served"))
+            else:
+                url = obs.urls.get("prev")
+                targets.append(ProbeTarget("stable", stable_v, stable_uri, url, None if url else
+                                           "KServe reports no URL for the previous revision (tag 'prev')"))
+    elif (phase == SUCCEEDED and spec.raw and obs.ready and obs.url and stable_v
+          and _due(status.get("goldenBaseline"), stable_v, stable_uri, now, retry_s)):
+        # RawDeployment keeps no previous revision to probe during the next
+        # rollout: measure the stable version while it serves alone.
+        targets.append(ProbeTarget("stable", stable_v, stable_uri, obs.url))
+    return ProbeJob(namespace, name, tuple(targets), uid) if targets else None

@@ -23,6 +23,9 @@ class OperatorSettings(BaseSettings):
     prometheus_timeout_seconds: float = 10.0
     # Per golden-set request (a few short mixtures per model version).
     probe_timeout_seconds: float = 300.0
+    # Golden-set probes running at once, over all SeparationModels (each takes
+    # a thread; the reconcile ticks never wait for one).
+    probe_workers: int = 2
     # The operator's own /metrics (rollout phase, canary weight, holds, outcomes); 0: off.
     metrics_port: int = 8081
     metrics_address: str = "0.0.0.0"
@@ -34,4 +37,11 @@ class OperatorSettings(BaseSettings):
     def _label(cls, v: str) -> str:
         if not _LABEL_NAME.match(v):
             raise ValueError(f"not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*): {v!r}")
+        return v
+
+    @field_validator("probe_workers")
+    @classmethod
+    def _workers(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("probe_workers must be at least 1")
         return v

@@ -19,10 +19,12 @@ SUCCEEDED, ROLLED_BACK, FAILED, PAUSED = "Succeeded", "RolledBack", "Failed", "P
 ACTIVE = (PROGRESSING, PAUSED)
 PHASES = (INITIALIZING, PROGRESSING, PROMOTING, SUCCEEDED, ROLLED_BACK, FAILED, PAUSED)
 
-# The status keys the rollout owns; StatusEditor carries them from one tick to the next.
+# The status keys the rollout owns; StatusEditor carries them from one tick to the
+# next. `probe` (the canary's golden-set result) and `goldenBaseline` (the
+# stable's) are written by the probe worker only; the ticks carry them unchanged.
 KEEP = ("phase", "stableVersion", "stableStorageUri", "stableReleased", "canaryVersion", "canaryStorageUri",
         "canaryReleased", "canaryWeight", "stepIndex", "stepStartedAt", "holds", "lastAnalysis", "history",
-        "conditions", "message", "goldenBaseline")
+        "conditions", "message", "goldenBaseline", "probe")
 
 
 def iso(t: datetime) -> str:

@@ -37,7 +37,8 @@ HEALTHY = VersionMetrics(requests=100, errors=0, p99_seconds=2.0, quality=0.9)
 def good(**kw):
     return Measurements(canary=kw.get("canary", HEALTHY), stable=kw.get("stable", HEALTHY),
                         canary_sdr=kw.get("canary_sdr", 6.0), stable_sdr=kw.get("stable_sdr", 6.2),
-                        prometheus_error=kw.get("prometheus_error"), probe_error=kw.get("probe_error"))
+                        prometheus_error=kw.get("prometheus_error"), probe_error=kw.get("probe_error"),
+                        probe_pending=kw.get("probe_pending"))
 
 
 def start_canary(sp=None):

@@ -63,3 +63,46 @@ def test_a_measured_regression_fails_even_while_other_data_is_missing():
 def test_judge_skips_the_probe_when_disabled_and_nan_is_no_data():
     v = a.judge(good(canary=VersionMetrics(100, 0, float("nan"), 0.9)), spec(analysis={"goldenSet": False}))
     assert v.result == a.HOLD and "goldenSdrDrop" not in {c.name for c in v.checks}
+
+
+# -------------------------------------------------------------- the golden-set results in status
+
+CANARY = {"phase": "Progressing", "canaryVersion": "2.0.0", "canaryStorageUri": "gs://m/2",
+          "stableVersion": "1.0.0", "stableStorageUri": "gs://m/1"}
+
+
+def probed(version, uri, **rec):
+    return {"version": version, "storageUri": uri, "measuredAt": "2026-01-01T12:00:00Z", **rec}
+
+
+def test_golden_results_of_the_current_canary_and_stable_are_the_evidence():
+    st = {**CANARY, "probe": probed("2.0.0", "gs://m/2", meanSdr=5.5),
+          "goldenBaseline": probed("1.0.0", "gs://m/1", meanSdr=6.0)}
+    g = a.golden_measurements(st)
+    assert (g["canary_sdr"], g["stable_sdr"], g["probe_error"], g["probe_pending"]) == (5.5, 6.0, None, None)
+    v = a.judge(good(**g), spec())
+    assert v.result == a.PASS and next(c for c in v.checks if c.name == "goldenSdrDrop").value == 0.5
+
+
+def test_a_probe_result_for_another_release_is_ignored():
+    # The same version rebuilt (another storageUri) is another release.
+    for other in (probed("1.9.0", "gs://m/2", meanSdr=9.0), probed("2.0.0", "gs://m/2-rebuilt", meanSdr=9.0)):
+        g = a.golden_measurements({**CANARY, "probe": other, "goldenBaseline": probed("1.0.0", "gs://m/1", meanSdr=6)})
+        assert g["canary_sdr"] is None and g["stable_sdr"] == 6
+        v = a.judge(good(**g), spec())
+        assert v.result == a.HOLD and v.reason == "InsufficientData"
+        assert "waiting for the golden-set probe of canary 2.0.0" in v.message
+
+
+def test_a_failed_probe_is_a_hold_with_its_reason():
+    st = {**CANARY, "probe": probed("2.0.0", "gs://m/2", error="HTTP 503 from the predictor: not ready"),
+          "goldenBaseline": {"version": "1.0.0", "meanSdr": 6.0}}  # written before storageUri was recorded
+    g = a.golden_measurements(st)
+    assert g["stable_sdr"] == 6.0 and g["probe_error"] == "canary 2.0.0: HTTP 503 from the predictor: not ready"
+    v = a.judge(good(**g), spec())
+    assert v.result == a.HOLD and v.reason == "ProbeUnavailable" and "not ready" in v.message
+
+
+def test_nothing_probed_yet_waits_for_both():
+    g = a.golden_measurements(CANARY)
+    assert g["probe_pending"] == "waiting for the golden-set probe of canary 2.0.0 and stable 1.0.0"

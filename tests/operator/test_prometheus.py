@@ -137,13 +137,12 @@ def test_measure_and_judge_name_every_regression(prom):
                        "analysis": {"goldenSet": False, "minRequests": 10, "maxErrorRate": 0.05,
                                     "maxP99LatencySeconds": 30, "minQualityScore": 0.7}})
     m = prometheus.measure(prometheus_url=prom.url, model="m", namespace="team-a", canary_version="2.0",
-                           stable_version="1.0", window_s=60, golden=False, canary_url=None, stable_url=None)
+                           stable_version="1.0", window_s=60)
     v = judge(m, spec)
     assert v.result == "fail"
     assert {c.name for c in v.failed} == {"errorRate", "latencyP99", "qualityScore", "qualityDrop"}
     healthy = judge(prometheus.measure(prometheus_url=prom.url, model="m", namespace="team-b", canary_version="2.0",
-                                       stable_version="1.0", window_s=60, golden=False, canary_url=None,
-                                       stable_url=None), spec)
+                                       stable_version="1.0", window_s=60), spec)
     assert healthy.result == "pass", healthy.message
 
 
@@ -152,11 +151,10 @@ def test_a_prometheus_error_is_a_hold_not_a_pass(prom):
         prometheus.query_scalar(client, prom.url, "sum(rate(x[")
 
 
-def test_unreachable_prometheus_and_missing_probe_urls_are_reported_not_raised():
+def test_unreachable_prometheus_is_reported_not_raised():
     m = prometheus.measure(prometheus_url="http://127.0.0.1:9", model="m", namespace="ns", canary_version="2",
-                           stable_version="1", window_s=60, golden=True, canary_url=None, stable_url=None, timeout_s=2)
+                           stable_version="1", window_s=60, timeout_s=2)
     assert m.canary is None and "ConnectError" in m.prometheus_error
-    assert "tag 'latest'" in m.probe_error
 
 
 def test_every_query_selects_user_requests_in_the_namespace_and_escapes_values():

@@ -185,3 +185,66 @@ def test_history_is_bounded():
     plan = r.schedule(sp, st, serving(V1["storageUri"]), T0)
     p = r.after_analysis(sp, plan.status, judge(good(canary_sdr=-9.0), sp), T0)
     assert len(p.status["history"]) == HISTORY_LIMIT and p.status["history"][-1]["version"] == "2.0.0"
+
+
+# -------------------------------------------------------------- which golden-set probes are due
+
+
+def due(sp, st, obs, t):
+    job = r.probe_due(sp, st, obs, t, "ml", "htdemucs")
+    return {(x.role, x.version, x.url, x.missing) for x in job.targets} if job else set()
+
+
+def test_a_ready_canary_and_its_stable_are_probed_once_each():
+    sp, plan = start_canary()
+    st = plan.status
+    not_ready = Observed(exists=True, storage_uri=V2["storageUri"], canary_percent=10, ready=True,
+                         urls={"latest": "http://c", "prev": "http://s"})
+    assert due(sp, st, not_ready, T0) == set()  # the canary revision is not serving yet
+    # KServe's status from before the route change: `latest` is still the stable revision.
+    stale = Observed(exists=True, storage_uri=V2["storageUri"], canary_percent=10, ready=True, latest_ready=True,
+                     latest_percent=100, urls={"latest": "http://s"})
+    assert due(sp, st, stale, T0) == set()
+    obs = serving(V2["storageUri"], 10)
+    assert due(sp, st, obs, T0) == {("canary", "2.0.0", "http://c", None), ("stable", "1.0.0", "http://s", None)}
+    job = r.probe_due(sp, st, obs, T0, "ml", "htdemucs")
+    assert (job.namespace, job.name) == ("ml", "htdemucs")
+    # A result is final for its release: the probe is deterministic.
+    done = {**st, "probe": {"version": "2.0.0", "storageUri": V2["storageUri"], "meanSdr": 6.0,
+                            "measuredAt": iso(T0)},
+            "goldenBaseline": {"version": "1.0.0", "storageUri": V1["storageUri"], "meanSdr": 6.1,
+                               "measuredAt": iso(T0)}}
+    assert due(sp, done, obs, T0 + timedelta(hours=1)) == set()
+    assert due(spec(analysis={"goldenSet": False}), st, obs, T0) == set()
+
+
+def test_a_failed_probe_is_tried_again_after_an_interval_and_a_stale_one_at_once():
+    sp, plan = start_canary()
+    obs = serving(V2["storageUri"], 10)
+    failed = {**plan.status, "goldenBaseline": {"version": "1.0.0", "storageUri": V1["storageUri"], "meanSdr": 6.1},
+              "probe": {"version": "2.0.0", "storageUri": V2["storageUri"], "error": "boom", "measuredAt": iso(T0)}}
+    assert due(sp, failed, obs, T0 + timedelta(seconds=30)) == set()
+    assert due(sp, failed, obs, T0 + timedelta(seconds=60)) == {("canary", "2.0.0", "http://c", None)}
+    other = {**failed, "probe": {"version": "1.5.0", "storageUri": "gs://m/1.5", "meanSdr": 9.0}}
+    assert due(sp, other, obs, T0) == {("canary", "2.0.0", "http://c", None)}
+
+
+def test_a_revision_without_a_url_is_a_probe_error_to_record():
+    sp, plan = start_canary()
+    no_tags = Observed(exists=True, storage_uri=V2["storageUri"], canary_percent=10, ready=True, latest_ready=True,
+                       latest_percent=10)
+    assert due(sp, plan.status, no_tags, T0) == {
+        ("canary", "2.0.0", None, "KServe reports no URL for the latest revision (tag 'latest')"),
+        ("stable", "1.0.0", None, "KServe reports no URL for the previous revision (tag 'prev')")}
+
+
+def test_raw_deployment_measures_the_stable_while_it_serves_alone():
+    sp = spec(deploymentMode="RawDeployment")
+    alone = Observed(exists=True, storage_uri=V1["storageUri"], ready=True, latest_ready=True, url="http://m")
+    assert due(sp, STABLE, alone, T0) == {("stable", "1.0.0", "http://m", None)}
+    plan = r.schedule(sp, STABLE, alone, T0)
+    canary = Observed(exists=True, storage_uri=V2["storageUri"], ready=True, latest_ready=True, url="http://m")
+    assert {(role, url) for role, _, url, _ in due(sp, plan.status, canary, T0)} == {("canary", "http://m"),
+                                                                                     ("stable", None)}
+    assert "RawDeployment keeps no previous revision" in next(
+        m for role, _, _, m in due(sp, plan.status, canary, T0) if role == "stable")
