@@ -38,7 +38,8 @@ class Measurements:
     stable: VersionMetrics | None = None
     canary_sdr: float | None = None  # golden-set mean SDR (dB)
     stable_sdr: float | None = None
-    prometheus_error: str | None = None  # set when Prometheus could not be asked
+    prometheus_error: str | None = None  # set when Prometheus could not be asked or gave no usable answer
+    prometheus_reason: str | None = None  # the hold's reason then (default PrometheusUnreachable)
     probe_error: str | None = None  # set when the golden-set probe could not run
     probe_pending: str | None = None  # what the golden-set SDR still waits for
 
@@ -104,7 +105,7 @@ def judge(m: Measurements, spec: SeparationModelSpec, *, compare_stable: bool = 
     if m.prometheus_error:
         for name, limit in (("errorRate", a.max_error_rate), ("latencyP99", a.max_p99_latency_seconds),
                             ("qualityScore", a.min_quality_score)):
-            checks.append(Check(name, None, limit, HOLD, f"{name}: Prometheus unreachable: {m.prometheus_error}"))
+            checks.append(Check(name, None, limit, HOLD, f"{name}: no data: {m.prometheus_error}"))
     else:
         requests = c.requests if c else 0.0
         enough = requests >= a.min_requests
@@ -147,7 +148,7 @@ def judge(m: Measurements, spec: SeparationModelSpec, *, compare_stable: bool = 
         return Verdict(FAIL, tuple(checks), "AnalysisFailed", "; ".join(c.message for c in failed))
     if held:
         if m.prometheus_error:
-            reason = "PrometheusUnreachable"
+            reason = m.prometheus_reason or "PrometheusUnreachable"
         elif any(c.name == "goldenSdrDrop" for c in held) and m.probe_error:
             reason = "ProbeUnavailable"
         else:

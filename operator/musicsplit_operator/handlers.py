@@ -153,14 +153,22 @@ def reconcile(body, name, namespace, patch, logger, **_) -> None:
     plan = scheduler.schedule(sm, old, obs, now, generation=generation, action=action)
     route, events, create = plan.route, list(plan.events), plan.create
     new = plan.status
+    prometheus_url, why = prometheus.resolve_url(sm.analysis.prometheus_url, SETTINGS.prometheus_url,
+                                                 SETTINGS.prometheus_url_allowlist)
+    new["conditions"] = set_condition(new.get("conditions") or [], "AnalysisConfigured", prometheus_url is not None,
+                                      "Configured" if prometheus_url else prometheus.NOT_ALLOWED, why, now,
+                                      generation)
     if plan.analyze:
         # The tick only reads the golden-set results the probe worker wrote to
         # status; it never waits for a probe.
-        m = prometheus.measure(
-            prometheus_url=sm.analysis.prometheus_url, model=name, namespace=namespace,
-            namespace_label=SETTINGS.namespace_label, canary_version=new["canaryVersion"],
-            stable_version=new.get("stableVersion"), window_s=sm.window_s(),
-            timeout_s=SETTINGS.prometheus_timeout_seconds)
+        if prometheus_url is None:
+            m = analysis.Measurements(prometheus_error=why, prometheus_reason=prometheus.NOT_ALLOWED)
+        else:
+            m = prometheus.measure(
+                prometheus_url=prometheus_url, model=name, namespace=namespace,
+                namespace_label=SETTINGS.namespace_label, canary_version=new["canaryVersion"],
+                stable_version=new.get("stableVersion"), window_s=sm.window_s(),
+                timeout_s=SETTINGS.prometheus_timeout_seconds)
         if sm.analysis.golden_set:
             m = replace(m, **analysis.golden_measurements(new))
         verdict = analysis.judge(m, sm, compare_stable=not sm.raw)

@@ -16,6 +16,12 @@ class OperatorSettings(BaseSettings):
     # How often each SeparationModel is reconciled (kopf timer). The rollout's
     # own interval (spec.rollout.interval) decides when analyses run.
     tick_seconds: float = 10.0
+    # The Prometheus every analysis queries, unless a SeparationModel names
+    # another one in spec.analysis.prometheusUrl that is in the allowlist.
+    prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
+    # JSON list of the URLs spec.analysis.prometheusUrl may name; any other is
+    # refused (condition AnalysisConfigured=False) and never requested.
+    prometheus_url_allowlist: list[str] = []
     # The scrape label that holds a target's namespace; analysis queries select
     # the SeparationModel's namespace by it (clusters that relabel rename it).
     namespace_label: str = "namespace"

@@ -71,7 +71,7 @@ class Traffic:
             c.close()
 
 
-def sm(version: str, model_dir: Path, prometheus_url: str, **spec) -> dict:
+def sm(version: str, model_dir: Path, **spec) -> dict:
     doc = {
         "apiVersion": "musicsplit.io/v1alpha1", "kind": "SeparationModel",
         "metadata": {"name": NAME, "namespace": "default"},
@@ -80,7 +80,7 @@ def sm(version: str, model_dir: Path, prometheus_url: str, **spec) -> dict:
             "replicas": {"min": 1, "max": 1},
             "rollout": {"steps": [50, 100], "interval": "6s", "progressDeadline": "2m"},
             "analysis": {
-                "prometheusUrl": prometheus_url, "window": "30s", "minRequests": 3,
+                "window": "30s", "minRequests": 3,
                 "maxErrorRate": 0.05, "maxP99LatencySeconds": 20,
                 # Tiny random-weight test models score 0 on mixture consistency; the
                 # relative checks (quality drop, golden-set SDR drop) are what judge them.
@@ -135,14 +135,15 @@ def test_degraded_canary_is_rolled_back_and_a_healthy_one_promoted(stack, tmp_pa
         with Cluster(tmp_path) as cluster, KServeSimulator(cluster, endpoints=endpoints) as sim, \
                 Traffic(sim, item.mixture, item.sample_rate) as traffic:
             cluster.kubectl("apply", "-f", str(MANIFESTS / "crd.yaml"))
-            op = Operator(cluster, tmp_path / "operator.log", tick=1.0)
+            op = Operator(cluster, tmp_path / "operator.log", tick=1.0,
+                          env={"MUSICSPLIT_OPERATOR_PROMETHEUS_URL": prom.url})
             procs.append(op)
-            cluster.apply(sm("1.0.0", stable_dir, prom.url))
+            cluster.apply(sm("1.0.0", stable_dir))
             cluster.wait(lambda: status(cluster).get("phase") == "Succeeded", 30, message="stable deployed")
 
             # -- a degraded release: rolled back at its first step
             t1 = time.monotonic()
-            cluster.apply(sm("2.0.0", bad_dir, prom.url))
+            cluster.apply(sm("2.0.0", bad_dir))
             cluster.wait(lambda: status(cluster).get("canaryWeight") == 50, 20, message="canary at 50 %")
             st = cluster.wait(lambda: (s := status(cluster)).get("phase") in ("RolledBack", "Succeeded") and s,
                               120, message="a verdict on 2.0.0")
@@ -166,7 +167,7 @@ def test_degraded_canary_is_rolled_back_and_a_healthy_one_promoted(stack, tmp_pa
 
             # -- a healthy release: 50 % -> 100 % -> promoted
             t2 = time.monotonic()
-            cluster.apply(sm("2.1.0", good_dir, prom.url))
+            cluster.apply(sm("2.1.0", good_dir))
             st = cluster.wait(lambda: (s := status(cluster)).get("phase") in ("Succeeded", "RolledBack")
                               and s.get("history", [{}])[-1].get("version") == "2.1.0" and s, 150,
                               message="a verdict on 2.1.0")
@@ -198,9 +199,9 @@ def test_raw_deployment_canary_takes_all_traffic_and_is_rolled_back_by_redeployi
     with Cluster(tmp_path) as cluster, KServeSimulator(cluster, endpoints=endpoints) as sim, \
             Traffic(sim, item.mixture, item.sample_rate):
         cluster.kubectl("apply", "-f", str(MANIFESTS / "crd.yaml"))
-        op = Operator(cluster, tmp_path / "operator.log", tick=1.0)
+        op = Operator(cluster, tmp_path / "operator.log", tick=1.0, env={"MUSICSPLIT_OPERATOR_PROMETHEUS_URL": prom.url})
         try:
-            cluster.apply(sm("1.0.0", dirs["stable"], prom.url, **raw))
+            cluster.apply(sm("1.0.0", dirs["stable"], **raw))
             # While stable serves alone, its golden-set baseline is measured (no previous revision later).
             st = cluster.wait(lambda: (s := status(cluster)).get("goldenBaseline") and s, 60, message="baseline")
             assert st["phase"] == "Succeeded" and st["goldenBaseline"]["version"] == "1.0.0"
@@ -208,7 +209,7 @@ def test_raw_deployment_canary_takes_all_traffic_and_is_rolled_back_by_redeployi
             assert cond["status"] == "False" and cond["reason"] == "RawDeploymentMode"
 
             t0 = time.monotonic()
-            cluster.apply(sm("2.0.0", dirs["bad"], prom.url, **raw))
+            cluster.apply(sm("2.0.0", dirs["bad"], **raw))
             cluster.wait(lambda: sim.split.get(("default", NAME)) == {predictors["bad"].url: 1.0}, 20,
                          message="all traffic on the new version (no split in RawDeployment)")
             isvc = cluster.get(ISVC, NAME)

@@ -24,11 +24,10 @@ from musicsplit.operator.probe import ProbeWorker, run_target
 from musicsplit.operator.scheduler import ProbeJob, ProbeTarget
 from musicsplit.v2client import JSON_LENGTH_HEADER, SOURCE_HEADER
 from tests.fixtures.recorder import Recorder
-from tests.operator.cluster import SM, Cluster, KServeSimulator, Operator
+from tests.operator.cluster import SM, UNREACHABLE, Cluster, KServeSimulator, Operator
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 NAME = "dsp"
-UNREACHABLE = "http://127.0.0.1:9"
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +125,7 @@ def model(namespace: str, version: str) -> dict:
     doc["spec"]["model"].update(architecture="dsp-baseline", version=version,
                                 storageUri=f"gs://models/{namespace}/{version}")
     doc["spec"]["rollout"].update(steps=[50], interval="1s")
-    doc["spec"]["analysis"].update(prometheusUrl=UNREACHABLE, goldenSet=True)
+    doc["spec"]["analysis"].update(goldenSet=True)
     return doc
 
 

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from musicsplit.operator import prometheus
 from musicsplit.operator.analysis import judge
 from musicsplit.operator.spec import parse_spec
+from tests.fixtures.recorder import Recorder
 from tests.operator.prometheus import Prometheus
 
 class FakePredictorMetrics:
@@ -163,3 +164,77 @@ def test_every_query_selects_user_requests_in_the_namespace_and_escapes_values()
         assert promql.count('source="user"') == promql.count("model=") > 0
         assert promql.count('kube_ns="team-a"') == promql.count("model=")
     assert 'model="m\\"x"' in q["requests"] and 'model_version="v\\\\1"' in q["requests"]
+
+
+# -------------------------------------------------------------- answers the analysis cannot use
+
+MARKER = "do-not-copy-7f3a"  # in every bad answer's body: none of it may reach status
+
+
+def answer(status: int, body: bytes, content_type: str = "application/json"):
+    return lambda req: (status, {"content-type": content_type}, body)
+
+
+BAD_ANSWERS = {
+    "html": (answer(200, f"<html><body>{MARKER} login</body></html>".encode(), "text/html"),
+             "non-JSON answer from Prometheus", "PrometheusError"),
+    "garbage": (answer(200, b"\x00\xff" + MARKER.encode() + b"\x80"), "non-JSON answer from Prometheus",
+                "PrometheusError"),
+    "wrong shape": (answer(200, b'{"status": "success", "data": {"rows": ["%s"]}}' % MARKER.encode()),
+                    "malformed answer from Prometheus: no data.result", "PrometheusError"),
+    "not a sample": (answer(200, b'{"status": "success", "data": {"resultType": "vector", "result": '
+                                 b'[{"metric": {}, "value": "%s"}]}}' % MARKER.encode()),
+                     "malformed answer from Prometheus: data.result holds no [time, value] sample", "PrometheusError"),
+    "a list": (answer(200, b'["%s"]' % MARKER.encode()), "malformed answer from Prometheus: no status",
+               "PrometheusError"),
+    "500": (answer(500, MARKER.encode(), "text/plain"), "HTTP 500 from Prometheus", "PrometheusUnreachable"),
+    "502 page": (answer(502, f"<h1>Bad gateway</h1>{MARKER}".encode(), "text/html"), "HTTP 502 from Prometheus",
+                 "PrometheusUnreachable"),
+    "refused": (answer(400, b'{"status": "error", "errorType": "bad_data", "error": "%s"}' % MARKER.encode()),
+                "HTTP 400 from Prometheus (bad_data)", "PrometheusError"),
+    "odd errorType": (answer(422, b'{"status": "error", "errorType": "%s", "error": "x"}' % MARKER.encode()),
+                      "HTTP 422 from Prometheus", "PrometheusError"),
+    "too big": (answer(200, b'{"status": "success", "pad": "' + MARKER.encode() * 200_000 + b'"}'),
+                "answer from Prometheus over 1048576 bytes", "PrometheusError"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_ANSWERS))
+def test_an_unusable_answer_is_a_hold_that_says_what_was_wrong_not_what_it_said(kind):
+    respond, words, reason = BAD_ANSWERS[kind]
+    with Recorder(respond) as server:
+        m = prometheus.measure(prometheus_url=server.url, model="m", namespace="ns", canary_version="2",
+                               stable_version="1", window_s=60, timeout_s=5)
+        assert server.seen("/api/v1/query")
+    assert m.canary is None and m.prometheus_error == words and m.prometheus_reason == reason
+    v = judge(m, parse_spec({"model": {"architecture": "htdemucs", "version": "2", "storageUri": "gs://m/2"}}))
+    assert v.result == "hold" and v.reason == reason and words in v.message and MARKER not in v.message
+
+
+def test_a_prometheus_that_does_not_answer_in_time_is_unreachable():
+    gate = threading.Event()
+    with Recorder(answer(200, b"{}"), gate=gate) as server:
+        m = prometheus.measure(prometheus_url=server.url, model="m", namespace="ns", canary_version="2",
+                               stable_version="1", window_s=60, timeout_s=0.5)
+        gate.set()
+    assert m.prometheus_error == "no answer from Prometheus within 0.5s"
+    assert m.prometheus_reason == "PrometheusUnreachable"
+
+
+# -------------------------------------------------------------- which Prometheus
+
+OPERATOR_PROM = "http://prometheus-operated.monitoring.svc:9090"
+
+
+@pytest.mark.parametrize("spec_url, allowlist, chosen", [
+    (None, [], OPERATOR_PROM),
+    (OPERATOR_PROM + "/", [], OPERATOR_PROM),  # the operator's own, however it is spelled
+    ("http://team-prom.ml:9090", ["http://team-prom.ml:9090/"], "http://team-prom.ml:9090"),
+    ("http://team-prom.ml:9090", [], None),
+    ("http://169.254.169.254/latest/meta-data", ["http://team-prom.ml:9090"], None),
+])
+def test_a_spec_names_another_prometheus_only_from_the_operators_allowlist(spec_url, allowlist, chosen):
+    url, why = prometheus.resolve_url(spec_url, OPERATOR_PROM, allowlist)
+    assert url == chosen
+    if chosen is None:
+        assert "not in the operator's allowlist" in why and "MUSICSPLIT_OPERATOR_PROMETHEUS_URL_ALLOWLIST" in why
