@@ -61,6 +61,7 @@ class Job:
     parsed: ParsedRequest
     mixture: np.ndarray  # at the model's rate and channel count
     warnings: list[str]
+    source: str = "user"  # user | probe | shadow (metrics.request_source)
     stems: np.ndarray | None = None
     compute_seconds: float = 0.0
 
@@ -127,10 +128,7 @@ class SeparationModel(kserve.Model):
 
             self._gpu_name = torch.cuda.get_device_name(loaded.device)
         labels = self.labels()
-        # Every outcome series exists from the start at 0, so rate()/increase() see a
-        # new version's first errors instead of a series that appears mid-window.
-        for outcome in metrics.OUTCOMES:
-            metrics.REQUESTS.labels(**labels, outcome=outcome)
+        metrics.precreate(labels)
         metrics.LOAD_SECONDS.labels(**labels).set(loaded.load_seconds)
         metrics.MODEL_INFO.info({
             **labels, "architecture": loaded.architecture, "device": loaded.device,
@@ -166,8 +164,8 @@ class SeparationModel(kserve.Model):
 
     # -- request path ------------------------------------------------------------
 
-    def record(self, outcome: str, seconds: float) -> None:
-        labels = self.labels()
+    def record(self, outcome: str, seconds: float, source: str = "user") -> None:
+        labels = {**self.labels(), "source": source}
         metrics.REQUESTS.labels(**labels, outcome=outcome).inc()
         if outcome == "success":
             metrics.LATENCY.labels(**labels).observe(seconds)
@@ -193,7 +191,7 @@ class SeparationModel(kserve.Model):
             error = exc
             raise
         finally:
-            self.record(outcome_of(error), time.perf_counter() - start)
+            self.record(outcome_of(error), time.perf_counter() - start, metrics.request_source(headers))
 
     async def preprocess(self, payload: InferRequest, headers=None) -> Job:
         return await asyncio.get_running_loop().run_in_executor(self._cpu, self._preprocess, payload, headers)
@@ -212,7 +210,7 @@ class SeparationModel(kserve.Model):
         with tracer.start_as_current_span("resample", context=ctx) as span:
             samples, changes = conform(parsed.audio, sep.samplerate, sep.audio_channels)
             span.set_attribute("audio.sample_rate", parsed.audio.sample_rate)
-        return Job(payload, parsed, samples, warnings + changes)
+        return Job(payload, parsed, samples, warnings + changes, metrics.request_source(headers))
 
     async def predict(self, job: Job, headers=None) -> Job:
         ctx = extract(headers)
@@ -248,7 +246,7 @@ class SeparationModel(kserve.Model):
     def _postprocess(self, job: Job, headers=None):
         ctx = extract(headers)
         sep = self.loaded.separator
-        labels = self.labels()
+        labels = {**self.labels(), "source": job.source}
         report = quality.assess(job.mixture, job.stems, sep.sources)
         rate = job.parsed.audio.sample_rate
         with tracer.start_as_current_span("encode", context=ctx):
@@ -280,5 +278,7 @@ class SeparationModel(kserve.Model):
         metrics.SNR.labels(**labels).observe(report.snr_db)
         metrics.COST.labels(**labels, device=device).inc(cost)
         metrics.COST_PER_REQUEST.labels(**labels).observe(cost)
+        for issue in report.issues():
+            metrics.OUTPUT_ISSUES.labels(**labels, issue=issue).inc()
         self._monthly.add(cost)
         return response

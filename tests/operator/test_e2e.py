@@ -20,7 +20,7 @@ import pytest
 from tests.fixtures.checkpoints import make_model_dir
 from musicsplit.localstack import start_predictor
 from tests.operator.cluster import ISVC, SM, Cluster, KServeSimulator, Operator
-from tests.operator.prometheus import Prometheus
+from tests.fixtures.prometheus import Prometheus
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not shutil.which("prometheus"), reason="needs the prometheus binary "

@@ -175,7 +175,7 @@ def test_canary_holds_when_prometheus_is_unreachable_and_abort_rolls_back(env):
     cluster.wait(lambda: "musicsplit.io/action" not in cluster.get(SM, "holdme")["metadata"].get("annotations", {}),
                  10, message="the action annotation consumed")
     assert has_events(cluster, "holdme", "Aborted")
-    # the operator's own metrics (manifests/operator-alerts.rules.yaml alerts on them)
+    # the operator's own metrics (alerts/operator.rules.yaml alerts on them)
     assert metric(env[2], 'musicsplit_rollouts_total{name="holdme",namespace="default",outcome="aborted"}') == 1
     assert metric(env[2], 'musicsplit_rollout_phase{name="holdme",namespace="default",phase="RolledBack"}') == 1
     out = cluster.kubectl("get", "sm", "holdme").stdout.splitlines()[1].split()

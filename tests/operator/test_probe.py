@@ -10,7 +10,6 @@ wants.
 from __future__ import annotations
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +18,7 @@ import orjson
 import pytest
 import yaml
 
-from musicsplit.localstack import start_predictor
+from musicsplit.localstack import start_predictor, wait_until
 from musicsplit.operator.probe import ProbeWorker, run_target
 from musicsplit.operator.scheduler import ProbeJob, ProbeTarget
 from musicsplit.v2client import JSON_LENGTH_HEADER, SOURCE_HEADER
@@ -87,17 +86,17 @@ def test_the_worker_runs_one_probe_per_object_and_others_meanwhile(predictors):
             held = ProbeJob("a", NAME, (target("2.0.0", slow.url), target("1.0.0", predictors["1.0.0"].url, "stable")),
                             uid="uid-1")
             assert worker.submit(held)
-            wait(lambda: slow.seen(), "the slow probe's first request")
+            wait_until(lambda: slow.seen(), 60, "the slow probe's first request")
             assert not worker.submit(held) and worker.busy("a", NAME)  # one at a time per object
             assert worker.submit(ProbeJob("b", NAME, (target("2.0.0", predictors["2.0.0"].url),)))
-            wait(lambda: any(ns == "b" for ns, _, _ in written), "the other object's result")
+            wait_until(lambda: any(ns == "b" for ns, _, _ in written), 60, "the other object's result")
             assert not any(ns == "a" for ns, _, _ in written)
             gate.set()
-            wait(lambda: len([w for w in written if w[0] == "a"]) == 2, "both results of the slow job")
+            wait_until(lambda: len([w for w in written if w[0] == "a"]) == 2, 60, "both results of the slow job")
         a = [fields for ns, _, fields in written if ns == "a"]
         assert a[0]["probe"]["version"] == "2.0.0" and a[1]["goldenBaseline"]["version"] == "1.0.0"
         assert a[0]["probe"]["meanSdr"] == a[1]["goldenBaseline"]["meanSdr"]  # same DSP, same score
-        wait(lambda: not worker.busy("a", NAME), "the slow job to end")
+        wait_until(lambda: not worker.busy("a", NAME), 60, "the slow job to end")
         # A tick that read status just before the results landed asks again: measured already.
         assert not worker.submit(held)
         # The same name created again is another object: probed afresh.
@@ -105,15 +104,6 @@ def test_the_worker_runs_one_probe_per_object_and_others_meanwhile(predictors):
     finally:
         gate.set()
         worker.shutdown()
-
-
-def wait(what, message, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if what():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {message}")
 
 
 # -------------------------------------------------------------- the operator

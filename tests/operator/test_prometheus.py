@@ -5,18 +5,18 @@ not there, or answers an error."""
 from __future__ import annotations
 
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
+from musicsplit.localstack import wait_until
 from musicsplit.operator import prometheus
 from musicsplit.operator.analysis import judge
 from musicsplit.operator.spec import parse_spec
 from tests.fixtures.recorder import Recorder
-from tests.operator.prometheus import Prometheus
+from tests.fixtures.prometheus import Prometheus, scrape_job
 
 class FakePredictorMetrics:
     """A /metrics endpoint with the predictor's series (same names, labels, buckets)."""
@@ -60,10 +60,6 @@ class FakePredictorMetrics:
         self.server.server_close()
 
 
-def component(**labels) -> dict:
-    return {"musicsplit_component": "predictor", **labels}
-
-
 @pytest.fixture(scope="module")
 def prom(tmp_path_factory):
     """Three predictors serving model `m`: in namespace team-a (a regressed
@@ -75,18 +71,15 @@ def prom(tmp_path_factory):
     for metrics in (a, b, c):
         for v in ("1.0", "2.0"):
             metrics.requests.labels("m", v, "user", "success")
-    p = Prometheus(tmp_path_factory.mktemp("prom"), [(a.target, component(namespace="team-a")),
-                                                     (b.target, component(namespace="team-b")),
-                                                     (c.target, component(kube_ns="team-c"))])
+    p = Prometheus(tmp_path_factory.mktemp("prom"), jobs=[
+        scrape_job("team-a", [a.target], "predictor", namespace="team-a"),
+        scrape_job("team-b", [b.target], "predictor", namespace="team-b"),
+        scrape_job("relabelled", [c.target], "predictor", kube_ns="team-c")])
 
     def scraped(promql, want):
-        deadline = time.monotonic() + 30
         with httpx.Client(timeout=5) as client:
-            while time.monotonic() < deadline:
-                if prometheus.query_scalar(client, p.url, promql) == want:
-                    return
-                time.sleep(0.2)
-        raise AssertionError(f"Prometheus never saw {promql} == {want}")
+            wait_until(lambda: prometheus.query_scalar(client, p.url, promql) == want, 30,
+                       f"Prometheus: {promql} == {want}")
 
     try:
         scraped('count(count_over_time(musicsplit_requests_total{model_version="2.0"}[1m]) >= 2)', 3)  # zero state
