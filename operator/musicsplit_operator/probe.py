@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -28,21 +29,42 @@ log = logging.getLogger(__name__)
 
 PROBE_SOURCE = "probe"  # X-Musicsplit-Source: the predictor counts these apart from users
 STATUS_KEY = {"canary": "probe", "stable": "goldenBaseline"}
+SETTLE_S = 60.0  # how long a URL may keep answering with the previous version
 
 # Writes {status key: record} into the SeparationModel (namespace, name)'s status.
 StatusWriter = Callable[[str, str, dict], None]
 
 
-def golden_report(url: str, model: str, timeout_s: float = 300.0):
-    """The model at `url` scored on the golden set (musicsplit.evaluate's report).
-    Deterministic: the fixed golden set, no random shift (shifts=0), so one
-    version always scores the same and a difference between versions is the
-    models'."""
-    from musicsplit.evaluate import evaluate
+def golden_report(url: str, model: str, version: str, timeout_s: float = 300.0, *, settle_s: float = SETTLE_S,
+                  poll_s: float = 2.0):
+    """The model at `url` scored on the golden set (musicsplit.evaluate's
+    report). Deterministic: the fixed golden set, no random shift (shifts=0),
+    so one version always scores the same and a difference between versions
+    is the models'.
+
+    The first item says which version answers. Right after a RawDeployment
+    switch the URL may still reach the old pods for a moment: the first item
+    is sent again every `poll_s` for up to `settle_s` before that is an error
+    (a score of another version says nothing about this one)."""
+    from musicsplit.evaluate import EvalReport, evaluate
+    from musicsplit.golden import golden_set
     from musicsplit.v2client import V2Client
 
+    items = golden_set()
+    deadline = time.monotonic() + settle_s
     with V2Client(url, timeout=timeout_s) as client:
-        return evaluate(client, model, shifts=0, source=PROBE_SOURCE)
+        while True:
+            first = evaluate(client, model, items[:1], shifts=0, source=PROBE_SOURCE)
+            if first.model_version in (None, version):
+                break
+            if time.monotonic() + poll_s > deadline:
+                raise LookupError(f"answered by model_version {first.model_version}, not {version}")
+            time.sleep(poll_s)
+        rest = evaluate(client, model, items[1:], shifts=0, source=PROBE_SOURCE)
+    report = EvalReport(model, first.items + rest.items)
+    if report.model_version not in (None, version):  # the version changed under the probe
+        raise LookupError(f"answered by model_version {report.model_version}, not {version}")
+    return report
 
 
 def _error(exc: BaseException) -> str:
@@ -55,21 +77,17 @@ def _error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
 
 
-def run_target(target: ProbeTarget, model: str, timeout_s: float, clock=lambda: datetime.now(timezone.utc)) -> dict:
+def run_target(target: ProbeTarget, model: str, timeout_s: float, *, settle_s: float = SETTLE_S,
+               clock=lambda: datetime.now(timezone.utc)) -> dict:
     """Probe one release; the record for status (errors included, never raised)."""
     started = clock()
     rec: dict = {"version": target.version, "storageUri": target.storage_uri, "startedAt": iso(started)}
     try:
         if target.url is None:
             raise LookupError(target.missing or "no URL to probe")
-        report = golden_report(target.url, model, timeout_s)
-        served = report.model_version
-        if served and served != target.version:
-            # KServe routed the probe to another revision (a rolling update not
-            # yet done): its score says nothing about this version.
-            raise LookupError(f"answered by model_version {served}, not {target.version}")
+        report = golden_report(target.url, model, target.version, timeout_s, settle_s=settle_s)
         rec.update(meanSdr=round(report.mean_sdr, 4), perStem={k: round(v, 4) for k, v in report.per_stem.items()},
-                   servedVersion=served, items=len(report.items))
+                   servedVersion=report.model_version, items=len(report.items))
     except LookupError as e:
         rec["error"] = str(e)
     except Exception as e:  # noqa: BLE001 - any failure is the probe's result: a hold, with its reason

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 import yaml
@@ -73,8 +74,26 @@ def test_a_probe_records_the_scores_of_the_release_it_was_sent_to(predictors):
     (lambda p: target("2.0.0", p["2.0.0"].url + "/nowhere"), "HTTP 404 from the predictor"),
 ])
 def test_a_probe_that_cannot_measure_the_release_records_why(predictors, make, words):
-    rec = run_target(make(predictors), NAME, timeout_s=10)
+    rec = run_target(make(predictors), NAME, timeout_s=10, settle_s=0)
     assert words in rec["error"] and "meanSdr" not in rec and rec["measuredAt"]
+
+
+def test_a_probe_waits_for_the_release_to_take_over_its_url(predictors):
+    """RawDeployment: for a moment after the switch the URL still reaches the old pods."""
+    http = httpx.Client(timeout=60)
+
+    def switching(req):
+        answered = 0 if len(proxy.seen()) <= 2 else 1  # the first two requests reach the old version
+        r = http.post([predictors["1.0.0"].url, predictors["2.0.0"].url][answered] + req.path, content=req.body,
+                      headers={k: v for k, v in req.headers.items() if k not in ("host", "content-length")})
+        return r.status_code, {"content-type": r.headers["content-type"],
+                               JSON_LENGTH_HEADER: r.headers.get(JSON_LENGTH_HEADER, str(len(r.content)))}, r.content
+
+    with http, Recorder(switching) as proxy:
+        rec = run_target(target("2.0.0", proxy.url), NAME, timeout_s=60, settle_s=30)
+    assert "error" not in rec, rec
+    assert rec["servedVersion"] == "2.0.0" and rec["items"] == 4
+    assert len(proxy.seen(f"/v2/models/{NAME}/infer")) == 6  # twice the first item for nothing, then the set
 
 
 def test_the_worker_runs_one_probe_per_object_and_others_meanwhile(predictors):
