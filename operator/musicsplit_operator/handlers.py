@@ -172,6 +172,7 @@ def reconcile(body, name, namespace, patch, logger, **_) -> None:
         if sm.analysis.golden_set:
             m = replace(m, **analysis.golden_measurements(new))
         verdict = analysis.judge(m, sm, compare_stable=not sm.raw)
+        metrics.analysed(namespace, name, verdict.result)
         logger.info("analysis of %s at %s %%: %s (%s)", new.get("canaryVersion"), new.get("canaryWeight"),
                     verdict.result, verdict.message)
         after = scheduler.after_analysis(sm, new, verdict, now, generation=generation)

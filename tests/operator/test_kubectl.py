@@ -166,6 +166,9 @@ def test_canary_holds_when_prometheus_is_unreachable_and_abort_rolls_back(env):
     assert event_reasons(cluster, "holdme").count("AnalysisHeld") == 1
     held = metric(env[2], 'musicsplit_rollout_analysis_holds{name="holdme",namespace="default"}')
     assert held >= 2 and metric(env[2], 'musicsplit_rollout_canary_weight{name="holdme",namespace="default"}') == 10
+    analysed = metric(env[2], 'musicsplit_rollout_analyses_total{name="holdme",namespace="default",result="hold"}')
+    assert analysed >= held and metric(
+        env[2], 'musicsplit_rollout_analyses_total{name="holdme",namespace="default",result="pass"}') is None
 
     cluster.kubectl("annotate", "sm", "holdme", "musicsplit.io/action=abort")
     st = phase_is(cluster, "holdme", "RolledBack")
