@@ -77,10 +77,9 @@ def _error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
 
 
-def run_target(target: ProbeTarget, model: str, timeout_s: float, *, settle_s: float = SETTLE_S,
-               clock=lambda: datetime.now(timezone.utc)) -> dict:
+def run_target(target: ProbeTarget, model: str, timeout_s: float, *, settle_s: float = SETTLE_S) -> dict:
     """Probe one release; the record for status (errors included, never raised)."""
-    started = clock()
+    started = datetime.now(timezone.utc)
     rec: dict = {"version": target.version, "storageUri": target.storage_uri, "startedAt": iso(started)}
     try:
         if target.url is None:
@@ -92,7 +91,7 @@ def run_target(target: ProbeTarget, model: str, timeout_s: float, *, settle_s: f
         rec["error"] = str(e)
     except Exception as e:  # noqa: BLE001 - any failure is the probe's result: a hold, with its reason
         rec["error"] = _error(e)
-    rec["measuredAt"] = iso(clock())
+    rec["measuredAt"] = iso(datetime.now(timezone.utc))
     return rec
 
 
