@@ -19,12 +19,15 @@ COMPONENTS = {
     "musicsplit.gateway": "gateway",
     "musicsplit.operator": "operator/musicsplit_operator",
 }
-PACKAGE_DATA = {"musicsplit.gateway": ["flags_bootstrap.json"]}
+SUBPACKAGES = {"musicsplit.gateway": ["musicsplit.gateway.routers"]}
+# Alembic reads its environment and revisions as files, not as modules: package data.
+PACKAGE_DATA = {"musicsplit.gateway": ["flags_bootstrap.json", "migrations/*.py", "migrations/*.mako",
+                                       "migrations/versions/*.py"]}
 
 present = {pkg: folder for pkg, folder in COMPONENTS.items() if (HERE / folder / "__init__.py").is_file()}
 
 setup(
-    packages=["musicsplit", *present],
+    packages=["musicsplit", *present, *(sub for pkg in present for sub in SUBPACKAGES.get(pkg, []))],
     package_dir=present,
     package_data={pkg: files for pkg, files in PACKAGE_DATA.items() if pkg in present},
 )
