@@ -95,7 +95,8 @@ class SeparationModel(kserve.Model):
         """Load, warm up, then flip ready; a failure is recorded, never raised."""
         try:
             with tracer.start_as_current_span("model.load", attributes={"model": self.name}):
-                loaded = load(self.settings.model_dir, self.settings.device)
+                loaded = load(self.settings.model_dir, self.settings.device, self.settings.precision,
+                              self.settings.segment_batch)
                 expected = [x.strip() for x in (self.settings.stems or "").split(",") if x.strip()]
                 sources = loaded.separator.sources
                 if any(s not in sources and s.removeprefix("no_") not in sources for s in expected):
@@ -131,7 +132,7 @@ class SeparationModel(kserve.Model):
         metrics.precreate(labels)
         metrics.LOAD_SECONDS.labels(**labels).set(loaded.load_seconds)
         metrics.MODEL_INFO.info({
-            **labels, "architecture": loaded.architecture, "device": loaded.device,
+            **labels, "architecture": loaded.architecture, "device": loaded.device, "precision": loaded.precision,
             "stems": ",".join(loaded.separator.sources), "released": str(loaded.manifest.released or ""),
             "source": str(loaded.manifest.source or self.settings.model_dir),
         })
@@ -140,8 +141,8 @@ class SeparationModel(kserve.Model):
         metrics.READY.labels(model=self.name).set(1)
         self.load_error = None
         self.ready = True
-        log.info("model %s version %s ready on %s (load %.2f s)", self.name, self.version,
-                 loaded.device, loaded.load_seconds)
+        log.info("model %s version %s ready on %s at %s (load %.2f s)", self.name, self.version,
+                 loaded.device, loaded.precision, loaded.load_seconds)
         return True
 
     def load_in_background(self) -> threading.Thread:
@@ -260,6 +261,7 @@ class SeparationModel(kserve.Model):
                 "model": self.name,
                 "model_version": self.version,
                 "device": self.loaded.device,
+                "precision": self.loaded.precision,
                 "sample_rate": rate,
                 "audio_seconds": round(audio_seconds, 3),
                 "compute_seconds": round(job.compute_seconds, 4),

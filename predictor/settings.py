@@ -7,6 +7,7 @@ environment, so a ServingRuntime can set it without changing args.
 
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from musicsplit.validation import InputLimitSettings
@@ -38,6 +39,13 @@ class PredictorSettings(BaseSettings, InputLimitSettings):
     # dir without a manifest is served (and labelled) as this version.
     expected_version: str | None = None
     warmup: bool = True
+    # fp32 | bf16 | fp16 | auto: auto is bf16 on a CPU with AVX512-BF16/AMX, bf16 or fp16 on
+    # a GPU, fp32 otherwise (predictor/precision.py, docs/adr/0003). A misspelt value or one
+    # the device cannot run well fails the load, reported like any load failure.
+    precision: str = "auto"
+    # Segments of one track per forward pass; 0 = auto (4 on CUDA, 1 on CPU, where
+    # batching measured slower).
+    segment_batch: int = Field(default=0, ge=0)
 
     # Concurrency: requests running inference at once, and how many may wait.
     max_inflight: int = 1
