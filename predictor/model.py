@@ -26,6 +26,7 @@ from musicsplit.audio import fit_length, resample
 from musicsplit.errors import BadAudio, BadRequest, MusicsplitError, NotReady, PayloadTooLarge, Saturated
 from musicsplit.predictor import metrics
 from musicsplit.predictor.admission import Admission, admitted
+from musicsplit.predictor.cost import separation_cost
 from musicsplit.predictor.codec import ParsedRequest, build_response, check_stems, parse_request, select_stems
 from musicsplit.predictor.loading import LoadedModel, ModelLoadError, load
 from musicsplit.predictor.settings import PredictorSettings
@@ -234,12 +235,16 @@ class SeparationModel(kserve.Model):
         return job
 
     def cost(self, compute_seconds: float) -> float:
+        """USD for `compute_seconds` of inference on this replica (predictor/cost.py)."""
         if self.loaded and self.loaded.device.startswith("cuda"):
-            return compute_seconds * self.settings.gpu_price(self._gpu_name)
+            return separation_cost(compute_seconds, self.settings.gpu_price(self._gpu_name))
+        return separation_cost(compute_seconds, self.settings.cpu_price_per_core_second, self.cpu_cores())
+
+    def cpu_cores(self) -> int:
+        """Cores a CPU inference occupies: the configured threads, else torch's, within the CPUs there are."""
         import torch
 
-        cores = self.settings.cpu_threads or min(torch.get_num_threads(), os.cpu_count() or 1)
-        return compute_seconds * cores * self.settings.cpu_price_per_core_second
+        return self.settings.cpu_threads or min(torch.get_num_threads(), os.cpu_count() or 1)
 
     async def postprocess(self, job: Job, headers=None, response_headers=None):
         return await asyncio.get_running_loop().run_in_executor(self._cpu, self._postprocess, job, headers)
