@@ -208,7 +208,7 @@ def render() -> str:
         "## Monthly estimate",
         "",
         f"{SCENARIO['tracks_per_day']:,} four-minute tracks a day, {hit:.0%} of them answered from the",
-        f"gateway's result cache, htdemucs at bf16 on CPU cores as measured above:",
+        "gateway's result cache, htdemucs at bf16 on CPU cores as measured above:",
         "",
         "| | value |",
         "|---|---|",
