@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the gateway's tests need; idempotent (skips what is there).
 #   redis-server (Debian)          -> tests/gateway/test_cache.py (shared cache)
-#   postgresql (Debian)            -> tests/gateway/test_unleash_server.py (slow)
+#   postgresql (Debian)            -> tests/fixtures/postgres.py (job store tests; Unleash's database)
 #   unleash-server@7.5 (npm)       -> same; 7.5 is the last line that runs on Node 20
 #   python gateway extra           -> pip install -e '.[gateway]'
 # UNLEASH_SERVER_DIR (default /opt/musicsplit/unleash-server) is where npm puts
@@ -34,6 +34,6 @@ if [ ! -f "$unleash_dir/node_modules/unleash-server/package.json" ]; then
   npm install --no-audit --no-fund --loglevel=error unleash-server@7.5
 fi
 
-python -c "import UnleashClient, redis, tenacity, sentry_sdk, multipart, websockets" 2>/dev/null \
+python -c "import UnleashClient, redis, tenacity, sentry_sdk, multipart, websockets, sqlalchemy, alembic, aiosqlite, psycopg" 2>/dev/null \
   || pip install -q -e "$here[gateway]"
 echo "gateway test dependencies ready (unleash-server in $unleash_dir)"

@@ -34,7 +34,7 @@ def cache_key(audio_sha: str, model: str, version: str, params: dict) -> str:
 @dataclass
 class CachedResult:
     meta: dict  # the job's result document (stems, sample_rate, quality, version...)
-    files: dict[str, Path]  # stem name -> file in the job's result dir
+    files: dict[str, Path]  # stem name -> local file, in the directory `get` was given
 
 
 class NoCache:
@@ -229,7 +229,7 @@ def make_cache(settings) -> NoCache | DiskCache | RedisCache:
     if settings.cache_backend == "disk":
         return DiskCache(Path(settings.data_dir) / "cache", settings.cache_max_bytes)
     if settings.cache_backend == "redis":
-        return RedisCache(settings.redis_url, settings.cache_ttl_s)
+        return RedisCache(settings.redis_url.get_secret_value(), settings.cache_ttl_s)
     if settings.cache_backend == "none":
         return NoCache()
     raise ValueError(f"cache_backend must be disk, redis or none, not {settings.cache_backend!r}")

@@ -16,6 +16,16 @@ from dataclasses import dataclass
 import numpy as np
 
 
+# A chunk goes to the predictor as one v2 request: fp32 samples (4 bytes each) after a JSON
+# header of a few hundred bytes; this leaves the header ample room.
+REQUEST_HEADROOM_BYTES = 64 * 1024
+
+
+def max_request_frames(max_request_bytes: int, channels: int) -> int:
+    """The most frames of `channels`-channel audio one request may carry under the predictor's byte limit."""
+    return max(1, (max_request_bytes - REQUEST_HEADROOM_BYTES) // (4 * max(1, channels)))
+
+
 @dataclass(frozen=True)
 class Chunk:
     index: int

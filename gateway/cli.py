@@ -35,25 +35,34 @@ def serve(args) -> int:
     }.items() if v is not None}
     settings = GatewaySettings(**overrides)
     setup_tracing("musicsplit-gateway")
-    init_sentry(settings.sentry_dsn)
+    init_sentry(settings.sentry_dsn.get_secret_value() if settings.sentry_dsn else None)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
                 ws="websockets-sansio", timeout_keep_alive=settings.keepalive_s)
     return 0
 
 
 def ab_report(args) -> int:
+    import asyncio
     import time
-    from pathlib import Path
 
     from musicsplit.gateway.abtest import report
-    from musicsplit.gateway.jobs import JobStore
+    from musicsplit.gateway.jobstore import SqlJobStore, database_url, settings_database_url
     from musicsplit.gateway.settings import GatewaySettings
 
-    path = args.db or GatewaySettings().db_path
-    store = JobStore(Path(path))
+    if args.db:  # a URL, or the path of a SQLite file
+        url = database_url(args.db if "://" in args.db else f"sqlite:///{args.db}")
+    else:
+        url = settings_database_url(GatewaySettings())
     since = time.time() - args.days * 86400 if args.days else 0.0
-    print(report(store.observations(since), alpha=args.alpha), end="")
-    store.close()
+
+    async def observations() -> list[dict]:
+        store = await SqlJobStore.open(url)
+        try:
+            return await store.observations(since)
+        finally:
+            await store.close()
+
+    print(report(asyncio.run(observations()), alpha=args.alpha), end="")
     return 0
 
 
@@ -73,7 +82,8 @@ def add_commands(sub, serve_group) -> None:
     p.set_defaults(func=serve)
 
     r = sub.add_parser("ab-report", help="per-arm quality/latency with confidence intervals and significance")
-    r.add_argument("--db", help="the gateway's jobs.sqlite3 (default: from MUSICSPLIT_GATEWAY_DATA_DIR)")
+    r.add_argument("--db", help="the gateway's jobs.sqlite3, or a postgresql:// URL (default: "
+                                "MUSICSPLIT_GATEWAY_DATABASE_URL, else the SQLite file under MUSICSPLIT_GATEWAY_DATA_DIR)")
     r.add_argument("--alpha", type=float, default=0.05)
     r.add_argument("--days", type=float, default=0.0, help="only the last N days (0: all)")
     r.set_defaults(func=ab_report)

@@ -59,7 +59,8 @@ class Flags:
             cache.bootstrap_from_file(Path(settings.flags_bootstrap or BOOTSTRAP))
             self.source = "bootstrap"
         online = bool(settings.unleash_url)
-        headers = {"Authorization": settings.unleash_api_token} if settings.unleash_api_token else {}
+        token = settings.unleash_api_token.get_secret_value() if settings.unleash_api_token else None
+        headers = {"Authorization": token} if token else {}
         self.client = UnleashClient(
             url=(settings.unleash_url or "http://127.0.0.1:9/api").rstrip("/"),
             app_name=settings.unleash_app_name,

@@ -96,8 +96,3 @@ def _take(data: bytes, dest: Path, limits: Limits) -> Intake:
         warnings.insert(0, f"clipping: {clipped} samples ({clipped / total:.2%}) at full scale; stems may distort")
     return Intake(dest, sha, rate, channels, frames, warnings)
 
-
-def read_frames(path: Path, start: int, end: int) -> np.ndarray:
-    """Samples [start, end) of a stored input as float32 [channels, samples]."""
-    data, _ = sf.read(str(path), start=start, stop=end, dtype="float32", always_2d=True)
-    return np.ascontiguousarray(data.T)

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import time
+import uuid
 
 import httpx
 
@@ -35,9 +36,17 @@ def init_sentry(dsn: str | None, release: str | None = None, environment: str | 
     from sentry_sdk.integrations.logging import ignore_logger
 
     sentry_sdk.init(dsn=dsn, release=release, environment=environment, traces_sample_rate=0.0)
-    # The job runner captures its own failures with tags; its log line would be a second event.
-    ignore_logger("musicsplit.gateway.service")
+    # report() captures with tags; its log line would be a second event.
+    ignore_logger(__name__)
     return True
+
+
+def report(exc: BaseException, where: str, **tags: str) -> str:
+    """Log and send to Sentry an unexpected error; the reference to quote to the user."""
+    reference = uuid.uuid4().hex[:12]
+    log.error("internal error %s in %s", reference, where, exc_info=exc)
+    capture(exc, reference=reference, **tags)
+    return reference
 
 
 def capture(exc: BaseException, **tags: str) -> None:
@@ -75,6 +84,29 @@ class Notifier:
         self._spawn(self._send(key, summary, "info", {}, "resolve"))
         return True
 
+    def breaker_changed(self, state, old: str, new: str) -> None:
+        """EndpointPool hook: an opening breaker is an incident, its closing resolves it."""
+        key = f"breaker-open:{state.region}:{state.model}:{state.url}"
+        if new == "closed":
+            self.resolve(key, f"musicsplit gateway: circuit breaker closed again for {state.model} in {state.region}")
+        if new == "open":
+            self.incident(
+                key,
+                f"musicsplit gateway: circuit breaker open for {state.model} in {state.region}",
+                severity="error",
+                details={"model": state.model, "region": state.region, "endpoint": state.url,
+                         "last_error": state.last_error or "consecutive request failures"},
+            )
+
+    def model_not_ready(self, state) -> None:
+        """EndpointPool hook: a live predictor whose model failed to load pages someone."""
+        self.incident(
+            f"model-load-failed:{state.region}:{state.model}:{state.url}",
+            f"musicsplit: model {state.model} failed to load in {state.region}",
+            severity="critical",
+            details={"model": state.model, "region": state.region, "endpoint": state.url, "error": state.last_error},
+        )
+
     def _spawn(self, coro) -> None:
         try:
             loop = asyncio.get_running_loop()
@@ -88,13 +120,14 @@ class Notifier:
     async def _send(self, key: str, summary: str, severity: str, details: dict, action: str) -> None:
         async with httpx.AsyncClient(timeout=5.0) as client:
             sends = []
-            if self.settings.slack_webhook_url:
+            slack, pagerduty = self.settings.slack_webhook_url, self.settings.pagerduty_routing_key
+            if slack:
                 icon = ":rotating_light:" if action == "trigger" else ":white_check_mark:"
                 text = f"{icon} *{summary}*\n" + "\n".join(f"• {k}: {v}" for k, v in details.items())
-                sends.append(("slack", client.post(self.settings.slack_webhook_url, json={"text": text})))
-            if self.settings.pagerduty_routing_key:
+                sends.append(("slack", client.post(slack.get_secret_value(), json={"text": text})))
+            if pagerduty:
                 event: dict = {
-                    "routing_key": self.settings.pagerduty_routing_key,
+                    "routing_key": pagerduty.get_secret_value(),
                     "event_action": action,
                     "dedup_key": f"musicsplit-gateway:{key}",
                 }

@@ -1,5 +1,8 @@
 """Gateway settings: one typed object, from MUSICSPLIT_GATEWAY_* environment or flags.
 
+Secrets (tokens, keys, URLs that carry a password or a webhook's key) are
+SecretStr: they never print, in a repr, a log line or a dump.
+
 Lists and maps (endpoints, aliases) are JSON in the environment, e.g.
 MUSICSPLIT_GATEWAY_ENDPOINTS='[{"model": "htdemucs", "url": "http://eu.example", "region": "eu"}]'.
 """
@@ -8,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from musicsplit.validation import InputLimitSettings
@@ -40,8 +43,10 @@ class GatewaySettings(BaseSettings, InputLimitSettings):
     aliases: dict[str, str] = {}  # static aliases; `default` is resolved by flags per user
     health_interval_s: float = 5.0
 
-    # Storage: SQLite jobs database, uploaded inputs and stem results.
+    # Storage: uploaded inputs and stem results under data_dir; the job store is PostgreSQL
+    # (postgresql://user:pass@host:5432/db) or, when empty, the SQLite file data_dir/jobs.sqlite3.
     data_dir: Path = Path("/var/lib/musicsplit-gateway")
+    database_url: SecretStr | None = None
     results_ttl_s: float = 24 * 3600.0
     sweep_interval_s: float = 60.0
 
@@ -61,36 +66,56 @@ class GatewaySettings(BaseSettings, InputLimitSettings):
     retry_max_wait_s: float = 4.0
     chunk_retries: int = 2  # a chunk whose routed call failed is tried again this often, after Retry-After
     chunk_retry_max_wait_s: float = 15.0
+    # A chunk answered by another model version than the job's first chunk (a rollout under way)
+    # is sent again this often, the job's version preferred, before the job fails (model_changed).
+    chunk_version_retries: int = 4
     breaker_failures: int = 3
     breaker_reset_s: float = 15.0
 
     # Input limits: max_request_bytes, max_audio_seconds, min_sample_rate and
     # max_channels come from InputLimitSettings (shared with the predictor).
     max_audio_seconds_unchunked: float = 10 * 60.0  # a single v2 request stays under Knative's 600 s cap
+    # The predictors' MUSICSPLIT_MAX_REQUEST_BYTES: a track whose fp32 samples would make a bigger
+    # request is chunked, and no chunk is bigger.
+    predictor_max_request_bytes: int = 200 * 1024 * 1024
     max_batch_files: int = 32
 
     # Cache: "disk" (embedded default), "redis" (shared by replicas) or "none".
     cache_backend: str = "disk"
     cache_max_bytes: int = 2 * 1024**3
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     cache_ttl_s: float = 7 * 24 * 3600.0
     reseparation_window_s: float = 24 * 3600.0
 
     # Flags: Unleash; the bootstrap file is the offline default.
     unleash_url: str | None = None
-    unleash_api_token: str | None = None
+    unleash_api_token: SecretStr | None = None
     unleash_app_name: str = "musicsplit-gateway"
     unleash_environment: str = "default"
     unleash_refresh_s: int = 15
     flags_bootstrap: Path | None = None  # default: gateway/flags_bootstrap.json
 
+    # Shadow traffic (gateway/shadow.py, ADR 0108): while a model has a canary step, a sample of
+    # users' successful separations (v2 requests, job chunks) is sent again to the canary, never
+    # answered to anyone, and its stems compared with the stable ones the user got. Which model has
+    # a canary, and where: SeparationModels' status.shadow in `shadow_namespace`, read through the
+    # Kubernetes API (list on separationmodels.musicsplit.io) every `shadow_refresh_s`.
+    shadow_enabled: bool = False
+    shadow_sample_rate: float = Field(0.05, ge=0.0, le=1.0)  # share of eligible separations mirrored
+    shadow_max_concurrent: int = Field(2, ge=1)  # mirrored calls in flight; beyond, dropped (counted `skipped`)
+    shadow_namespace: str | None = None  # empty: the gateway's own (in a cluster), else the kubeconfig context's
+    shadow_refresh_s: float = Field(10.0, gt=0)
+    # Outside a cluster: this kubeconfig (empty: $KUBECONFIG, then ~/.kube/config).
+    shadow_kubeconfig: Path | None = None
+
     # Notifications.
-    sentry_dsn: str | None = None
-    slack_webhook_url: str | None = None
-    pagerduty_routing_key: str | None = None
+    sentry_dsn: SecretStr | None = None
+    slack_webhook_url: SecretStr | None = None
+    pagerduty_routing_key: SecretStr | None = None
     pagerduty_url: str = "https://events.pagerduty.com/v2/enqueue"
     notify_dedup_s: float = 600.0
 
     @property
     def db_path(self) -> Path:
+        """The SQLite job store's file (used when database_url is empty)."""
         return self.data_dir / "jobs.sqlite3"

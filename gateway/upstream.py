@@ -41,12 +41,21 @@ class Routed:
 
 
 def client_error(status: int, message: str, code: str | None = None) -> MusicsplitError:
-    """A predictor's 4xx that blames the request (is_client_fault), passed on with its message and code."""
+    """A predictor's 4xx that blames the request (is_client_fault), for the user.
+
+    400, 413 and 422 are the predictor's own answers about the input, written for users: passed on.
+    Any other 4xx (a proxy's 401/403, a 405...) speaks of the platform: a stable message, and
+    the predictor's words go to the log.
+    """
     if status == 413:
         return PayloadTooLarge(message)
-    if status == 400 and code != BadRequest.code:
-        return BadAudio(message)
-    return BadRequest(message)
+    if status == 400:
+        return BadRequest(message) if code == BadRequest.code else BadAudio(message)
+    if status == 422:
+        return BadRequest(message)
+    log.warning("a predictor refused a request with HTTP %s: %s", status, message)
+    return BadRequest(f"the predictor refused this request (HTTP {status}); check the request against the v2 "
+                      "protocol, or report it if it is well-formed")
 
 
 class Router:
@@ -74,8 +83,12 @@ class Router:
             await c.aclose()
 
     async def call(self, model: str, fn: Callable[[EndpointState], Awaitable[T]], *,
-                   fallback: str | None = None) -> Routed:
-        """Run fn on an endpoint of `model` (retrying elsewhere), then of `fallback`."""
+                   fallback: str | None = None, version: str | None = None) -> Routed:
+        """Run fn on an endpoint of `model` (retrying elsewhere), then of `fallback`.
+
+        `version`: endpoints last seen serving it go first (a job's later chunks), then those
+        not seen yet, then the rest (one URL may serve two versions during a rollout).
+        """
         models = [model] + ([fallback] if fallback and fallback != model and self.pool.for_model(fallback) else [])
         if not self.pool.for_model(model) and not models[1:]:
             raise BadRequest(f"unknown model {model!r}: this gateway serves {sorted(self.pool.models())}")
@@ -84,7 +97,7 @@ class Router:
             if not self.pool.for_model(m):
                 continue
             try:
-                state, value = await self._with_retries(m, fn)
+                state, value = await self._with_retries(m, fn, version)
             except MusicsplitError:
                 raise
             except Exception as exc:
@@ -97,22 +110,23 @@ class Router:
                 metrics.FALLBACKS.labels(model=model, fallback=m).inc()
             return Routed(value, m, state, fallback=m != model)
         retry_after = getattr(last, "retry_after", None) or self.pool.retry_after(model) or 5.0
-        raise UpstreamUnavailable(
-            f"no predictor for model {model!r} is answering right now ({last}); try again later",
-            retry_after=retry_after,
-        )
+        # What the predictors answered (URLs, their messages) is logged above, never shown to users.
+        raise UpstreamUnavailable(f"no predictor for model {model!r} is answering right now; try again later",
+                                  retry_after=retry_after)
 
-    async def _with_retries(self, model: str, fn) -> tuple[EndpointState, object]:
+    async def _with_retries(self, model: str, fn, version: str | None) -> tuple[EndpointState, object]:
         tried: set[str] = set()
         async for attempt in retrying(self.settings.retry_attempts, self.settings.retry_max_wait_s):
             with attempt:
-                return await self._attempt(model, fn, tried)
+                return await self._attempt(model, fn, tried, version)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _attempt(self, model: str, fn, tried: set[str]):
+    async def _attempt(self, model: str, fn, tried: set[str], version: str | None = None):
         candidates = self.pool.candidates(model)
         if not candidates:
             raise NoEndpoint(model, self.pool.retry_after(model))
+        if version is not None:  # stable: the pool's order within each group
+            candidates.sort(key=lambda s: 0 if s.version == version else 1 if s.version is None else 2)
         fresh = [c for c in candidates if c.url not in tried]
         state = (fresh or candidates)[0]
         tried.add(state.url)
@@ -159,20 +173,21 @@ class Router:
     # -- the two kinds of calls ------------------------------------------------
 
     async def separate(self, model: str, samples: np.ndarray, sample_rate: int, *, stems=None,
-                       fallback: str | None = None, shifts=None, overlap=None, segment=None) -> Routed:
-        """Separate [C, T] audio on some endpoint; returns Routed(value=Separation)."""
+                       fallback: str | None = None, shifts=None, overlap=None, segment=None,
+                       version: str | None = None) -> Routed:
+        """Separate [C, T] audio on some endpoint (of `version` first); returns Routed(value=Separation)."""
 
         async def one(state: EndpointState):
             client = self.v2client(state.url)
             sep = await client.separate(state.model, samples, sample_rate, stems=stems, shifts=shifts,
                                         overlap=overlap, segment=segment, output_format="fp32",
                                         headers=inject({}))
-            version = (sep.parameters or {}).get("model_version")
-            if version:
-                state.version = str(version)
+            served = (sep.parameters or {}).get("model_version")
+            if served:
+                state.version = str(served)
             return sep
 
-        return await self.call(model, one, fallback=fallback)
+        return await self.call(model, one, fallback=fallback, version=version)
 
     async def forward(self, model: str, path: str, body: bytes, headers: dict[str, str], *,
                       fallback: str | None = None) -> Routed:

@@ -5,7 +5,8 @@ Each component contributes its subcommands through an
 subcommands such as `separate`; `serve`: the `musicsplit serve <component>`
 group), listed in COMMAND_MODULES; this module
 only assembles them, so components stay importable without one another's
-heavy dependencies until a command is actually run.
+heavy dependencies until a command is actually run. A component image installs
+only its own package (setup.py): the commands of absent components are left out.
 """
 
 from __future__ import annotations
@@ -31,7 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
         dest="component", required=True
     )
     for name in COMMAND_MODULES:
-        importlib.import_module(name).add_commands(sub, serve)
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if not exc.name or not name.startswith(exc.name + "."):
+                raise  # the component is there but one of its imports is not: say so
+            continue
+        module.add_commands(sub, serve)
     return parser
 
 

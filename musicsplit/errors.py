@@ -73,6 +73,13 @@ class UpstreamUnavailable(MusicsplitError):
     code = "upstream_unavailable"
 
 
+class ModelChanged(MusicsplitError):
+    """A gateway job's later chunk could only be served by another model version than its first."""
+
+    status = 503
+    code = "model_changed"
+
+
 def http_payload(exc: MusicsplitError) -> tuple[int, dict, dict[str, str]]:
     """(status, JSON body, headers) for an error; Retry-After in whole seconds."""
     headers: dict[str, str] = {}

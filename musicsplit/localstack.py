@@ -15,8 +15,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import httpx
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -59,6 +62,19 @@ class Process:
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
+
+
+def wait_until(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
+    """Poll `condition` until it returns something truthy and return that;
+    TimeoutError naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout} s")
+        time.sleep(interval)
 
 
 def wait_for(url: str, proc: Process, timeout: float, expect=(200,)) -> None:
@@ -113,9 +129,10 @@ def start_gateway(
     default_model: str,
     env: dict[str, str] | None = None,
     timeout: float = 60.0,
+    port: int | None = None,  # one chosen beforehand (e.g. already in a scrape config); default: a free one
 ) -> Process:
-    """`musicsplit serve gateway` on a free 127.0.0.1 port, routing `(model, url)` endpoints."""
-    port = free_port()
+    """`musicsplit serve gateway` on a 127.0.0.1 port, routing `(model, url)` endpoints."""
+    port = port or free_port()
     log_path = Path(log_dir) / f"gateway-{port}.log"
     cmd = [sys.executable, "-m", "musicsplit.cli", "serve", "gateway", "--host", "127.0.0.1",
            "--port", str(port), "--data_dir", str(data_dir), "--default_model", default_model]

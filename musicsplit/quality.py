@@ -106,6 +106,15 @@ class QualityReport:
     energy_share: dict[str, float] = field(default_factory=dict)
     silent_stems: list[str] = field(default_factory=list)
     nonfinite: bool = False
+    silent_input: bool = False
+
+    def issues(self) -> list[str]:
+        """What is wrong with the output itself: `non_finite`, `silent_stem` (a stem
+        silent while the input is not; silence in, silence out is no issue)."""
+        found = ["non_finite"] if self.nonfinite else []
+        if self.silent_stems and not self.silent_input:
+            found.append("silent_stem")
+        return found
 
     def as_parameters(self) -> dict[str, float | str | bool]:
         """Flat scalars for v2 response parameters (gRPC parameters hold no lists or maps)."""
@@ -132,7 +141,7 @@ def assess(mixture: np.ndarray, stems: np.ndarray, names: list[str]) -> QualityR
     silent_input = float(rms_dbfs(e.mixture, e.samples)) < SILENCE_DBFS
     score = quality_score(snr, silent_stems=len(silent), stems=len(names), silent_input=silent_input)
     shares = {n: float(s) for n, s in zip(names, energy_share(e.stems))}
-    return QualityReport(score, snr, shares, silent, False)
+    return QualityReport(score, snr, shares, silent, False, silent_input)
 
 
 def sdr(reference: np.ndarray, estimate: np.ndarray) -> float:

@@ -1,15 +1,18 @@
 """Prometheus metrics of the predictor (served on KServe's /metrics).
 
 Every series carries `model` and `model_version` and nothing per user or
-per request, so cardinality stays bounded by the versions deployed.
-The operator's canary analysis and the Grafana dashboards query these
-names: renaming one is a breaking change.
+per request, so cardinality stays bounded by the versions deployed. Request,
+latency, quality and cost series also carry `source` (user, probe, shadow):
+canary analysis counts user traffic only. The operator's canary analysis and
+the Grafana dashboards query these names (docs/metrics.md): renaming one is
+a breaking change.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Mapping
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily
@@ -17,39 +20,51 @@ from prometheus_client.core import GaugeMetricFamily
 from musicsplit.quality import QUALITY_BUCKETS
 
 LABELS = ("model", "model_version")
+BY_SOURCE = LABELS + ("source",)
+# `X-Musicsplit-Source`: the operator's golden-set probe and the gateway's shadow
+# copies say who sent them; no header (or any other value) is a user. Never the
+# raw header value as a label: that would be a label anyone can mint.
+SOURCE_HEADER = "x-musicsplit-source"
+SOURCES = ("user", "probe", "shadow")
+ISSUES = ("silent_stem", "non_finite")
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 # Outcomes: success | bad_input | too_large | saturated | not_ready | error.
 # Only `error` is the model's fault; canary analysis divides it by the total.
 OUTCOMES = ("success", "bad_input", "too_large", "saturated", "not_ready", "error")
 
-REQUESTS = Counter("musicsplit_requests", "Separation requests by outcome", LABELS + ("outcome",))
+REQUESTS = Counter("musicsplit_requests", "Separation requests by outcome", BY_SOURCE + ("outcome",))
 LATENCY = Histogram(
     "musicsplit_request_duration_seconds",
     "End-to-end time of a separation request inside the predictor",
-    LABELS, buckets=LATENCY_BUCKETS,
+    BY_SOURCE, buckets=LATENCY_BUCKETS,
 )
-AUDIO_SECONDS = Counter("musicsplit_audio_seconds", "Seconds of input audio separated", LABELS)
+AUDIO_SECONDS = Counter("musicsplit_audio_seconds", "Seconds of input audio separated", BY_SOURCE)
 COMPUTE_SECONDS = Counter(
-    "musicsplit_compute_seconds", "Wall seconds spent in model inference", LABELS + ("device",)
+    "musicsplit_compute_seconds", "Wall seconds spent in model inference", BY_SOURCE + ("device",)
 )
 RTF = Histogram(
     "musicsplit_real_time_factor",
     "Inference seconds per second of audio (below 1 is faster than real time)",
-    LABELS, buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10),
+    BY_SOURCE, buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10),
 )
 QUALITY = Histogram(
     "audio_separation_quality",
     "Reference-free separation quality score (0..1) per request",
-    LABELS, buckets=QUALITY_BUCKETS,
+    BY_SOURCE, buckets=QUALITY_BUCKETS,
 )
 SNR = Histogram(
     "musicsplit_mixture_snr_db",
     "Mixture-consistency SNR: input vs the sum of the stems (dB)",
-    LABELS, buckets=(0, 5, 10, 15, 20, 30, 40, 60, 100),
+    BY_SOURCE, buckets=(0, 5, 10, 15, 20, 30, 40, 60, 100),
 )
-COST = Counter("musicsplit_cost_usd", "Compute cost of separations (USD)", LABELS + ("device",))
+OUTPUT_ISSUES = Counter(
+    "musicsplit_output_issues",
+    "Separations whose output shows an issue: silent_stem (a stem silent, the input not), non_finite (NaN/Inf)",
+    BY_SOURCE + ("issue",),
+)
+COST = Counter("musicsplit_cost_usd", "Compute cost of separations (USD)", BY_SOURCE + ("device",))
 COST_PER_REQUEST = Histogram(
-    "musicsplit_cost_per_separation_usd", "Compute cost of one separation (USD)", LABELS,
+    "musicsplit_cost_per_separation_usd", "Compute cost of one separation (USD)", BY_SOURCE,
     buckets=(1e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1),
 )
 INFLIGHT = Gauge("musicsplit_inflight_requests", "Requests running or queued for inference", LABELS)
@@ -58,6 +73,24 @@ LOAD_FAILURES = Counter("musicsplit_model_load_failures", "Model loads that fail
 READY = Gauge("musicsplit_model_ready", "1 when the model is loaded and serving", ("model",))
 MODEL_INFO = Info("musicsplit_model", "The model being served")
 BUILD_INFO = Info("musicsplit_build", "musicsplit build")
+
+
+def request_source(headers: Mapping[str, str] | None) -> str:
+    """`user`, `probe` or `shadow` from the request's headers (HTTP) or metadata (gRPC)."""
+    for key, value in (headers or {}).items():
+        if key.lower() == SOURCE_HEADER:
+            value = str(value).strip().lower()
+            return value if value in SOURCES else "user"
+    return "user"
+
+
+def precreate(labels: dict[str, str]) -> None:
+    """Every user outcome and issue series at 0 from the load on, so rate()/increase()
+    see a new version's first errors instead of a series that appears mid-window."""
+    for outcome in OUTCOMES:
+        REQUESTS.labels(**labels, source="user", outcome=outcome)
+    for issue in ISSUES:
+        OUTPUT_ISSUES.labels(**labels, source="user", issue=issue)
 
 
 class MonthlyCost:

@@ -17,6 +17,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, ORJSONResponse, Response
 
 from musicsplit.errors import MusicsplitError, PayloadTooLarge, http_payload
+from musicsplit.predictor import metrics
 from musicsplit.predictor.admission import admitted
 from musicsplit.predictor.model import SeparationModel, outcome_of, outcome_of_status
 from musicsplit.predictor.settings import PredictorSettings
@@ -44,6 +45,7 @@ class GuardMiddleware:
         if not match or match["name"] != self.model.name or scope["method"] != "POST":
             return await self.app(scope, receive, _with_retry_after(send))
         start = time.perf_counter()
+        source = metrics.request_source({k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]})
         status_box = {"status": 500}
         outcome = "error"
         try:
@@ -53,7 +55,7 @@ class GuardMiddleware:
             outcome = outcome_of(exc)
             await _send_error(send, exc)
         finally:
-            self.model.record(outcome, time.perf_counter() - start)
+            self.model.record(outcome, time.perf_counter() - start, source)
 
     async def _guarded(self, scope, receive, send, status_box):
         model = self.model

@@ -10,6 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.fixtures.checkpoints import make_model_dir  # noqa: E402
+from tests.fixtures.postgres import Postgres  # noqa: E402
 from musicsplit.localstack import start_predictor  # noqa: E402
 
 
@@ -48,3 +49,11 @@ def baseline(logs_dir):
 @pytest.fixture(scope="session")
 def baseline_url(baseline) -> str:
     return baseline.url
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server for the run; `postgres.database()` makes a fresh database and returns its URL."""
+    server = Postgres.start()
+    yield server
+    server.stop()

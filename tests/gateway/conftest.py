@@ -7,30 +7,48 @@ session fixtures from tests/conftest.py (real processes).
 
 from __future__ import annotations
 
+import asyncio
 import io
 import threading
 import time
 from pathlib import Path
+from typing import Annotated
 
 import httpx
 import numpy as np
 import pytest
 import soundfile as sf
 import uvicorn
+from fastapi import Header
 
 from musicsplit.gateway.app import create_app
+from musicsplit.gateway.jobstore import SeparationJob, open_job_store
 from musicsplit.gateway.settings import Endpoint, GatewaySettings
+from musicsplit.gateway.tenancy import PUBLIC_TENANT, Caller, caller
 from musicsplit.localstack import free_port
 
 
-class GatewayThread:
-    """`create_app(settings)` served by uvicorn on a free port, in a daemon thread."""
+async def caller_from_test_header(
+    x_test_tenant: Annotated[str, Header()] = PUBLIC_TENANT,
+    x_user_id: Annotated[str | None, Header()] = None,
+) -> Caller:
+    """Stands in for credentials: the tenant a test request claims (X-Test-Tenant)."""
+    return Caller(x_test_tenant, x_user_id)
 
-    def __init__(self, settings: GatewaySettings):
+
+class GatewayThread:
+    """`create_app(settings)` served by uvicorn on a free port, in a daemon thread.
+
+    tenants=True: requests choose their tenant with an X-Test-Tenant header.
+    """
+
+    def __init__(self, settings: GatewaySettings, *, tenants: bool = False):
         self.settings = settings
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.app = create_app(settings)
+        if tenants:
+            self.app.dependency_overrides[caller] = caller_from_test_header
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
                                 ws="websockets-sansio", lifespan="on")
         self.server = uvicorn.Server(config)
@@ -39,6 +57,13 @@ class GatewayThread:
     @property
     def service(self):
         return self.app.state.service
+
+    def job(self, job_id: str) -> SeparationJob | None:
+        """A job's row as stored (the internal result fields included), read by a store of the test's own."""
+        return asyncio.run(_read(self.settings, lambda store: store.get(job_id, tenant=None)))
+
+    def observations(self) -> list[dict]:
+        return asyncio.run(_read(self.settings, lambda store: store.observations()))
 
     def start(self, timeout: float = 20.0) -> "GatewayThread":
         self.thread.start()
@@ -60,6 +85,14 @@ class GatewayThread:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+async def _read(settings: GatewaySettings, query):
+    store = await open_job_store(settings)
+    try:
+        return await query(store)
+    finally:
+        await store.close()
 
 
 def make_settings(tmp: Path, endpoints: list[tuple[str, str, str]], **overrides) -> GatewaySettings:
@@ -90,10 +123,11 @@ def wav_bytes(samples: np.ndarray, rate: int = 44100, fmt: str = "WAV", subtype:
     return buf.getvalue()
 
 
-def wait_job(url: str, job_id: str, timeout: float = 60.0, until=("succeeded", "failed", "cancelled")) -> dict:
+def wait_job(url: str, job_id: str, timeout: float = 60.0, until=("succeeded", "failed", "cancelled"),
+             headers: dict[str, str] | None = None) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        doc = httpx.get(f"{url}/v1/separations/{job_id}", timeout=10).json()
+        doc = httpx.get(f"{url}/v1/separations/{job_id}", headers=headers, timeout=10).json()
         if doc["status"] in until:
             return doc
         time.sleep(0.05)

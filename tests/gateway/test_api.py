@@ -105,7 +105,7 @@ def test_delete_cancels_a_running_job(gw):
     assert doc["progress"]["chunks_done"] < doc["progress"]["chunks_total"]
     r = httpx.get(f"{gw.url}/v1/separations/{job['id']}/stems.zip")
     assert r.status_code == 409 and "cancelled" in r.json()["error"]
-    assert not (gw.service.job_dir(job["id"]) / "stems").exists(), "partial stems deleted"
+    assert not (gw.service.results.job_dir(job["id"]) / "stems").exists(), "partial stems deleted"
 
 
 @pytest.mark.parametrize("case,status,code,fragment", [
@@ -295,3 +295,49 @@ def test_a_file_corrupt_partway_through_is_bad_audio_not_a_500(gw):
     batch = r.json()
     assert len(batch["jobs"]) == 1 and batch["rejected"][0]["filename"] == "broken.flac"
     assert batch["rejected"][0]["code"] == "bad_audio"
+
+
+def test_concurrent_zip_downloads_each_get_the_whole_zip(gw):
+    from concurrent.futures import ThreadPoolExecutor
+
+    doc = wait_job(gw.url, submit(gw.url, wav_bytes(tone(20.0, seed=79)), user="zipper").json()["id"])
+    assert doc["status"] == "succeeded", doc
+
+    def download(_):
+        r = httpx.get(gw.url + doc["zip_url"], timeout=60)
+        assert r.status_code == 200, r.text
+        with zipfile.ZipFile(io.BytesIO(r.content)) as z:
+            assert z.testzip() is None
+            return sorted(z.namelist())
+
+    with ThreadPoolExecutor(6) as pool:  # the first downloads of a job all build its zip at once
+        names = list(pool.map(download, range(6)))
+    assert names == [["bass.wav", "drums.wav", "other.wav", "vocals.wav"]] * 6
+
+
+def test_an_internal_error_is_a_stable_json_500_with_a_reference_and_the_detail_only_in_the_log(gw, caplog):
+    doc = wait_job(gw.url, submit(gw.url, wav_bytes(tone(1.0, seed=80)), user="lost").json()["id"])
+    assert doc["status"] == "succeeded", doc
+    lost = gw.service.results.job_dir(doc["id"]) / "stems" / "vocals.wav"
+    lost.unlink()  # deleted behind the gateway's back
+    with caplog.at_level("ERROR"):
+        r = httpx.get(gw.url + doc["stems"]["vocals"], timeout=10)
+    assert r.status_code == 500 and r.headers["content-type"] == "application/json", r.text
+    body = r.json()
+    assert body["code"] == "internal_error" and "reference" in body["error"], body
+    assert str(gw.settings.data_dir) not in r.text and "vocals.wav" not in r.text
+    reference = body["error"].split("reference ", 1)[1].split(")")[0]
+    assert any(reference in rec.getMessage() and str(lost) in (rec.exc_text or str(rec.exc_info))
+               for rec in caplog.records), [rec.getMessage() for rec in caplog.records]
+
+
+def test_secrets_in_the_settings_never_print():
+    from musicsplit.gateway.settings import GatewaySettings
+
+    secrets = {"sentry_dsn": "https://k3y@sentry.example/1", "slack_webhook_url": "https://hooks.example/T0/B0/x0x0",
+               "pagerduty_routing_key": "R0UT1NG", "unleash_api_token": "default:prod.t0ken",
+               "redis_url": "redis://:pa55@redis:6379/0", "database_url": "postgresql://u:pa55w0rd@db:5432/ms"}
+    settings = GatewaySettings(**secrets)
+    shown = repr(settings) + str(settings) + settings.model_dump_json()
+    for value in ("k3y", "x0x0", "R0UT1NG", "t0ken", "pa55"):
+        assert value not in shown, value

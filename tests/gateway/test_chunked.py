@@ -70,7 +70,7 @@ def test_long_track_uses_several_replicas_with_bounded_memory(baseline_url, gate
         elapsed = time.perf_counter() - start
         assert doc["status"] == "succeeded", doc
         assert doc["progress"]["chunks_total"] == 21
-        job = gw.service.store.get(doc["id"])
+        job = gw.job(doc["id"])
         assert job.result["peak_chunks_held"] <= 4, "memory bounded by the window (4 chunks), not 21"
         # Both replicas took chunks (equal preference: the one with fewer in flight gets the next).
         assert set(job.result["regions"]) == {"zone-a", "zone-b"}
@@ -113,28 +113,91 @@ def test_job_memory_is_bounded_by_the_window_not_the_track(baseline_url, gateway
     assert peak < bound < stems / 2
 
 
-def test_chunks_from_two_model_versions_are_reported_not_cached(baseline_url, gateway_factory):
-    # A rollout under way: the chunks of one job come back from "1.9" and "1.10".
-    gw = gateway_factory([("dsp-baseline", baseline_url, "eu")], chunk_seconds=3.0, chunk_overlap_seconds=0.5)
+def _versions_by_call(gw, version_of_call):
+    """Make the predictor's answers report the model version `version_of_call(n)` (n = 1, 2, ...)."""
     original, calls = gw.service.router.separate, []
 
     async def separate(*args, **kwargs):
         routed = await original(*args, **kwargs)
         calls.append(1)
-        routed.value.parameters["model_version"] = "1.9" if len(calls) % 2 else "1.10"
-        routed.endpoint.version = "1.10"
+        routed.value.parameters["model_version"] = version_of_call(len(calls))
+        routed.endpoint.version = routed.value.parameters["model_version"]
         return routed
 
     gw.service.router.separate = separate
+    return calls
+
+
+def test_a_chunk_from_another_model_version_is_separated_again_by_the_jobs_version(baseline_url, gateway_factory):
+    # A rollout under way behind one URL: answers alternate between "1.9" and "1.10".
+    gw = gateway_factory([("dsp-baseline", baseline_url, "eu")], chunk_seconds=3.0, chunk_overlap_seconds=0.5,
+                         chunk_concurrency=1)
+    calls = _versions_by_call(gw, lambda n: "1.9" if n % 2 else "1.10")
     data = wav_bytes(tone(9.0, seed=71))
     doc = wait_job(gw.url, submit(gw.url, data, user="rollout").json()["id"])
     assert doc["status"] == "succeeded", doc
-    assert doc["progress"]["chunks_total"] > 1
-    job = gw.service.store.get(doc["id"])
-    assert job.model_version == "1.9+1.10" and job.result["model_version"] == "1.9+1.10"
-    assert any(w.startswith("model versions") for w in job.result["warnings"]), job.result["warnings"]
+    chunks = doc["progress"]["chunks_total"]
+    assert chunks > 1 and len(calls) == 2 * chunks - 1, "every 1.10 answer was sent again"
+    job = gw.job(doc["id"])
+    assert job.model_version == "1.9" and job.result["served_by"] == ["dsp-baseline"]
+    assert not any("version" in w for w in job.result["warnings"]), job.result["warnings"]
     again = wait_job(gw.url, submit(gw.url, data, user="rollout").json()["id"])
-    assert again["status"] == "succeeded" and again["cached"] is False
+    assert again["status"] == "succeeded" and again["cached"] is True and again["model_version"] == "1.9"
+
+
+def test_a_job_whose_version_is_gone_fails_clearly_instead_of_mixing(baseline_url, gateway_factory):
+    gw = gateway_factory([("dsp-baseline", baseline_url, "eu")], chunk_seconds=3.0, chunk_overlap_seconds=0.5,
+                         chunk_concurrency=1, chunk_version_retries=2)
+    _versions_by_call(gw, lambda n: "1.9" if n == 1 else "1.10")  # the rollout completes after chunk 0
+    doc = wait_job(gw.url, submit(gw.url, wav_bytes(tone(9.0, seed=74))).json()["id"])
+    assert doc["status"] == "failed", doc
+    assert doc["error"]["code"] == "model_changed" and "submit it again" in doc["error"]["error"], doc["error"]
+    assert doc["stems"] == {} and not (gw.service.results.job_dir(doc["id"]) / "stems").exists()
+
+
+def test_the_fallback_model_never_finishes_a_job_the_chosen_model_started(baseline_url, gateway_factory, tmp_path):
+    from musicsplit.localstack import start_predictor
+
+    primary = start_predictor("builtin://dsp-baseline", "primary", log_dir=tmp_path)
+    try:
+        gw = gateway_factory([("primary", primary.url, "eu"), ("dsp-baseline", baseline_url, "eu")],
+                             default_model="primary", fallback_model="dsp-baseline", chunk_seconds=2.0,
+                             chunk_overlap_seconds=0.25, chunk_concurrency=1, chunk_retries=0, retry_attempts=2)
+        job = submit(gw.url, wav_bytes(tone(40.0, channels=1, seed=75), subtype="PCM_16")).json()
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{gw.url}/v1/separations/{job['id']}").json()["progress"]["chunks_done"] < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        primary.kill()  # the chosen model goes away mid-job; the fallback is up
+        doc = wait_job(gw.url, job["id"], timeout=60)
+        assert doc["status"] == "failed", doc
+        assert doc["error"]["code"] == "upstream_unavailable", doc["error"]
+        assert "never finished by another model" in doc["error"]["error"]
+        # From the start, the fallback takes the whole job (one model end to end).
+        whole = wait_job(gw.url, submit(gw.url, wav_bytes(tone(5.0, seed=76))).json()["id"], timeout=60)
+        assert whole["status"] == "succeeded", whole
+        assert gw.job(whole["id"]).result["served_by"] == ["dsp-baseline"]
+        assert any(w.startswith("fallback") for w in whole["warnings"])
+    finally:
+        primary.stop()
+
+
+def test_a_stem_first_appearing_in_a_later_chunk_fails_the_job_not_misplaced(baseline_url, gateway_factory):
+    gw = gateway_factory([("dsp-baseline", baseline_url, "eu")], chunk_seconds=3.0, chunk_overlap_seconds=0.5,
+                         chunk_concurrency=1)
+    original, calls = gw.service.router.separate, []
+
+    async def separate(*args, **kwargs):
+        routed = await original(*args, **kwargs)
+        calls.append(1)
+        if len(calls) > 1:  # a later chunk brings a stem the first one did not have
+            routed.value.stems["guitar"] = routed.value.stems["other"]
+        return routed
+
+    gw.service.router.separate = separate
+    doc = wait_job(gw.url, submit(gw.url, wav_bytes(tone(9.0, seed=77))).json()["id"])
+    assert doc["status"] == "failed" and doc["error"]["code"] == "internal_error", doc
+    assert doc["stems"] == {}
 
 
 def test_48k_upload_of_an_odd_length_keeps_its_length_in_every_stem(baseline_url, gateway_factory):

@@ -80,3 +80,26 @@ def test_aligned_chunks_start_on_the_models_grid():
     for i, c in enumerate(chunks):
         total[c.start:c.end] += chunk_weights(chunks, i)
     np.testing.assert_allclose(total, 1.0, atol=1e-6)
+
+
+def test_a_48k_track_too_big_for_one_predictor_request_is_chunked_by_its_bytes(tmp_path):
+    from musicsplit.gateway.results import InputInfo
+    from musicsplit.gateway.separation import plan
+    from musicsplit.gateway.settings import GatewaySettings
+
+    settings = GatewaySettings(data_dir=tmp_path)  # predictor limit 200 MiB, 600 s unchunked, 30 s chunks
+    limit = settings.predictor_max_request_bytes
+    rate = 48000
+    long_48k = InputInfo(frames=550 * rate, sample_rate=rate, channels=2)  # 211 MB of fp32: over 200 MiB
+    assert 4 * 2 * long_48k.frames > limit
+    planned = plan(settings, long_48k, chunked=False)
+    assert len(planned.chunks) > 1 and planned.forced
+    assert planned.chunks[-1].end == long_48k.frames
+    assert all(4 * 2 * (c.end - c.start) < limit for c in planned.chunks)
+    # The same seconds at 44.1 kHz mono fit one request: not chunked with the flag off.
+    short = InputInfo(frames=550 * 44100, sample_rate=44100, channels=1)
+    assert len(plan(settings, short, chunked=False).chunks) == 1
+    # Chunks never outgrow one request, whatever chunk_seconds says.
+    small = GatewaySettings(data_dir=tmp_path, predictor_max_request_bytes=1 << 20, chunk_seconds=30.0)
+    chunks = plan(small, InputInfo(frames=20 * rate, sample_rate=rate, channels=2), chunked=True).chunks
+    assert all(4 * 2 * (c.end - c.start) <= (1 << 20) for c in chunks)

@@ -87,6 +87,24 @@ def test_a_track_too_long_for_one_request_is_chunked_even_with_the_flag_off(base
     assert any(w.startswith("chunked:") for w in doc["warnings"]), doc["warnings"]
 
 
+def test_a_track_over_the_predictors_byte_limit_is_chunked_even_with_the_flag_off(gateway_factory, tmp_path):
+    from musicsplit.localstack import start_predictor
+
+    small = start_predictor("builtin://dsp-baseline", "dsp-baseline", log_dir=tmp_path,
+                            env={"MUSICSPLIT_MAX_REQUEST_BYTES": str(1 << 20)})
+    try:
+        off = {"musicsplit.chunked-jobs": {"enabled": False}}
+        gw = gateway_factory([("dsp-baseline", small.url, "eu")], flags_bootstrap=bootstrap_with(tmp_path, **off),
+                             predictor_max_request_bytes=1 << 20)
+        # 5 s of 48 kHz stereo is 1.9 MB as fp32: well under 600 s, over the predictor's 1 MiB.
+        doc = wait_job(gw.url, submit(gw.url, wav_bytes(tone(5.0, rate=48000, seed=64), rate=48000)).json()["id"])
+        assert doc["status"] == "succeeded", doc["error"]
+        assert doc["progress"]["chunks_total"] > 1
+        assert any(w.startswith("chunked:") for w in doc["warnings"]), doc["warnings"]
+    finally:
+        small.stop()
+
+
 def test_cache_hits_are_not_ab_observations(baseline_url, gateway_factory):
     gw = gateway_factory([("dsp-baseline", baseline_url, "eu")])
     data = wav_bytes(tone(2.0, seed=63))
@@ -94,7 +112,7 @@ def test_cache_hits_are_not_ab_observations(baseline_url, gateway_factory):
     assert first["status"] == "succeeded"
     second = wait_job(gw.url, submit(gw.url, data, user="obs").json()["id"])
     assert second["status"] == "succeeded" and second["cached"] is True
-    observations = gw.service.store.observations()
+    observations = gw.observations()
     assert len(observations) == 1 and observations[0]["latency_s"] > 0.0, observations
 
 

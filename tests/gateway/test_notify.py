@@ -78,14 +78,15 @@ def test_unexpected_errors_reach_sentry(gateway_factory, sentry_receiver):
         gw = gateway_factory([("dsp-baseline", garbage.url, "eu")], health_interval_s=60)
         doc = wait_job(gw.url, submit(gw.url, wav_bytes(tone(1.0))).json()["id"])
         assert doc["status"] == "failed" and doc["error"]["code"] == "internal_error"
-        assert "reported" in doc["error"]["error"]
+        assert "reported" in doc["error"]["error"] and "reference" in doc["error"]["error"]
+        reference = doc["error"]["error"].split("reference ", 1)[1].split(")")[0]
     import sentry_sdk
 
     sentry_sdk.flush(5)
     _wait(lambda: sentry_events(sentry_receiver))
     event = sentry_events(sentry_receiver)[0]
     assert event["exception"]["values"][-1]["type"]
-    assert event["tags"]["job_model"] == "dsp-baseline"
+    assert event["tags"]["job_model"] == "dsp-baseline" and event["tags"]["reference"] == reference
     path, headers, _ = sentry_receiver.posts("/api/")[0]
     assert path == "/api/42/envelope/" and "sentry_key=publickey" in headers.get("x-sentry-auth", "")
 

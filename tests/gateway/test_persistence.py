@@ -62,33 +62,54 @@ def test_results_expire_and_the_job_says_so(baseline_url, gateway_factory):
     assert expired["stems"] == {}
     r = httpx.get(f"{gw.url}/v1/separations/{doc['id']}/stems.zip")
     assert r.status_code == 404 and "retention" in r.json()["error"]
-    assert not gw.service.job_dir(doc["id"]).exists()
+    assert not gw.service.results.job_dir(doc["id"]).exists()
 
 
-def test_idempotency_holds_for_anonymous_users_in_a_database_made_before_the_fix(tmp_path):
-    import sqlite3
 
-    import pytest
+def test_a_job_run_again_never_writes_into_stem_files_it_shares(baseline_url, tmp_path):
+    """Stem files are hard links shared by jobs and the cache (cache hits, deduplicated jobs). A job
+    that runs again after a restart, its stems dir still holding such a link (it was answered from
+    the cache when the gateway died), must leave the other job's and the cache's files alone."""
+    import asyncio
+    import hashlib
+    import os
 
-    from musicsplit.gateway.jobs import JobStore
+    from musicsplit.gateway.intake import take
+    from musicsplit.gateway.jobstore import open_job_store
+    from musicsplit.gateway.results import LocalResultStore
 
-    path = tmp_path / "jobs.db"
-    old = JobStore(path)
-    old.close()
-    db = sqlite3.connect(str(path))  # the old index let two anonymous jobs share a key
-    db.executescript("DROP INDEX jobs_idempotency_owner; CREATE UNIQUE INDEX jobs_idempotency ON "
-                     "jobs(user_id, idempotency_key) WHERE idempotency_key IS NOT NULL;")
-    for i in range(2):
-        db.execute("INSERT INTO jobs (id, status, model, params, idempotency_key, created, updated) "
-                   "VALUES (?, 'succeeded', 'm', '{}', 'k', ?, ?)", (f"j{i}", i, i))
-    db.commit()
-    db.close()
-    store = JobStore(path)
-    try:
-        assert store.by_idempotency(None, "k").id == "j0"
-        with pytest.raises(sqlite3.IntegrityError):
-            store.create(model="m", params={}, user_id=None, arm=None, filename=None, audio_sha=None,
-                         idempotency_key="k")
-        store.create(model="m", params={}, user_id="u", arm=None, filename=None, audio_sha=None, idempotency_key="k")
-    finally:
-        store.close()
+    from .conftest import GatewayThread, make_settings
+
+    settings = make_settings(tmp_path / "data", [("dsp-baseline", baseline_url, "eu")])
+    with GatewayThread(settings) as gw:
+        first = wait_job(gw.url, submit(gw.url, wav_bytes(tone(3.0, seed=401))).json()["id"])
+        assert first["status"] == "succeeded"
+    shared = LocalResultStore(settings.data_dir).job_dir(first["id"]) / "stems" / "vocals.wav"
+    links = shared.stat().st_nlink
+    assert links >= 2, "the result cache holds a link to the stem"
+    before = hashlib.sha256(shared.read_bytes()).hexdigest()
+
+    async def plant() -> str:
+        store, results = await open_job_store(settings), LocalResultStore(settings.data_dir)
+        try:
+            job = await store.create(tenant="public", model="dsp-baseline", params={"stems": None,
+                                     "output_format": "wav", "shifts": None}, user_id=None, arm="control",
+                                     filename="b.wav", audio_sha=None)
+            staged = results.staging_path()
+            take(wav_bytes(tone(3.0, seed=402)), staged, settings.limits())
+            await results.put_input(job.id, staged)
+            (results.job_dir(job.id) / "stems").mkdir()
+            os.link(shared, results.job_dir(job.id) / "stems" / "vocals.wav")
+            await store.update(job.id, status="running")
+            return job.id
+        finally:
+            await store.close()
+
+    second_id = asyncio.run(plant())
+    with GatewayThread(settings) as gw:
+        second = wait_job(gw.url, second_id)
+        assert second["status"] == "succeeded", second
+        theirs = httpx.get(gw.url + second["stems"]["vocals"]).content
+    assert hashlib.sha256(shared.read_bytes()).hexdigest() == before, "the first job's stem was overwritten"
+    assert shared.stat().st_nlink == links
+    assert hashlib.sha256(theirs).hexdigest() != before

@@ -222,7 +222,7 @@ def failing_predictor():
 
     servers = []
 
-    def start(status: int, headers: dict[str, str] | None = None) -> str:
+    def start(status: int, headers: dict[str, str] | None = None, body: dict | None = None) -> str:
         class Handler(BaseHTTPRequestHandler):
             def _answer(self, code: int, body: dict, extra: dict[str, str] | None = None):
                 data = json.dumps(body).encode()
@@ -239,7 +239,7 @@ def failing_predictor():
 
             def do_POST(self):
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                self._answer(status, {"error": f"injected {status}"}, headers)
+                self._answer(status, body or {"error": f"injected {status}"}, headers)
 
             def log_message(self, *args):
                 pass
@@ -274,6 +274,26 @@ def test_only_a_crashing_replica_is_a_503_not_the_users_400(status, failing_pred
     assert r.status_code == 503 and r.json()["code"] == "upstream_unavailable", r.text
     doc = wait_job(gw.url, submit(gw.url, wav_bytes(tone(1.0, seed=92))).json()["id"])
     assert doc["status"] == "failed" and doc["error"]["code"] == "upstream_unavailable", doc
+
+
+INTERNAL = "pg error at 10.4.2.7:5432 (token=s3cr3t) /var/lib/predictor/models"
+
+
+@pytest.mark.parametrize("status", [500, 403])
+def test_a_predictors_own_error_text_never_reaches_users(status, failing_predictor, gateway_factory):
+    """A 5xx (or a 4xx that is not about the input: a proxy's 403) says things about the
+    platform, not about the request: users get a stable message and code, logs get the detail."""
+    url = failing_predictor(status, body={"error": INTERNAL})
+    # The breaker stays closed, so the last failure is the predictor's own answer.
+    gw = gateway_factory([("dsp-baseline", url, "eu")], fallback_model=None, chunk_retries=0, breaker_failures=50)
+    r = httpx.post(f"{gw.url}/v2/models/default/infer", timeout=30, content=_v2_body(tone(0.5)))
+    assert r.status_code in (400, 503), r.text
+    assert INTERNAL not in r.text and "10.4.2.7" not in r.text and url not in r.text, r.text
+    assert r.json()["code"] in ("bad_request", "upstream_unavailable") and r.json()["error"]
+    doc = wait_job(gw.url, submit(gw.url, wav_bytes(tone(1.0, seed=93))).json()["id"])
+    assert doc["status"] == "failed", doc
+    assert INTERNAL not in doc["error"]["error"] and "10.4.2.7" not in doc["error"]["error"], doc["error"]
+    assert url not in doc["error"]["error"]
 
 
 def test_http_date_retry_after_from_a_predictor_is_understood(failing_predictor, gateway_factory):

@@ -12,7 +12,7 @@ import pytest
 from musicsplit.localstack import start_predictor
 
 from .conftest import GatewayThread, make_settings, tone
-from .unleash_server import CLIENT_TOKEN, Postgres, Unleash, available
+from .unleash_server import CLIENT_TOKEN, Unleash, available
 
 pytestmark = pytest.mark.slow
 
@@ -20,19 +20,13 @@ FLAG = "musicsplit.model"
 
 
 @pytest.fixture
-def unleash(tmp_path):
+def unleash(tmp_path, postgres):
     why = available()
     if why:
         pytest.skip(why)
-    pg = Postgres.start()
-    server = None
-    try:
-        server = Unleash(pg.url, tmp_path / "unleash.log").wait()
-        yield server
-    finally:
-        if server:
-            server.stop()
-        pg.stop()
+    server = Unleash(postgres.database(), tmp_path / "unleash.log").wait()
+    yield server
+    server.stop()
 
 
 def _choice(url: str, user: str) -> tuple[str, str]:

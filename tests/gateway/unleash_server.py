@@ -1,23 +1,20 @@
-"""A real Unleash server (npm unleash-server 7.5) on a real PostgreSQL (Debian), both on
-127.0.0.1 ports, in a temp dir, started and stopped by the test that uses them."""
+"""A real Unleash server (npm unleash-server 7.5) on 127.0.0.1, on a database of the
+run's PostgreSQL (tests/fixtures/postgres.py), started and stopped by the test that uses it."""
 
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import subprocess
-import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 from musicsplit.localstack import terminate
+from tests.fixtures.postgres import PG_BIN
 from .conftest import free_port
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
 UNLEASH_DIR = Path(os.environ.get("UNLEASH_SERVER_DIR", "/opt/musicsplit/unleash-server"))
 UNLEASH_JS = UNLEASH_DIR / "node_modules" / "unleash-server" / "dist" / "server.js"
 ADMIN_TOKEN = "*:*.musicsplit-test-admin-token"
@@ -33,46 +30,6 @@ def available() -> str | None:
     if not shutil.which("node"):
         return "node is not installed"
     return None
-
-
-def _as_postgres(cmd: list[str], **kw) -> subprocess.CompletedProcess:
-    if os.geteuid() == 0:  # postgres refuses to run as root
-        cmd = ["runuser", "-u", "postgres", "--", *cmd]
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
-
-
-@dataclass
-class Postgres:
-    root: Path
-    port: int
-
-    @classmethod
-    def start(cls) -> "Postgres":
-        root = Path(tempfile.mkdtemp(prefix="musicsplit-pg-"))
-        os.chmod(root, 0o755)
-        if os.geteuid() == 0:
-            pw = pwd.getpwnam("postgres")
-            os.chown(root, pw.pw_uid, pw.pw_gid)
-        port = free_port()
-        _as_postgres([str(PG_BIN / "initdb"), "-D", str(root / "data"), "-U", "postgres", "--auth=trust",
-                      "-E", "UTF8", "--no-sync"])
-        _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(root / "data"), "-l", str(root / "pg.log"), "-w", "-t", "60",
-                      "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off", "start"])
-        pg = cls(root, port)
-        _as_postgres([str(PG_BIN / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-c",
-                      "CREATE DATABASE unleash"])
-        return pg
-
-    @property
-    def url(self) -> str:
-        return f"postgres://postgres@127.0.0.1:{self.port}/unleash"
-
-    def stop(self) -> None:
-        try:
-            _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.root / "data"), "-m", "immediate", "-w", "stop"])
-        except subprocess.CalledProcessError:
-            pass
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 class Unleash:

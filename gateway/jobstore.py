@@ -1,0 +1,345 @@
+"""The job store: separation jobs, re-separation submissions and A/B observations.
+
+A job's row moves queued -> running -> succeeded | failed | cancelled, and
+later -> expired when its result files are deleted after the retention
+time (the row stays, saying so). Jobs found queued or running at start-up
+are queued again.
+
+One implementation on SQLAlchemy Core with the async engine, the same code
+on SQLite (the embedded default: a WAL file under data_dir) and PostgreSQL
+(psycopg 3), chosen by `database_url`. Async because every job, upload and
+WebSocket of a gateway shares one event loop: a PostgreSQL round trip or a
+lock wait must never stall it. The schema is Alembic's (gateway/migrations/),
+upgraded at open, so databases made by older gateways keep working.
+
+Every job belongs to a tenant. Reads that serve a user take the tenant and
+match it, so another tenant's job is simply not there; `tenant=None` is for
+the gateway's own work (the runner, the sweeper) and is never fed from a request.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+TERMINAL = ("succeeded", "failed", "cancelled", "expired")
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+metadata = sa.MetaData()
+
+jobs = sa.Table(
+    "jobs", metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("tenant", sa.Text, nullable=False),
+    sa.Column("batch_id", sa.Text),
+    sa.Column("user_id", sa.Text),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("model", sa.Text, nullable=False),
+    sa.Column("model_version", sa.Text),
+    sa.Column("arm", sa.Text),
+    sa.Column("params", sa.JSON, nullable=False),
+    sa.Column("filename", sa.Text),
+    sa.Column("audio_sha", sa.Text),
+    sa.Column("idempotency_key", sa.Text),
+    sa.Column("created", sa.Double, nullable=False),
+    sa.Column("updated", sa.Double, nullable=False),
+    sa.Column("started", sa.Double),
+    sa.Column("finished", sa.Double),
+    sa.Column("chunks_done", sa.Integer, nullable=False),
+    sa.Column("chunks_total", sa.Integer, nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Column("error_code", sa.Text),
+    sa.Column("result", sa.JSON),
+    sa.Column("cached", sa.Boolean, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+)
+
+submissions = sa.Table(
+    "submissions", metadata,
+    sa.Column("tenant", sa.Text, nullable=False),
+    sa.Column("user_id", sa.Text, nullable=False),
+    sa.Column("audio_sha", sa.Text, nullable=False),
+    sa.Column("model", sa.Text, nullable=False),
+    sa.Column("created", sa.Double, nullable=False),
+)
+
+ab_observations = sa.Table(
+    "ab_observations", metadata,
+    sa.Column("ts", sa.Double, nullable=False),
+    sa.Column("arm", sa.Text, nullable=False),
+    sa.Column("model", sa.Text, nullable=False),
+    sa.Column("model_version", sa.Text),
+    sa.Column("outcome", sa.Text, nullable=False),
+    sa.Column("quality", sa.Double),
+    sa.Column("latency_s", sa.Double),
+)
+
+
+@dataclass
+class SeparationJob:
+    """One row of the jobs table."""
+
+    id: str
+    status: str
+    model: str
+    params: dict
+    tenant: str
+    user_id: str | None = None
+    batch_id: str | None = None
+    model_version: str | None = None
+    arm: str | None = None
+    filename: str | None = None
+    audio_sha: str | None = None
+    idempotency_key: str | None = None
+    created: float = 0.0
+    updated: float = 0.0
+    started: float | None = None
+    finished: float | None = None
+    chunks_done: int = 0
+    chunks_total: int = 0
+    error: str | None = None
+    error_code: str | None = None
+    result: dict = field(default_factory=dict)
+    cached: bool = False
+    attempts: int = 0
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    @property
+    def progress(self) -> float:
+        if self.status == "succeeded":
+            return 1.0
+        return self.chunks_done / self.chunks_total if self.chunks_total else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types (an event bus carries jobs between replicas as JSON)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SeparationJob":
+        return cls(**{**d, "params": d.get("params") or {}, "result": d.get("result") or {},
+                      "cached": bool(d.get("cached"))})
+
+
+class DuplicateIdempotencyKey(Exception):
+    """The tenant's user already has a job with this idempotency key (look it up)."""
+
+
+class JobStore(Protocol):
+    """What the gateway needs from a job database; `SqlJobStore` is the one implementation."""
+
+    async def create(self, *, tenant: str, model: str, params: dict, user_id: str | None, arm: str | None,
+                     filename: str | None, audio_sha: str | None, batch_id: str | None = None,
+                     idempotency_key: str | None = None, model_version: str | None = None) -> SeparationJob: ...
+
+    async def get(self, job_id: str, *, tenant: str | None) -> SeparationJob | None: ...
+
+    async def by_idempotency(self, tenant: str, user_id: str | None, key: str) -> SeparationJob | None: ...
+
+    async def batch(self, tenant: str, batch_id: str) -> list[SeparationJob]: ...
+
+    async def update(self, job_id: str, **fields: Any) -> SeparationJob | None: ...
+
+    async def transition(self, job_id: str, from_status: tuple[str, ...], **fields: Any) -> SeparationJob | None: ...
+
+    async def unfinished(self) -> list[SeparationJob]: ...
+
+    async def expired(self, older_than: float) -> list[SeparationJob]: ...
+
+    async def record_submission(self, tenant: str, user_id: str, audio_sha: str, model: str,
+                                window_s: float) -> bool: ...
+
+    async def record_observation(self, arm: str, model: str, model_version: str | None, outcome: str,
+                                 quality: float | None, latency_s: float | None) -> None: ...
+
+    async def observations(self, since: float = 0.0) -> list[dict]: ...
+
+    async def close(self) -> None: ...
+
+
+def _job(row: sa.Row) -> SeparationJob:
+    return SeparationJob.from_dict(dict(row._mapping))
+
+
+class SqlJobStore:
+    """The job store on SQLAlchemy Core: SQLite or PostgreSQL, same statements."""
+
+    def __init__(self, engine: AsyncEngine):
+        self.engine = engine
+
+    @classmethod
+    async def open(cls, url: str) -> "SqlJobStore":
+        """Connect and bring the schema up to date (idempotent; safe with several replicas)."""
+        engine = _engine(url)
+        async with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Replicas starting together: one upgrades, the others wait and find it done.
+                await conn.execute(sa.text("SELECT pg_advisory_xact_lock(7276180)"))
+            await conn.run_sync(_upgrade)
+        return cls(engine)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def create(self, *, tenant: str, model: str, params: dict, user_id: str | None, arm: str | None,
+                     filename: str | None, audio_sha: str | None, batch_id: str | None = None,
+                     idempotency_key: str | None = None, model_version: str | None = None) -> SeparationJob:
+        """A new queued job; DuplicateIdempotencyKey when (tenant, user, key) already has one."""
+        now = time.time()
+        job = SeparationJob(id=uuid.uuid4().hex, status="queued", model=model, params=params, tenant=tenant,
+                            user_id=user_id, batch_id=batch_id, arm=arm, filename=filename, audio_sha=audio_sha,
+                            idempotency_key=idempotency_key, created=now, updated=now, model_version=model_version)
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(sa.insert(jobs).values(**job.to_dict()))
+        except sa.exc.IntegrityError:
+            if idempotency_key is None:
+                raise
+            raise DuplicateIdempotencyKey(idempotency_key) from None
+        return job
+
+    async def get(self, job_id: str, *, tenant: str | None) -> SeparationJob | None:
+        """The job, if it exists and (tenant given) belongs to the tenant."""
+        query = sa.select(jobs).where(jobs.c.id == job_id)
+        if tenant is not None:
+            query = query.where(jobs.c.tenant == tenant)
+        return await self._one(query)
+
+    async def by_idempotency(self, tenant: str, user_id: str | None, key: str) -> SeparationJob | None:
+        return await self._one(sa.select(jobs).where(
+            jobs.c.tenant == tenant, sa.func.coalesce(jobs.c.user_id, "") == (user_id or ""),
+            jobs.c.idempotency_key == key))
+
+    async def batch(self, tenant: str, batch_id: str) -> list[SeparationJob]:
+        return await self._all(sa.select(jobs).where(jobs.c.tenant == tenant, jobs.c.batch_id == batch_id)
+                               .order_by(jobs.c.created, jobs.c.id))
+
+    async def update(self, job_id: str, **fields: Any) -> SeparationJob | None:
+        """Set fields; the job as it is now (None if there is no such job)."""
+        return await self._one(sa.update(jobs).where(jobs.c.id == job_id)
+                               .values(**fields, updated=time.time()).returning(*jobs.c), write=True)
+
+    async def transition(self, job_id: str, from_status: tuple[str, ...], **fields: Any) -> SeparationJob | None:
+        """Update only if the job is still in one of `from_status` (a cancel wins races); the job, or None."""
+        return await self._one(sa.update(jobs).where(jobs.c.id == job_id, jobs.c.status.in_(from_status))
+                               .values(**fields, updated=time.time()).returning(*jobs.c), write=True)
+
+    async def unfinished(self) -> list[SeparationJob]:
+        return await self._all(sa.select(jobs).where(jobs.c.status.in_(("queued", "running")))
+                               .order_by(jobs.c.created))
+
+    async def expired(self, older_than: float) -> list[SeparationJob]:
+        return await self._all(sa.select(jobs).where(jobs.c.status.in_(("succeeded", "failed", "cancelled")),
+                                                     jobs.c.finished < older_than))
+
+    # -- re-separation and A/B -------------------------------------------------
+
+    async def record_submission(self, tenant: str, user_id: str, audio_sha: str, model: str,
+                                window_s: float) -> bool:
+        """Record a submission; True if the same tenant's user sent the same audio within the window."""
+        now = time.time()
+        async with self.engine.begin() as conn:
+            seen = (await conn.execute(sa.select(sa.literal(1)).where(
+                submissions.c.tenant == tenant, submissions.c.user_id == user_id,
+                submissions.c.audio_sha == audio_sha, submissions.c.model == model,
+                submissions.c.created >= now - window_s).limit(1))).first()
+            await conn.execute(sa.insert(submissions).values(tenant=tenant, user_id=user_id, audio_sha=audio_sha,
+                                                             model=model, created=now))
+            await conn.execute(sa.delete(submissions).where(submissions.c.created < now - window_s))
+        return seen is not None
+
+    async def record_observation(self, arm: str, model: str, model_version: str | None, outcome: str,
+                                 quality: float | None, latency_s: float | None) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(sa.insert(ab_observations).values(
+                ts=time.time(), arm=arm, model=model, model_version=model_version, outcome=outcome,
+                quality=quality, latency_s=latency_s))
+
+    async def observations(self, since: float = 0.0) -> list[dict]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(sa.select(ab_observations).where(ab_observations.c.ts >= since))
+            return [dict(r._mapping) for r in rows]
+
+    # -- plumbing ----------------------------------------------------------------
+
+    async def _one(self, statement, *, write: bool = False) -> SeparationJob | None:
+        async with (self.engine.begin() if write else self.engine.connect()) as conn:
+            row = (await conn.execute(statement)).first()
+        return _job(row) if row is not None else None
+
+    async def _all(self, statement) -> list[SeparationJob]:
+        async with self.engine.connect() as conn:
+            return [_job(r) for r in await conn.execute(statement)]
+
+
+def database_url(raw: str | None, sqlite_path: Path | None = None) -> str:
+    """The SQLAlchemy async URL for a postgresql:// or sqlite:/// URL; empty: the SQLite file sqlite_path."""
+    if not raw:
+        if sqlite_path is None:
+            raise ValueError("no database URL and no SQLite file")
+        return f"sqlite+aiosqlite:///{sqlite_path}"
+    url = make_url(raw)
+    driver = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg",
+              "sqlite": "sqlite+aiosqlite"}.get(url.drivername, url.drivername)
+    if driver not in ("postgresql+psycopg", "sqlite+aiosqlite"):
+        raise ValueError(f"database_url must be postgresql://... or sqlite:///..., not {url.drivername}://")
+    return url.set(drivername=driver).render_as_string(hide_password=False)
+
+
+def settings_database_url(settings) -> str:
+    """The job store the settings name: `database_url`, or when empty the SQLite file under data_dir."""
+    raw = settings.database_url.get_secret_value() if settings.database_url else None
+    return database_url(raw, settings.db_path)
+
+
+def _engine(url: str) -> AsyncEngine:
+    # Every use here is a context that commits or rolls back, so the pool's own rollback when a
+    # connection comes back would be one more round trip for nothing (benchmarks/gateway_jobstore.py).
+    if make_url(url).get_backend_name() != "sqlite":
+        return create_async_engine(url, pool_pre_ping=True, pool_reset_on_return=None)
+    Path(make_url(url).database or "").parent.mkdir(parents=True, exist_ok=True)
+    # One connection: SQLite has one writer at a time anyway.
+    engine = create_async_engine(url, pool_size=1, max_overflow=0, pool_reset_on_return=None)
+
+    @sa.event.listens_for(engine.sync_engine, "connect")
+    def _pragmas(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None  # the driver's own implicit BEGIN off: see _begin
+        cursor = dbapi_connection.cursor()
+        # First: switching a new file to WAL waits for a lock another opener (ab-report, a second
+        # gateway, one upgrading the schema) may hold.
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @sa.event.listens_for(engine.sync_engine, "begin")
+    def _begin(conn):
+        # IMMEDIATE takes the write lock up front, where busy_timeout waits for it: a deferred
+        # transaction that reads, then writes, fails at once when another process wrote in between,
+        # and two processes upgrading one new file would both create the tables.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _upgrade(connection: sa.Connection) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+async def open_job_store(settings) -> SqlJobStore:
+    return await SqlJobStore.open(settings_database_url(settings))

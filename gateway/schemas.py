@@ -1,0 +1,207 @@
+"""The API's documented shapes: response schemas, the views built from a job, OpenAPI examples.
+
+The routers (routers/) say which of these each route answers with; the
+OpenAPI document (docs/openapi.json) is generated from them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from musicsplit.gateway.jobstore import SeparationJob
+from musicsplit.gateway.observations import EXPLICIT_ARM
+
+JOB_ID = "3f2b9c0e8d7a4b6f9e1d2c3b4a5f6e7d"
+
+DESCRIPTION = (
+    "Music source separation (Demucs) as a service: upload a track, follow the job, download stems. "
+    "Long tracks are cut into overlapping chunks separated concurrently. Also a KServe v2 "
+    "pass-through (`/v2/models/{name}/infer`) where `name` may be an alias such as `default`.\n\n"
+    "Identify the user with `X-User-Id` (model choice and A/B arms are sticky per user). "
+    "Every error is `{\"error\": ..., \"code\": ...}`; 429 and 503 carry `Retry-After`.\n\n"
+    "Progress: WebSocket `GET /v1/separations/{id}/progress` (the job's `progress_url`) sends "
+    "`{\"id\", \"status\", \"chunks_done\", \"chunks_total\", \"progress\", \"model\", "
+    "\"model_version\", \"arm\"}` on every chunk, then closes with code 1000 when the job succeeds, "
+    "fails (an `error` object is included) or is cancelled; an unknown job gets `{\"code\": "
+    "\"not_found\"}` and close code 4404."
+)
+
+TAGS = [{"name": "separations", "description": "Upload, jobs, progress, results"},
+        {"name": "v2", "description": "KServe Open Inference Protocol v2 pass-through"},
+        {"name": "operations", "description": "Health and metrics"}]
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="What went wrong and what to do about it")
+    code: str = Field(description="Stable machine-readable code (bad_audio, bad_request, payload_too_large, "
+                                  "saturated, not_ready, upstream_unavailable, not_found, conflict; a failed job's "
+                                  "error also: model_changed, input_lost, cancelled, internal_error)")
+
+
+def error_doc(description: str, message: str, code: str, retry: bool = False) -> dict:
+    doc: dict[str, Any] = {"model": ErrorBody, "description": description,
+                           "content": {"application/json": {"example": {"error": message, "code": code}}}}
+    if retry:
+        doc["headers"] = {"Retry-After": {"description": "Seconds to wait before trying again",
+                                          "schema": {"type": "integer"}}}
+    return doc
+
+
+E400 = error_doc("Bad input: the message says what to fix",
+                 "sample rate 8000 Hz is below the minimum of 16000 Hz; send audio sampled at 16 kHz or more "
+                 "(44.1 kHz is best)", "bad_audio")
+E404 = error_doc("No such job", f"no separation job {JOB_ID}", "not_found")
+E409 = error_doc("The job has no result (yet)", "job 3f2b... is running (3/8 chunks); wait until it succeeds",
+                 "conflict")
+E413 = error_doc("Upload over the size limit", "request is 262144000 bytes, over the limit of 209715200 bytes; "
+                 "split the track or use the gateway's chunked jobs", "payload_too_large")
+E429 = error_doc("Queue full: come back after Retry-After seconds", "64 jobs are waiting; try again shortly",
+                 "saturated", retry=True)
+E503 = error_doc("No predictor can take the request now", "no predictor for model 'htdemucs' is answering right "
+                 "now; try again later", "upstream_unavailable", retry=True)
+MALFORMED = {"description": "A malformed request: the message names the field",
+             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"},
+                                              "example": {"error": "job_id: field required", "code": "bad_request"}}}}
+
+
+class Progress(BaseModel):
+    chunks_done: int = Field(examples=[3])
+    chunks_total: int = Field(examples=[8])
+    fraction: float = Field(examples=[0.375])
+
+
+class JobView(BaseModel):
+    id: str = Field(examples=[JOB_ID])
+    status: str = Field(description="queued | running | succeeded | failed | cancelled | expired",
+                        examples=["succeeded"])
+    model: str = Field(examples=["htdemucs"])
+    model_version: str | None = Field(None, examples=["4.0.1"])
+    arm: str = Field(description="A/B arm ('control' outside an experiment, 'explicit' when the caller named "
+                                 "the model)", examples=["control"])
+    batch_id: str | None = None
+    filename: str | None = Field(None, examples=["song.flac"])
+    created: float = Field(examples=[1764030000.0])
+    finished: float | None = None
+    expires_at: float | None = Field(None, description="When the results are deleted (unix time)")
+    progress: Progress
+    cached: bool = Field(False, description="Answered from the result cache")
+    quality_score: float | None = Field(None, description="Reference-free quality proxy, 0..1", examples=[0.93])
+    warnings: list[str] = Field(default_factory=list, examples=[["mono_upmixed: mono input was duplicated to stereo"]])
+    audio_seconds: float | None = Field(None, examples=[215.4])
+    compute_seconds: float | None = Field(None, examples=[9.8])
+    cost_usd: float | None = Field(None, examples=[0.0028])
+    error: ErrorBody | None = None
+    stems: dict[str, str] = Field(default_factory=dict, description="Stem name -> download URL",
+                                  examples=[{"vocals": f"/v1/separations/{JOB_ID}/stems/vocals"}])
+    zip_url: str | None = Field(None, examples=[f"/v1/separations/{JOB_ID}/stems.zip"])
+    progress_url: str = Field(examples=[f"/v1/separations/{JOB_ID}/progress"])
+
+
+class BatchView(BaseModel):
+    batch_id: str = Field(examples=["b7e1c2d3a4f5e6d7c8b9a0f1e2d3c4b5"])
+    status: str = Field(description="running until every job is terminal, then succeeded / partial / failed",
+                        examples=["running"])
+    counts: dict[str, int] = Field(examples=[{"queued": 2, "running": 1, "succeeded": 5}])
+    jobs: list[JobView]
+    rejected: list[dict] = Field(default_factory=list, description="Files refused at upload, with the reason",
+                                 examples=[[{"filename": "notes.txt", "error": "could not decode the audio ...",
+                                             "code": "bad_audio"}]])
+
+
+def job_view(job: SeparationJob, results_ttl_s: float) -> JobView:
+    r = job.result or {}
+    base = f"/v1/separations/{job.id}"
+    done = job.status == "succeeded"
+    return JobView(
+        id=job.id, status=job.status, model=job.model, model_version=job.model_version,
+        arm=job.arm or EXPLICIT_ARM, batch_id=job.batch_id, filename=job.filename, created=job.created,
+        finished=job.finished,
+        expires_at=(job.finished + results_ttl_s) if job.finished and job.status != "expired" else None,
+        progress=Progress(chunks_done=job.chunks_done, chunks_total=job.chunks_total, fraction=round(job.progress, 4)),
+        cached=job.cached, quality_score=r.get("quality_score"),
+        warnings=r.get("warnings", r.get("input_warnings", [])),
+        audio_seconds=r.get("audio_seconds"), compute_seconds=r.get("compute_seconds"), cost_usd=r.get("cost_usd"),
+        error=ErrorBody(error=job.error, code=job.error_code or "failed") if job.error else None,
+        stems={s: f"{base}/stems/{s}" for s in r.get("stems", [])} if done else {},
+        zip_url=f"{base}/stems.zip" if done else None,
+        progress_url=f"{base}/progress",
+    )
+
+
+def batch_view(batch_id: str, jobs: list[SeparationJob], results_ttl_s: float) -> BatchView:
+    counts: dict[str, int] = {}
+    for j in jobs:
+        counts[j.status] = counts.get(j.status, 0) + 1
+    if any(not j.terminal for j in jobs):
+        status = "running"
+    elif jobs and all(j.status == "succeeded" for j in jobs):
+        status = "succeeded"
+    elif any(j.status == "succeeded" for j in jobs):
+        status = "partial"
+    else:
+        status = "failed"
+    return BatchView(batch_id=batch_id, status=status, counts=counts,
+                     jobs=[job_view(j, results_ttl_s) for j in jobs])
+
+
+def progress_message(job: SeparationJob) -> dict:
+    """One WebSocket progress message."""
+    msg = {"id": job.id, "status": job.status, "chunks_done": job.chunks_done, "chunks_total": job.chunks_total,
+           "progress": round(job.progress, 4), "model": job.model, "model_version": job.model_version,
+           "arm": job.arm or EXPLICIT_ARM}
+    if job.error:
+        msg["error"] = {"error": job.error, "code": job.error_code}
+    if job.status == "succeeded":
+        msg["result_url"] = f"/v1/separations/{job.id}"
+    return msg
+
+
+def job_headers(job: SeparationJob) -> dict[str, str]:
+    """Every response about a separation says the model, version and arm."""
+    return {"X-Musicsplit-Model": job.model, "X-Musicsplit-Model-Version": job.model_version or "unknown",
+            "X-Musicsplit-Arm": job.arm or EXPLICIT_ARM}
+
+
+# -- separations: file downloads --------------------------------------------------------------
+
+ZIP_RESPONSE = {"content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+                "description": "All stems in one zip (vocals.wav, drums.wav, ...)"}
+STEM_RESPONSE = {"content": {"audio/wav": {"schema": {"type": "string", "format": "binary"}},
+                             "audio/flac": {"schema": {"type": "string", "format": "binary"}}},
+                 "description": "One stem, in the job's output format"}
+
+# -- v2 pass-through ----------------------------------------------------------------------------
+
+V2_INFER_REQUEST = {"requestBody": {"required": True, "content": {
+    "application/json": {"example": {
+        "inputs": [{"name": "audio", "datatype": "FP32", "shape": [2, 4],
+                    "data": [0.0, 0.1, 0.2, 0.1, 0.0, 0.1, 0.2, 0.1], "parameters": {"sample_rate": 44100}}],
+        "parameters": {"stems": "vocals", "output_format": "fp32"}}},
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"},
+                                 "description": "JSON header + binary tensors (binary data extension; set "
+                                                "Inference-Header-Content-Length)"}}}}
+V2_INFER_RESPONSE = {"description": "The predictor's v2 response, unchanged (JSON, or JSON + binary tensors with "
+                                    "Inference-Header-Content-Length)",
+                     "content": {"application/json": {"example": {
+                         "model_name": "htdemucs", "model_version": "4.0.1",
+                         "outputs": [{"name": "vocals", "datatype": "FP32", "shape": [2, 4],
+                                      "data": [0.0, 0.05, 0.1, 0.05, 0.0, 0.05, 0.1, 0.05]}],
+                         "parameters": {"model_version": "4.0.1", "quality_score": 0.93, "warnings": "",
+                                        "cost_usd": 1.2e-05}}}}}
+V2_METADATA_RESPONSE = {"content": {"application/json": {"example": {
+    "name": "htdemucs", "versions": None, "platform": "",
+    "inputs": [{"name": "audio", "datatype": "FP32", "shape": [-1, -1]}],
+    "outputs": [{"name": s, "datatype": "FP32", "shape": [-1, -1]} for s in ("drums", "bass", "other", "vocals")]}}}}
+V2_READY_RESPONSE = {"content": {"application/json": {"example": {"name": "htdemucs", "ready": True}}}}
+
+# -- operations ---------------------------------------------------------------------------------
+
+LIVE_RESPONSE = {"content": {"application/json": {"example": {"live": True}}}}
+READY_RESPONSE = {"content": {"application/json": {"example": {"ready": True, "endpoints": [
+    {"model": "htdemucs", "region": "eu-west", "healthy": True, "breaker": "closed"},
+    {"model": "htdemucs", "region": "us-east", "healthy": False, "breaker": "open"}]}}}}
+METRICS_RESPONSE = {"content": {"text/plain": {"example": 'musicsplit_gateway_jobs_total{arm="control",'
+                                                          'model="htdemucs",model_version="4.0.1",'
+                                                          'outcome="success"} 42.0\n'}}}

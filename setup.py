@@ -1,0 +1,38 @@
+"""Which packages to build: the shared `musicsplit` package plus each component
+whose folder is present.
+
+Each component lives in its own folder at the repo root (shared/DESIGN.md);
+operator/ holds its package one level down so nothing named `operator` ever
+shadows the standard library. A component image (predictor/Dockerfile,
+gateway/Dockerfile, operator/Dockerfile) copies only `musicsplit/` and its own
+folder, so a static package list naming the other folders would fail to build
+there; in a full checkout every package is built, as before.
+"""
+
+from pathlib import Path
+
+from setuptools import setup
+
+HERE = Path(__file__).resolve().parent
+COMPONENTS = {
+    "musicsplit.predictor": "predictor",
+    "musicsplit.gateway": "gateway",
+    "musicsplit.operator": "operator/musicsplit_operator",
+    "musicsplit.loadtest": "loadtest",
+}
+SUBPACKAGES = {"musicsplit.gateway": ["musicsplit.gateway.routers"]}
+# Alembic reads its environment and revisions as files, not as modules: package data.
+PACKAGE_DATA = {"musicsplit.gateway": ["flags_bootstrap.json", "migrations/*.py", "migrations/*.mako",
+                                       "migrations/versions/*.py"],
+                # The price table predictor/cost.py reads at start.
+                "musicsplit.predictor": ["prices.yaml"],
+                # The k6 script and the scenarios it and the runner share.
+                "musicsplit.loadtest": ["*.js", "*.json"]}
+
+present = {pkg: folder for pkg, folder in COMPONENTS.items() if (HERE / folder / "__init__.py").is_file()}
+
+setup(
+    packages=["musicsplit", *present, *(sub for pkg in present for sub in SUBPACKAGES.get(pkg, []))],
+    package_dir=present,
+    package_data={pkg: files for pkg, files in PACKAGE_DATA.items() if pkg in present},
+)
