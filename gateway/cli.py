@@ -37,7 +37,7 @@ def serve(args) -> int:
     setup_tracing("musicsplit-gateway")
     init_sentry(settings.sentry_dsn.get_secret_value() if settings.sentry_dsn else None)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
-                ws="websockets-sansio")
+                ws="websockets-sansio", timeout_keep_alive=settings.keepalive_s)
     return 0
 
 

@@ -30,6 +30,10 @@ class GatewaySettings(BaseSettings, InputLimitSettings):
 
     host: str = "127.0.0.1"
     port: int = 8080
+    # Idle keep-alive of client connections. Longer than the idle timeout of whatever sits in
+    # front (load balancers: 60 s), so the client side closes an idle connection first: at
+    # uvicorn's default 5 s, an upload sent as the server closes is reset (found by the load test).
+    keepalive_s: float = 75.0
 
     # Predictors. Regions are tried in `region_order` (nearest first), healthy first.
     endpoints: list[Endpoint] = []

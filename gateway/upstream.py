@@ -25,7 +25,7 @@ from musicsplit.gateway.regions import EndpointPool, EndpointState
 from musicsplit.gateway.resilience import NoEndpoint, is_client_fault, is_retryable, retrying
 from musicsplit.gateway.settings import GatewaySettings
 from musicsplit.telemetry import inject
-from musicsplit.v2client import AsyncV2Client, V2Error, raise_for_status
+from musicsplit.v2client import AsyncV2Client, V2Error, raise_for_status, release
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("musicsplit.gateway")
@@ -195,8 +195,8 @@ class Router:
 
         async def one(state: EndpointState):
             out_headers = inject({k: v for k, v in headers.items()})
-            r = await self._http.post(f"{state.url}/v2/models/{state.model}{path}", content=body,
-                                      headers=out_headers)
+            r = release(await self._http.post(f"{state.url}/v2/models/{state.model}{path}", content=body,
+                                              headers=out_headers))
             raise_for_status(r)
             return r
 
