@@ -1,5 +1,6 @@
 """Gateway Prometheus metrics. Labels are bounded: model, model_version, arm,
-region, outcome, backend (all from configuration or flags); never a user or job id."""
+region, outcome, backend (all from configuration or flags), tenant (the
+tenants file's names, or an OIDC issuer's); never a user or job id."""
 
 from __future__ import annotations
 
@@ -41,3 +42,15 @@ RESEPARATIONS = Counter(f"{PREFIX}_reseparations_total",
                         ["model", "model_version"])
 NOTIFICATIONS = Counter(f"{PREFIX}_notifications_total", "Alerts sent, by channel and outcome",
                         ["channel", "outcome"])
+
+# Tenants (docs/metrics.md). Requests: every authenticated API request, by what became of it.
+TENANT_OUTCOMES = ("accepted", "rejected_quota", "rejected_input")
+TENANT_REQUESTS = Counter(f"{PREFIX}_tenant_requests_total", "Authenticated API requests per tenant, by outcome",
+                          ["tenant", "outcome"])
+TENANT_JOBS = Counter(f"{PREFIX}_tenant_jobs_total", "Jobs finished per tenant, by outcome", ["tenant", "outcome"])
+TENANT_AUDIO = Counter(f"{PREFIX}_tenant_audio_seconds_total", "Seconds of audio accepted per tenant", ["tenant"])
+QUOTAS = ("concurrent_jobs", "requests_per_minute", "audio_minutes_per_day")
+QUOTA_REJECTIONS = Counter(f"{PREFIX}_quota_rejections_total", "Requests refused by a tenant quota",
+                           ["tenant", "quota"])
+AUTH_FAILURES = Counter(f"{PREFIX}_auth_failures_total", "Requests refused for their credentials", ["reason"])
+CALLBACKS = Counter(f"{PREFIX}_callbacks_total", "Completion callback attempts, by outcome", ["outcome"])
