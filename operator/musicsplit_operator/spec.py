@@ -114,7 +114,8 @@ class RolloutSpec(_Model):
 
 
 class AnalysisSpec(_Model):
-    prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
+    # None: the operator's own Prometheus; another URL only if the operator allows it.
+    prometheus_url: str | None = None
     window: str | None = None  # PromQL range; default: the rollout interval
     min_requests: int = 20
     max_error_rate: float = 0.01

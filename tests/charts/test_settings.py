@@ -24,11 +24,11 @@ PENDING = {
     "predictor": {"precision", "segment_batch"},
     "gateway": {
         "api_keys_file", "oidc_issuer", "oidc_audience", "oidc_jwks_url", "oidc_tenant_claim", "metrics_port",
-        "database_url", "storage_url", "s3_endpoint_url", "s3_region", "events_backend", "lease_seconds",
+        "storage_url", "s3_endpoint_url", "s3_region", "events_backend", "lease_seconds",
         "callback_allow_private", "shadow_enabled", "shadow_sample_rate", "shadow_max_concurrent",
         "shadow_namespace",
     },
-    "operator": {"prometheus_url", "prometheus_url_allowlist", "namespace_label", "mlflow_tracking_uri"},
+    "operator": {"mlflow_tracking_uri"},
 }
 COMPONENTS = {
     "predictor": ("MUSICSPLIT_", PredictorSettings),

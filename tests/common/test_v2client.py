@@ -136,6 +136,14 @@ def test_request_needs_exactly_one_kind_of_audio():
         encode_request(WAV)
 
 
+def test_a_source_other_than_probe_or_shadow_is_refused_before_sending():
+    sent = []
+    transport = httpx.MockTransport(lambda request: sent.append(request) or httpx.Response(500))
+    with V2Client("http://predictor", transport=transport) as client, pytest.raises(ValueError, match="probe"):
+        client.separate("m", WAV, 44100, source="user")
+    assert sent == []
+
+
 # -- against a real predictor serving the DSP baseline ----------------------------------
 
 
