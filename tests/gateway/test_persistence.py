@@ -20,7 +20,7 @@ def start_gateway(data_dir, predictor_url, log_path) -> Process:
     port = free_port()
     env = {**os.environ, "MUSICSPLIT_GATEWAY_CHUNK_SECONDS": "3", "MUSICSPLIT_GATEWAY_CHUNK_OVERLAP_SECONDS": "0.5",
            "MUSICSPLIT_GATEWAY_CHUNK_CONCURRENCY": "1", "MUSICSPLIT_GATEWAY_DEFAULT_MODEL": "dsp-baseline",
-           "OMP_NUM_THREADS": "1"}
+           "MUSICSPLIT_GATEWAY_METRICS_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "musicsplit.cli", "serve", "gateway", "--host", "127.0.0.1", "--port", str(port),
            "--data_dir", str(data_dir), "--endpoint", f"dsp-baseline={predictor_url}@eu"]
     log = open(log_path, "ab")
