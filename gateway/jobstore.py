@@ -157,7 +157,7 @@ class JobStore(Protocol):
 
     async def batch(self, tenant: str, batch_id: str) -> list[SeparationJob]: ...
 
-    async def list(self, tenant: str, *, status: str | None = None, user_id: str | None = None, limit: int = 50,
+    async def list_jobs(self, tenant: str, *, status: str | None = None, user_id: str | None = None, limit: int = 50,
                    after: tuple[float, str] | None = None) -> list[SeparationJob]: ...
 
     async def count_active(self, tenant: str) -> int: ...
@@ -246,7 +246,7 @@ class SqlJobStore:
         return await self._all(sa.select(jobs).where(jobs.c.tenant == tenant, jobs.c.batch_id == batch_id)
                                .order_by(jobs.c.created, jobs.c.id))
 
-    async def list(self, tenant: str, *, status: str | None = None, user_id: str | None = None, limit: int = 50,
+    async def list_jobs(self, tenant: str, *, status: str | None = None, user_id: str | None = None, limit: int = 50,
                    after: tuple[float, str] | None = None) -> list[SeparationJob]:
         """The tenant's jobs, newest first, from just after `after` (the last (created, id) of a page)."""
         query = sa.select(jobs).where(jobs.c.tenant == tenant)

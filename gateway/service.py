@@ -251,7 +251,7 @@ class SeparationService:
     async def jobs(self, caller: Caller, *, status: str | None, user_id: str | None, limit: int,
                    after: tuple[float, str] | None) -> list[SeparationJob]:
         """A page of the tenant's jobs, newest first."""
-        return await self.store.list(caller.tenant, status=status, user_id=user_id, limit=limit, after=after)
+        return await self.store.list_jobs(caller.tenant, status=status, user_id=user_id, limit=limit, after=after)
 
     async def progress_ticket(self, caller: Caller, job_id: str) -> tuple[str, float]:
         """A one-time ticket for the job's progress WebSocket (browsers cannot send Authorization there)."""
