@@ -130,7 +130,10 @@ class CallbackDeliverer:
         self.engine = engine
         self.tenants = tenants
         self.settings = settings
-        self.http = httpx.AsyncClient(timeout=settings.callback_timeout_s, follow_redirects=False)
+        # No pooled connections: one verified for one host name must not carry another's callback
+        # (two tenants' hosts may resolve to one address).
+        self.http = httpx.AsyncClient(timeout=settings.callback_timeout_s, follow_redirects=False,
+                                      limits=httpx.Limits(max_keepalive_connections=0))
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         for outcome in ("delivered", "retried", "failed", "refused"):
@@ -247,7 +250,8 @@ class CallbackDeliverer:
             log.warning("callback %s for job %s failed after %d attempts: %s", row.id, row.job_id, attempts, error)
             await self._finish(row, "failed", payload, error)
             return
-        wait = min(self.settings.callback_retry_max_wait_s, self.settings.callback_retry_initial_s * 2 ** (attempts - 1))
+        s = self.settings
+        wait = min(s.callback_retry_max_wait_s, s.callback_retry_initial_s * 2 ** (attempts - 1))
         wait *= random.uniform(0.8, 1.2)  # replicas and tenants do not retry in step
         metrics.CALLBACKS.labels(outcome="retried").inc()
         await self._update(row.id, attempts=attempts, next_attempt=time.time() + wait, claimed_until=None,
