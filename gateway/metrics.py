@@ -32,6 +32,8 @@ ENDPOINT_UP = Gauge(f"{PREFIX}_endpoint_up", "Predictor endpoint ready per healt
 QUEUE = Gauge(f"{PREFIX}_queue_depth", "Jobs waiting for a worker")
 RUNNING = Gauge(f"{PREFIX}_running_jobs", "Jobs being separated now")
 REJECTED = Counter(f"{PREFIX}_rejected_total", "Requests refused before any model time, by reason", ["reason"])
+for _reason in ("queue_full", "v2_saturated", "payload_too_large"):  # at 0 from the start: rate() and alerts see them
+    REJECTED.labels(reason=_reason)
 CACHE = Counter(f"{PREFIX}_cache_requests_total", "Result cache lookups", ["backend", "result"])
 CACHE_SECONDS = Histogram(f"{PREFIX}_cache_lookup_seconds", "Result cache lookup latency", ["backend", "result"],
                           buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5))

@@ -248,6 +248,12 @@ def test_metrics_are_labelled_by_model_version_and_arm_never_by_user(gw):
     assert r.status_code == 404 and r.json()["code"] == "not_found"
 
 
+def test_rejection_reasons_are_scraped_before_the_first_rejection(gw):
+    text = httpx.get(gw.metrics_url).text
+    for reason in ("queue_full", "v2_saturated", "payload_too_large"):  # rate() and alerts need the series
+        assert f'musicsplit_gateway_rejected_total{{reason="{reason}"}}' in text, reason
+
+
 def test_fair_queue_takes_users_in_turn():
     import asyncio
 
