@@ -1,7 +1,8 @@
 """Upload intake: validate with the shared module, then store as float WAV.
 
 The upload (a staged file: ingress.py wrote it to disk as it arrived) is
-read block by block (never the whole file or decoded track in memory), each block checked by `musicsplit.validation.validate` exactly as
+read block by block (never the whole file or decoded track in memory),
+each block checked by `musicsplit.validation.validate` exactly as
 the predictor would, and written to a float32 WAV that chunks can later be
 read from at any offset. Bad input is refused here, before any GPU time.
 """

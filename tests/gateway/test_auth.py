@@ -223,7 +223,8 @@ def test_the_gateway_does_not_start_on_a_bad_tenants_file(tmp_path):
 
 
 def test_an_open_gateway_says_so_at_start(baseline_url, tmp_path, caplog):
-    with caplog.at_level("WARNING"), GatewayThread(make_settings(tmp_path, [("dsp-baseline", baseline_url, "eu")])) as gw:
+    settings = make_settings(tmp_path, [("dsp-baseline", baseline_url, "eu")])
+    with caplog.at_level("WARNING"), GatewayThread(settings) as gw:
         assert _list(gw, {}).status_code == 200  # no credentials needed: every caller is "public"
     assert any("the gateway is OPEN" in r.getMessage() for r in caplog.records)
 
