@@ -23,9 +23,8 @@ from .conftest import VARIANTS, render
 PENDING = {
     "predictor": {"precision", "segment_batch"},
     "gateway": {
-        "api_keys_file", "oidc_issuer", "oidc_audience", "oidc_jwks_url", "oidc_tenant_claim", "metrics_port",
         "storage_url", "s3_endpoint_url", "s3_region", "events_backend", "lease_seconds",
-        "callback_allow_private", "shadow_enabled", "shadow_sample_rate", "shadow_max_concurrent",
+        "shadow_enabled", "shadow_sample_rate", "shadow_max_concurrent",
         "shadow_namespace",
     },
     "operator": {"mlflow_tracking_uri"},
