@@ -73,6 +73,16 @@ class SpooledBody:
         self.file.write(bytes(buffer))
         self.length += len(buffer)
 
+    async def append(self, chunk: bytes) -> None:
+        """Add bytes at the end (an answer kept as it streams by)."""
+        self.file.seek(0, 2)
+        await asyncio.to_thread(self.file.write, chunk)
+        self.length += len(chunk)
+
+    def read_all(self) -> bytes:
+        """The whole body, in memory (blocking: call it in a thread)."""
+        return _read_at(self.file, 0, self.length)
+
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body from the start (every try gets its own iterator)."""
         offset = 0

@@ -40,6 +40,7 @@ from musicsplit.gateway.regions import EndpointPool
 from musicsplit.gateway.results import Download, ResultStore, make_result_store
 from musicsplit.gateway.runner import JobRunner
 from musicsplit.gateway.scheduling import QueueFull
+from musicsplit.gateway.shadow import ShadowMirror
 from musicsplit.gateway.settings import GatewaySettings
 from musicsplit.gateway.tenancy import Caller, ProgressTickets
 from musicsplit.gateway.upstream import Router
@@ -82,6 +83,7 @@ class SeparationService:
         self.cache = make_cache(settings)
         self.results: ResultStore = make_result_store(settings)
         self.events: EventBus = make_event_bus(settings)
+        self.shadow = ShadowMirror(settings)
         self.store: JobStore
         self.observations: Observations
         self.runner: JobRunner
@@ -102,8 +104,9 @@ class SeparationService:
                                          on_finished=lambda job: self.callbacks.wake())
         self.runner = JobRunner(self.settings, store=self.store, results=self.results, events=self.events,
                                 router=self.router, pool=self.pool, flags=self.flags, cache=self.cache,
-                                observations=self.observations)
+                                observations=self.observations, shadow=self.shadow)
         self.pool.start(self.settings.health_interval_s)
+        await self.shadow.start(self.pool.models())
         await self.runner.start()
         self.callbacks.start()
         self._sweeper = asyncio.create_task(self._sweep_loop(), name="result-sweeper")
@@ -114,6 +117,7 @@ class SeparationService:
             await asyncio.gather(self._sweeper, return_exceptions=True)
         await self.runner.stop()
         await self.callbacks.stop()
+        await self.shadow.stop()
         await self.pool.stop()
         await self.router.close()
         await self.cache.close()

@@ -129,10 +129,12 @@ def start_gateway(
     default_model: str,
     env: dict[str, str] | None = None,
     timeout: float = 60.0,
+    port: int | None = None,  # one chosen beforehand; default: a free one
+    metrics_port: int | None = None,  # likewise (e.g. already in a scrape config)
 ) -> Process:
-    """`musicsplit serve gateway` on free 127.0.0.1 ports, routing `(model, url)` endpoints;
+    """`musicsplit serve gateway` on a 127.0.0.1 port, routing `(model, url)` endpoints;
     its /metrics at `extra["metrics_url"]` (a port of its own)."""
-    port, metrics_port = free_port(), free_port()
+    port, metrics_port = port or free_port(), metrics_port or free_port()
     log_path = Path(log_dir) / f"gateway-{port}.log"
     cmd = [sys.executable, "-m", "musicsplit.cli", "serve", "gateway", "--host", "127.0.0.1",
            "--port", str(port), "--metrics_port", str(metrics_port), "--data_dir", str(data_dir),

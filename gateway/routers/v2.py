@@ -15,7 +15,7 @@ from musicsplit.gateway.schemas import (E401, E403, E400, E413, E429, E503, V2_I
 from musicsplit.gateway.passthrough import SpooledBody, read_head
 from musicsplit.gateway.service import SeparationService, service_of
 from musicsplit.gateway.tenancy import Caller, caller
-from musicsplit.v2client import V2Error
+from musicsplit.v2client import V2Error, decode_response
 
 # Every route here authenticates (tenancy.caller) and counts against the tenant's requests per minute.
 router = APIRouter(tags=["v2"], responses={401: E401, 403: E403, 429: E429})
@@ -64,7 +64,11 @@ async def v2_infer(request: Request, service: Service, who: Calling, name: str):
             await upstream.aclose()
         service.v2_slots.give()
         raise
-    body.close()
+    # The user's answer is ready: a sample of answers is mirrored to a canary once they have gone by.
+    mirror = service.shadow.offer_v2(routed.model, params.get("model_version"))
+    answer = SpooledBody(service.settings.data_dir / "staging") if mirror else None
+    if mirror is None:
+        body.close()
     headers = {k: v for k, v in upstream.headers.items() if k.lower() in FORWARDED}
     if "content-encoding" not in upstream.headers and "content-length" in upstream.headers:
         headers["content-length"] = upstream.headers["content-length"]
@@ -75,21 +79,38 @@ async def v2_infer(request: Request, service: Service, who: Calling, name: str):
 
     released = False
 
-    async def release() -> None:  # idempotent: the stream's end, or the response's background task
+    async def release(sent: bool = False) -> None:  # idempotent: the stream's end, or the background task
         nonlocal released
-        if not released:
-            released = True
-            await upstream.aclose()
-            service.v2_slots.give()
+        if released:
+            return
+        released = True
+        await upstream.aclose()
+        service.v2_slots.give()
+        if mirror is not None:
+            if sent:  # the mirror owns the spooled request and answer from here
+                answer_headers = upstream.headers
+                mirror.send(lambda: (body.read_all(), fwd),
+                            lambda: decode_response(answer.read_all(), answer_headers).stems,
+                            answer.length, lambda: (body.close(), answer.close()))
+            else:
+                mirror.abandon()
+                body.close()
+                answer.close()
 
     async def relay():
+        sent = False
         try:
             if head.data:
                 yield head.data
+                if answer is not None:
+                    await answer.append(head.data)
             async for chunk in chunks:
                 yield chunk
+                if answer is not None:
+                    await answer.append(chunk)
+            sent = True
         finally:
-            await release()
+            await release(sent)
 
     # The background task also runs when the client left before the stream started (relay never ran).
     return StreamingResponse(relay(), status_code=upstream.status_code, headers=headers,

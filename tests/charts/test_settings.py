@@ -21,11 +21,9 @@ from .conftest import VARIANTS, render
 # component has one, this test fails until it is taken off this list, so
 # from then on the value the chart renders is parsed by the real settings too.
 PENDING = {
-    "predictor": {"precision", "segment_batch"},
+    "predictor": set(),
     "gateway": {
         "storage_url", "s3_endpoint_url", "s3_region", "events_backend", "lease_seconds",
-        "shadow_enabled", "shadow_sample_rate", "shadow_max_concurrent",
-        "shadow_namespace",
     },
     "operator": {"mlflow_tracking_uri"},
 }
