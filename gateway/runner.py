@@ -39,6 +39,7 @@ from musicsplit.gateway.regions import EndpointPool
 from musicsplit.gateway.results import ResultStore
 from musicsplit.gateway.separation import ChunkedSeparation, Outcome
 from musicsplit.gateway.settings import GatewaySettings
+from musicsplit.gateway.shadow import ShadowMirror
 from musicsplit.gateway.tenancy import Caller
 from musicsplit.gateway.upstream import Router
 from musicsplit.telemetry import extract, inject
@@ -56,7 +57,7 @@ class _Leader:
 class JobRunner:
     def __init__(self, settings: GatewaySettings, *, store: JobStore, queue: JobQueue, results: ResultStore,
                  events: EventBus, router: Router, pool: EndpointPool, flags: Flags, cache,
-                 observations: Observations, replica: str):
+                 observations: Observations, replica: str, shadow: ShadowMirror | None = None):
         self.settings = settings
         self.store = store
         self.queue = queue
@@ -68,6 +69,7 @@ class JobRunner:
         self.cache = cache
         self.observations = observations
         self.replica = replica  # this process: the lease owner of the jobs it runs
+        self.shadow = shadow
         self._slots = asyncio.Semaphore(max(1, settings.max_running_jobs))
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
@@ -116,7 +118,7 @@ class JobRunner:
     def cache_key(self, job: SeparationJob, version: str | None) -> str | None:
         if not version or not job.audio_sha:
             return None
-        return cache_key(job.audio_sha, job.model, version, job.params)
+        return cache_key(job.audio_sha, job.model, version, job.params, job.tenant)
 
     async def answer_from_cache(self, job: SeparationJob, *, held: bool = False) -> bool:
         """Finish the job from the result cache; True if it was there. A queued job (at submit) is
@@ -229,7 +231,9 @@ class JobRunner:
                 return
             if await self.answer_from_cache(job, held=True):
                 return
-            key = self.cache_key(job, self.pool.version(job.model)) or f"{job.audio_sha}:{job.model}:{job.params}"
+            # Single flight per tenant, as the cache: joining another tenant's run would reveal it.
+            key = (self.cache_key(job, self.pool.version(job.model))
+                   or f"{job.tenant}:{job.audio_sha}:{job.model}:{job.params}")
             while (leader := self._leaders.get(key)) is not None:
                 # An identical job is running here: wait for its result instead of computing twice.
                 await asyncio.wait([leader.future])
@@ -282,7 +286,7 @@ class JobRunner:
         lease = JobLease(self.queue, job.id, self.replica, self.publish)
         return await ChunkedSeparation(job, settings=self.settings, router=self.router, results=self.results,
                                        lease=lease, chunked=self.flags.enabled(CHUNKED_FLAG, caller.flag_user),
-                                       fallback=self.flags.fallback_model(caller.flag_user)).run()
+                                       fallback=self.flags.fallback_model(caller.flag_user), mirror=self.shadow).run()
 
     async def _cache(self, job: SeparationJob, outcome: Outcome) -> None:
         key = self.cache_key(job, outcome.version)

@@ -30,6 +30,7 @@ from musicsplit.gateway.jobqueue import ChunkPlan, JobLease
 from musicsplit.gateway.jobstore import SeparationJob
 from musicsplit.gateway.results import InputInfo, ResultMissing, ResultStore
 from musicsplit.gateway.settings import GatewaySettings
+from musicsplit.gateway.shadow import ShadowMirror
 from musicsplit.gateway.upstream import Routed, Router
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,7 @@ class ChunkedSeparation:
     """
 
     def __init__(self, job: SeparationJob, *, settings: GatewaySettings, router: Router, results: ResultStore,
-                 lease: JobLease, chunked: bool, fallback: str | None):
+                 lease: JobLease, chunked: bool, fallback: str | None, mirror: ShadowMirror | None = None):
         self.job = job
         self.settings = settings
         self.router = router
@@ -142,6 +143,7 @@ class ChunkedSeparation:
         self.lease = lease
         self.chunked = chunked
         self.fallback = fallback
+        self.mirror = mirror  # shadow traffic: each chunk a user gets may be compared with a canary's
         self.pin: Pin | None = None
         self.stem_names: set[str] | None = None
         self.finished: set[int] = set()  # chunks kept and recorded (checkpointed)
@@ -270,6 +272,9 @@ class ChunkedSeparation:
                             f"{self.pin.model} {self.pin.version}, a later one only by {served.model} "
                             f"{served.version}; a job is one model version end to end: submit it again")
         metrics.CHUNKS.labels(model=routed.model, outcome="success").inc()
+        if self.mirror is not None:
+            self.mirror.offer_chunk(routed.model, served.version, samples, info.sample_rate, routed.value.stems,
+                                    stem_names=params.get("stems"), shifts=params.get("shifts"))
         stems = {k: np.asarray(v, dtype=np.float32) for k, v in routed.value.stems.items()}
         self._check_stems(chunk, f"predictor {routed.endpoint.url}", stems)
         meta = _meta(routed)

@@ -15,6 +15,7 @@ local dir or S3), progress events (events.py: in-process or Redis).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import socket
@@ -28,20 +29,27 @@ from starlette.requests import HTTPConnection
 from musicsplit.audio import ENCODINGS
 from musicsplit.errors import BadRequest, Conflict, MusicsplitError, NotFound, Saturated
 from musicsplit.gateway import metrics
+from musicsplit.gateway.auth import Authenticator
 from musicsplit.gateway.cache import make_cache
+from musicsplit.gateway.callbacks import CallbackDeliverer, check_callback_url
 from musicsplit.gateway.events import EventBus, make_event_bus
 from musicsplit.gateway.flags import Choice, Flags
 from musicsplit.gateway.health import Health
+from musicsplit.gateway.ingress import UploadedFile
 from musicsplit.gateway.intake import take, take_file
 from musicsplit.gateway.jobqueue import JobQueue, SqlJobQueue
-from musicsplit.gateway.jobstore import DuplicateIdempotencyKey, JobStore, SeparationJob, new_job_id, open_job_store
+from musicsplit.gateway.jobstore import (ActiveJobLimit, DuplicateIdempotencyKey, JobStore, SeparationJob, new_job_id,
+                                         open_job_store)
 from musicsplit.gateway.notify import Notifier
 from musicsplit.gateway.observations import EXPLICIT_ARM, Observations
+from musicsplit.gateway.passthrough import Slots
+from musicsplit.gateway.quotas import Quotas
 from musicsplit.gateway.regions import EndpointPool
 from musicsplit.gateway.results import Download, ResultStore, make_result_store
 from musicsplit.gateway.runner import JobRunner
 from musicsplit.gateway.settings import GatewaySettings
-from musicsplit.gateway.tenancy import Caller
+from musicsplit.gateway.shadow import ShadowMirror
+from musicsplit.gateway.tenancy import Caller, ProgressTickets
 from musicsplit.gateway.uploads import Uploads
 from musicsplit.gateway.upstream import Router
 
@@ -59,6 +67,7 @@ class SeparationRequest:
     shifts: int | None = None
     idempotency_key: str | None = None
     filename: str | None = None
+    callback_url: str | None = None
 
     def params(self) -> dict:
         return {"stems": sorted(self.stems) if self.stems else None, "output_format": self.output_format,
@@ -73,9 +82,11 @@ def replica_id() -> str:
 class SeparationService:
     """Built unstarted; `start()` opens the job store and starts the runner and background loops."""
 
-    def __init__(self, settings: GatewaySettings, *, flags: Flags | None = None):
+    def __init__(self, settings: GatewaySettings, *, flags: Flags | None = None, auth: Authenticator | None = None):
         self.settings = settings
         self.limits = settings.limits()
+        self.auth = auth or Authenticator(settings)
+        self.v2_slots = Slots(settings.v2_max_concurrent)
         self.notifier = Notifier(settings)
         self.pool = EndpointPool(settings.endpoints, settings.region_order, failures=settings.breaker_failures,
                                  reset_s=settings.breaker_reset_s, on_breaker_change=self.notifier.breaker_changed,
@@ -87,11 +98,15 @@ class SeparationService:
         self.results: ResultStore = make_result_store(settings)
         self.uploads = Uploads(self.results, settings.max_upload_bytes)
         self.events: EventBus = make_event_bus(settings, self.replica)
+        self.shadow = ShadowMirror(settings)
         self.store: JobStore
         self.queue: JobQueue
         self.observations: Observations
         self.runner: JobRunner
         self.health: Health
+        self.quotas: Quotas
+        self.callbacks: CallbackDeliverer
+        self.tickets: ProgressTickets
         self._sweeper: asyncio.Task | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -100,14 +115,22 @@ class SeparationService:
         self.store = await open_job_store(self.settings)
         queue = SqlJobQueue(self.store.engine)
         self.queue = queue
-        self.observations = Observations(self.store, self.settings.reseparation_window_s)
+        engine = self.store.engine  # quotas, callbacks and tickets keep their rows in the job store's database
+        self.quotas = Quotas(engine, self.auth.tenants)
+        self.callbacks = CallbackDeliverer(engine, self.auth.tenants, self.settings)
+        self.tickets = ProgressTickets(engine, self.settings.progress_ticket_ttl_s)
+        self.observations = Observations(self.store, self.settings.reseparation_window_s,
+                                         on_finished=lambda job: self.callbacks.wake())
         self.runner = JobRunner(self.settings, store=self.store, queue=self.queue, results=self.results,
                                 events=self.events, router=self.router, pool=self.pool, flags=self.flags,
-                                cache=self.cache, observations=self.observations, replica=self.replica)
+                                cache=self.cache, observations=self.observations, replica=self.replica,
+                                shadow=self.shadow)
         self.health = Health(self)
         await self.events.start()
         self.pool.start(self.settings.health_interval_s)
+        await self.shadow.start(self.pool.models())
         await self.runner.start(sole_replica=queue.dialect == "sqlite")
+        self.callbacks.start()
         self.health.start(self.settings.health_interval_s)
         self._sweeper = asyncio.create_task(self._sweep_loop(), name="result-sweeper")
         log.info("gateway replica %s: job store %s, result store %s, events %s", self.replica, queue.dialect,
@@ -119,6 +142,8 @@ class SeparationService:
             await asyncio.gather(self._sweeper, return_exceptions=True)
         await self.health.stop()
         await self.runner.stop()
+        await self.callbacks.stop()
+        await self.shadow.stop()
         await self.pool.stop()
         await self.router.close()
         await self.cache.close()
@@ -148,14 +173,31 @@ class SeparationService:
 
     # -- submit ----------------------------------------------------------------------------
 
-    async def submit(self, data: bytes | None, req: SeparationRequest, caller: Caller, *,
+    async def admit(self, caller: Caller, *, files: int = 1, idempotency_key: str | None = None) -> None:
+        """Refuse an upload before its body is read: the shared queue full, or the tenant's active jobs
+        or today's audio minutes used up (429 either way). An idempotent retry is let through: it may
+        name a job that exists."""
+        room = self.settings.max_queued_jobs - await self.queue.queued()
+        if room < files:
+            raise self._queue_full(files, room)
+        await self.quotas.audio_left(caller.tenant)
+        limit = self.quotas.max_active(caller.tenant)
+        if limit is not None and not idempotency_key:
+            active = await self.store.count_active(caller.tenant)
+            if active + files > limit:
+                raise self.quotas.active_refused(caller.tenant, active, files)
+
+    async def submit(self, upload: UploadedFile | None, req: SeparationRequest, caller: Caller, *,
                      upload_id: str | None = None, batch_id: str | None = None,
                      reserve: bool = True) -> SeparationJob:
-        """Validate and queue one upload, from the request body (`data`) or a presigned upload
-        (`upload_id`), or answer it from the cache. reserve: check the queue has room (a batch
-        checks for all its files at once)."""
+        """Validate and queue one upload, from a staged request body (`upload`, left for the caller to
+        delete) or a presigned upload of the caller's tenant (`upload_id`), or answer it from the cache.
+        reserve: check the shared queue has room (a batch checks for all its files at once)."""
         if req.output_format not in ENCODINGS:
             raise BadRequest(f"output_format {req.output_format!r} is not supported: use one of {sorted(ENCODINGS)}")
+        if req.callback_url:
+            check_callback_url(req.callback_url, self.auth.tenant(caller.tenant), caller.tenant,
+                               allow_private=self.settings.callback_allow_private)
         store = self.store
         if req.idempotency_key:
             existing = await store.by_idempotency(caller.tenant, caller.user_id, req.idempotency_key)
@@ -164,7 +206,12 @@ class SeparationService:
         choice = self.resolve(req.model, caller)
         if reserve and await self.queue.queued() >= self.settings.max_queued_jobs:
             raise self._queue_full(1)
-        intake = await self._intake(data, upload_id, caller)
+        intake = await self._intake(upload, upload_id, caller)
+        try:
+            await self.quotas.take_audio(caller.tenant, intake.seconds)
+        except MusicsplitError:
+            intake.path.unlink(missing_ok=True)
+            raise
         # The input is stored before the job exists: no replica can claim a job without its input.
         job_id = new_job_id()
         params = req.params()
@@ -176,17 +223,24 @@ class SeparationService:
                                      audio_sha=intake.sha256, batch_id=batch_id,
                                      idempotency_key=req.idempotency_key, model_version=self.pool.version(choice.model),
                                      job_id=job_id, result={"input_warnings": intake.warnings,
-                                                            "audio_seconds": round(intake.seconds, 3)})
-        except DuplicateIdempotencyKey:  # the same key, submitted concurrently: one job
+                                                            "audio_seconds": round(intake.seconds, 3)},
+                                     max_active=self.quotas.max_active(caller.tenant))
+        except (DuplicateIdempotencyKey, ActiveJobLimit) as exc:
             await self.results.delete(draft)
+            await self.quotas.give_back_audio(caller.tenant, intake.seconds)
+            if isinstance(exc, ActiveJobLimit):
+                raise self.quotas.active_refused(caller.tenant, exc.active) from None
+            # The same key, submitted concurrently: one job.
             existing = await store.by_idempotency(caller.tenant, caller.user_id, req.idempotency_key or "")
             if existing is None:
                 raise
             return existing
         except BaseException:
             intake.path.unlink(missing_ok=True)
-            await asyncio.shield(self.results.delete(draft))
+            await asyncio.shield(self._undo_submit(draft, caller.tenant, intake.seconds))
             raise
+        if req.callback_url:  # kept until the job is terminal, however soon that is (callbacks.py)
+            await self.callbacks.register(job.id, caller.tenant, req.callback_url)
         if upload_id:  # used: its job keeps the validated input (a leftover goes with the uploads sweep)
             try:
                 await self.uploads.delete(caller.tenant, upload_id)
@@ -197,40 +251,45 @@ class SeparationService:
             await self.runner.enqueue(job)
         return await store.get(job.id, tenant=caller.tenant) or job
 
-    async def _intake(self, data: bytes | None, upload_id: str | None, caller: Caller):
+    async def _undo_submit(self, draft: SeparationJob, tenant: str, seconds: float) -> None:
+        await self.results.delete(draft)
+        await self.quotas.give_back_audio(tenant, seconds)
+
+    async def _intake(self, upload: UploadedFile | None, upload_id: str | None, caller: Caller):
         """The audio validated into a local staging file (intake.Intake)."""
         staging = self.results.staging_path()
         if upload_id is not None:
             raw = staging.with_suffix(".upload")
             try:
                 size = await self.uploads.fetch(caller.tenant, upload_id, raw)
+                # Bounded by max_upload_bytes (checked by HEAD in fetch), not by the request body limit.
+                limits = dataclasses.replace(self.limits, max_bytes=self.settings.max_upload_bytes)
                 with tracer.start_as_current_span("validate", attributes={"upload.bytes": size}):
-                    return await asyncio.to_thread(take_file, raw, staging, self.limits)
+                    return await asyncio.to_thread(take_file, raw, staging, limits)
             except MusicsplitError as exc:
                 metrics.REJECTED.labels(reason=exc.code).inc()
                 raise
             finally:
                 raw.unlink(missing_ok=True)
-        if data is None:
+        if upload is None:
             raise BadRequest("send the audio as a multipart/form-data field named 'file', or an upload_id "
                              "from POST /v1/uploads")
-        with tracer.start_as_current_span("validate", attributes={"upload.bytes": len(data)}):
+        with tracer.start_as_current_span("validate", attributes={"upload.bytes": upload.size}):
             try:
-                return await asyncio.to_thread(take, data, staging, self.limits)
+                return await asyncio.to_thread(take, upload.path, upload.sha256, staging, self.limits)
             except MusicsplitError as exc:
                 metrics.REJECTED.labels(reason=exc.code).inc()
                 raise
 
-    async def submit_batch(self, files: list[tuple[bytes, SeparationRequest]], caller: Caller,
+    async def submit_batch(self, files: list[tuple[UploadedFile, SeparationRequest]], caller: Caller,
                            batch_id: str) -> list[SeparationJob | MusicsplitError]:
-        """One job per file; the whole batch must fit the queue (all or nothing: 429)."""
-        room = self.settings.max_queued_jobs - await self.queue.queued()
-        if room < len(files):
-            raise self._queue_full(len(files), room)
+        """One job per file; the whole batch must fit the shared queue and the tenant's concurrent-jobs
+        quota (all or nothing: 429)."""
+        await self.admit(caller, files=len(files))
         out: list[SeparationJob | MusicsplitError] = []
-        for data, req in files:
+        for upload, req in files:
             try:
-                out.append(await self.submit(data, req, caller, batch_id=batch_id, reserve=False))
+                out.append(await self.submit(upload, req, caller, batch_id=batch_id, reserve=False))
             except MusicsplitError as exc:
                 out.append(exc)
         return out
@@ -253,6 +312,16 @@ class SeparationService:
 
     async def batch(self, caller: Caller, batch_id: str) -> list[SeparationJob]:
         return await self.store.batch(caller.tenant, batch_id)
+
+    async def jobs(self, caller: Caller, *, status: str | None, user_id: str | None, limit: int,
+                   after: tuple[float, str] | None) -> list[SeparationJob]:
+        """A page of the tenant's jobs, newest first."""
+        return await self.store.list_jobs(caller.tenant, status=status, user_id=user_id, limit=limit, after=after)
+
+    async def progress_ticket(self, caller: Caller, job_id: str) -> tuple[str, float]:
+        """A one-time ticket for the job's progress WebSocket (browsers cannot send Authorization there)."""
+        job = await self.job(caller, job_id)
+        return await self.tickets.issue(caller.tenant, job.id)
 
     async def cancel(self, caller: Caller, job_id: str) -> SeparationJob:
         return await self.runner.cancel(await self.job(caller, job_id))
@@ -288,6 +357,8 @@ class SeparationService:
             count += 1
         await self.results.sweep_staging(3600.0)
         await self.uploads.sweep(self.settings.uploads_ttl_s)
+        await self.quotas.prune()
+        await self.tickets.prune()
         return count
 
     async def _sweep_loop(self) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from musicsplit.validation import InputLimitSettings
@@ -31,6 +31,29 @@ class GatewaySettings(BaseSettings, InputLimitSettings):
 
     host: str = "127.0.0.1"
     port: int = 8080
+    # Idle keep-alive of client connections. Longer than the idle timeout of whatever sits in
+    # front (load balancers: 60 s), so the client side closes an idle connection first: at
+    # uvicorn's default 5 s, an upload sent as the server closes is reset (found by the load test).
+    keepalive_s: float = 75.0
+    metrics_port: int = 9091  # /metrics is served here (same host), never on the API port; 0: not served
+
+    # Who may call (auth.py). Neither a tenants file nor an OIDC issuer: the gateway is open (the local
+    # demo), every caller is the tenant "public", and it says so at start.
+    api_keys_file: Path | None = None  # tenants.py: tenants, their API key hashes, quotas, callback hosts
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    oidc_jwks_url: str | None = None
+    oidc_tenant_claim: str = "tenant"
+    oidc_jwks_cache_s: int = 300
+    progress_ticket_ttl_s: float = 60.0  # a WebSocket progress ticket is good once, for this long
+
+    # Completion callbacks (callbacks.py): signed POSTs to a tenant's allowed hosts, retried with backoff.
+    callback_allow_private: bool = False  # allow loopback/private/link-local targets (a test, a private network)
+    callback_timeout_s: float = 10.0
+    callback_max_attempts: int = 10
+    callback_retry_initial_s: float = 1.0
+    callback_retry_max_wait_s: float = 600.0
+    callback_poll_s: float = 2.0  # how often due deliveries are looked for (finished jobs also wake it)
 
     # Predictors. Regions are tried in `region_order` (nearest first), healthy first.
     endpoints: list[Endpoint] = []
@@ -99,6 +122,11 @@ class GatewaySettings(BaseSettings, InputLimitSettings):
     # request is chunked, and no chunk is bigger.
     predictor_max_request_bytes: int = 200 * 1024 * 1024
     max_batch_files: int = 32
+    # v2 pass-through requests in flight per replica (each may hold a spooled body); 429 beyond.
+    v2_max_concurrent: int = 8
+    # A v2 JSON response up to this size is read to say its model version and quality; a bigger one
+    # (or any binary one, past its JSON header) streams to the client unread.
+    v2_max_parsed_response_bytes: int = 16 * 1024 * 1024
 
     # Cache: "disk" (embedded default), "redis" (shared by replicas) or "none".
     cache_backend: str = "disk"
@@ -114,6 +142,19 @@ class GatewaySettings(BaseSettings, InputLimitSettings):
     unleash_environment: str = "default"
     unleash_refresh_s: int = 15
     flags_bootstrap: Path | None = None  # default: gateway/flags_bootstrap.json
+
+    # Shadow traffic (gateway/shadow.py, ADR 0108): while a model has a canary step, a sample of
+    # users' successful separations (v2 requests, job chunks) is sent again to the canary, never
+    # answered to anyone, and its stems compared with the stable ones the user got. Which model has
+    # a canary, and where: SeparationModels' status.shadow in `shadow_namespace`, read through the
+    # Kubernetes API (list on separationmodels.musicsplit.io) every `shadow_refresh_s`.
+    shadow_enabled: bool = False
+    shadow_sample_rate: float = Field(0.05, ge=0.0, le=1.0)  # share of eligible separations mirrored
+    shadow_max_concurrent: int = Field(2, ge=1)  # mirrored calls in flight; beyond, dropped (counted `skipped`)
+    shadow_namespace: str | None = None  # empty: the gateway's own (in a cluster), else the kubeconfig context's
+    shadow_refresh_s: float = Field(10.0, gt=0)
+    # Outside a cluster: this kubeconfig (empty: $KUBECONFIG, then ~/.kube/config).
+    shadow_kubeconfig: Path | None = None
 
     # Notifications.
     sentry_dsn: SecretStr | None = None

@@ -94,16 +94,18 @@ def _score(item: GoldenItem, estimates: dict[str, np.ndarray], stems: list[str] 
 
 
 def evaluate(client: V2Client, model: str, items: list[GoldenItem] | None = None, *,
-             stems: list[str] | None = None) -> EvalReport:
+             stems: list[str] | None = None, shifts: int | None = None, source: str | None = None) -> EvalReport:
     """Separate each golden item through a v2 predictor (or gateway) and score it.
 
     Only stems both the model and the golden set have are scored (a 6-stem
-    model's guitar and piano are not). Raises V2Error / httpx errors as the
-    client does.
+    model's guitar and piano are not). `shifts=0` makes the scores repeatable
+    (Demucs' default shift is random); `source` marks the requests as not a
+    user's (the canary probe sends `probe`). Raises V2Error / httpx errors as
+    the client does.
     """
     report = EvalReport(model)
     for item in items if items is not None else golden_set():
-        result = client.separate(model, item.mixture, item.sample_rate, stems=stems)
+        result = client.separate(model, item.mixture, item.sample_rate, stems=stems, shifts=shifts, source=source)
         report.items.append(ItemResult(item.name, _score(item, result.stems, stems),
                                        result.model_version, result.quality_score))
     return report

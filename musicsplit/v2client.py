@@ -26,6 +26,10 @@ from musicsplit.audio import decode
 from musicsplit.validation import split_warnings
 
 JSON_LENGTH_HEADER = "Inference-Header-Content-Length"
+# Who sends a request: the predictor labels its metrics `source` with it, and
+# canary analysis counts users only. No header is a user.
+SOURCE_HEADER = "X-Musicsplit-Source"
+SOURCES = ("probe", "shadow")
 # Numeric v2 datatypes a stem may come back as; all are returned as float32.
 NUMERIC = {"FP32": "<f4", "FP64": "<f8", "FP16": "<f2", "INT16": "<i2", "INT32": "<i4"}
 
@@ -162,6 +166,20 @@ def decode_response(body: bytes, headers: httpx.Headers | dict) -> Separation:
     return Separation(stems, int(rate) if rate is not None else None, params, encoded, doc.get("model_name"))
 
 
+def release(response: httpx.Response) -> httpx.Response:
+    """Unbind a read response from httpx's stream wrapper, which points back at it.
+
+    httpx 0.28 leaves Response <-> Bound(Async)Stream in a reference cycle
+    (encode/httpx#3733), so a response and its body (megabytes of stems per
+    call) outlive the caller until a full garbage collection: a gateway
+    following jobs over WebSockets grew by the body of every chunk. With
+    the cycle cut, the body is freed as soon as the caller drops it.
+    """
+    if response.is_closed:  # never cut an unread streaming body
+        response.stream = httpx.ByteStream(b"")
+    return response
+
+
 def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
@@ -190,6 +208,15 @@ def raise_for_status(response: httpx.Response) -> None:
     raise V2Error(response.status_code, message, retry, code)
 
 
+def _headers(request_headers: dict, extra: dict | None, source: str | None) -> dict:
+    out = {**request_headers, **(extra or {})}
+    if source is not None:
+        if source not in SOURCES:
+            raise ValueError(f"source must be one of {', '.join(SOURCES)} (no source: a user), not {source!r}")
+        out[SOURCE_HEADER] = source
+    return out
+
+
 def _model_path(model: str) -> str:
     return f"/v2/models/{quote(model, safe='')}"
 
@@ -215,13 +242,14 @@ class V2Client:
     def separate(self, model: str, samples: np.ndarray | None = None, sample_rate: int | None = None, *,
                  encoded: bytes | None = None, stems: list[str] | str | None = None, shifts: int | None = None,
                  overlap: float | None = None, segment: float | None = None, output_format: str = "fp32",
-                 binary: bool = True, headers: dict | None = None) -> Separation:
-        """Separate a waveform [channels, samples] or an encoded file (wav, flac, ogg, mp3)."""
+                 binary: bool = True, headers: dict | None = None, source: str | None = None) -> Separation:
+        """Separate a waveform [channels, samples] or an encoded file (wav, flac, ogg, mp3).
+        `source` marks a request that is not a user's (`probe`, `shadow`)."""
         body, request_headers = encode_request(
             samples, sample_rate, encoded=encoded, stems=stems, shifts=shifts, overlap=overlap,
             segment=segment, output_format=output_format, binary=binary)
-        response = self._http.post(f"{_model_path(model)}/infer", content=body,
-                                   headers={**request_headers, **(headers or {})})
+        response = release(self._http.post(f"{_model_path(model)}/infer", content=body,
+                                           headers=_headers(request_headers, headers, source)))
         raise_for_status(response)
         return decode_response(response.content, response.headers)
 
@@ -257,12 +285,12 @@ class AsyncV2Client:
                        encoded: bytes | None = None, stems: list[str] | str | None = None,
                        shifts: int | None = None, overlap: float | None = None, segment: float | None = None,
                        output_format: str = "fp32", binary: bool = True,
-                       headers: dict | None = None) -> Separation:
+                       headers: dict | None = None, source: str | None = None) -> Separation:
         body, request_headers = encode_request(
             samples, sample_rate, encoded=encoded, stems=stems, shifts=shifts, overlap=overlap,
             segment=segment, output_format=output_format, binary=binary)
-        response = await self._http.post(f"{_model_path(model)}/infer", content=body,
-                                         headers={**request_headers, **(headers or {})})
+        response = release(await self._http.post(f"{_model_path(model)}/infer", content=body,
+                                                 headers=_headers(request_headers, headers, source)))
         raise_for_status(response)
         return decode_response(response.content, response.headers)
 

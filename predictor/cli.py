@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -27,6 +28,9 @@ def add_commands(sub, serve) -> None:
     s.add_argument("--upload-threshold", type=float, default=30.0, metavar="MIB",
                    help="files larger than this many MiB go to a gateway as a presigned upload and a job, "
                         "where the gateway offers uploads (default 30)")
+    s.add_argument("--api-key", dest="api_key", default=os.environ.get("MUSICSPLIT_API_KEY"),
+                   help="a gateway API key or OIDC token, sent as Authorization: Bearer (default: "
+                        "$MUSICSPLIT_API_KEY)")
     s.set_defaults(func=separate_file)
 
 
@@ -43,6 +47,9 @@ def predictor_parser() -> argparse.ArgumentParser:
                              "builtin://dsp-baseline. Default /mnt/models (KServe's mount)")
     parser.add_argument("--storage_uri", default=None, help="alias of --model_dir (KServe's name)")
     parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
+    parser.add_argument("--precision", default=None, help="auto (default), fp32, bf16, fp16")
+    parser.add_argument("--segment_batch", type=int, default=None,
+                        help="segments of a track per forward pass (0 = auto: 4 on CUDA, 1 on CPU)")
     parser.add_argument("--max_inflight", type=int, default=None, help="inferences at once per replica")
     parser.add_argument("--max_queue", type=int, default=None, help="requests that may wait; more get 429")
     parser.add_argument("--no_warmup", action="store_true", help="skip the warm-up inference")
@@ -57,7 +64,7 @@ def serve_predictor(args) -> int:
     overrides = {"model_name": ns.model_name}
     if ns.model_dir or ns.storage_uri:
         overrides["model_dir"] = ns.model_dir or ns.storage_uri
-    for key in ("device", "max_inflight", "max_queue"):
+    for key in ("device", "precision", "segment_batch", "max_inflight", "max_queue"):
         if getattr(ns, key) is not None:
             overrides[key] = getattr(ns, key)
     if ns.no_warmup:
@@ -87,7 +94,8 @@ def separate_file(args) -> int:
     with tqdm(total=3, desc=f"separating {args.file.name}", unit="step",
               bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}") as bar:
         bar.set_postfix_str("uploading")
-        client = V2Client(args.url, timeout=args.timeout)
+        auth = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else None
+        client = V2Client(args.url, timeout=args.timeout, headers=auth)
         bar.update(1)
         bar.set_postfix_str(f"model {args.model} running")
         try:
@@ -134,9 +142,10 @@ def _separate_via_upload(args, stems: list[str] | None) -> int | None:
             bar.set_postfix_str(what)
 
         try:
+            auth = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else None
             result = separate_via_upload(args.url, args.file, model=args.model, stems=stems,
                                          output_format=args.format, shifts=args.shifts, timeout=args.timeout,
-                                         on_progress=progress)
+                                         headers=auth, on_progress=progress)
         except UploadsUnavailable:
             bar.close()
             print(f"{args.url} takes no presigned uploads: sending the file in one request", file=sys.stderr)

@@ -1,14 +1,13 @@
-"""Health probes and Prometheus metrics (no caller identity: probes and scrapers carry none)."""
+"""Health probes (no caller identity: probes carry none). /metrics is served on its own port (app.py)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from musicsplit.gateway.schemas import LIVE_RESPONSE, METRICS_RESPONSE, NOT_READY_RESPONSE, READY_RESPONSE
+from musicsplit.gateway.schemas import LIVE_RESPONSE, NOT_READY_RESPONSE, READY_RESPONSE
 from musicsplit.gateway.service import SeparationService, service_of
 
 router = APIRouter(tags=["operations"])
@@ -31,8 +30,3 @@ async def ready(service: Annotated[SeparationService, Depends(service_of)]):
         return JSONResponse({**report.body(), "error": "this replica cannot take work: " + "; ".join(report.degraded),
                              "code": "not_ready"}, status_code=503, headers={"Retry-After": "5"})
     return report.body()
-
-
-@router.get("/metrics", response_class=Response, summary="Prometheus metrics", responses={200: METRICS_RESPONSE})
-async def prom_metrics():
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -6,11 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 
-from musicsplit.gateway.schemas import E400, E413, E501, UploadRequest, UploadView
+from musicsplit.gateway.schemas import E400, E401, E403, E413, E429, E501, UploadRequest, UploadView
 from musicsplit.gateway.service import SeparationService, service_of
 from musicsplit.gateway.tenancy import Caller, caller
 
-router = APIRouter(tags=["separations"])
+# Authenticated like every user route (tenancy.caller): the upload goes under the caller's tenant prefix.
+router = APIRouter(tags=["separations"], responses={401: E401, 403: E403, 429: E429})
 
 
 @router.post("/v1/uploads", status_code=201, response_model=UploadView,

@@ -7,6 +7,7 @@ Import this module to register the handlers (`musicsplit serve operator` does).
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from datetime import datetime, timezone
 
 import kopf
@@ -15,12 +16,14 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from . import analysis, metrics, rollout, router
+from . import analysis, metrics, probe, prometheus, router, scheduler, shadow
 from .settings import OperatorSettings
 from .spec import GROUP, ISVC_GROUP, ISVC_PLURAL, ISVC_VERSION, PLURAL, VERSION, parse_spec
+from .status import FAILED, set_condition
 
 ACTION_ANNOTATION = "musicsplit.io/action"
 SETTINGS = OperatorSettings()
+PROBES: probe.ProbeWorker | None = None  # started with the operator (configure)
 
 
 @kopf.on.startup()
@@ -33,6 +36,11 @@ def configure(settings: kopf.OperatorSettings, logger, **_) -> None:
     if SETTINGS.metrics_port:
         metrics.serve(SETTINGS.metrics_port, SETTINGS.metrics_address)
     settings.watching.server_timeout = 60
+    # A deleted SeparationModel keeps its finalizer until its timer stops; a tick
+    # that is running at that moment is checked again after this many seconds
+    # (kopf's default, 60, held deletions for a minute). Ticks are short: no
+    # probe or other long call runs in one.
+    settings.background.cancellation_polling = 1
     # The CRD is installed before the operator (manifests/, the chart): no need
     # to watch CRDs, so no RBAC for them.
     settings.scanning.disabled = True
@@ -40,7 +48,17 @@ def configure(settings: kopf.OperatorSettings, logger, **_) -> None:
         k8s_config.load_incluster_config()
     except k8s_config.ConfigException:
         k8s_config.load_kube_config()
-    logger.info("musicsplit operator: tick %.1fs", SETTINGS.tick_seconds)
+    global PROBES
+    PROBES = probe.ProbeWorker(write_probe_result, workers=SETTINGS.probe_workers,
+                               timeout_s=SETTINGS.probe_timeout_seconds)
+    logger.info("musicsplit operator: tick %.1fs, %d golden-set probe workers", SETTINGS.tick_seconds,
+                SETTINGS.probe_workers)
+
+
+@kopf.on.cleanup()
+def stop_probes(**_) -> None:
+    if PROBES is not None:
+        PROBES.shutdown()
 
 
 def _api() -> k8s.CustomObjectsApi:
@@ -56,7 +74,7 @@ def get_isvc(namespace: str, name: str) -> dict | None:
         raise
 
 
-def write_route(body, name: str, namespace: str, spec, route: rollout.Route, create: bool) -> None:
+def write_route(body, name: str, namespace: str, spec, route: router.Route, create: bool) -> None:
     if create:
         isvc = router.inference_service(name, namespace, spec, route)
         kopf.adopt(isvc, owner=body)  # ownerReferences: deleting the SeparationModel deletes it
@@ -71,12 +89,29 @@ def write_route(body, name: str, namespace: str, spec, route: rollout.Route, cre
         _content_type="application/merge-patch+json")
 
 
+def write_probe_result(namespace: str, name: str, fields: dict) -> None:
+    """The probe worker's write: its result keys only, so a tick's status patch
+    (which carries them unchanged) and this one never undo each other."""
+    try:
+        _api().patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": fields},
+                                                     _content_type="application/merge-patch+json")
+    except ApiException as e:
+        if e.status != 404:  # deleted meanwhile: nothing to record
+            raise
+
+
 def _status_patch(old: dict, new: dict) -> dict:
     """A merge patch from `old` to `new`: changed keys only (keys gone from `new`
     are deleted), so a tick that decides nothing writes nothing."""
     out = {k: None for k in old if k not in new}
     out.update({k: v for k, v in new.items() if old.get(k) != v})
     return out
+
+
+def _forget(namespace: str, name: str) -> None:
+    metrics.forget(namespace, name)
+    if PROBES is not None:
+        PROBES.forget(namespace, name)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=SETTINGS.tick_seconds, initial_delay=0.0, sharp=False)
@@ -88,12 +123,12 @@ def reconcile(body, name, namespace, patch, logger, **_) -> None:
         fresh = _api().get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
     except ApiException as e:
         if e.status == 404:
-            metrics.forget(namespace, name)
+            _forget(namespace, name)
             return
         raise
     spec, status, meta = fresh.get("spec") or {}, fresh.get("status") or {}, fresh.get("metadata") or {}
     if meta.get("deletionTimestamp"):
-        metrics.forget(namespace, name)
+        _forget(namespace, name)
         return  # being deleted: the garbage collector takes the InferenceService
     now = datetime.now(timezone.utc)
     old = dict(status or {})
@@ -104,8 +139,8 @@ def reconcile(body, name, namespace, patch, logger, **_) -> None:
         sm = parse_spec(dict(spec))
     except ValidationError as e:
         msg = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-        new = dict(old, phase=rollout.FAILED, message=f"invalid spec: {msg}", observedGeneration=generation)
-        new["conditions"] = rollout.set_condition(old.get("conditions") or [], "SpecValid", False, "InvalidSpec",
+        new = dict(old, phase=FAILED, message=f"invalid spec: {msg}", observedGeneration=generation)
+        new["conditions"] = set_condition(old.get("conditions") or [], "SpecValid", False, "InvalidSpec",
                                                   msg, now, generation)
         if old.get("message") != new["message"]:
             kopf.warn(body, reason="InvalidSpec", message=msg)
@@ -115,39 +150,52 @@ def reconcile(body, name, namespace, patch, logger, **_) -> None:
 
     isvc = get_isvc(namespace, name)
     obs = router.observe(isvc)
-    plan = rollout.schedule(sm, old, obs, now, generation=generation, action=action)
+    plan = scheduler.schedule(sm, old, obs, now, generation=generation, action=action)
     route, events, create = plan.route, list(plan.events), plan.create
     new = plan.status
+    prometheus_url, why = prometheus.resolve_url(sm.analysis.prometheus_url, SETTINGS.prometheus_url,
+                                                 SETTINGS.prometheus_url_allowlist)
+    new["conditions"] = set_condition(new.get("conditions") or [], "AnalysisConfigured", prometheus_url is not None,
+                                      "Configured" if prometheus_url else prometheus.NOT_ALLOWED, why, now,
+                                      generation)
     if plan.analyze:
-        baseline = old.get("goldenBaseline") or {}
-        cached_sdr = baseline.get("meanSdr") if baseline.get("version") == old.get("stableVersion") else None
-        m = analysis.measure(
-            prometheus_url=sm.analysis.prometheus_url, model=name, canary_version=new["canaryVersion"],
-            stable_version=new.get("stableVersion"), window_s=sm.window_s(), golden=sm.analysis.golden_set,
-            canary_url=obs.urls.get("latest") or (obs.url if sm.raw else None), stable_url=obs.urls.get("prev"),
-            stable_sdr=cached_sdr, timeout_s=SETTINGS.prometheus_timeout_seconds,
-            probe_timeout_s=SETTINGS.probe_timeout_seconds)
-        verdict = rollout.judge(m, sm, compare_stable=not sm.raw)
+        # The tick only reads the golden-set results the probe worker wrote to
+        # status; it never waits for a probe.
+        if prometheus_url is None:
+            m = analysis.Measurements(prometheus_error=why, prometheus_reason=prometheus.NOT_ALLOWED)
+        else:
+            m = prometheus.measure(
+                prometheus_url=prometheus_url, model=name, namespace=namespace,
+                namespace_label=SETTINGS.namespace_label, canary_version=new["canaryVersion"],
+                stable_version=new.get("stableVersion"), window_s=sm.window_s(),
+                timeout_s=SETTINGS.prometheus_timeout_seconds)
+        if sm.analysis.golden_set:
+            m = replace(m, **analysis.golden_measurements(new))
+        mirrored = shadow.required(sm, new)
+        if mirrored and prometheus_url is not None and not m.prometheus_error:
+            m = replace(m, **shadow.measure(
+                prometheus_url=prometheus_url, model=name, namespace=namespace,
+                canary_version=new["canaryVersion"], stable_version=new.get("stableVersion") or "",
+                window_s=sm.window_s(), timeout_s=SETTINGS.prometheus_timeout_seconds))
+        verdict = analysis.judge(m, sm, compare_stable=not sm.raw, compare_shadow=mirrored)
+        metrics.analysed(namespace, name, verdict.result)
         logger.info("analysis of %s at %s %%: %s (%s)", new.get("canaryVersion"), new.get("canaryWeight"),
                     verdict.result, verdict.message)
-        after = rollout.after_analysis(sm, new, verdict, now, generation=generation)
+        after = scheduler.after_analysis(sm, new, verdict, now, generation=generation)
         new = after.status
-        if m.stable_sdr is not None and old.get("stableVersion"):
-            new["goldenBaseline"] = {"version": old["stableVersion"], "meanSdr": round(m.stable_sdr, 4)}
         route = after.route or route
         events += after.events
+    # A tick that moves the traffic observed KServe before the move: its URLs
+    # may still lead to the previous version. Probes are planned on the next.
+    job = scheduler.probe_due(sm, new, obs, now, namespace, name, meta.get("uid")) if route is None else None
+    if job is not None and PROBES is not None and PROBES.submit(job):
+        logger.info("golden-set probe queued: %s", ", ".join(f"{t.role} {t.version}" for t in job.targets))
+    # Where the gateway mirrors users' requests (only while both versions serve them).
+    mirror = shadow.published(sm, new, obs) if route is None else None
+    if mirror:
+        new["shadow"] = mirror
 
-    if (sm.raw and sm.analysis.golden_set and new.get("phase") == rollout.SUCCEEDED and obs.ready and obs.url
-            and (new.get("goldenBaseline") or {}).get("version") != new.get("stableVersion")):
-        # RawDeployment keeps no previous revision to probe during the next
-        # rollout: measure the stable version's golden-set SDR while it serves.
-        try:
-            sdr = analysis.golden_sdr(obs.url, name, SETTINGS.probe_timeout_seconds)
-            new["goldenBaseline"] = {"version": new["stableVersion"], "meanSdr": round(sdr, 4)}
-        except Exception as e:  # noqa: BLE001 - retried next tick; a rollout without it holds
-            logger.warning("golden-set baseline of %s not measured: %s", new.get("stableVersion"), e)
-
-    new["conditions"] = rollout.set_condition(new.get("conditions") or [], "SpecValid", True, "Valid",
+    new["conditions"] = set_condition(new.get("conditions") or [], "SpecValid", True, "Valid",
                                               "spec accepted", now, generation)
     if route is not None:
         write_route(body, name, namespace, sm, route, create)

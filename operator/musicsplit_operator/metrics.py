@@ -5,11 +5,9 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, start_http_server
 
-from . import rollout
+from .status import PHASES
 
 LABELS = ("namespace", "name")
-PHASES = (rollout.INITIALIZING, rollout.PROGRESSING, rollout.PROMOTING, rollout.SUCCEEDED, rollout.ROLLED_BACK,
-          rollout.FAILED, rollout.PAUSED)
 
 PHASE = Gauge("musicsplit_rollout_phase", "1 for the SeparationModel's current rollout phase", (*LABELS, "phase"))
 WEIGHT = Gauge("musicsplit_rollout_canary_weight", "Traffic percent the canary gets (0: no canary)", LABELS)
@@ -17,6 +15,8 @@ HOLDS = Gauge("musicsplit_rollout_analysis_holds",
               "Consecutive analyses held for lack of evidence at the current step", LABELS)
 OUTCOMES = Counter("musicsplit_rollouts", "Versions that left a rollout, by outcome "
                    "(promoted, rolledBack, aborted, superseded, failed, interrupted)", (*LABELS, "outcome"))
+ANALYSES = Counter("musicsplit_rollout_analyses", "Canary analyses, by verdict (pass, fail, hold)",
+                   (*LABELS, "result"))
 
 
 def serve(port: int, addr: str = "0.0.0.0") -> None:
@@ -34,6 +34,10 @@ def record(namespace: str, name: str, old: dict, new: dict) -> None:
     added = new_h[len(old_h):] if new_h[:len(old_h)] == old_h else new_h[-1:] if new_h != old_h else []
     for h in added:
         OUTCOMES.labels(namespace, name, h.get("outcome", "unknown")).inc()
+
+
+def analysed(namespace: str, name: str, result: str) -> None:
+    ANALYSES.labels(namespace, name, result).inc()
 
 
 def forget(namespace: str, name: str) -> None:

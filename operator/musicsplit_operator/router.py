@@ -3,11 +3,36 @@ reads back what KServe reports. Pure functions; handlers do the I/O."""
 
 from __future__ import annotations
 
-from .rollout import Observed, Route
+from dataclasses import dataclass, field
+
 from .spec import SeparationModelSpec
 
 MANAGED_BY = "musicsplit-operator"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+
+
+@dataclass(frozen=True)
+class Route:
+    """What the InferenceService must serve: the latest revision's storageUri,
+    and the canary's traffic % (None: no split, the latest gets it all)."""
+
+    storage_uri: str
+    canary_percent: int | None
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What KServe reports about the InferenceService (`observe` builds it)."""
+
+    exists: bool
+    storage_uri: str | None = None  # what its spec serves as the latest revision
+    canary_percent: int | None = None  # spec.predictor.canaryTrafficPercent
+    ready: bool = False  # Ready condition
+    latest_ready: bool = False  # the latest revision is ready (RawDeployment: the applied spec's Deployment)
+    latest_percent: int | None = None  # traffic % the latest revision actually gets
+    failure: str | None = None  # a reason KServe gives for not becoming ready
+    urls: dict = field(default_factory=dict)  # traffic tag -> URL (latest, prev)
+    url: str | None = None
 
 
 def _resources(spec: SeparationModelSpec) -> dict:

@@ -114,7 +114,8 @@ class RolloutSpec(_Model):
 
 
 class AnalysisSpec(_Model):
-    prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
+    # None: the operator's own Prometheus; another URL only if the operator allows it.
+    prometheus_url: str | None = None
     window: str | None = None  # PromQL range; default: the rollout interval
     min_requests: int = 20
     max_error_rate: float = 0.01
@@ -123,6 +124,10 @@ class AnalysisSpec(_Model):
     max_quality_drop: float = 0.05
     golden_set: bool = True
     max_sdr_drop_db: float = 1.0
+    # Shadow agreement (ADR 0108): SDR of the canary's stems against the stable's on
+    # users' requests the gateway mirrored. None: not required.
+    min_shadow_agreement_db: float | None = None
+    min_shadow_comparisons: int = 10
 
 
 class SeparationModelSpec(_Model):

@@ -102,7 +102,7 @@ def pod_meta(labels: dict, container: str, port: int) -> dict:
 
 def test_predictor_scrapes_select_the_operators_models_and_nothing_else(observed, prometheus_config):
     from musicsplit.operator import router
-    from musicsplit.operator.rollout import Route
+    from musicsplit.operator.router import Route
     from musicsplit.operator.spec import parse_spec
 
     runtime = observed.of_kind("ClusterServingRuntime")[0]

@@ -2,13 +2,15 @@ import json
 import math
 
 import numpy as np
+import orjson
 import pytest
 
 from musicsplit.cli import main
 from musicsplit.evaluate import evaluate, evaluate_separator
 from musicsplit.golden import STEMS, golden_set
 from musicsplit.predictor.baseline import DSPBaseline
-from musicsplit.v2client import V2Client
+from musicsplit.v2client import JSON_LENGTH_HEADER, SOURCE_HEADER, V2Client
+from tests.fixtures.recorder import Recorder
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +65,22 @@ def test_over_http_matches_in_process(baseline_url, items):
     assert remote.model == "dsp-baseline" and remote.model_version
     assert remote.per_stem == pytest.approx(local.per_stem, abs=0.01)
     assert all(i.quality_score > 0.99 for i in remote.items)
+
+
+def test_a_probe_marks_its_requests_and_asks_for_repeatable_scores(baseline_url, items):
+    """What the canary probe sends: every request says it is a probe (the
+    predictor's metrics keep it apart from users) and asks for no random shift."""
+    with Recorder(forward_to=baseline_url) as proxy, V2Client(proxy.url, timeout=60) as client:
+        probe = evaluate(client, "dsp-baseline", items, shifts=0, source="probe")
+        user = evaluate(client, "dsp-baseline", items)
+    sent = proxy.seen("/v2/models/dsp-baseline/infer")
+    assert len(sent) == 2 * len(items)
+    for req in sent[:len(items)]:
+        assert req.headers[SOURCE_HEADER.lower()] == "probe"
+        header = orjson.loads(req.body[:int(req.headers[JSON_LENGTH_HEADER.lower()])])
+        assert header["parameters"]["shifts"] == 0
+    assert all(SOURCE_HEADER.lower() not in req.headers for req in sent[len(items):])
+    assert probe.per_stem == pytest.approx(user.per_stem, abs=1e-6)
 
 
 def test_tiny_demucs_model_is_scored(predictor_url):

@@ -22,7 +22,10 @@ from websockets.sync.client import connect
 
 from musicsplit.localstack import free_port, wait_until
 
-from .conftest import GatewayThread, make_settings, submit, tone, wait_job, wav_bytes
+from .conftest import GatewayThread, bearer, make_settings, submit, tenants_file, tone, wait_job, wav_bytes
+
+
+KEYS = {"acme": "acme-key-0000000", "globex": "globex-key-00000"}
 
 
 def metric(name: str, **labels) -> float | None:
@@ -44,7 +47,7 @@ def replicas(tmp_path):
     started: list[GatewayThread] = []
 
     def start(endpoints, name: str, **overrides) -> GatewayThread:
-        gw = GatewayThread(make_settings(tmp_path / name, endpoints, **overrides), tenants=True)
+        gw = GatewayThread(make_settings(tmp_path / name, endpoints, **overrides))
         started.append(gw)
         return gw.start()
 
@@ -97,9 +100,13 @@ def test_a_job_accepted_by_one_replica_runs_on_another_and_its_progress_crosses_
     assert follow(front.url, job["id"])[-1]["status"] == "succeeded"
 
 
-def test_a_large_file_comes_in_by_presigned_upload_and_goes_out_by_presigned_url(baseline_url, replicas, shared):
-    gw = replicas([("dsp-baseline", baseline_url, "eu")], "gw", max_upload_bytes=4_000_000, **shared)
-    acme, globex = {"X-Test-Tenant": "acme"}, {"X-Test-Tenant": "globex"}
+def test_a_large_file_comes_in_by_presigned_upload_and_goes_out_by_presigned_url(
+        baseline_url, replicas, shared, tmp_path):
+    keys = tenants_file(tmp_path / "tenants.yaml", {"acme": {}, "globex": {}}, KEYS)
+    gw = replicas([("dsp-baseline", baseline_url, "eu")], "gw", max_upload_bytes=4_000_000, api_keys_file=keys,
+                  **shared)
+    acme, globex = bearer(KEYS["acme"]), bearer(KEYS["globex"])
+    assert httpx.post(f"{gw.url}/v1/uploads", json={"bytes": 1000}).status_code == 401, "uploads authenticate"
     mix = tone(5.0, seed=611)
     data = wav_bytes(mix, subtype="PCM_16")
 
@@ -112,6 +119,8 @@ def test_a_large_file_comes_in_by_presigned_upload_and_goes_out_by_presigned_url
         return slot["upload_id"]
 
     upload_id = upload(acme, data)
+    key = gw.service.uploads.key("acme", upload_id)
+    assert key.startswith("musicsplit/acme/uploads/"), key  # under the authenticated tenant's prefix
     # Another tenant naming it reads under its own prefix: nothing there.
     r = httpx.post(f"{gw.url}/v1/separations", data={"upload_id": upload_id}, headers=globex)
     assert r.status_code == 404 and r.json()["code"] == "not_found"
@@ -124,7 +133,8 @@ def test_a_large_file_comes_in_by_presigned_upload_and_goes_out_by_presigned_url
     assert again.status_code == 404, "an upload is used once (the job keeps the validated input)"
 
     r = httpx.get(gw.url + doc["stems"]["vocals"], headers=acme)
-    assert r.status_code == 307
+    assert r.status_code == 307 and f"/musicsplit/acme/jobs/{doc['id']}/stems/" in r.headers["location"]
+    assert httpx.get(gw.url + doc["stems"]["vocals"]).status_code == 401, "downloads authenticate"
     vocals, rate = sf.read(io.BytesIO(httpx.get(r.headers["location"]).content), dtype="float32")
     assert rate == 44100 and vocals.shape == (mix.shape[1], 2)
     assert httpx.get(gw.url + doc["stems"]["vocals"], headers=globex).status_code == 404
@@ -153,26 +163,28 @@ def test_a_gateway_on_local_storage_says_it_offers_no_uploads(gateway_factory):
 def test_musicsplit_separate_sends_a_file_over_its_threshold_by_presigned_upload(
         baseline_url, gateway_factory, s3, tmp_path):
     endpoints = [("dsp-baseline", baseline_url, "eu")]
+    keys = tenants_file(tmp_path / "tenants.yaml", {"acme": {}}, KEYS)
     on_s3 = gateway_factory(endpoints, storage_url=f"s3://{s3.bucket()}/ms", s3_endpoint_url=s3.endpoint,
-                            s3_region="us-east-1")
+                            s3_region="us-east-1", api_keys_file=keys)
     on_disk = gateway_factory(endpoints)
     track = tmp_path / "song.wav"
     track.write_bytes(wav_bytes(tone(3.0, seed=641), subtype="PCM_16"))  # about 0.5 MiB
 
-    def separate(gw, out: str, *threshold: str) -> tuple[subprocess.CompletedProcess, dict[str, np.ndarray]]:
+    def separate(gw, out: str, *args: str) -> tuple[subprocess.CompletedProcess, dict[str, np.ndarray]]:
         done = subprocess.run([sys.executable, "-m", "musicsplit.cli", "separate", str(track), "--url", gw.url,
                                "--model", "dsp-baseline", "--stems", "vocals,drums", "--out", str(tmp_path / out),
-                               *threshold], capture_output=True, text=True, timeout=120)
+                               *args], capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stdout + done.stderr
         stems = {s: sf.read(tmp_path / out / f"song.{s}.wav", dtype="float32")[0] for s in ("vocals", "drums")}
         return done, stems
 
-    uploaded, by_upload = separate(on_s3, "upload", "--upload-threshold", "0.1")
+    uploaded, by_upload = separate(on_s3, "upload", "--upload-threshold", "0.1", "--api-key", KEYS["acme"])
     assert "uploaded to storage" in uploaded.stdout
     job_id = uploaded.stdout.split("(job ", 1)[1].split(",", 1)[0]
-    assert on_s3.job(job_id).status == "succeeded", "the stems came from a job on the gateway"
+    job = on_s3.job(job_id)
+    assert job.status == "succeeded" and job.tenant == "acme", "the stems came from a job of the key's tenant"
     # Under the threshold (default 30 MiB), and where the gateway has no uploads: one v2 request.
-    direct, in_body = separate(on_s3, "direct")
+    direct, in_body = separate(on_s3, "direct", "--api-key", KEYS["acme"])
     assert "uploaded to storage" not in direct.stdout and "takes no presigned uploads" not in direct.stderr
     fallback, by_fallback = separate(on_disk, "fallback", "--upload-threshold", "0.1")
     assert "takes no presigned uploads: sending the file in one request" in fallback.stderr

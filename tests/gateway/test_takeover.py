@@ -111,7 +111,7 @@ def test_a_replica_killed_mid_job_loses_nothing_and_repeats_nothing(
         # The survivor separated only what the victim had not finished (and at most the chunk it had in flight).
         assert separated_after <= total - resumed + 1, f"{separated_after} separated, {resumed} of {total} reloaded"
         assert "took over job" in survivor.log()
-        assert "musicsplit_gateway_job_takeovers_total 1.0" in httpx.get(f"{survivor.url}/metrics").text
+        assert "musicsplit_gateway_job_takeovers_total 1.0" in httpx.get(survivor.extra["metrics_url"]).text
 
         doc = httpx.get(f"{survivor.url}/v1/separations/{job['id']}").json()
         got = stems_of(survivor.url, doc)

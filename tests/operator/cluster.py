@@ -5,8 +5,9 @@
   resource when applied, custom resources are validated against the CRD's
   openAPIV3Schema (422 with the field and the reason), server-side Tables
   from additionalPrinterColumns (`kubectl get sm`), list kinds, uid /
-  creationTimestamp / generation, and the status subresource split (status
-  is ignored on create and on main-resource patches).
+  creationTimestamp / generation, the status subresource split (status
+  is ignored on create and on main-resource patches), and 422 for a JSON
+  patch whose `test` fails.
 - `Cluster`: the emulator served on 127.0.0.1 from a background thread, a
   kubeconfig pointing at it, and `kubectl` / operator processes.
 - `KServeSimulator`: plays KServe's (and Knative's) controller, and the
@@ -31,6 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
+import jsonpatch
 import jsonschema
 import kmock
 import yaml
@@ -45,6 +47,7 @@ REPO = Path(__file__).resolve().parents[2]
 CRD_RESOURCE = "apiextensions.k8s.io/v1/customresourcedefinitions"
 ISVC = "serving.kserve.io/v1beta1/inferenceservices"
 SM = "musicsplit.io/v1alpha1/separationmodels"
+UNREACHABLE = "http://127.0.0.1:9"  # the discard port: nothing listens
 
 
 def merge_patch(base, patch):
@@ -200,6 +203,20 @@ class CRDEmulator(KubernetesEmulator):
                 if "status" in (crd["version"].get("subresources") or {}):
                     request.data.pop("status", None)
                 self._validate(crd, request.data)
+        elif request.action == enums.action.UPDATE and isinstance(request.data, list):
+            # A JSON patch whose `test` op fails is 422 on a real API server
+            # (kopf then tries again with a fresher body); kmock answers 500.
+            try:
+                current = self.objects[request.resource, request.namespace, request.name]
+            except KeyError:
+                return
+            if current.deleted:
+                return
+            tests = [op for op in request.data if isinstance(op, dict) and op.get("op") == "test"]
+            try:
+                jsonpatch.JsonPatch(tests).apply(json.loads(json.dumps(dict(current.raw))))
+            except (jsonpatch.JsonPatchTestFailed, jsonpatch.JsonPointerException) as e:
+                raise KubernetesError(status=422, reason="Invalid", message=f"the test operation failed: {e}") from e
         elif request.action == enums.action.UPDATE and isinstance(request.data, dict):
             try:
                 current = self.objects[request.resource, request.namespace, request.name]
@@ -366,15 +383,17 @@ class Cluster:
         raise AssertionError(f"timed out after {timeout}s waiting for {message or what}; last: {last!r}")
 
 
-def operator_api_calls(cluster: Cluster) -> set[tuple[str, str, str]]:
-    """(apiGroup, resource[/subresource], verb) of every call kopf or the
-    kubernetes client made (not kubectl's, not the simulator's)."""
+def operator_api_calls(cluster: Cluster, agents: tuple[str, ...] = ("kopf", "OpenAPI-Generator")
+                       ) -> set[tuple[str, str, str]]:
+    """(apiGroup, resource[/subresource], verb) of every call made by a client whose
+    User-Agent starts with one of `agents`: by default kopf and the kubernetes client
+    (the operator's; not kubectl's, not the simulator's)."""
     verbs = {"WATCH": "watch", "LIST": "list", "FETCH": "get", "CREATE": "create", "UPDATE": "patch",
              "DELETE": "delete"}
     used = set()
     for req in list(cluster.emu._requests):
         ua = next((v for k, v in req.headers.items() if k.lower() == "user-agent"), "")
-        if not (ua.startswith("kopf") or ua.startswith("OpenAPI-Generator")) or req.resource is None:
+        if not ua.startswith(agents) or req.resource is None:
             continue
         if not req.resource.plural or req.action is None:
             continue  # discovery (/api, /apis/<group>...): open to every authenticated user
@@ -400,6 +419,8 @@ class Operator:
         full = {"MUSICSPLIT_OPERATOR_METRICS_PORT": str(self.metrics_port),
                 "MUSICSPLIT_OPERATOR_METRICS_ADDRESS": "127.0.0.1",**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "MUSICSPLIT_OPERATOR_TICK_SECONDS": str(tick),
                 "MUSICSPLIT_OPERATOR_PROMETHEUS_TIMEOUT_SECONDS": "2", "PYTHONUNBUFFERED": "1",
+                # Nothing listens there: analyses hold unless a test gives a real Prometheus.
+                "MUSICSPLIT_OPERATOR_PROMETHEUS_URL": UNREACHABLE,
                 **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "musicsplit.cli", "serve", "operator", "--liveness", "",

@@ -1,135 +1,108 @@
-"""The analysis' PromQL against a real Prometheus scraping a real /metrics
-endpoint with the predictor's series; and what happens when Prometheus is
-not there, or answers an error."""
+"""The analysis verdict (`judge`), as a pure function: no Prometheus, no probe."""
 
 from __future__ import annotations
 
-import shutil
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-import httpx
 import pytest
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from musicsplit.operator import analysis
-from musicsplit.operator.rollout import judge
-from musicsplit.operator.spec import parse_spec
-from tests.fixtures.prometheus import Prometheus
-
-needs_prometheus = pytest.mark.skipif(not shutil.which("prometheus"), reason="needs the prometheus binary")
+from musicsplit.operator import analysis as a
+from musicsplit.operator.analysis import VersionMetrics
+from tests.operator.builders import HEALTHY, good, spec
 
 
-class FakePredictorMetrics:
-    """A /metrics endpoint with the predictor's series (same names, labels, buckets)."""
-
-    def __init__(self):
-        self.registry = CollectorRegistry()
-        labels = ("model", "model_version")
-        self.requests = Counter("musicsplit_requests", "", (*labels, "outcome"), registry=self.registry)
-        self.latency = Histogram("musicsplit_request_duration_seconds", "", labels, registry=self.registry,
-                                 buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600))
-        self.quality = Histogram("audio_separation_quality", "", labels, registry=self.registry,
-                                 buckets=(0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0))
-        registry = self.registry
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                body = generate_latest(registry)
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *a):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.target = f"127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def serve(self, version: str, n: int, errors: int = 0, bad_input: int = 0, seconds: float = 2.0,
-              quality: float = 0.9):
-        for i in range(n):
-            outcome = "error" if i < errors else "bad_input" if i < errors + bad_input else "success"
-            self.requests.labels("m", version, outcome).inc()
-            self.latency.labels("m", version).observe(seconds)
-            if outcome == "success":
-                self.quality.labels("m", version).observe(quality)
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
+def test_judge_passes_only_with_every_check_measured():
+    v = a.judge(good(), spec())
+    assert v.result == a.PASS, v.message
+    assert {c.name for c in v.checks} == {"requests", "errorRate", "latencyP99", "qualityScore", "qualityDrop",
+                                          "goldenSdrDrop"}
 
 
-@pytest.fixture(scope="module")
-def prom(tmp_path_factory):
-    metrics = FakePredictorMetrics()
-    # the series exist (at 0) before the traffic, as a running predictor's do
-    for v in ("1.0", "2.0"):
-        metrics.requests.labels("m", v, "success")
-    p = Prometheus(tmp_path_factory.mktemp("prom"), [metrics.target])
-
-    def scraped(promql, want):
-        deadline = time.monotonic() + 30
-        with httpx.Client(timeout=5) as client:
-            while time.monotonic() < deadline:
-                if analysis.query_scalar(client, p.url, promql) == want:
-                    return
-                time.sleep(0.2)
-        raise AssertionError(f"Prometheus never saw {promql} == {want}")
-
-    try:
-        scraped('count_over_time(musicsplit_requests_total{model_version="2.0"}[1m])', 2)  # zero state, twice
-        metrics.serve("1.0", 40, errors=0, seconds=2.0, quality=0.92)
-        metrics.serve("2.0", 20, errors=4, bad_input=2, seconds=40.0, quality=0.62)
-        scraped('sum(musicsplit_requests_total{model_version="2.0"})', 20)
-        yield p
-    finally:
-        p.stop()
-        metrics.stop()
+@pytest.mark.parametrize("canary, sdr, failing", [
+    (VersionMetrics(100, 30, 2.0, 0.9), 6.0, "errorRate"),
+    (VersionMetrics(100, 0, 45.0, 0.9), 6.0, "latencyP99"),
+    (VersionMetrics(100, 0, 2.0, 0.5), 6.0, "qualityScore,qualityDrop"),
+    (VersionMetrics(100, 0, 2.0, 0.8), 6.0, "qualityDrop"),
+    (HEALTHY, 3.0, "goldenSdrDrop"),
+])
+def test_judge_fails_naming_the_check_and_by_how_much(canary, sdr, failing):
+    v = a.judge(good(canary=canary, canary_sdr=sdr), spec())
+    assert v.result == a.FAIL
+    assert [c.name for c in v.failed] == failing.split(",")
+    assert "by" in v.message and all(f in v.message for f in failing.split(","))
 
 
-@needs_prometheus
-def test_version_metrics_from_real_prometheus(prom):
-    with httpx.Client(timeout=5) as client:
-        stable = analysis.version_metrics(client, prom.url, "m", "1.0", window_s=60)
-        canary = analysis.version_metrics(client, prom.url, "m", "2.0", window_s=60)
-        unknown = analysis.version_metrics(client, prom.url, "m", "9.9", window_s=60)
-    # increase() extrapolates a little; the ratios are what the checks use
-    assert stable.requests == pytest.approx(40, rel=0.2) and stable.errors == 0
-    assert canary.error_rate == pytest.approx(4 / 20, abs=0.01)  # bad_input is not the model's fault
-    assert stable.p99_seconds <= 2.5 and 30 < canary.p99_seconds <= 60
-    assert stable.quality == pytest.approx(0.92, abs=0.01) and canary.quality == pytest.approx(0.62, abs=0.01)
-    assert unknown.requests == 0 and unknown.p99_seconds is None and unknown.quality is None
+def test_judge_holds_without_enough_requests():
+    v = a.judge(good(canary=VersionMetrics(5, 0, 1.0, 0.9)), spec())
+    assert v.result == a.HOLD and v.reason == "InsufficientData"
+    assert "5 user requests" in v.message and "not enough user requests" in v.message
+    assert "musicsplit.yaml" not in v.message
 
 
-@needs_prometheus
-def test_measure_and_judge_name_every_regression(prom):
-    spec = parse_spec({"model": {"architecture": "htdemucs", "version": "2.0", "storageUri": "gs://m/2"},
-                       "analysis": {"prometheusUrl": prom.url, "goldenSet": False, "minRequests": 10,
-                                    "maxErrorRate": 0.05, "maxP99LatencySeconds": 30, "minQualityScore": 0.7}})
-    m = analysis.measure(prometheus_url=prom.url, model="m", canary_version="2.0", stable_version="1.0",
-                         window_s=60, golden=False, canary_url=None, stable_url=None)
-    v = judge(m, spec)
-    assert v.result == "fail"
-    assert {c.name for c in v.failed} == {"errorRate", "latencyP99", "qualityScore", "qualityDrop"}
+def test_no_canary_requests_at_all_points_at_a_version_mismatch():
+    # Metrics are filtered on model_version = spec.model.version.
+    v = a.judge(good(canary=None), spec())
+    assert v.result == a.HOLD and "0 user requests" in v.message
+    assert "musicsplit.yaml version differs from spec.model.version" in v.message
 
 
-@needs_prometheus
-def test_a_prometheus_error_is_a_hold_not_a_pass(prom):
-    with httpx.Client(timeout=5) as client, pytest.raises(analysis.PrometheusUnavailable, match="bad_data"):
-        analysis.query_scalar(client, prom.url, "sum(rate(x[")
+def test_judge_holds_when_prometheus_is_unreachable():
+    v = a.judge(good(canary=None, stable=None, prometheus_error="ConnectError: refused"), spec())
+    assert v.result == a.HOLD and v.reason == "PrometheusUnreachable"
 
 
-def test_unreachable_prometheus_and_missing_probe_urls_are_reported_not_raised():
-    m = analysis.measure(prometheus_url="http://127.0.0.1:9", model="m", canary_version="2", stable_version="1",
-                         window_s=60, golden=True, canary_url=None, stable_url=None, timeout_s=2)
-    assert m.canary is None and "ConnectError" in m.prometheus_error
-    assert "tag 'latest'" in m.probe_error
+def test_judge_holds_when_the_probe_cannot_run_or_stable_has_no_data():
+    assert a.judge(good(canary_sdr=None, stable_sdr=None, probe_error="boom"), spec()).reason == "ProbeUnavailable"
+    v = a.judge(good(stable=VersionMetrics(0, 0, None, None)), spec())
+    assert v.result == a.HOLD and "no stable quality" in v.message
 
 
-def test_label_values_are_escaped_in_promql():
-    q = analysis.queries('m"x', 'v\\1', 30)
-    assert 'model="m\\"x"' in q["requests"] and 'model_version="v\\\\1"' in q["requests"]
+def test_a_measured_regression_fails_even_while_other_data_is_missing():
+    v = a.judge(good(canary=VersionMetrics(3, 0, 1.0, 0.9), canary_sdr=-5.0), spec())
+    assert v.result == a.FAIL and [c.name for c in v.failed] == ["goldenSdrDrop"]
+
+
+def test_judge_skips_the_probe_when_disabled_and_nan_is_no_data():
+    v = a.judge(good(canary=VersionMetrics(100, 0, float("nan"), 0.9)), spec(analysis={"goldenSet": False}))
+    assert v.result == a.HOLD and "goldenSdrDrop" not in {c.name for c in v.checks}
+
+
+# -------------------------------------------------------------- the golden-set results in status
+
+CANARY = {"phase": "Progressing", "canaryVersion": "2.0.0", "canaryStorageUri": "gs://m/2",
+          "stableVersion": "1.0.0", "stableStorageUri": "gs://m/1"}
+
+
+def probed(version, uri, **rec):
+    return {"version": version, "storageUri": uri, "measuredAt": "2026-01-01T12:00:00Z", **rec}
+
+
+def test_golden_results_of_the_current_canary_and_stable_are_the_evidence():
+    st = {**CANARY, "probe": probed("2.0.0", "gs://m/2", meanSdr=5.5),
+          "goldenBaseline": probed("1.0.0", "gs://m/1", meanSdr=6.0)}
+    g = a.golden_measurements(st)
+    assert (g["canary_sdr"], g["stable_sdr"], g["probe_error"], g["probe_pending"]) == (5.5, 6.0, None, None)
+    v = a.judge(good(**g), spec())
+    assert v.result == a.PASS and next(c for c in v.checks if c.name == "goldenSdrDrop").value == 0.5
+
+
+def test_a_probe_result_for_another_release_is_ignored():
+    # The same version rebuilt (another storageUri) is another release.
+    for other in (probed("1.9.0", "gs://m/2", meanSdr=9.0), probed("2.0.0", "gs://m/2-rebuilt", meanSdr=9.0)):
+        g = a.golden_measurements({**CANARY, "probe": other, "goldenBaseline": probed("1.0.0", "gs://m/1", meanSdr=6)})
+        assert g["canary_sdr"] is None and g["stable_sdr"] == 6
+        v = a.judge(good(**g), spec())
+        assert v.result == a.HOLD and v.reason == "InsufficientData"
+        assert "waiting for the golden-set probe of canary 2.0.0" in v.message
+
+
+def test_a_failed_probe_is_a_hold_with_its_reason():
+    st = {**CANARY, "probe": probed("2.0.0", "gs://m/2", error="HTTP 503 from the predictor: not ready"),
+          "goldenBaseline": {"version": "1.0.0", "meanSdr": 6.0}}  # written before storageUri was recorded
+    g = a.golden_measurements(st)
+    assert g["stable_sdr"] == 6.0 and g["probe_error"] == "canary 2.0.0: HTTP 503 from the predictor: not ready"
+    v = a.judge(good(**g), spec())
+    assert v.result == a.HOLD and v.reason == "ProbeUnavailable" and "not ready" in v.message
+
+
+def test_nothing_probed_yet_waits_for_both():
+    g = a.golden_measurements(CANARY)
+    assert g["probe_pending"] == "waiting for the golden-set probe of canary 2.0.0 and stable 1.0.0"

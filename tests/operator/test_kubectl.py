@@ -18,7 +18,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.operator.cluster import ISVC, SM, Cluster, KServeSimulator, Operator, operator_api_calls, rbac_grants
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
-UNREACHABLE = "http://127.0.0.1:9"  # discard port: nothing listens
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +48,6 @@ def example(name: str, file: str = "htdemucs.yaml", **spec) -> dict:
     doc = yaml.safe_load((MANIFESTS / "examples" / file).read_text())
     doc["metadata"]["name"] = name
     doc["spec"]["rollout"]["interval"] = "1s"
-    doc["spec"]["analysis"]["prometheusUrl"] = UNREACHABLE
     # The simulated revisions' URLs serve nothing; the probe runs in test_e2e.py.
     doc["spec"]["analysis"]["goldenSet"] = False
     for k, v in spec.items():
@@ -168,6 +166,9 @@ def test_canary_holds_when_prometheus_is_unreachable_and_abort_rolls_back(env):
     assert event_reasons(cluster, "holdme").count("AnalysisHeld") == 1
     held = metric(env[2], 'musicsplit_rollout_analysis_holds{name="holdme",namespace="default"}')
     assert held >= 2 and metric(env[2], 'musicsplit_rollout_canary_weight{name="holdme",namespace="default"}') == 10
+    analysed = metric(env[2], 'musicsplit_rollout_analyses_total{name="holdme",namespace="default",result="hold"}')
+    assert analysed >= held and metric(
+        env[2], 'musicsplit_rollout_analyses_total{name="holdme",namespace="default",result="pass"}') is None
 
     cluster.kubectl("annotate", "sm", "holdme", "musicsplit.io/action=abort")
     st = phase_is(cluster, "holdme", "RolledBack")
@@ -272,7 +273,7 @@ def test_raw_deployment_canary_that_never_becomes_ready_is_rolled_back_with_the_
     assert isvc["spec"]["predictor"]["model"]["storageUri"] == base["spec"]["model"]["storageUri"]
     # Redeployed stable becomes ready again, although KServe keeps the old lastFailureInfo.
     cluster.wait(lambda: condition(cluster.get(ISVC, "rawbroken")["status"], "PredictorReady")["status"] == "True",
-                 10, message="stable Deployment ready again")
+                 30, message="stable Deployment ready again")
 
 
 def test_status_and_events_are_visible_with_kubectl(env):

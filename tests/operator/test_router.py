@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from musicsplit.operator import router
-from musicsplit.operator.rollout import Route
+from musicsplit.operator.router import Route
 from musicsplit.operator.spec import parse_spec
 
 SPEC = parse_spec({

@@ -30,7 +30,7 @@ def test_runtime_env_names_are_predictor_settings():
 
 def test_runtime_serves_the_inference_services_the_operator_writes():
     from musicsplit.operator import router
-    from musicsplit.operator.rollout import Route
+    from musicsplit.operator.router import Route
     from musicsplit.operator.spec import parse_spec
 
     spec = parse_spec({"model": {"architecture": "htdemucs", "version": "1", "storageUri": "gs://m/1"},

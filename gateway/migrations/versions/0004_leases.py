@@ -3,15 +3,15 @@
 A running job is held by one replica until `lease_expires` (database clock, unix seconds);
 rows from before leases have none and are taken over by the first replica that looks.
 
-Revision ID: 0004
-Revises: 0002
+Revision ID: 0004_leases
+Revises: 0003_tenancy
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004"
-down_revision = "0002"
+revision = "0004_leases"
+down_revision = "0003_tenancy"
 branch_labels = None
 depends_on = None
 

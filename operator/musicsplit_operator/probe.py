@@ -1,0 +1,163 @@
+"""The golden-set probe, off the reconcile path.
+
+A probe separates the golden set through a served revision (musicsplit.evaluate
+over the v2 client) and scores it: minutes of inference on a slow model, so
+the reconcile tick never waits for one. The tick submits a `ProbeJob`
+(`scheduler.probe_due` decides which) to a `ProbeWorker`, a bounded thread
+pool shared by all SeparationModels, and reads the results back from status,
+where the worker writes them: `status.probe` for the canary,
+`status.goldenBaseline` for the stable version.
+
+Each result is a record: version, storageUri, meanSdr, perStem, servedVersion,
+startedAt, measuredAt, and error (meanSdr absent) when the probe failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import datetime, timezone
+from typing import Callable
+
+from .scheduler import ProbeJob, ProbeTarget
+from .status import iso
+
+log = logging.getLogger(__name__)
+
+PROBE_SOURCE = "probe"  # X-Musicsplit-Source: the predictor counts these apart from users
+STATUS_KEY = {"canary": "probe", "stable": "goldenBaseline"}
+SETTLE_S = 60.0  # how long a URL may keep answering with the previous version
+
+# Writes {status key: record} into the SeparationModel (namespace, name)'s status.
+StatusWriter = Callable[[str, str, dict], None]
+
+
+def golden_report(url: str, model: str, version: str, timeout_s: float = 300.0, *, settle_s: float = SETTLE_S,
+                  poll_s: float = 2.0):
+    """The model at `url` scored on the golden set (musicsplit.evaluate's
+    report). Deterministic: the fixed golden set, no random shift (shifts=0),
+    so one version always scores the same and a difference between versions
+    is the models'.
+
+    The first item says which version answers. Right after a RawDeployment
+    switch the URL may still reach the old pods for a moment: the first item
+    is sent again every `poll_s` for up to `settle_s` before that is an error
+    (a score of another version says nothing about this one)."""
+    from musicsplit.evaluate import EvalReport, evaluate
+    from musicsplit.golden import golden_set
+    from musicsplit.v2client import V2Client
+
+    items = golden_set()
+    deadline = time.monotonic() + settle_s
+    with V2Client(url, timeout=timeout_s) as client:
+        while True:
+            first = evaluate(client, model, items[:1], shifts=0, source=PROBE_SOURCE)
+            if first.model_version in (None, version):
+                break
+            if time.monotonic() + poll_s > deadline:
+                raise LookupError(f"answered by model_version {first.model_version}, not {version}")
+            time.sleep(poll_s)
+        rest = evaluate(client, model, items[1:], shifts=0, source=PROBE_SOURCE)
+    report = EvalReport(model, first.items + rest.items)
+    if report.model_version not in (None, version):  # the version changed under the probe
+        raise LookupError(f"answered by model_version {report.model_version}, not {version}")
+    return report
+
+
+def _error(exc: BaseException) -> str:
+    from musicsplit.v2client import V2Error
+
+    if isinstance(exc, V2Error):
+        # The predictor's error says what it refused; one short line of it
+        # (a proxy in between may answer with a whole page).
+        return f"HTTP {exc.status} from the predictor: {' '.join(exc.message.split())[:200]}"
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+
+
+def run_target(target: ProbeTarget, model: str, timeout_s: float, *, settle_s: float = SETTLE_S) -> dict:
+    """Probe one release; the record for status (errors included, never raised)."""
+    started = datetime.now(timezone.utc)
+    rec: dict = {"version": target.version, "storageUri": target.storage_uri, "startedAt": iso(started)}
+    try:
+        if target.url is None:
+            raise LookupError(target.missing or "no URL to probe")
+        report = golden_report(target.url, model, target.version, timeout_s, settle_s=settle_s)
+        rec.update(meanSdr=round(report.mean_sdr, 4), perStem={k: round(v, 4) for k, v in report.per_stem.items()},
+                   servedVersion=report.model_version, items=len(report.items))
+    except LookupError as e:
+        rec["error"] = str(e)
+    except Exception as e:  # noqa: BLE001 - any failure is the probe's result: a hold, with its reason
+        rec["error"] = _error(e)
+    rec["measuredAt"] = iso(datetime.now(timezone.utc))
+    return rec
+
+
+class ProbeWorker:
+    """At most `workers` probes at a time, one per SeparationModel: a job
+    submitted while that object's last one runs is refused (the next tick asks
+    again). A job measures its targets in order and writes each result as soon
+    as it has it."""
+
+    def __init__(self, write: StatusWriter, *, workers: int = 2, timeout_s: float = 300.0):
+        self._write, self._timeout = write, timeout_s
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="golden-probe")
+        self._lock = threading.Lock()
+        self._running: set[tuple[str, str]] = set()
+        # (namespace, name, role) -> (uid, version, storageUri) last measured: a
+        # tick that read status just before the result landed would ask again.
+        # The uid tells a SeparationModel deleted and created again apart.
+        self._measured: dict[tuple[str, str, str], tuple[str | None, str, str]] = {}
+
+    def submit(self, job: ProbeJob) -> bool:
+        """Queue the job unless one for the same object is queued or running;
+        targets this worker has measured already are dropped."""
+        key = (job.namespace, job.name)
+        with self._lock:
+            targets = tuple(t for t in job.targets
+                            if self._measured.get((*key, t.role)) != (job.uid, t.version, t.storage_uri))
+            if key in self._running or not targets:
+                return False
+            self._running.add(key)
+        job = replace(job, targets=targets)
+        try:
+            self._pool.submit(self._run, job)
+        except RuntimeError:  # shut down
+            with self._lock:
+                self._running.discard(key)
+            return False
+        return True
+
+    def forget(self, namespace: str, name: str) -> None:
+        """A deleted SeparationModel's memory goes (bounded by the live objects)."""
+        with self._lock:
+            for role in STATUS_KEY:
+                self._measured.pop((namespace, name, role), None)
+
+    def busy(self, namespace: str, name: str) -> bool:
+        with self._lock:
+            return (namespace, name) in self._running
+
+    def _run(self, job: ProbeJob) -> None:
+        try:
+            for target in job.targets:
+                rec = run_target(target, job.name, self._timeout)
+                log.info("golden-set probe of %s/%s %s %s: %s", job.namespace, job.name, target.role,
+                         target.version, rec.get("error") or f"mean SDR {rec['meanSdr']} dB")
+                try:
+                    self._write(job.namespace, job.name, {STATUS_KEY[target.role]: rec})
+                except Exception as e:  # noqa: BLE001 - the result is lost; the next tick asks for it again
+                    log.warning("golden-set probe result of %s/%s not written: %s", job.namespace, job.name, e)
+                    continue
+                if "error" not in rec:
+                    with self._lock:
+                        self._measured[(job.namespace, job.name, target.role)] = (job.uid, target.version,
+                                                                                  target.storage_uri)
+        finally:
+            with self._lock:
+                self._running.discard((job.namespace, job.name))
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,110 @@
+"""The SeparationModel's status: phases, conditions, history, and the editor
+the scheduler writes a new status with. Pure: dicts in, dicts out.
+
+All rollout state lives in status, so an operator restarted mid-rollout
+carries on from it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from .spec import SeparationModelSpec
+
+HISTORY_LIMIT = 50
+
+# Phases
+INITIALIZING, PROGRESSING, PROMOTING = "Initializing", "Progressing", "Promoting"
+SUCCEEDED, ROLLED_BACK, FAILED, PAUSED = "Succeeded", "RolledBack", "Failed", "Paused"
+ACTIVE = (PROGRESSING, PAUSED)
+PHASES = (INITIALIZING, PROGRESSING, PROMOTING, SUCCEEDED, ROLLED_BACK, FAILED, PAUSED)
+
+# The status keys the rollout owns; StatusEditor carries them from one tick to the
+# next. `probe` (the canary's golden-set result) and `goldenBaseline` (the
+# stable's) are written by the probe worker only; the ticks carry them unchanged.
+KEEP = ("phase", "stableVersion", "stableStorageUri", "stableReleased", "canaryVersion", "canaryStorageUri",
+        "canaryReleased", "canaryWeight", "stepIndex", "stepStartedAt", "holds", "lastAnalysis", "history",
+        "conditions", "message", "goldenBaseline", "probe")
+
+
+def iso(t: datetime) -> str:
+    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def set_condition(conditions: list[dict], type_: str, status: bool, reason: str, message: str, now: datetime,
+                  generation: int | None = None) -> list[dict]:
+    """Upsert a condition; lastTransitionTime moves only when the status flips."""
+    value = "True" if status else "False"
+    out, found = [], False
+    for c in conditions or []:
+        if c.get("type") == type_:
+            found = True
+            c = {**c, "reason": reason, "message": message, "observedGeneration": generation,
+                 "lastTransitionTime": c.get("lastTransitionTime") if c.get("status") == value else iso(now),
+                 "status": value}
+        out.append(c)
+    if not found:
+        out.append({"type": type_, "status": value, "reason": reason, "message": message,
+                    "lastTransitionTime": iso(now), "observedGeneration": generation})
+    return out
+
+
+def condition(status: dict, type_: str) -> dict | None:
+    return next((c for c in status.get("conditions") or [] if c.get("type") == type_), None)
+
+
+def history_entry(model: dict, outcome: str, reason: str, now: datetime) -> dict:
+    return {"version": model["version"], "storageUri": model["storageUri"], "released": model.get("released"),
+            "outcome": outcome, "at": iso(now), "reason": reason}
+
+
+def rejected(status: dict, version: str, storage_uri: str) -> dict | None:
+    """The history entry that rolled this exact release back, if its latest entry did."""
+    for h in reversed(status.get("history") or []):
+        if h.get("version") == version and h.get("storageUri") == storage_uri:
+            return h if h.get("outcome") in ("rolledBack", "aborted", "failed") else None
+    return None
+
+
+class StatusEditor:
+    """A status being edited: a copy of the old one's rollout keys, plus helpers
+    for conditions, Events and history. `d` is the whole new status."""
+
+    def __init__(self, status: dict, spec: SeparationModelSpec, now: datetime, generation: int | None):
+        self.d = {k: status.get(k) for k in KEEP if status.get(k) is not None}
+        self.d.setdefault("history", [])
+        self.d.setdefault("conditions", [])
+        self.d["observedGeneration"] = generation
+        self.spec, self.now, self.gen = spec, now, generation
+        self.events: list[tuple[str, str, str]] = []
+        mode_ok = not spec.raw
+        self.cond("TrafficSplit", mode_ok, "Serverless" if mode_ok else "RawDeploymentMode",
+                  "canaryTrafficPercent splits traffic between the previous and the latest revision (Knative)"
+                  if mode_ok else
+                  "KServe RawDeployment mode has no traffic split (kserve#4074): a new version takes 100 % of "
+                  "traffic at once and is analysed there; rollback redeploys the stable storageUri")
+
+    def cond(self, type_, ok, reason, message):
+        self.d["conditions"] = set_condition(self.d["conditions"], type_, ok, reason, message, self.now, self.gen)
+
+    def event(self, type_, reason, message):
+        self.events.append((type_, reason, message))
+
+    def history(self, model: dict, outcome: str, reason: str):
+        self.d["history"] = [*self.d.get("history", []), history_entry(model, outcome, reason, self.now)][
+            -HISTORY_LIMIT:]
+
+    def clear_canary(self):
+        for k in ("canaryVersion", "canaryStorageUri", "canaryReleased", "stepIndex", "stepStartedAt", "holds"):
+            self.d.pop(k, None)
+        self.d["canaryWeight"] = 0
+
+    def canary_model(self) -> dict:
+        return {"version": self.d.get("canaryVersion"), "storageUri": self.d.get("canaryStorageUri"),
+                "released": self.d.get("canaryReleased")}
