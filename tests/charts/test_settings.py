@@ -28,7 +28,7 @@ PENDING = {
         "callback_allow_private", "shadow_enabled", "shadow_sample_rate", "shadow_max_concurrent",
         "shadow_namespace",
     },
-    "operator": {"mlflow_tracking_uri"},
+    "operator": set(),
 }
 COMPONENTS = {
     "predictor": ("MUSICSPLIT_", PredictorSettings),

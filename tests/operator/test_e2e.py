@@ -99,7 +99,8 @@ def sm(version: str, namespace: str = "default", **spec) -> dict:
             "replicas": {"min": 1, "max": 1},
             "rollout": {"steps": [50, 100], "interval": f"{INTERVAL_S}s", "progressDeadline": "2m"},
             "analysis": {"window": "30s", "minRequests": 3, "maxErrorRate": 0.05, "maxP99LatencySeconds": 20,
-                         "minQualityScore": 0.5, "maxQualityDrop": 0.05, "goldenSet": True, "maxSdrDropDb": 1.0},
+                         "minQualityScore": 0.5, "maxQualityDrop": 0.05,
+                         "goldenSet": {"builtin": True, "maxSdrDropDb": 1.0}},
         },
     }
     doc["spec"].update(spec)

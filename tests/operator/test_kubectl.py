@@ -49,7 +49,7 @@ def example(name: str, file: str = "htdemucs.yaml", **spec) -> dict:
     doc["metadata"]["name"] = name
     doc["spec"]["rollout"]["interval"] = "1s"
     # The simulated revisions' URLs serve nothing; the probe runs in test_e2e.py.
-    doc["spec"]["analysis"]["goldenSet"] = False
+    doc["spec"]["analysis"]["goldenSet"] = {"builtin": False}
     for k, v in spec.items():
         doc["spec"][k] = {**doc["spec"].get(k, {}), **v} if isinstance(v, dict) else v
     return doc
