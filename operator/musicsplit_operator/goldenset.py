@@ -189,11 +189,15 @@ def directory_tracks(source: str, root: Path) -> list[Track]:
                                    "STEM.wav files)")
 
 
-def builtin_tracks() -> list[Track]:
-    from musicsplit.golden import golden_set
+BUILTIN_ITEMS, BUILTIN_SECONDS = 4, 6.0  # musicsplit.golden.golden_set()'s defaults
 
-    items = golden_set()
-    return [Track("builtin", item.name, (lambda it=item: it), item.seconds) for item in items]
+
+def builtin_tracks() -> list[Track]:
+    from musicsplit.golden import golden_item
+
+    # Generated as sent, like a user's tracks are decoded: one in memory at a time.
+    return [Track("builtin", f"golden-0-{i:02d}", (lambda i=i: golden_item(i, BUILTIN_SECONDS)), BUILTIN_SECONDS)
+            for i in range(BUILTIN_ITEMS)]
 
 
 def digest_of(files: Iterable[tuple[str, bytes]]) -> str:
