@@ -18,7 +18,10 @@ that model version:
 a `ReportWorker` thread writes it and records each report's key in
 `status.registryReports.done` (its own status key), or the error in
 `status.registryReports.error` and tries again after `retry_s`. The ticks
-never wait for MLflow.
+never wait for MLflow. MLflow sets one tag per request, so each report ends
+with its marker tag (`musicsplit.rollout.outcome`,
+`musicsplit.golden_sdr_measured_at`): a reader that sees it sees the whole
+report.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ RECENT = 10  # history entries looked at: older unreported outcomes are given up
 DONE_KEPT = 32  # report keys remembered in status
 MIN_WINDOW_S = 60.0
 REASON_CHARS = 500
+# Written last: their presence says the rest of the report is there.
+MARKERS = ("musicsplit.golden_sdr_measured_at", "musicsplit.rollout.outcome")
 
 # Writes {status key: value} into the SeparationModel (namespace, name)'s status.
 StatusWriter = Callable[[str, str, dict], None]
@@ -185,7 +190,7 @@ class ReportWorker:
             mlflow = self._connect()
             for report in job.reports:
                 tags = {**report.tags, **(self._figures(job, report.span) if report.span else {})}
-                for tag, value in tags.items():
+                for tag, value in sorted(tags.items(), key=lambda kv: kv[0] in MARKERS):
                     try:
                         mlflow.set_model_version_tag(report.model_name, report.model_version, tag, value)
                     except Exception as e:  # noqa: BLE001 - MlflowException, requests' errors
