@@ -18,7 +18,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from . import analysis, goldenset, metrics, probe, prometheus, registry, reporting, router, scheduler
+from . import analysis, goldenset, metrics, probe, prometheus, registry, reporting, router, scheduler, shadow
 from .goldenstore import GoldenStore
 from .settings import OperatorSettings
 from .spec import GROUP, ISVC_GROUP, ISVC_PLURAL, ISVC_VERSION, PLURAL, VERSION, parse_spec
@@ -253,7 +253,13 @@ def reconcile(body, name, namespace, patch, logger, **_) -> None:
                 timeout_s=SETTINGS.prometheus_timeout_seconds)
         if sm.analysis.golden_set.enabled:
             m = replace(m, **analysis.golden_measurements(new, ref))
-        verdict = analysis.judge(m, sm, compare_stable=not sm.raw)
+        mirrored = shadow.required(sm, new)
+        if mirrored and prometheus_url is not None and not m.prometheus_error:
+            m = replace(m, **shadow.measure(
+                prometheus_url=prometheus_url, model=name, namespace=namespace,
+                canary_version=new["canaryVersion"], stable_version=new.get("stableVersion") or "",
+                window_s=sm.window_s(), timeout_s=SETTINGS.prometheus_timeout_seconds))
+        verdict = analysis.judge(m, sm, compare_stable=not sm.raw, compare_shadow=mirrored)
         metrics.analysed(namespace, name, verdict.result)
         logger.info("analysis of %s at %s %%: %s (%s)", new.get("canaryVersion"), new.get("canaryWeight"),
                     verdict.result, verdict.message)
@@ -266,6 +272,10 @@ def reconcile(body, name, namespace, patch, logger, **_) -> None:
     job = scheduler.probe_due(sm, new, obs, now, namespace, name, meta.get("uid")) if route is None else None
     if job is not None and PROBES is not None and PROBES.submit(job):
         logger.info("golden-set probe queued: %s", ", ".join(f"{t.role} {t.version}" for t in job.targets))
+    # Where the gateway mirrors users' requests (only while both versions serve them).
+    mirror = shadow.published(sm, new, obs) if route is None else None
+    if mirror:
+        new["shadow"] = mirror
     if REPORTS is not None:
         _report(old, namespace, name, prometheus_url, ref, logger)
     _registry_status(new, res, now, generation)

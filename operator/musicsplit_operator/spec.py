@@ -189,6 +189,10 @@ class AnalysisSpec(_Model):
     max_quality_drop: float = 0.05
     golden_set: GoldenSetSpec = GoldenSetSpec()
     max_sdr_drop_db: float | None = None  # before goldenSet was an object; goldenSet.maxSdrDropDb wins
+    # Shadow agreement (ADR 0108): SDR of the canary's stems against the stable's on
+    # users' requests the gateway mirrored. None: not required.
+    min_shadow_agreement_db: float | None = None
+    min_shadow_comparisons: int = 10
 
     @field_validator("golden_set", mode="before")
     @classmethod
