@@ -25,7 +25,7 @@ PENDING = {
     "gateway": {
         "storage_url", "s3_endpoint_url", "s3_region", "events_backend", "lease_seconds",
     },
-    "operator": {"mlflow_tracking_uri"},
+    "operator": set(),
 }
 COMPONENTS = {
     "predictor": ("MUSICSPLIT_", PredictorSettings),
