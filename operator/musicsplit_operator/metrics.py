@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, start_http_server
 
+from .analysis import golden_series
 from .status import PHASES
 
 LABELS = ("namespace", "name")
@@ -17,13 +18,19 @@ OUTCOMES = Counter("musicsplit_rollouts", "Versions that left a rollout, by outc
                    "(promoted, rolledBack, aborted, superseded, failed, interrupted)", (*LABELS, "outcome"))
 ANALYSES = Counter("musicsplit_rollout_analyses", "Canary analyses, by verdict (pass, fail, hold)",
                    (*LABELS, "result"))
+GOLDEN_SDR = Gauge("musicsplit_golden_sdr_db",
+                   "Golden-set SDR (dB) of a model version, per stem and their mean (stem=mean); role current is "
+                   "the newest version probed, previous the one it replaces", (*LABELS, "model_version", "stem",
+                                                                                "role"))
+# (namespace, name) -> the golden series set now, so a tick removes the ones gone.
+_golden: dict[tuple[str, str], set[tuple[str, str, str]]] = {}
 
 
 def serve(port: int, addr: str = "0.0.0.0") -> None:
     start_http_server(port, addr)
 
 
-def record(namespace: str, name: str, old: dict, new: dict) -> None:
+def record(namespace: str, name: str, old: dict, new: dict, golden_set: str = "builtin") -> None:
     """Update the gauges from the new status; count history entries it added."""
     phase = new.get("phase")
     for p in PHASES:
@@ -34,6 +41,17 @@ def record(namespace: str, name: str, old: dict, new: dict) -> None:
     added = new_h[len(old_h):] if new_h[:len(old_h)] == old_h else new_h[-1:] if new_h != old_h else []
     for h in added:
         OUTCOMES.labels(namespace, name, h.get("outcome", "unknown")).inc()
+    _record_golden(namespace, name, golden_series(new, golden_set))
+
+
+def _record_golden(namespace: str, name: str, series: dict[str, dict]) -> None:
+    """At most one version per role (bounded: the canary and the stable)."""
+    now = {(role, s["version"], stem): sdr for role, s in series.items() for stem, sdr in s["sdr"].items()}
+    for role, version, stem in _golden.get((namespace, name), set()) - set(now):
+        GOLDEN_SDR.remove(namespace, name, version, stem, role)
+    for (role, version, stem), sdr in now.items():
+        GOLDEN_SDR.labels(namespace, name, version, stem, role).set(sdr)
+    _golden[(namespace, name)] = set(now)
 
 
 def analysed(namespace: str, name: str, result: str) -> None:
@@ -48,3 +66,4 @@ def forget(namespace: str, name: str) -> None:
             metric.remove(*labels)
         except KeyError:
             pass
+    _record_golden(namespace, name, {})

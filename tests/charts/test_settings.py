@@ -23,7 +23,7 @@ from .conftest import VARIANTS, render
 PENDING = {
     "predictor": set(),
     "gateway": set(),
-    "operator": {"mlflow_tracking_uri"},
+    "operator": set(),
 }
 COMPONENTS = {
     "predictor": ("MUSICSPLIT_", PredictorSettings),

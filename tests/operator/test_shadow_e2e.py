@@ -126,7 +126,7 @@ def sm(version: str) -> dict:
             "rollout": {"steps": [50], "interval": "6s", "progressDeadline": "2m"},
             # Only the agreement can fail the canary.
             "analysis": {"window": "30s", "minRequests": 3, "maxErrorRate": 0.05, "maxP99LatencySeconds": 20,
-                         "minQualityScore": 0, "maxQualityDrop": 1, "goldenSet": False,
+                         "minQualityScore": 0, "maxQualityDrop": 1, "goldenSet": {"builtin": False},
                          "minShadowAgreementDb": 10, "minShadowComparisons": 3},
         },
     }
