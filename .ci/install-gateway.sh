@@ -3,7 +3,8 @@
 #   redis-server (Debian)          -> tests/gateway/test_cache.py (shared cache)
 #   postgresql (Debian)            -> tests/fixtures/postgres.py (job store tests; Unleash's database)
 #   unleash-server@7.5 (npm)       -> same; 7.5 is the last line that runs on Node 20
-#   python gateway extra           -> pip install -e '.[gateway]' (PyJWT[crypto] for OIDC tokens)
+#   python gateway extra           -> pip install -e '.[gateway]' (boto3 for the S3 result store, PyJWT[crypto] for OIDC tokens)
+#   moto[server] (test extra)      -> tests/fixtures/s3.py (an S3 API on 127.0.0.1)
 # UNLEASH_SERVER_DIR (default /opt/musicsplit/unleash-server) is where npm puts
 # the server; the slow test reads the same variable.
 set -euo pipefail
@@ -34,6 +35,7 @@ if [ ! -f "$unleash_dir/node_modules/unleash-server/package.json" ]; then
   npm install --no-audit --no-fund --loglevel=error unleash-server@7.5
 fi
 
-python -c "import UnleashClient, redis, tenacity, sentry_sdk, multipart, websockets, sqlalchemy, alembic, aiosqlite, psycopg, jwt, cryptography" 2>/dev/null \
+python -c "import UnleashClient, redis, tenacity, sentry_sdk, multipart, websockets, sqlalchemy, alembic, aiosqlite, psycopg, boto3, jwt, cryptography" 2>/dev/null \
   || pip install -q -e "$here[gateway]"
+python -c "import moto.server, flask" 2>/dev/null || pip install -q -e "$here[test]"
 echo "gateway test dependencies ready (unleash-server in $unleash_dir)"

@@ -28,7 +28,7 @@ from musicsplit.gateway import metrics
 from musicsplit.gateway.auth import Authenticator
 from musicsplit.gateway.ingress import FORM_OVERHEAD_BYTES, BodyLimit
 from musicsplit.gateway.notify import report
-from musicsplit.gateway.routers import operations, separations, v2
+from musicsplit.gateway.routers import operations, separations, uploads, v2
 from musicsplit.gateway.schemas import DESCRIPTION, MALFORMED, TAGS, ErrorBody
 from musicsplit.gateway.service import SeparationService
 from musicsplit.gateway.settings import GatewaySettings
@@ -66,7 +66,7 @@ def create_app(settings: GatewaySettings | None = None, service: SeparationServi
     app = FastAPI(title="musicsplit gateway", version="1.0.0", description=DESCRIPTION, lifespan=lifespan,
                   openapi_tags=TAGS)
     app.state.settings = settings
-    for area in (separations, v2, operations):
+    for area in (separations, uploads, v2, operations):
         app.include_router(area.router)
 
     @app.exception_handler(MusicsplitError)

@@ -202,6 +202,10 @@ class RedisCache:
             log.warning("redis cache unavailable (%s): result not cached", exc)
             metrics.CACHE.labels(backend=self.backend, result="error").inc()
 
+    async def check(self) -> None:
+        """Raise if Redis does not answer (readiness reports the cache degraded)."""
+        await self.client.ping()
+
     def _mapping(self, meta: dict, files: dict[str, Path]) -> dict[str, bytes] | None:
         """The hash fields of an entry (file reads: run in a thread), None when over the size cap."""
         if sum(p.stat().st_size for p in files.values()) > self.max_entry_bytes:

@@ -23,6 +23,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable
+from urllib.parse import parse_qsl
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -133,11 +134,18 @@ class _Part:
         self.hash = hashlib.sha256()
 
 
-async def read_form(request: Request, staging: Callable[[], Path], *, max_file_bytes: int, max_files: int) -> Form:
-    """The form of a multipart request; BadRequest / PayloadTooLarge saying what is wrong (files deleted)."""
+SEND_FILE = "send the audio as a multipart/form-data field named 'file' (e.g. curl -F file=@song.flac)"
+
+
+async def read_form(request: Request, staging: Callable[[], Path], *, max_file_bytes: int, max_files: int,
+                    expected: str = SEND_FILE) -> Form:
+    """The form of a multipart (or, without files, urlencoded) request; BadRequest / PayloadTooLarge
+    saying what is wrong (files deleted). `expected`: what to send instead of a body that is no form."""
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
+    if content_type == b"application/x-www-form-urlencoded":
+        return await _read_urlencoded(request)
     if content_type != b"multipart/form-data" or b"boundary" not in options:
-        raise BadRequest("send the audio as a multipart/form-data field named 'file' (e.g. curl -F file=@song.flac)")
+        raise BadRequest(expected)
     form = Form()
     parts: list[_Part] = []
     pending: list[tuple[_Part, bytes]] = []
@@ -217,6 +225,23 @@ async def read_form(request: Request, staging: Callable[[], Path], *, max_file_b
             part.file.close()
             part.upload.sha256 = part.hash.hexdigest()  # type: ignore[union-attr]
     return form
+
+
+async def _read_urlencoded(request: Request) -> Form:
+    """A form without files (e.g. a job from a presigned upload: upload_id=...), bounded like the
+    text fields of a multipart form."""
+    limit = MAX_FIELDS * (MAX_FIELD_BYTES + 64)
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > limit:
+            raise BadRequest(f"the form is longer than {limit} bytes: send the audio as multipart/form-data")
+    try:
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False,
+                          max_num_fields=MAX_FIELDS)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadRequest(f"the form is malformed ({exc})") from None
+    return Form(fields=dict(pairs))
 
 
 def _write(pending: list[tuple[_Part, bytes]]) -> None:

@@ -10,6 +10,7 @@ read from at any offset. Bad input is refused here, before any GPU time.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,16 @@ def take(source: Path, sha256: str, dest: Path, limits: Limits) -> Intake:
     except BaseException:
         dest.unlink(missing_ok=True)
         raise
+
+
+def take_file(path: Path, dest: Path, limits: Limits) -> Intake:
+    """`take` for a file on local disk whose SHA-256 is not known yet (a presigned upload, copied
+    from the bucket): hashed block by block, never whole in memory."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1024 * 1024):
+            sha.update(block)
+    return take(path, sha.hexdigest(), dest, limits)
 
 
 def _take(source: Path, sha: str, dest: Path, limits: Limits) -> Intake:

@@ -2,8 +2,8 @@
 
 A job's row moves queued -> running -> succeeded | failed | cancelled, and
 later -> expired when its result files are deleted after the retention
-time (the row stays, saying so). Jobs found queued or running at start-up
-are queued again.
+time (the row stays, saying so). Which replica runs a job, and for how long
+it may, is the queue's business (jobqueue.py: claims and leases on these rows).
 
 One implementation on SQLAlchemy Core with the async engine, the same code
 on SQLite (the embedded default: a WAL file under data_dir) and PostgreSQL
@@ -60,6 +60,8 @@ jobs = sa.Table(
     sa.Column("result", sa.JSON),
     sa.Column("cached", sa.Boolean, nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("lease_owner", sa.Text),
+    sa.Column("lease_expires", sa.Double),
 )
 
 submissions = sa.Table(
@@ -110,6 +112,8 @@ class SeparationJob:
     result: dict = field(default_factory=dict)
     cached: bool = False
     attempts: int = 0
+    lease_owner: str | None = None  # the replica running it (jobqueue.py)
+    lease_expires: float | None = None
 
     @property
     def terminal(self) -> bool:
@@ -149,6 +153,7 @@ class JobStore(Protocol):
     async def create(self, *, tenant: str, model: str, params: dict, user_id: str | None, arm: str | None,
                      filename: str | None, audio_sha: str | None, batch_id: str | None = None,
                      idempotency_key: str | None = None, model_version: str | None = None,
+                     job_id: str | None = None, result: dict | None = None,
                      max_active: int | None = None) -> SeparationJob: ...
 
     async def get(self, job_id: str, *, tenant: str | None) -> SeparationJob | None: ...
@@ -164,7 +169,8 @@ class JobStore(Protocol):
 
     async def update(self, job_id: str, **fields: Any) -> SeparationJob | None: ...
 
-    async def transition(self, job_id: str, from_status: tuple[str, ...], **fields: Any) -> SeparationJob | None: ...
+    async def transition(self, job_id: str, from_status: tuple[str, ...], *, held_by: str | None = None,
+                         **fields: Any) -> SeparationJob | None: ...
 
     async def unfinished(self) -> list[SeparationJob]: ...
 
@@ -178,7 +184,13 @@ class JobStore(Protocol):
 
     async def observations(self, since: float = 0.0) -> list[dict]: ...
 
+    async def ping(self) -> None: ...
+
     async def close(self) -> None: ...
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
 
 
 def _active_count(tenant: str):
@@ -209,16 +221,26 @@ class SqlJobStore:
     async def close(self) -> None:
         await self.engine.dispose()
 
+    async def ping(self) -> None:
+        """Raise if the database cannot be reached now (readiness)."""
+        async with self.engine.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+
     async def create(self, *, tenant: str, model: str, params: dict, user_id: str | None, arm: str | None,
                      filename: str | None, audio_sha: str | None, batch_id: str | None = None,
                      idempotency_key: str | None = None, model_version: str | None = None,
+                     job_id: str | None = None, result: dict | None = None,
                      max_active: int | None = None) -> SeparationJob:
         """A new queued job; DuplicateIdempotencyKey when (tenant, user, key) already has one,
-        ActiveJobLimit when `max_active` is given and the tenant has that many jobs queued or running."""
+        ActiveJobLimit when `max_active` is given and the tenant has that many jobs queued or running.
+
+        `job_id` (from `new_job_id()`): an id chosen before the row exists, so the job's input can be
+        stored first and no replica ever claims a job whose input is not there yet."""
         now = time.time()
-        job = SeparationJob(id=uuid.uuid4().hex, status="queued", model=model, params=params, tenant=tenant,
+        job = SeparationJob(id=job_id or new_job_id(), status="queued", model=model, params=params, tenant=tenant,
                             user_id=user_id, batch_id=batch_id, arm=arm, filename=filename, audio_sha=audio_sha,
-                            idempotency_key=idempotency_key, created=now, updated=now, model_version=model_version)
+                            idempotency_key=idempotency_key, created=now, updated=now, model_version=model_version,
+                            result=result or {})
         try:
             async with self.engine.begin() as conn:
                 if max_active is not None:
@@ -269,10 +291,14 @@ class SqlJobStore:
         return await self._one(sa.update(jobs).where(jobs.c.id == job_id)
                                .values(**fields, updated=time.time()).returning(*jobs.c), write=True)
 
-    async def transition(self, job_id: str, from_status: tuple[str, ...], **fields: Any) -> SeparationJob | None:
-        """Update only if the job is still in one of `from_status` (a cancel wins races); the job, or None."""
-        return await self._one(sa.update(jobs).where(jobs.c.id == job_id, jobs.c.status.in_(from_status))
-                               .values(**fields, updated=time.time()).returning(*jobs.c), write=True)
+    async def transition(self, job_id: str, from_status: tuple[str, ...], *, held_by: str | None = None,
+                         **fields: Any) -> SeparationJob | None:
+        """Update only if the job is still in one of `from_status` (a cancel wins races) and, with
+        `held_by`, still leased by that replica (one that lost its lease finishes nothing); the job, or None."""
+        query = sa.update(jobs).where(jobs.c.id == job_id, jobs.c.status.in_(from_status))
+        if held_by is not None:
+            query = query.where(jobs.c.lease_owner == held_by)
+        return await self._one(query.values(**fields, updated=time.time()).returning(*jobs.c), write=True)
 
     async def unfinished(self) -> list[SeparationJob]:
         return await self._all(sa.select(jobs).where(jobs.c.status.in_(("queued", "running")))

@@ -30,7 +30,7 @@ BREAKER_STATE = Gauge(f"{PREFIX}_breaker_state", "Circuit breaker state (0 close
                       ["model", "region"])
 BREAKER_OPENS = Counter(f"{PREFIX}_breaker_opens_total", "Circuit breaker openings", ["model", "region"])
 ENDPOINT_UP = Gauge(f"{PREFIX}_endpoint_up", "Predictor endpoint ready per health probe", ["model", "region"])
-QUEUE = Gauge(f"{PREFIX}_queue_depth", "Jobs waiting for a worker")
+QUEUE = Gauge(f"{PREFIX}_queue_depth", "Jobs waiting for a worker of any replica (the shared queue: aggregate with max)")
 RUNNING = Gauge(f"{PREFIX}_running_jobs", "Jobs being separated now")
 REJECTED = Counter(f"{PREFIX}_rejected_total", "Requests refused before any model time, by reason", ["reason"])
 for _reason in ("queue_full", "v2_saturated", "payload_too_large"):  # at 0 from the start: rate() and alerts see them
@@ -45,6 +45,10 @@ RESEPARATIONS = Counter(f"{PREFIX}_reseparations_total",
                         ["model", "model_version"])
 NOTIFICATIONS = Counter(f"{PREFIX}_notifications_total", "Alerts sent, by channel and outcome",
                         ["channel", "outcome"])
+TAKEOVERS = Counter(f"{PREFIX}_job_takeovers_total",
+                    "Jobs whose lease had expired (their replica died or gave them up), resumed by this replica")
+READY = Gauge(f"{PREFIX}_ready", "1 when this replica can take work (its job store and result store are up)")
+BACKEND_UP = Gauge(f"{PREFIX}_backend_up", "1 when this replica reaches the backend", ["backend"])
 
 # Tenants (docs/metrics.md). Requests: every authenticated API request, by what became of it.
 TENANT_OUTCOMES = ("accepted", "rejected_quota", "rejected_input")

@@ -1,12 +1,18 @@
-"""The job runner: workers take queued jobs and see each through to a terminal state.
+"""The job runner: this replica's workers claim jobs from the shared queue and see each through
+to a terminal state.
 
-  run: cache again (a duplicate may have finished) -> join an identical job
-       already running (single flight) -> separate (separation.py) ->
-       cache, metrics, A/B, publish
+  claim (jobqueue.py: fair across owners, leased) -> input there? -> cache again (a duplicate
+  may have finished) -> join an identical job running here (single flight) -> separate
+  (separation.py; resumes from checkpoints after a takeover) -> cache, metrics, A/B, publish
 
-Every change of a job's row is published on the event bus. Jobs found
-queued or running at start-up are queued again (their input is stored); a
-job whose input is gone fails as `input_lost`.
+Every change of a job's row is published on the event bus. While a job
+runs its lease is renewed; a job this replica no longer holds (taken over
+after a stall, cancelled through another replica) is stopped here without
+touching what the new holder writes. The terminal state is set once, by
+the holder (transitions guarded by the lease). On shutdown the jobs running
+here are given up so another replica resumes them at once; a replica that
+dies loses its leases when they expire and another replica takes its jobs
+over (`musicsplit_gateway_job_takeovers_total`).
 """
 
 from __future__ import annotations
@@ -25,12 +31,12 @@ from musicsplit.gateway import metrics
 from musicsplit.gateway.cache import cache_key
 from musicsplit.gateway.events import EventBus
 from musicsplit.gateway.flags import CACHE_FLAG, CHUNKED_FLAG, Flags
+from musicsplit.gateway.jobqueue import Claimed, JobLease, JobQueue, LeaseLost
 from musicsplit.gateway.jobstore import JobStore, SeparationJob
 from musicsplit.gateway.notify import report
 from musicsplit.gateway.observations import Observations
 from musicsplit.gateway.regions import EndpointPool
 from musicsplit.gateway.results import ResultStore
-from musicsplit.gateway.scheduling import FairQueue
 from musicsplit.gateway.separation import ChunkedSeparation, Outcome
 from musicsplit.gateway.settings import GatewaySettings
 from musicsplit.gateway.shadow import ShadowMirror
@@ -45,15 +51,16 @@ tracer = trace.get_tracer("musicsplit.gateway")
 @dataclass
 class _Leader:
     future: asyncio.Future
-    job_id: str
+    job: SeparationJob
 
 
 class JobRunner:
-    def __init__(self, settings: GatewaySettings, *, store: JobStore, results: ResultStore, events: EventBus,
-                 router: Router, pool: EndpointPool, flags: Flags, cache, observations: Observations,
-                 shadow: ShadowMirror | None = None):
+    def __init__(self, settings: GatewaySettings, *, store: JobStore, queue: JobQueue, results: ResultStore,
+                 events: EventBus, router: Router, pool: EndpointPool, flags: Flags, cache,
+                 observations: Observations, replica: str, shadow: ShadowMirror | None = None):
         self.settings = settings
         self.store = store
+        self.queue = queue
         self.results = results
         self.events = events
         self.router = router
@@ -61,43 +68,46 @@ class JobRunner:
         self.flags = flags
         self.cache = cache
         self.observations = observations
+        self.replica = replica  # this process: the lease owner of the jobs it runs
         self.shadow = shadow
-        self.queue = FairQueue(settings.max_queued_jobs)
-        self._workers: list[asyncio.Task] = []
+        self._slots = asyncio.Semaphore(max(1, settings.max_running_jobs))
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
         self._running: dict[str, asyncio.Task] = {}
+        self._claimed_at: dict[str, float] = {}
         self._leaders: dict[str, _Leader] = {}
         self._trace_carriers: dict[str, dict[str, str]] = {}  # job id -> the submit's traceparent
 
-    async def start(self) -> None:
-        for job in await self.store.unfinished():  # a restart loses no job
-            if not await self.results.has_input(job.id):
-                await self.store.update(job.id, status="failed", error_code="input_lost", finished=time.time(),
-                                        error="the gateway restarted and this job's input was lost; submit it again")
-                continue
-            await self.store.update(job.id, status="queued")
-            self.queue.put_nowait(Caller.of(job).owner, job.id, force=True)
-            log.info("re-queued job %s after restart", job.id)
-        metrics.QUEUE.set(len(self.queue))
-        self._workers = [asyncio.create_task(self._worker(), name=f"job-worker-{i}")
-                         for i in range(self.settings.max_running_jobs)]
-        await self.queue.notify()
+    async def start(self, *, sole_replica: bool) -> None:
+        """sole_replica: no other replica uses this job store (SQLite), so every job still marked
+        running is a previous life's: resume them at once instead of after their leases expire."""
+        if sole_replica and (count := await self.queue.release_all()):
+            log.info("resuming %d job(s) left running by the previous start", count)
+        if self.settings.max_running_jobs <= 0:
+            log.info("max_running_jobs is 0: this replica serves the API and runs no jobs")
+            return
+        self._tasks = [asyncio.create_task(self._dispatch(), name="job-dispatcher"),
+                       asyncio.create_task(self._renew(), name="lease-renewer")]
 
     async def stop(self) -> None:
-        tasks = [*self._workers, *self._running.values()]
-        for t in tasks:
+        for t in self._tasks:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        running = dict(self._running)
+        for t in running.values():
+            t.cancel()
+        await asyncio.gather(*running.values(), return_exceptions=True)
+        for job_id in running:  # another replica resumes them from their checkpoints, without waiting
+            try:
+                await self.queue.release(job_id, self.replica)
+            except Exception as exc:  # the store is gone too: the leases expire instead
+                log.warning("could not give up job %s at shutdown (%s); its lease will expire", job_id, exc)
 
-    async def enqueue(self, job: SeparationJob, *, force: bool = False) -> None:
-        """Queue a stored job (QueueFull beyond the bound unless force); its spans join the caller's trace."""
+    async def enqueue(self, job: SeparationJob) -> None:
+        """A job stored as queued: wake a worker here (other replicas find it when they poll);
+        its spans join the caller's trace if it runs here."""
         self._trace_carriers[job.id] = inject({})
-        try:
-            self.queue.put_nowait(Caller.of(job).owner, job.id, force=force)
-        except BaseException:
-            self._trace_carriers.pop(job.id, None)
-            raise
-        metrics.QUEUE.set(len(self.queue))
-        await self.queue.notify()
+        self._wake.set()
 
     async def publish(self, job: SeparationJob | None) -> None:
         if job is not None:
@@ -110,8 +120,9 @@ class JobRunner:
             return None
         return cache_key(job.audio_sha, job.model, version, job.params, job.tenant)
 
-    async def answer_from_cache(self, job: SeparationJob) -> bool:
-        """Finish the job from the result cache; True if it was there."""
+    async def answer_from_cache(self, job: SeparationJob, *, held: bool = False) -> bool:
+        """Finish the job from the result cache; True if it was there. A queued job (at submit) is
+        finished only while still queued; a running one only by its lease holder (held)."""
         if not self.flags.enabled(CACHE_FLAG, Caller.of(job).flag_user):
             return False
         key = self.cache_key(job, self.pool.version(job.model))
@@ -125,71 +136,117 @@ class JobRunner:
             span.set_attribute("cache.hit", hit is not None)
             if hit is None:
                 return False
-            await self.results.put_stems(job.id, hit.files)
+            await self.results.put_stems(job, hit.files)
         now = time.time()
-        done = await self.store.transition(job.id, ("queued", "running"), status="succeeded", cached=True,
-                                           result={**job.result, **hit.meta, "cached": True},
-                                           model_version=hit.meta.get("model_version"), finished=now, started=now)
-        if done is None:  # cancelled meanwhile
-            await self.results.delete(job.id)
-            return True
-        await self.results.delete_input(job.id)
+        guard = {"held_by": self.replica} if held else {}
+        done = await self.store.transition(job.id, ("running",) if held else ("queued",), **guard, status="succeeded",
+                                           cached=True, result={**job.result, **hit.meta, "cached": True},
+                                           model_version=hit.meta.get("model_version"), finished=now,
+                                           started=job.started or now)
+        if done is None:
+            if held:
+                raise LeaseLost(job.id)  # cancelled, or no longer this replica's
+            return False  # cancelled, or claimed by a worker meanwhile (which finds the cache itself)
+        await self.results.delete(done, keep_results=True)
+        await self.queue.forget(job.id)
         await self.observations.job_finished(done, "success", ab=False)  # milliseconds, not the arm's latency
         await self.publish(done)
         return True
 
-    # -- running -------------------------------------------------------------------------
+    # -- claiming --------------------------------------------------------------------------
 
-    async def _worker(self) -> None:
+    async def _dispatch(self) -> None:
         while True:
-            job_id = await self.queue.get()
-            metrics.QUEUE.set(len(self.queue))
-            task = asyncio.create_task(self._run(job_id), name=f"job-{job_id}")
+            await self._slots.acquire()
+            try:
+                claimed = await self._claim_next()
+            except BaseException:
+                self._slots.release()
+                raise
+            job_id = claimed.job.id
+            self._claimed_at[job_id] = time.monotonic()
+            task = asyncio.create_task(self._run(claimed), name=f"job-{job_id}")
             self._running[job_id] = task
             metrics.RUNNING.set(len(self._running))
+            task.add_done_callback(lambda t, j=job_id: self._finished(j, t))
+
+    async def _claim_next(self) -> Claimed:
+        while True:
+            self._wake.clear()
             try:
-                await asyncio.shield(task)
-            except asyncio.CancelledError:
-                if not task.done():  # the worker itself was cancelled (shutdown)
+                claimed = await self.queue.claim(self.replica, self.settings.lease_seconds)
+            except Exception as exc:  # the job store is down: readiness says so; keep looking
+                log.warning("could not claim a job (%s); trying again", exc)
+                claimed = None
+            if claimed is not None:
+                return claimed
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.settings.queue_poll_s)
+            except asyncio.TimeoutError:
+                pass
+
+    def _finished(self, job_id: str, task: asyncio.Task) -> None:
+        self._running.pop(job_id, None)
+        self._claimed_at.pop(job_id, None)
+        self._slots.release()
+        metrics.RUNNING.set(len(self._running))
+        if not task.cancelled() and task.exception() is not None:  # pragma: no cover - _run handles its own
+            log.error("job %s crashed", job_id, exc_info=task.exception())
+
+    async def _renew(self) -> None:
+        """Keep this replica's leases; stop the jobs it no longer holds."""
+        while True:
+            await asyncio.sleep(self.settings.lease_seconds / 3)
+            if not self._running:
+                continue
+            asked = time.monotonic()
+            try:
+                held = await self.queue.renew(self.replica, self.settings.lease_seconds)
+            except Exception as exc:  # the store is down: leases may expire; renewed when it is back
+                log.warning("could not renew leases (%s)", exc)
+                continue
+            for job_id, task in list(self._running.items()):
+                if job_id not in held and self._claimed_at.get(job_id, asked) < asked:
+                    log.warning("job %s: this replica no longer holds it (taken over, cancelled or finished "
+                                "elsewhere); stopping it here", job_id)
                     task.cancel()
-                    raise
-            except Exception:  # pragma: no cover - _run handles its own errors
-                log.exception("job %s crashed", job_id)
-            finally:
-                self._running.pop(job_id, None)
-                metrics.RUNNING.set(len(self._running))
 
-    async def _run(self, job_id: str) -> None:
-        # The job's spans continue the trace of the request that submitted it.
-        ctx = extract(self._trace_carriers.pop(job_id, None))
-        with tracer.start_as_current_span("job", context=ctx, attributes={"job.id": job_id}):
-            await self._run_job(job_id)
+    # -- running -------------------------------------------------------------------------
 
-    async def _run_job(self, job_id: str) -> None:
-        job = await self.store.transition(job_id, ("queued",), status="running", started=time.time())
-        if job is None:
-            return  # cancelled while queued
+    async def _run(self, claimed: Claimed) -> None:
+        # The job's spans continue the trace of the request that submitted it (when submitted here).
+        ctx = extract(self._trace_carriers.pop(claimed.job.id, None))
+        with tracer.start_as_current_span("job", context=ctx, attributes={"job.id": claimed.job.id}):
+            await self._run_job(claimed)
+
+    async def _run_job(self, claimed: Claimed) -> None:
+        job = claimed.job
+        if claimed.taken_over_from:
+            metrics.TAKEOVERS.inc()
+            log.info("took over job %s from replica %s (its lease expired)", job.id, claimed.taken_over_from)
         await self.publish(job)
         try:
-            if await self.answer_from_cache(job):
+            if not await self.results.has_input(job):
+                await self._fail(job, "input_lost", "this job's input was lost; submit it again")
+                return
+            if await self.answer_from_cache(job, held=True):
                 return
             # Single flight per tenant, as the cache: joining another tenant's run would reveal it.
             key = (self.cache_key(job, self.pool.version(job.model))
                    or f"{job.tenant}:{job.audio_sha}:{job.model}:{job.params}")
             while (leader := self._leaders.get(key)) is not None:
-                # An identical job is running: wait for its result instead of computing twice.
+                # An identical job is running here: wait for its result instead of computing twice.
                 await asyncio.wait([leader.future])
                 if not leader.future.cancelled() and leader.future.exception() is None:
                     outcome: Outcome = leader.future.result()
-                    await self.results.copy_stems(outcome.job_id, job.id, outcome.stems,
-                                                  outcome.result["output_format"])
+                    await self.results.copy_stems(leader.job, job, outcome.stems, outcome.result["output_format"])
                     await self._succeed(job, Outcome(job.id, outcome.stems,
-                                                     {**outcome.result, "deduplicated_from": leader.job_id},
+                                                     {**outcome.result, "deduplicated_from": leader.job.id},
                                                      outcome.version, outcome.model), ab=False)
                     return
                 # The leader failed or was cancelled: this job tries on its own (or follows a new leader).
             fut = asyncio.get_running_loop().create_future()
-            self._leaders[key] = _Leader(fut, job_id)
+            self._leaders[key] = _Leader(fut, job)
             try:
                 outcome = await self._separate(job)
                 await self._cache(job, outcome)
@@ -206,76 +263,89 @@ class JobRunner:
                     del self._leaders[key]
             await self._succeed(job, outcome)
         except asyncio.CancelledError:
-            current = await asyncio.shield(self.store.get(job_id, tenant=None))
-            if current and current.status == "cancelled":
-                await asyncio.shield(self._cancelled(current))
-            raise  # shutdown: the row stays "running" and is re-queued at the next start
+            await asyncio.shield(self._stopped(job.id))
+            raise  # shutdown: given up in stop(), resumed by another replica (or this one's next start)
+        except LeaseLost:
+            await self._stopped(job.id)
         except MusicsplitError as exc:
             await self._fail(job, exc.code, exc.message)
         except Exception as exc:
-            reference = report(exc, f"job {job_id}", job_model=job.model)
+            reference = report(exc, f"job {job.id}", job_model=job.model)
             await self._fail(job, "internal_error", f"the separation failed unexpectedly; it has been reported "
                                                     f"(reference {reference}), please try again")
 
+    async def _stopped(self, job_id: str) -> None:
+        """A job stopped here before its end: clean up if it was cancelled while this replica held it;
+        otherwise (taken over, or shutdown) leave everything to the next holder."""
+        current = await self.store.get(job_id, tenant=None)
+        if current and current.status == "cancelled" and current.lease_owner == self.replica:
+            await self._cancelled(current)
+
     async def _separate(self, job: SeparationJob) -> Outcome:
         caller = Caller.of(job)
-
-        async def progress(done: int, total: int) -> None:
-            await self.publish(await self.store.update(job.id, chunks_done=done, chunks_total=total))
-
+        lease = JobLease(self.queue, job.id, self.replica, self.publish)
         return await ChunkedSeparation(job, settings=self.settings, router=self.router, results=self.results,
-                                       chunked=self.flags.enabled(CHUNKED_FLAG, caller.flag_user),
-                                       fallback=self.flags.fallback_model(caller.flag_user),
-                                       on_progress=progress, mirror=self.shadow).run()
+                                       lease=lease, chunked=self.flags.enabled(CHUNKED_FLAG, caller.flag_user),
+                                       fallback=self.flags.fallback_model(caller.flag_user), mirror=self.shadow).run()
 
     async def _cache(self, job: SeparationJob, outcome: Outcome) -> None:
         key = self.cache_key(job, outcome.version)
         if (key and outcome.model == job.model
                 and self.flags.enabled(CACHE_FLAG, Caller.of(job).flag_user)):
-            files = await self.results.stem_files(job.id, outcome.stems, outcome.result["output_format"])
-            with tracer.start_as_current_span("cache.store", attributes={"cache.backend": self.cache.backend}):
-                await self.cache.put(key, outcome.result, files)
+            fmt = outcome.result["output_format"]
+            async with self.results.stem_files(job, outcome.stems, fmt) as files:
+                with tracer.start_as_current_span("cache.store", attributes={"cache.backend": self.cache.backend}):
+                    await self.cache.put(key, outcome.result, files)
 
     async def _succeed(self, job: SeparationJob, outcome: Outcome, *, ab: bool = True) -> None:
         result = {**job.result, **outcome.result}
         result.pop("input_warnings", None)
         chunks = result.get("chunks", 0) or 0
-        done = await self.store.transition(job.id, ("running",), status="succeeded", result=result,
-                                           finished=time.time(), model_version=outcome.version,
+        done = await self.store.transition(job.id, ("running",), held_by=self.replica, status="succeeded",
+                                           result=result, finished=time.time(), model_version=outcome.version,
                                            chunks_done=chunks, chunks_total=chunks)
-        await self.results.delete_input(job.id)
-        if done is not None:
-            await self.observations.job_finished(done, "success", ab=ab)
-            await self.publish(done)
+        if done is None:
+            await self._stopped(job.id)  # cancelled meanwhile, or no longer ours
+            return
+        await self.results.delete(done, keep_results=True)
+        await self.queue.forget(job.id)
+        await self.observations.job_finished(done, "success", ab=ab)
+        await self.publish(done)
 
     async def _fail(self, job: SeparationJob, code: str, message: str) -> None:
-        failed = await self.store.transition(job.id, ("queued", "running"), status="failed", error_code=code,
-                                             error=message, finished=time.time())
-        if failed is not None:
-            await self.results.delete(job.id)
-            await self.observations.job_finished(failed, "failure")
-            await self.publish(failed)
+        failed = await self.store.transition(job.id, ("running",), held_by=self.replica, status="failed",
+                                             error_code=code, error=message, finished=time.time())
+        if failed is None:
+            await self._stopped(job.id)
+            return
+        await self.results.delete(failed)
+        await self.queue.forget(job.id)
+        await self.observations.job_finished(failed, "failure")
+        await self.publish(failed)
 
     async def _cancelled(self, job: SeparationJob) -> None:
-        await self.results.delete(job.id)
+        await self.results.delete(job)
+        await self.queue.forget(job.id)
         await self.observations.job_finished(job, "cancelled")
         await self.publish(job)
 
     # -- cancel --------------------------------------------------------------------------
 
     async def cancel(self, job: SeparationJob) -> SeparationJob:
-        """Stop a queued or running job; a finished job is returned unchanged."""
+        """Stop a queued or running job; a finished job is returned unchanged. A job running on
+        another replica stops there when its holder next renews its lease (a third of the lease)."""
         if job.terminal:
             return job
-        cancelled = await self.store.transition(job.id, ("queued", "running"), status="cancelled",
-                                                finished=time.time(), error_code="cancelled",
-                                                error="cancelled by the client")
-        if cancelled is not None:
-            if self.queue.remove(lambda i: i == job.id):
-                metrics.QUEUE.set(len(self.queue))
-                await self._cancelled(cancelled)
+        fields = dict(status="cancelled", finished=time.time(), error_code="cancelled",
+                      error="cancelled by the client")
+        cancelled = await self.store.transition(job.id, ("queued",), **fields)
+        if cancelled is not None:  # no replica had it
+            await self._cancelled(cancelled)
+        elif (cancelled := await self.store.transition(job.id, ("running",), **fields)) is not None:
             task = self._running.get(job.id)
-            if task:
-                task.cancel()
+            if task is not None:
+                task.cancel()  # its holder (here) cleans up
                 await asyncio.gather(task, return_exceptions=True)
+            elif (cancelled.lease_expires or 0.0) < time.time():
+                await self._cancelled(cancelled)  # its holder is gone: nobody else will
         return await self.store.get(job.id, tenant=None) or job

@@ -14,6 +14,7 @@ from musicsplit.gateway.jobstore import SeparationJob
 from musicsplit.gateway.observations import EXPLICIT_ARM
 
 JOB_ID = "3f2b9c0e8d7a4b6f9e1d2c3b4a5f6e7d"
+UPLOAD_ID = "9d8c7b6a5f4e3d2c1b0a9f8e7d6c5b4a"
 
 DESCRIPTION = (
     "Music source separation (Demucs) as a service: upload a track, follow the job, download stems. "
@@ -46,8 +47,8 @@ class ErrorBody(BaseModel):
     error: str = Field(description="What went wrong and what to do about it")
     code: str = Field(description="Stable machine-readable code (bad_audio, bad_request, payload_too_large, "
                                   "unauthorized, forbidden, quota_exceeded, saturated, not_ready, "
-                                  "upstream_unavailable, not_found, conflict; a failed job's error also: "
-                                  "model_changed, input_lost, cancelled, internal_error)")
+                                  "upstream_unavailable, not_found, conflict, unsupported; a failed job's error "
+                                  "also: model_changed, input_lost, cancelled, internal_error)")
 
 
 def error_doc(description: str, message: str, code: str, retry: bool = False) -> dict:
@@ -109,8 +110,18 @@ def form_body(fields: type[BaseModel], files: dict, required: list[str]) -> dict
     return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
 
 
-UPLOAD_REQUEST = form_body(UploadFields, {"file": {"type": "string", "format": "binary",
-                                                   "description": "The audio: wav, flac, ogg or mp3"}}, ["file"])
+class SeparationFields(UploadFields):
+    """One job's form: the audio in the file field `file`, or the id of a presigned upload."""
+
+    upload_id: str | None = Field(None, description="Instead of `file`: the id of a presigned upload "
+                                                    "(POST /v1/uploads) whose PUT is done; the form may then be "
+                                                    "application/x-www-form-urlencoded",
+                                  examples=[UPLOAD_ID])
+
+
+UPLOAD_REQUEST = form_body(SeparationFields, {"file": {"type": "string", "format": "binary",
+                                                       "description": "The audio: wav, flac, ogg or mp3 (or "
+                                                                      "`upload_id`)"}}, [])
 BATCH_REQUEST = form_body(UploadFields, {"files": {"type": "array", "description": "The audio files",
                                                    "items": {"type": "string", "format": "binary"}}}, ["files"])
 
@@ -232,6 +243,36 @@ ZIP_RESPONSE = {"content": {"application/zip": {"schema": {"type": "string", "fo
 STEM_RESPONSE = {"content": {"audio/wav": {"schema": {"type": "string", "format": "binary"}},
                              "audio/flac": {"schema": {"type": "string", "format": "binary"}}},
                  "description": "One stem, in the job's output format"}
+REDIRECT_RESPONSE = {"description": "A gateway with a shared result store (S3) answers with a redirect to a "
+                                    "presigned URL of the bucket, valid for a while (PRESIGNED_URL_EXPIRY_S): "
+                                    "follow it (curl -L); the file comes from the bucket",
+                     "headers": {"Location": {"description": "The presigned URL", "schema": {"type": "string"}}}}
+
+# -- presigned uploads --------------------------------------------------------------------------
+
+class UploadRequest(BaseModel):
+    bytes: int = Field(gt=0, description="The file's exact size in bytes: the URL is signed for it, and the "
+                                         "bucket refuses a body of another size", examples=[314572800])
+
+
+class UploadView(BaseModel):
+    upload_id: str = Field(description="Give it to POST /v1/separations as `upload_id` once the PUT is done",
+                           examples=[UPLOAD_ID])
+    url: str = Field(description="Presigned URL: PUT the file's bytes there",
+                     examples=[f"https://bucket.s3.eu-west-1.amazonaws.com/musicsplit/acme/uploads/{UPLOAD_ID}"
+                               "?X-Amz-Algorithm=AWS4-HMAC-SHA256&..."])
+    method: str = Field("PUT", examples=["PUT"])
+    headers: dict[str, str] = Field(description="Send exactly these headers with the PUT (a form content type "
+                                                "makes some S3 implementations store an empty object)",
+                                    examples=[{"Content-Type": "application/octet-stream",
+                                               "Content-Length": "314572800"}])
+    expires_at: float = Field(description="The URL works until then (unix time)", examples=[1764030900.0])
+    max_bytes: int = Field(description="The largest upload this gateway takes", examples=[1073741824])
+
+
+E501 = error_doc("This gateway offers no presigned uploads (its storage is a local disk)",
+                 "this gateway keeps inputs on its local disk, so it offers no presigned uploads ...; send the "
+                 "file in the body of POST /v1/separations", "unsupported")
 
 # -- v2 pass-through ----------------------------------------------------------------------------
 
@@ -260,6 +301,20 @@ V2_READY_RESPONSE = {"content": {"application/json": {"example": {"name": "htdem
 # -- operations ---------------------------------------------------------------------------------
 
 LIVE_RESPONSE = {"content": {"application/json": {"example": {"live": True}}}}
-READY_RESPONSE = {"content": {"application/json": {"example": {"ready": True, "endpoints": [
-    {"model": "htdemucs", "region": "eu-west", "healthy": True, "breaker": "closed"},
-    {"model": "htdemucs", "region": "us-east", "healthy": False, "breaker": "open"}]}}}}
+READY_RESPONSE = {"description": "This replica can take work; `degraded` lists what works less well",
+                  "content": {"application/json": {"example": {
+                      "ready": True,
+                      "degraded": ["events: Redis unreachable: progress of jobs running on other replicas "
+                                   "arrives by polling"],
+                      "backends": {"job_store": True, "result_store": True, "cache": True, "events": False},
+                      "endpoints": [{"model": "htdemucs", "region": "eu-west", "healthy": True, "breaker": "closed"},
+                                    {"model": "htdemucs", "region": "us-east", "healthy": False,
+                                     "breaker": "open"}]}}}}
+NOT_READY_RESPONSE = {"description": "This replica cannot take work: its job store or result store is unreachable",
+                      "headers": {"Retry-After": {"description": "Seconds to wait before trying again",
+                                                  "schema": {"type": "integer"}}},
+                      "content": {"application/json": {"example": {
+                          "ready": False, "error": "this replica cannot take work: job_store: no answer within 3 s",
+                          "code": "not_ready", "degraded": ["job_store: no answer within 3 s"],
+                          "backends": {"job_store": False, "result_store": True, "cache": True, "events": True},
+                          "endpoints": []}}}}

@@ -2,7 +2,8 @@
 
 Chunks go to predictors `chunk_concurrency` at a time, at most `chunk_window`
 held in memory; the Assembler cross-fades them and releases audio front to
-back, straight into the stem files.
+back, straight into the stem files. A job taken over from a replica that
+died resumes from its checkpointed chunks (ChunkedSeparation).
 
 A job is one model and one version end to end. The first chunk answered
 pins the model and version that served it (the fallback model, when the
@@ -25,8 +26,9 @@ from opentelemetry import trace
 from musicsplit.errors import ModelChanged, UpstreamUnavailable
 from musicsplit.gateway import metrics
 from musicsplit.gateway.chunking import Assembler, Chunk, max_request_frames, plan_chunks
+from musicsplit.gateway.jobqueue import ChunkPlan, JobLease
 from musicsplit.gateway.jobstore import SeparationJob
-from musicsplit.gateway.results import InputInfo, ResultStore
+from musicsplit.gateway.results import InputInfo, ResultMissing, ResultStore
 from musicsplit.gateway.settings import GatewaySettings
 from musicsplit.gateway.shadow import ShadowMirror
 from musicsplit.gateway.upstream import Routed, Router
@@ -93,20 +95,19 @@ class _Totals:
     regions: set[str] = field(default_factory=set)
     peak_held: int = 0
 
-    def add(self, chunk: Chunk, routed: Routed) -> None:
-        p = routed.value.parameters or {}
+    def add(self, chunk: Chunk, meta: dict) -> None:
         n = chunk.end - chunk.start
-        if p.get("quality_score") is not None:
-            self.quality += float(p["quality_score"]) * n
+        if meta.get("quality_score") is not None:
+            self.quality += float(meta["quality_score"]) * n
             self.weight += n
-        self.compute += float(p.get("compute_seconds") or 0.0)
-        self.cost += float(p.get("cost_usd") or 0.0)
+        self.compute += float(meta.get("compute_seconds") or 0.0)
+        self.cost += float(meta.get("cost_usd") or 0.0)
         # The predictor joins warnings with "; " (never inside one). Clipping is the whole
         # input's, already in input_warnings; the rest once each, as the predictor wrote them.
-        for w in (w.strip() for w in str(p.get("warnings") or "").split("; ")):
+        for w in (w.strip() for w in str(meta.get("warnings") or "").split("; ")):
             if w and w not in self.warnings and not w.startswith("clipping"):
                 self.warnings.append(w)
-        self.regions.add(routed.endpoint.region)
+        self.regions.add(meta["region"])
 
 
 def _served(routed: Routed) -> Pin:
@@ -114,30 +115,63 @@ def _served(routed: Routed) -> Pin:
     return Pin(routed.model, str(version) if version else None)
 
 
+def _meta(routed: Routed) -> dict:
+    """What the job's result needs from one chunk's answer (kept with its checkpoint)."""
+    p = routed.value.parameters or {}
+    pin = _served(routed)
+    return {"model": pin.model, "model_version": pin.version, "region": routed.endpoint.region,
+            "quality_score": p.get("quality_score"), "compute_seconds": p.get("compute_seconds"),
+            "cost_usd": p.get("cost_usd"), "warnings": p.get("warnings")}
+
+
 class ChunkedSeparation:
-    """One run of one job; `run()` returns the Outcome once the stems are written."""
+    """One run of one job by the replica holding its lease; `run()` returns the Outcome once the
+    stems are written.
+
+    The chunk plan is the job's, made by its first run and followed by every later one. With more
+    than one chunk, each finished chunk is kept (result store) and recorded (job queue) before it
+    counts as done, so a run that takes the job over reloads those chunks instead of separating
+    them again: progress resumes where it was, and the stems equal an uninterrupted run's.
+    """
 
     def __init__(self, job: SeparationJob, *, settings: GatewaySettings, router: Router, results: ResultStore,
-                 chunked: bool, fallback: str | None, on_progress, mirror: ShadowMirror | None = None):
+                 lease: JobLease, chunked: bool, fallback: str | None, mirror: ShadowMirror | None = None):
         self.job = job
         self.settings = settings
         self.router = router
         self.results = results
+        self.lease = lease
         self.chunked = chunked
         self.fallback = fallback
-        self.on_progress = on_progress  # async (chunks_done, chunks_total) -> None
         self.mirror = mirror  # shadow traffic: each chunk a user gets may be compared with a canary's
         self.pin: Pin | None = None
         self.stem_names: set[str] | None = None
+        self.finished: set[int] = set()  # chunks kept and recorded (checkpointed)
+        self.resumed = 0  # chunks a takeover reloaded instead of separating
+
+    async def _plan(self, info: InputInfo) -> tuple[list[Chunk], str | None]:
+        stored = await self.lease.plan()
+        if stored is None:
+            made = plan(self.settings, info, self.chunked)
+            stored = ChunkPlan([(c.start, c.end) for c in made.chunks], made.forced)
+            await self.lease.save_plan(stored)
+        return [Chunk(i, start, end) for i, (start, end) in enumerate(stored.chunks)], stored.forced
 
     async def run(self) -> Outcome:
         job, settings = self.job, self.settings
-        info = await self.results.input_info(job.id)
-        planned = plan(settings, info, self.chunked)
-        chunks = planned.chunks
-        await self.on_progress(0, len(chunks))
+        info = await self.results.input_info(job)
+        chunks, forced = await self._plan(info)
+        checkpointing = len(chunks) > 1  # one chunk: nothing to resume from
+        done_before = await self.lease.checkpoints() if checkpointing else {}
+        if done_before:
+            first = next(iter(done_before.values()))
+            self.pin = Pin(first["model"], first.get("model_version"))
+            self.finished = set(done_before)
+            self.resumed = len(done_before)
+            log.info("job %s resumes from %d of %d chunks checkpointed", job.id, self.resumed, len(chunks))
+        await self.lease.progress(len(self.finished), len(chunks))
         output_format = job.params.get("output_format") or "wav"
-        writer = self.results.stem_writer(job.id, output_format, info.sample_rate)
+        writer = self.results.stem_writer(job, output_format, info.sample_rate)
         assembler = Assembler(chunks)
         sem = asyncio.Semaphore(max(1, settings.chunk_concurrency))
         totals = _Totals()
@@ -149,14 +183,15 @@ class ChunkedSeparation:
             while done < len(chunks):
                 # Launch while the window has room: chunks held = launched - released.
                 while next_chunk < len(chunks) and next_chunk - assembler.released < settings.chunk_window:
-                    pending.add(asyncio.create_task(self._one(chunks[next_chunk], len(chunks), info, sem)))
+                    chunk = chunks[next_chunk]
+                    work = (self._reload(chunk, done_before[chunk.index]) if chunk.index in done_before
+                            else self._one(chunk, len(chunks), info, sem, checkpointing))
+                    pending.add(asyncio.create_task(work))
                     next_chunk += 1
                 finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for t in finished:
-                    chunk, routed = t.result()
-                    totals.add(chunk, routed)
-                    stems = {k: np.asarray(v, dtype=np.float32) for k, v in routed.value.stems.items()}
-                    self._check_stems(chunk, routed, stems)
+                    chunk, stems, meta = t.result()
+                    totals.add(chunk, meta)
                     released = assembler.add(chunk.index, stems)
                     totals.peak_held = max(totals.peak_held, assembler.held)
                     for _start, block in released:
@@ -164,7 +199,10 @@ class ChunkedSeparation:
                         writing = asyncio.ensure_future(asyncio.to_thread(self._write, writer, block))
                         await asyncio.shield(writing)
                     done += 1
-                    await self.on_progress(done, len(chunks))
+                    if not checkpointing:
+                        await self.lease.progress(done, len(chunks))
+            # Still the job's holder, right before its stems appear (LeaseLost otherwise).
+            await self.lease.progress(len(chunks), len(chunks))
             stem_names = await asyncio.to_thread(writer.commit)
             committed = True
         finally:
@@ -176,17 +214,25 @@ class ChunkedSeparation:
                 await asyncio.wait([writing])  # libsndfile crashes on a file closed mid-write
             if not committed:
                 writer.abort()
-        return self._outcome(planned, info, stem_names, totals, output_format)
+        return self._outcome(chunks, forced, info, stem_names, totals, output_format)
 
     @staticmethod
     def _write(writer, block: dict[str, np.ndarray]) -> None:
         for name, audio in block.items():
             writer.write(name, audio)
 
-    async def _one(self, chunk: Chunk, total: int, info: InputInfo, sem: asyncio.Semaphore) -> tuple[Chunk, Routed]:
+    async def _reload(self, chunk: Chunk, meta: dict) -> tuple[Chunk, dict[str, np.ndarray], dict]:
+        stems = await self.results.get_chunk(self.job, chunk.index)
+        if stems is None:
+            raise ResultMissing(f"job {self.job.id}: chunk {chunk.index} is recorded as done but its stems are gone")
+        self._check_stems(chunk, f"the checkpoint of chunk {chunk.index}", stems)
+        return chunk, stems, meta
+
+    async def _one(self, chunk: Chunk, total: int, info: InputInfo, sem: asyncio.Semaphore,
+                   checkpointing: bool) -> tuple[Chunk, dict[str, np.ndarray], dict]:
         settings, params = self.settings, self.job.params
         async with sem:
-            samples = await self.results.read_input(self.job.id, chunk.start, chunk.end)
+            samples = await self.results.read_input(self.job, chunk.start, chunk.end)
             with tracer.start_as_current_span("chunk", attributes={"chunk.index": chunk.index,
                                                                    "chunk.total": total}):
                 outages = mismatches = 0
@@ -229,23 +275,30 @@ class ChunkedSeparation:
         if self.mirror is not None:
             self.mirror.offer_chunk(routed.model, served.version, samples, info.sample_rate, routed.value.stems,
                                     stem_names=params.get("stems"), shifts=params.get("shifts"))
-        return chunk, routed
+        stems = {k: np.asarray(v, dtype=np.float32) for k, v in routed.value.stems.items()}
+        self._check_stems(chunk, f"predictor {routed.endpoint.url}", stems)
+        meta = _meta(routed)
+        if checkpointing:
+            await self.results.put_chunk(self.job, chunk.index, stems)
+            self.finished.add(chunk.index)
+            await self.lease.checkpoint(chunk.index, meta, len(self.finished), total)
+        return chunk, stems, meta
 
-    def _check_stems(self, chunk: Chunk, routed: Routed, stems: dict[str, np.ndarray]) -> None:
+    def _check_stems(self, chunk: Chunk, source: str, stems: dict[str, np.ndarray]) -> None:
         wanted = self.job.params.get("stems")
         if not stems or (wanted and set(stems) != set(wanted)) or (
                 self.stem_names is not None and set(stems) != self.stem_names):
             raise UpstreamProtocolError(
-                f"predictor {routed.endpoint.url} answered chunk {chunk.index} with stems {sorted(stems)}, "
+                f"{source} answered chunk {chunk.index} with stems {sorted(stems)}, "
                 f"expected {sorted(wanted or self.stem_names or []) or 'some'}")
         self.stem_names = set(stems)
 
-    def _outcome(self, planned: Plan, info: InputInfo, stem_names: list[str], totals: _Totals,
-                 output_format: str) -> Outcome:
+    def _outcome(self, chunks: list[Chunk], forced: str | None, info: InputInfo, stem_names: list[str],
+                 totals: _Totals, output_format: str) -> Outcome:
         job, pin = self.job, self.pin
         warnings = list(job.result.get("input_warnings", [])) + totals.warnings
-        if planned.forced:
-            warnings.append(planned.forced)
+        if forced:
+            warnings.append(forced)
         model = pin.model if pin else job.model
         if model != job.model:
             warnings.append(f"fallback: separated by {model} because {job.model} was unavailable")
@@ -261,7 +314,8 @@ class ChunkedSeparation:
             "model_version": pin.version if pin else None,
             "served_by": [model],
             "regions": sorted(totals.regions),
-            "chunks": len(planned.chunks),
+            "chunks": len(chunks),
+            "chunks_resumed": self.resumed,
             "peak_chunks_held": totals.peak_held,
             "output_format": output_format,
         }

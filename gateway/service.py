@@ -1,20 +1,26 @@
 """The separation service: what the HTTP routes call, and the parts it is made of.
 
-  submit: validate + store input (intake.py) -> flags choose model/arm ->
-          cache hit? done in milliseconds : queue (bounded, fair; 429 beyond)
-  then:   the runner (runner.py) takes it from the queue.
+  submit: the upload (body, or presigned upload: uploads.py) -> validate + store input
+          (intake.py) -> flags choose model/arm -> cache hit? done in milliseconds :
+          queue (shared by every replica, bounded; 429 beyond)
+  then:   a runner (runner.py) of any replica claims it from the queue.
 
 Every read that serves a user takes the caller's tenant: another tenant's
 job is a 404, whatever its id. The parts, each behind a small interface
-with an embedded default: job store (jobstore.py), results (results.py),
-progress events (events.py).
+with an embedded default and a shared one for many replicas: job store and
+queue (jobstore.py, jobqueue.py: SQLite or PostgreSQL), results (results.py:
+local dir or S3), progress events (events.py: in-process or Redis).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
+import socket
 import time
+import uuid
 from dataclasses import dataclass
 
 from opentelemetry import trace
@@ -28,9 +34,11 @@ from musicsplit.gateway.cache import make_cache
 from musicsplit.gateway.callbacks import CallbackDeliverer, check_callback_url
 from musicsplit.gateway.events import EventBus, make_event_bus
 from musicsplit.gateway.flags import Choice, Flags
+from musicsplit.gateway.health import Health
 from musicsplit.gateway.ingress import UploadedFile
-from musicsplit.gateway.intake import take
-from musicsplit.gateway.jobstore import (ActiveJobLimit, DuplicateIdempotencyKey, JobStore, SeparationJob,
+from musicsplit.gateway.intake import take, take_file
+from musicsplit.gateway.jobqueue import JobQueue, SqlJobQueue
+from musicsplit.gateway.jobstore import (ActiveJobLimit, DuplicateIdempotencyKey, JobStore, SeparationJob, new_job_id,
                                          open_job_store)
 from musicsplit.gateway.notify import Notifier
 from musicsplit.gateway.observations import EXPLICIT_ARM, Observations
@@ -39,10 +47,10 @@ from musicsplit.gateway.quotas import Quotas
 from musicsplit.gateway.regions import EndpointPool
 from musicsplit.gateway.results import Download, ResultStore, make_result_store
 from musicsplit.gateway.runner import JobRunner
-from musicsplit.gateway.scheduling import QueueFull
-from musicsplit.gateway.shadow import ShadowMirror
 from musicsplit.gateway.settings import GatewaySettings
+from musicsplit.gateway.shadow import ShadowMirror
 from musicsplit.gateway.tenancy import Caller, ProgressTickets
+from musicsplit.gateway.uploads import Uploads
 from musicsplit.gateway.upstream import Router
 
 log = logging.getLogger(__name__)
@@ -66,6 +74,11 @@ class SeparationRequest:
                 "shifts": self.shifts}
 
 
+def replica_id() -> str:
+    """This process, as the owner of the leases it takes (unique even for several on one host)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
 class SeparationService:
     """Built unstarted; `start()` opens the job store and starts the runner and background loops."""
 
@@ -81,12 +94,16 @@ class SeparationService:
         self.router = Router(settings, self.pool)
         self.flags = flags or Flags(settings)
         self.cache = make_cache(settings)
+        self.replica = replica_id()
         self.results: ResultStore = make_result_store(settings)
-        self.events: EventBus = make_event_bus(settings)
+        self.uploads = Uploads(self.results, settings.max_upload_bytes)
+        self.events: EventBus = make_event_bus(settings, self.replica)
         self.shadow = ShadowMirror(settings)
         self.store: JobStore
+        self.queue: JobQueue
         self.observations: Observations
         self.runner: JobRunner
+        self.health: Health
         self.quotas: Quotas
         self.callbacks: CallbackDeliverer
         self.tickets: ProgressTickets
@@ -96,25 +113,34 @@ class SeparationService:
 
     async def start(self) -> None:
         self.store = await open_job_store(self.settings)
+        queue = SqlJobQueue(self.store.engine)
+        self.queue = queue
         engine = self.store.engine  # quotas, callbacks and tickets keep their rows in the job store's database
         self.quotas = Quotas(engine, self.auth.tenants)
         self.callbacks = CallbackDeliverer(engine, self.auth.tenants, self.settings)
         self.tickets = ProgressTickets(engine, self.settings.progress_ticket_ttl_s)
         self.observations = Observations(self.store, self.settings.reseparation_window_s,
                                          on_finished=lambda job: self.callbacks.wake())
-        self.runner = JobRunner(self.settings, store=self.store, results=self.results, events=self.events,
-                                router=self.router, pool=self.pool, flags=self.flags, cache=self.cache,
-                                observations=self.observations, shadow=self.shadow)
+        self.runner = JobRunner(self.settings, store=self.store, queue=self.queue, results=self.results,
+                                events=self.events, router=self.router, pool=self.pool, flags=self.flags,
+                                cache=self.cache, observations=self.observations, replica=self.replica,
+                                shadow=self.shadow)
+        self.health = Health(self)
+        await self.events.start()
         self.pool.start(self.settings.health_interval_s)
         await self.shadow.start(self.pool.models())
-        await self.runner.start()
+        await self.runner.start(sole_replica=queue.dialect == "sqlite")
         self.callbacks.start()
+        self.health.start(self.settings.health_interval_s)
         self._sweeper = asyncio.create_task(self._sweep_loop(), name="result-sweeper")
+        log.info("gateway replica %s: job store %s, result store %s, events %s", self.replica, queue.dialect,
+                 self.results.backend, self.events.backend)
 
     async def stop(self) -> None:
         if self._sweeper:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
+        await self.health.stop()
         await self.runner.stop()
         await self.callbacks.stop()
         await self.shadow.stop()
@@ -148,13 +174,12 @@ class SeparationService:
     # -- submit ----------------------------------------------------------------------------
 
     async def admit(self, caller: Caller, *, files: int = 1, idempotency_key: str | None = None) -> None:
-        """Refuse an upload before its body is read: queue full, or the tenant's active jobs or today's
-        audio minutes used up (429 either way). An idempotent retry is let through: it may name a job
-        that exists."""
-        if self.runner.queue.room() < files:
-            metrics.REJECTED.labels(reason="queue_full").inc()
-            raise Saturated(f"{len(self.runner.queue)} jobs are waiting ({self.runner.queue.room()} places free); "
-                            "try again shortly", retry_after=self._queue_wait())
+        """Refuse an upload before its body is read: the shared queue full, or the tenant's active jobs
+        or today's audio minutes used up (429 either way). An idempotent retry is let through: it may
+        name a job that exists."""
+        room = self.settings.max_queued_jobs - await self.queue.queued()
+        if room < files:
+            raise self._queue_full(files, room)
         await self.quotas.audio_left(caller.tenant)
         limit = self.quotas.max_active(caller.tenant)
         if limit is not None and not idempotency_key:
@@ -162,44 +187,46 @@ class SeparationService:
             if active + files > limit:
                 raise self.quotas.active_refused(caller.tenant, active, files)
 
-    async def submit(self, upload: UploadedFile, req: SeparationRequest, caller: Caller, *,
-                     batch_id: str | None = None, reserve: bool = True) -> SeparationJob:
-        """Validate and queue one upload (a staged file, left for the caller to delete), or answer it
-        from the cache."""
+    async def submit(self, upload: UploadedFile | None, req: SeparationRequest, caller: Caller, *,
+                     upload_id: str | None = None, batch_id: str | None = None,
+                     reserve: bool = True) -> SeparationJob:
+        """Validate and queue one upload, from a staged request body (`upload`, left for the caller to
+        delete) or a presigned upload of the caller's tenant (`upload_id`), or answer it from the cache.
+        reserve: check the shared queue has room (a batch checks for all its files at once)."""
         if req.output_format not in ENCODINGS:
             raise BadRequest(f"output_format {req.output_format!r} is not supported: use one of {sorted(ENCODINGS)}")
         if req.callback_url:
             check_callback_url(req.callback_url, self.auth.tenant(caller.tenant), caller.tenant,
                                allow_private=self.settings.callback_allow_private)
-        store, queue = self.store, self.runner.queue
+        store = self.store
         if req.idempotency_key:
             existing = await store.by_idempotency(caller.tenant, caller.user_id, req.idempotency_key)
             if existing:
                 return existing
         choice = self.resolve(req.model, caller)
-        if reserve and queue.room() < 1:
-            metrics.REJECTED.labels(reason="queue_full").inc()
-            raise Saturated(f"{len(queue)} jobs are waiting; try again shortly", retry_after=self._queue_wait())
-        staging = self.results.staging_path()
-        with tracer.start_as_current_span("validate", attributes={"upload.bytes": upload.size}):
-            try:
-                intake = await asyncio.to_thread(take, upload.path, upload.sha256, staging, self.limits)
-            except MusicsplitError as exc:
-                metrics.REJECTED.labels(reason=exc.code).inc()
-                raise
+        if reserve and await self.queue.queued() >= self.settings.max_queued_jobs:
+            raise self._queue_full(1)
+        intake = await self._intake(upload, upload_id, caller)
         try:
             await self.quotas.take_audio(caller.tenant, intake.seconds)
         except MusicsplitError:
             intake.path.unlink(missing_ok=True)
             raise
+        # The input is stored before the job exists: no replica can claim a job without its input.
+        job_id = new_job_id()
+        params = req.params()
+        draft = SeparationJob(id=job_id, status="queued", model=choice.model, params=params, tenant=caller.tenant)
         try:
-            job = await store.create(tenant=caller.tenant, model=choice.model, params=req.params(),
+            await self.results.put_input(draft, intake.path)
+            job = await store.create(tenant=caller.tenant, model=choice.model, params=params,
                                      user_id=caller.user_id, arm=choice.arm, filename=req.filename,
-                                     audio_sha=intake.sha256, batch_id=batch_id, idempotency_key=req.idempotency_key,
-                                     model_version=self.pool.version(choice.model),
+                                     audio_sha=intake.sha256, batch_id=batch_id,
+                                     idempotency_key=req.idempotency_key, model_version=self.pool.version(choice.model),
+                                     job_id=job_id, result={"input_warnings": intake.warnings,
+                                                            "audio_seconds": round(intake.seconds, 3)},
                                      max_active=self.quotas.max_active(caller.tenant))
         except (DuplicateIdempotencyKey, ActiveJobLimit) as exc:
-            intake.path.unlink(missing_ok=True)
+            await self.results.delete(draft)
             await self.quotas.give_back_audio(caller.tenant, intake.seconds)
             if isinstance(exc, ActiveJobLimit):
                 raise self.quotas.active_refused(caller.tenant, exc.active) from None
@@ -208,27 +235,56 @@ class SeparationService:
             if existing is None:
                 raise
             return existing
-        if req.callback_url:
+        except BaseException:
+            intake.path.unlink(missing_ok=True)
+            await asyncio.shield(self._undo_submit(draft, caller.tenant, intake.seconds))
+            raise
+        if req.callback_url:  # kept until the job is terminal, however soon that is (callbacks.py)
             await self.callbacks.register(job.id, caller.tenant, req.callback_url)
-        await self.results.put_input(job.id, intake.path)
-        job = await store.update(job.id, result={"input_warnings": intake.warnings,
-                                                 "audio_seconds": round(intake.seconds, 3)}) or job
+        if upload_id:  # used: its job keeps the validated input (a leftover goes with the uploads sweep)
+            try:
+                await self.uploads.delete(caller.tenant, upload_id)
+            except Exception as exc:
+                log.warning("could not delete used upload %s (%s)", upload_id, exc)
         await self.observations.submitted(job)
-        if await self.runner.answer_from_cache(job):
-            return await store.get(job.id, tenant=caller.tenant) or job
-        try:
-            await self.runner.enqueue(job, force=not reserve)
-        except QueueFull:
-            await store.update(job.id, status="failed", error_code="saturated", finished=time.time(),
-                               error="the queue filled up while this upload was checked; submit it again")
-            await self.quotas.give_back_audio(caller.tenant, intake.seconds)
-            raise Saturated("the job queue is full; try again shortly", retry_after=self._queue_wait()) from None
+        if not await self.runner.answer_from_cache(job):
+            await self.runner.enqueue(job)
         return await store.get(job.id, tenant=caller.tenant) or job
+
+    async def _undo_submit(self, draft: SeparationJob, tenant: str, seconds: float) -> None:
+        await self.results.delete(draft)
+        await self.quotas.give_back_audio(tenant, seconds)
+
+    async def _intake(self, upload: UploadedFile | None, upload_id: str | None, caller: Caller):
+        """The audio validated into a local staging file (intake.Intake)."""
+        staging = self.results.staging_path()
+        if upload_id is not None:
+            raw = staging.with_suffix(".upload")
+            try:
+                size = await self.uploads.fetch(caller.tenant, upload_id, raw)
+                # Bounded by max_upload_bytes (checked by HEAD in fetch), not by the request body limit.
+                limits = dataclasses.replace(self.limits, max_bytes=self.settings.max_upload_bytes)
+                with tracer.start_as_current_span("validate", attributes={"upload.bytes": size}):
+                    return await asyncio.to_thread(take_file, raw, staging, limits)
+            except MusicsplitError as exc:
+                metrics.REJECTED.labels(reason=exc.code).inc()
+                raise
+            finally:
+                raw.unlink(missing_ok=True)
+        if upload is None:
+            raise BadRequest("send the audio as a multipart/form-data field named 'file', or an upload_id "
+                             "from POST /v1/uploads")
+        with tracer.start_as_current_span("validate", attributes={"upload.bytes": upload.size}):
+            try:
+                return await asyncio.to_thread(take, upload.path, upload.sha256, staging, self.limits)
+            except MusicsplitError as exc:
+                metrics.REJECTED.labels(reason=exc.code).inc()
+                raise
 
     async def submit_batch(self, files: list[tuple[UploadedFile, SeparationRequest]], caller: Caller,
                            batch_id: str) -> list[SeparationJob | MusicsplitError]:
-        """One job per file; the whole batch must fit the queue and the tenant's concurrent-jobs quota
-        (all or nothing: 429)."""
+        """One job per file; the whole batch must fit the shared queue and the tenant's concurrent-jobs
+        quota (all or nothing: 429)."""
         await self.admit(caller, files=len(files))
         out: list[SeparationJob | MusicsplitError] = []
         for upload, req in files:
@@ -238,8 +294,13 @@ class SeparationService:
                 out.append(exc)
         return out
 
-    def _queue_wait(self) -> float:
-        return max(1.0, min(60.0, 2.0 * (len(self.runner.queue) / max(1, self.settings.max_running_jobs))))
+    def _queue_full(self, wanted: int, room: int = 0) -> Saturated:
+        metrics.REJECTED.labels(reason="queue_full").inc()
+        wait = max(1.0, min(60.0, 2.0 * self.settings.max_queued_jobs / max(1, self.settings.max_running_jobs)))
+        if wanted == 1:
+            return Saturated(f"{self.settings.max_queued_jobs} jobs are waiting; try again shortly", retry_after=wait)
+        return Saturated(f"a batch of {wanted} files does not fit the queue ({max(0, room)} places free); "
+                         "send fewer files or try again shortly", retry_after=wait)
 
     # -- a caller's jobs -------------------------------------------------------------------
 
@@ -279,10 +340,10 @@ class SeparationService:
         stems = job.result.get("stems", [])
         if stem not in stems:
             raise NotFound(f"job {job.id} has no stem {stem!r}; it has {stems}")
-        return await self.results.stem(job.id, stem, job.result.get("output_format", "wav"))
+        return await self.results.stem(job, stem, job.result.get("output_format", "wav"))
 
     async def zip(self, job: SeparationJob) -> Download:
-        return await self.results.zip(job.id, job.result.get("stems", []), job.result.get("output_format", "wav"))
+        return await self.results.zip(job, job.result.get("stems", []), job.result.get("output_format", "wav"))
 
     # -- retention -------------------------------------------------------------------------
 
@@ -290,10 +351,12 @@ class SeparationService:
         """Delete results older than the retention time; the job rows say 'expired'."""
         count = 0
         for job in await self.store.expired(time.time() - self.settings.results_ttl_s):
-            await self.results.delete(job.id)
+            await self.results.delete(job)
+            await self.queue.forget(job.id)
             await self.runner.publish(await self.store.update(job.id, status="expired"))
             count += 1
         await self.results.sweep_staging(3600.0)
+        await self.uploads.sweep(self.settings.uploads_ttl_s)
         await self.quotas.prune()
         await self.tickets.prune()
         return count

@@ -10,8 +10,9 @@ MUSICSPLIT_GATEWAY_ENDPOINTS='[{"model": "htdemucs", "url": "http://eu.example",
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from musicsplit.validation import InputLimitSettings
@@ -62,14 +63,37 @@ class GatewaySettings(BaseSettings, InputLimitSettings):
     aliases: dict[str, str] = {}  # static aliases; `default` is resolved by flags per user
     health_interval_s: float = 5.0
 
-    # Storage: uploaded inputs and stem results under data_dir; the job store is PostgreSQL
-    # (postgresql://user:pass@host:5432/db) or, when empty, the SQLite file data_dir/jobs.sqlite3.
+    # Storage. The job store is PostgreSQL (postgresql://user:pass@host:5432/db) or, when empty,
+    # the SQLite file data_dir/jobs.sqlite3 (one replica). Inputs and stems: an S3-compatible
+    # bucket (s3://bucket/prefix; credentials from the standard AWS_* environment, as boto3 reads
+    # them) or, when empty, data_dir/jobs/ (one replica). Several replicas need PostgreSQL, S3 and
+    # events_backend "redis" (docs/gateway.md).
     data_dir: Path = Path("/var/lib/musicsplit-gateway")
     database_url: SecretStr | None = None
+    storage_url: str = ""
+    s3_endpoint_url: str | None = None  # MinIO, Ceph, moto...; unset: AWS
+    s3_region: str | None = None
+    presigned_url_expiry_s: float = 900.0  # downloads (307 to a presigned GET) and presigned uploads
     results_ttl_s: float = 24 * 3600.0
     sweep_interval_s: float = 60.0
+    # Presigned uploads (POST /v1/uploads; S3 storage only) go straight to the bucket and are
+    # validated block by block from there, so they may be bigger than a request body
+    # (max_request_bytes, which the gateway buffers). Never turned into a job: deleted after uploads_ttl_s.
+    max_upload_bytes: int = 1024**3
+    uploads_ttl_s: float = 24 * 3600.0
 
-    # Jobs: workers, bounded queue (429 beyond), chunking.
+    # Progress events: "inprocess" (one replica) or "redis" (redis_url; a WebSocket on any replica
+    # follows a job running on another).
+    events_backend: Literal["inprocess", "redis"] = "inprocess"
+
+    # Leases: a replica holds each job it runs for lease_seconds, renewed every third of it; a job
+    # whose lease expired (its replica died) is taken over by another replica from its last
+    # checkpointed chunk. Idle replicas look for queued jobs every queue_poll_s.
+    lease_seconds: float = 30.0
+    queue_poll_s: float = 1.0
+
+    # Jobs: workers per replica (0: this replica serves the API and runs no jobs), a queue bound
+    # shared by all replicas (429 beyond), chunking.
     max_running_jobs: int = 4
     max_queued_jobs: int = 64
     chunk_seconds: float = 30.0
@@ -138,6 +162,13 @@ class GatewaySettings(BaseSettings, InputLimitSettings):
     pagerduty_routing_key: SecretStr | None = None
     pagerduty_url: str = "https://events.pagerduty.com/v2/enqueue"
     notify_dedup_s: float = 600.0
+
+    @field_validator("storage_url")
+    @classmethod
+    def _storage_url(cls, value: str) -> str:
+        if value and not (value.startswith("s3://") and value[5:].split("/", 1)[0]):
+            raise ValueError(f"storage_url must be empty (the data dir) or s3://bucket[/prefix], not {value!r}")
+        return value
 
     @property
     def db_path(self) -> Path:

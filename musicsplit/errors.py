@@ -115,6 +115,13 @@ class ModelChanged(MusicsplitError):
     code = "model_changed"
 
 
+class Unsupported(MusicsplitError):
+    """This deployment does not offer the feature (e.g. presigned uploads without a shared bucket)."""
+
+    status = 501
+    code = "unsupported"
+
+
 def http_payload(exc: MusicsplitError) -> tuple[int, dict, dict[str, str]]:
     """(status, JSON body, headers) for an error; Retry-After in whole seconds."""
     headers: dict[str, str] = dict(getattr(exc, "headers", {}))

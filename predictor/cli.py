@@ -25,6 +25,9 @@ def add_commands(sub, serve) -> None:
     s.add_argument("--shifts", type=int, help="random shifts averaged (Demucs' --shifts)")
     s.add_argument("--overlap", type=float, help="overlap between model segments")
     s.add_argument("--timeout", type=float, default=900.0, help="request timeout in seconds")
+    s.add_argument("--upload-threshold", type=float, default=30.0, metavar="MIB",
+                   help="files larger than this many MiB go to a gateway as a presigned upload and a job, "
+                        "where the gateway offers uploads (default 30)")
     s.add_argument("--api-key", dest="api_key", default=os.environ.get("MUSICSPLIT_API_KEY"),
                    help="a gateway API key or OIDC token, sent as Authorization: Bearer (default: "
                         "$MUSICSPLIT_API_KEY)")
@@ -82,8 +85,12 @@ def separate_file(args) -> int:
     if not args.file.is_file():
         print(f"error: {args.file} does not exist", file=sys.stderr)
         return 2
-    data = args.file.read_bytes()
     stems = args.stems.split(",") if args.stems else None
+    if args.file.stat().st_size > args.upload_threshold * 1024 * 1024:
+        done = _separate_via_upload(args, stems)
+        if done is not None:
+            return done
+    data = args.file.read_bytes()
     with tqdm(total=3, desc=f"separating {args.file.name}", unit="step",
               bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}") as bar:
         bar.set_postfix_str("uploading")
@@ -116,5 +123,46 @@ def separate_file(args) -> int:
     if result.warnings:
         print("warnings: " + "; ".join(result.warnings))
     for path in written:
+        print(f"  {path}")
+    return 0
+
+
+def _separate_via_upload(args, stems: list[str] | None) -> int | None:
+    """A large file through the gateway's presigned upload and job API; None where the server offers
+    no uploads (a predictor, a gateway on local storage): the caller sends it as one v2 request."""
+    from tqdm import tqdm
+
+    from musicsplit.jobclient import UploadsUnavailable, separate_via_upload
+    from musicsplit.v2client import V2Error
+
+    with tqdm(total=1.0, desc=f"separating {args.file.name}",
+              bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}") as bar:
+        def progress(what: str, fraction: float) -> None:
+            bar.n = fraction
+            bar.set_postfix_str(what)
+
+        try:
+            auth = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else None
+            result = separate_via_upload(args.url, args.file, model=args.model, stems=stems,
+                                         output_format=args.format, shifts=args.shifts, timeout=args.timeout,
+                                         headers=auth, on_progress=progress)
+        except UploadsUnavailable:
+            bar.close()
+            print(f"{args.url} takes no presigned uploads: sending the file in one request", file=sys.stderr)
+            return None
+        except V2Error as exc:
+            bar.close()
+            print(f"error: {exc.status}: {exc.message}", file=sys.stderr)
+            return 1
+    args.out.mkdir(parents=True, exist_ok=True)
+    job = result.job
+    print(f"model {job['model']} version {job['model_version']} (job {job['id']}, uploaded to storage): "
+          f"{float(job['audio_seconds'] or 0):.1f} s of audio in {float(job['compute_seconds'] or 0):.2f} s, "
+          f"quality {float(job['quality_score'] or 0):.3f}, cost ${float(job['cost_usd'] or 0):.6f}")
+    if job["warnings"]:
+        print("warnings: " + "; ".join(job["warnings"]))
+    for name, blob in result.stems.items():
+        path = args.out / f"{args.file.stem}.{name}.{args.format}"
+        path.write_bytes(blob)
         print(f"  {path}")
     return 0

@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.fixtures.checkpoints import make_model_dir  # noqa: E402
 from tests.fixtures.postgres import Postgres  # noqa: E402
+from tests.fixtures.s3 import MotoS3  # noqa: E402
 from musicsplit.localstack import start_predictor  # noqa: E402
 
 
@@ -55,5 +56,13 @@ def baseline_url(baseline) -> str:
 def postgres():
     """A PostgreSQL server for the run; `postgres.database()` makes a fresh database and returns its URL."""
     server = Postgres.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3(logs_dir):
+    """An S3 API (moto's server) for the run; `s3.bucket()` makes a fresh bucket, `s3.endpoint` is its URL."""
+    server = MotoS3.start(logs_dir)
     yield server
     server.stop()

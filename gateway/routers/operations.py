@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
 
-from musicsplit.errors import NotReady
-from musicsplit.gateway.schemas import E503, LIVE_RESPONSE, READY_RESPONSE
+from musicsplit.gateway.schemas import LIVE_RESPONSE, NOT_READY_RESPONSE, READY_RESPONSE
 from musicsplit.gateway.service import SeparationService, service_of
 
 router = APIRouter(tags=["operations"])
@@ -18,11 +18,15 @@ async def live():
     return {"live": True}
 
 
-@router.get("/v2/health/ready", summary="Ready when at least one predictor endpoint is healthy",
-            responses={200: READY_RESPONSE, 503: E503})
+@router.get("/v2/health/ready", summary="Ready when this replica can take work (its job store and result store "
+                                        "answer); a degraded state is listed in the body",
+            responses={200: READY_RESPONSE, 503: NOT_READY_RESPONSE})
 async def ready(service: Annotated[SeparationService, Depends(service_of)]):
-    pool = service.pool
-    if not any(s.healthy for s in pool.states):
-        raise NotReady("no predictor endpoint is healthy", retry_after=5)
-    return {"ready": True, "endpoints": [{"model": s.model, "region": s.region, "healthy": s.healthy,
-                                          "breaker": s.breaker.state} for s in pool.states]}
+    """Predictors down, Redis events down, the cache or Unleash down only degrade the replica: status,
+    downloads and queued work go on. 503 (with Retry-After) only when its job store or result store is
+    unreachable."""
+    report = await service.health.check()
+    if not report.ready:
+        return JSONResponse({**report.body(), "error": "this replica cannot take work: " + "; ".join(report.degraded),
+                             "code": "not_ready"}, status_code=503, headers={"Retry-After": "5"})
+    return report.body()

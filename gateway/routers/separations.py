@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
 from typing import Annotated
 
@@ -13,12 +14,13 @@ from pydantic import ValidationError
 from starlette.websockets import WebSocketState
 
 from musicsplit.errors import BadRequest, MusicsplitError, NotFound
-from musicsplit.gateway.ingress import Form, read_form
+from musicsplit.gateway.ingress import SEND_FILE, Form, read_form
 from musicsplit.gateway.jobstore import ACTIVE, TERMINAL
 from musicsplit.gateway.results import Download
-from musicsplit.gateway.schemas import (E401, E403, BATCH_REQUEST, E400, E404, E409, E413, E429, E503, STEM_RESPONSE,
-                                        UPLOAD_REQUEST, ZIP_RESPONSE, BatchView, JobList, JobView, ProgressTicket,
-                                        UploadFields, batch_view, job_headers, job_view, progress_message)
+from musicsplit.gateway.schemas import (E401, E403, BATCH_REQUEST, E400, E404, E409, E413, E429, E503,
+                                        REDIRECT_RESPONSE, STEM_RESPONSE, UPLOAD_REQUEST, ZIP_RESPONSE, BatchView,
+                                        JobList, JobView, ProgressTicket, SeparationFields, UploadFields,
+                                        batch_view, job_headers, job_view, progress_message)
 from musicsplit.gateway.service import SeparationRequest, SeparationService, service_of
 from musicsplit.gateway.tenancy import Caller, caller, websocket_caller
 
@@ -28,6 +30,7 @@ router = APIRouter(tags=["separations"], responses={401: E401, 403: E403, 429: E
 Service = Annotated[SeparationService, Depends(service_of)]
 Calling = Annotated[Caller, Depends(caller)]
 HEARTBEAT_S = 15.0
+POLL_S = 1.0
 STATUSES = ACTIVE + TERMINAL
 
 
@@ -47,9 +50,9 @@ def _download(download: Download, headers: dict[str, str]) -> Response:
     return FileResponse(download.path, media_type=download.media_type, filename=download.filename, headers=headers)
 
 
-def _fields(form: Form) -> UploadFields:
+def _fields(form: Form, model: type[UploadFields] = UploadFields) -> UploadFields:
     try:
-        return UploadFields.model_validate(form.fields)
+        return model.model_validate(form.fields)
     except ValidationError as exc:
         raise BadRequest("; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())) from None
 
@@ -61,8 +64,8 @@ def _request(fields: UploadFields, filename: str | None, idempotency_key: str | 
 
 
 @router.post("/v1/separations", status_code=202, response_model=JobView, openapi_extra=UPLOAD_REQUEST,
-             responses={400: E400, 413: E413, 429: E429, 503: E503},
-             summary="Upload a track and start a separation job")
+             responses={400: E400, 404: E404, 413: E413, 429: E429, 503: E503},
+             summary="Upload a track (or name a presigned upload) and start a separation job")
 async def create_separation(
     request: Request,
     service: Service,
@@ -73,15 +76,20 @@ async def create_separation(
 ) -> JobView:
     """Validates the audio (same checks as the predictor), then queues a job, or answers at once from
     the result cache. Follow it with `GET /v1/separations/{id}` or the WebSocket `progress_url`.
-    Credentials and quotas are checked before the upload is read; the upload streams to disk."""
+    Credentials and quotas are checked before the upload is read; the upload streams to disk. Send
+    either `file` or `upload_id` (404 if the upload is not there: not PUT yet, expired or used)."""
     await service.admit(who, idempotency_key=idempotency_key)
     form = await read_form(request, service.results.staging_path, max_file_bytes=service.limits.max_bytes,
-                           max_files=1)
+                           max_files=1, expected=f"{SEND_FILE}, or the upload_id of a presigned upload "
+                                                 "(POST /v1/uploads) as a form field")
     try:
+        fields = _fields(form, SeparationFields)
         upload = next((f for f in form.files if f.field == "file"), None)
-        if upload is None:
-            raise BadRequest("file: field required (send the audio as a multipart/form-data field named 'file')")
-        job = await service.submit(upload, _request(_fields(form), upload.filename, idempotency_key), who)
+        if (upload is None) == (fields.upload_id is None):
+            raise BadRequest("send the audio as a multipart/form-data field named 'file', or the upload_id of a "
+                             "presigned upload (POST /v1/uploads), not both")
+        req = _request(fields, upload.filename if upload else None, idempotency_key)
+        job = await service.submit(upload, req, who, upload_id=fields.upload_id)
     finally:
         form.discard()
     response.headers.update(job_headers(job))
@@ -185,14 +193,16 @@ async def cancel_separation(service: Service, who: Calling, response: Response, 
 
 
 @router.get("/v1/separations/{job_id}/stems.zip", response_class=FileResponse,
-            responses={200: ZIP_RESPONSE, 404: E404, 409: E409}, summary="Download all stems as one zip")
+            responses={200: ZIP_RESPONSE, 307: REDIRECT_RESPONSE, 404: E404, 409: E409},
+            summary="Download all stems as one zip")
 async def download_zip(service: Service, who: Calling, job_id: str):
     job = await service.result_job(who, job_id)
     return _download(await service.zip(job), job_headers(job))
 
 
 @router.get("/v1/separations/{job_id}/stems/{stem}", response_class=FileResponse,
-            responses={200: STEM_RESPONSE, 404: E404, 409: E409}, summary="Download one stem")
+            responses={200: STEM_RESPONSE, 307: REDIRECT_RESPONSE, 404: E404, 409: E409},
+            summary="Download one stem")
 async def download_stem(service: Service, who: Calling, job_id: str, stem: str):
     job = await service.result_job(who, job_id)
     return _download(await service.stem(job, stem), job_headers(job))
@@ -218,20 +228,24 @@ async def progress(ws: WebSocket, job_id: str, ticket: str | None = None):
     try:
         async with service.events.subscribe(job_id) as updates:
             job = await service.store.get(job_id, tenant=who.tenant) or job  # what changed while subscribing
-            last = None
+            last, sent_at = None, time.monotonic()
             while True:
                 message = progress_message(job)
                 if message != last:
                     await ws.send_json(message)
-                    last = message
+                    last, sent_at = message, time.monotonic()
                 if job.terminal:
                     break
-                update = await updates.next(HEARTBEAT_S)
-                if update is None:  # heartbeat; also covers an update the bus did not deliver
-                    job = await service.store.get(job_id, tenant=who.tenant) or job
-                    await ws.send_json({**progress_message(job), "heartbeat": True})
-                else:
+                # With the event bus down, updates from other replicas do not come: poll the store.
+                update = await updates.next(HEARTBEAT_S if service.events.up else POLL_S)
+                if update is not None:
                     job = update
+                    continue
+                # Nothing came: read the store (an update the bus did not deliver), and say we are here.
+                job = await service.store.get(job_id, tenant=who.tenant) or job
+                if progress_message(job) == last and time.monotonic() - sent_at >= HEARTBEAT_S:
+                    await ws.send_json({**last, "heartbeat": True})
+                    sent_at = time.monotonic()
     except WebSocketDisconnect:
         return
     if ws.application_state == WebSocketState.CONNECTED:

@@ -25,6 +25,7 @@ from musicsplit.gateway.auth import key_hash
 from musicsplit.gateway.jobstore import SeparationJob, open_job_store
 from musicsplit.gateway.settings import Endpoint, GatewaySettings
 from musicsplit.localstack import free_port
+from tests.fixtures.redis import RedisServer
 
 
 class GatewayThread:
@@ -142,6 +143,14 @@ def submit(url: str, data: bytes, *, user: str | None = None, filename: str = "s
     headers = {**({"X-User-Id": user} if user else {}), **(headers or {})}
     return httpx.post(f"{url}/v1/separations", files={"file": (filename, data, "audio/wav")},
                       data={k: str(v) for k, v in form.items()}, headers=headers, timeout=60)
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A Redis of the test's own (tests/fixtures/redis.py), stopped at its end."""
+    server = RedisServer.start(tmp_path)
+    yield server
+    server.stop()
 
 
 @pytest.fixture

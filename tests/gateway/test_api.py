@@ -254,24 +254,6 @@ def test_rejection_reasons_are_scraped_before_the_first_rejection(gw):
         assert f'musicsplit_gateway_rejected_total{{reason="{reason}"}}' in text, reason
 
 
-def test_fair_queue_takes_users_in_turn():
-    import asyncio
-
-    from musicsplit.gateway.scheduling import FairQueue, QueueFull
-
-    async def run():
-        q = FairQueue(maxsize=6)
-        for i in range(4):
-            q.put_nowait("batch-user", f"b{i}")
-        q.put_nowait("alice", "a0")
-        q.put_nowait("bob", "c0")
-        with pytest.raises(QueueFull):
-            q.put_nowait("carol", "x")
-        return [await q.get() for _ in range(6)]
-
-    assert asyncio.run(run()) == ["b0", "a0", "c0", "b1", "b2", "b3"]
-
-
 def test_cancelling_one_of_two_duplicates_leaves_the_other_to_finish(gw):
     data = wav_bytes(tone(40.0, channels=1, seed=78), subtype="PCM_16")
     a = submit(gw.url, data, user="dup-a").json()["id"]

@@ -4,8 +4,6 @@ re-separation rate counts the same user sending the same audio again."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
 
 import httpx
@@ -14,36 +12,12 @@ from prometheus_client import REGISTRY
 
 from musicsplit.gateway.cache import DiskCache
 
-from .conftest import free_port, submit, tone, wait_job, wav_bytes
+from .conftest import submit, tone, wait_job, wav_bytes
 
 
 def metric(name: str, **labels) -> float:
     return sum(s.value for m in REGISTRY.collect() for s in m.samples
                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    exe = shutil.which("redis-server")
-    if not exe:
-        pytest.skip("redis-server not installed (run .ci/install-gateway.sh)")
-    port = free_port()
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    url = f"redis://127.0.0.1:{port}/0"
-    import redis
-
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            redis.Redis.from_url(url).ping()
-            break
-        except redis.ConnectionError:
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-    yield url, proc
-    proc.terminate()
-    proc.wait(10)
 
 
 def _repeat(url: str, data: bytes, user: str) -> dict:
@@ -90,7 +64,7 @@ def test_disk_cache_evicts_least_recently_used_beyond_its_budget(tmp_path):
 
 def test_redis_cache_is_shared_by_replicas_and_redis_down_serves_uncached(
         baseline_url, gateway_factory, redis_server):
-    url, proc = redis_server
+    url = redis_server.url
     a = gateway_factory([("dsp-baseline", baseline_url, "eu")], cache_backend="redis", redis_url=url)
     b = gateway_factory([("dsp-baseline", baseline_url, "eu")], cache_backend="redis", redis_url=url)
     data = wav_bytes(tone(4.0, seed=41))
@@ -100,8 +74,7 @@ def test_redis_cache_is_shared_by_replicas_and_redis_down_serves_uncached(
     wait_job(b.url, submit(b.url, wav_bytes(tone(1.0, seed=42))).json()["id"])
     hit = submit(b.url, data, user="gus").json()
     assert hit["status"] == "succeeded" and hit["cached"] is True
-    proc.terminate()
-    proc.wait(10)
+    redis_server.stop()
     errors = metric("musicsplit_gateway_cache_requests_total", backend="redis", result="error")
     doc = wait_job(b.url, submit(b.url, wav_bytes(tone(2.0, seed=43))).json()["id"])
     assert doc["status"] == "succeeded" and doc["cached"] is False
@@ -128,7 +101,7 @@ def test_a_partial_or_garbled_redis_entry_is_a_miss_not_a_500(redis_server, tmp_
 
     from musicsplit.gateway.cache import RedisCache
 
-    url, _ = redis_server
+    url = redis_server.url
     src = tmp_path / "vocals.wav"
     src.write_bytes(b"RIFF" + b"\0" * 100)
     raw = redis.Redis.from_url(url)

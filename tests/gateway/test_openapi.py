@@ -67,7 +67,9 @@ def test_every_endpoint_has_examples_and_documented_errors():
         assert "413" in spec["paths"][path]["post"]["responses"], path
     upload = spec["paths"]["/v1/separations"]["post"]
     form = upload["requestBody"]["content"]["multipart/form-data"]["schema"]
-    assert form["required"] == ["file"] and form["properties"]["file"]["format"] == "binary"
-    assert {"model", "stems", "output_format", "shifts", "callback_url"} <= set(form["properties"])
+    # The audio comes as `file`, or as the `upload_id` of a presigned upload: neither field alone is required.
+    assert form["required"] == [] and form["properties"]["file"]["format"] == "binary"
+    assert {"model", "stems", "output_format", "shifts", "callback_url", "upload_id"} <= set(form["properties"])
+    assert "/v1/uploads" in spec["paths"] and "401" in spec["paths"]["/v1/uploads"]["post"]["responses"]
     listing = spec["paths"]["/v1/separations"]["get"]
     assert {p["name"] for p in listing["parameters"]} >= {"status", "limit", "cursor", "user_id"}

@@ -3,6 +3,7 @@ and the job says so (a job never silently disappears)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -49,9 +50,23 @@ def test_job_survives_a_gateway_killed_mid_job(baseline_url, tmp_path):
         assert doc["status"] == "succeeded", doc
         assert doc["progress"]["chunks_done"] == doc["progress"]["chunks_total"] == 18
         assert httpx.get(gw.url + doc["zip_url"]).status_code == 200
-        assert "re-queued job" in gw.log()
+        assert "resuming 1 job(s) left running" in gw.log()
     finally:
         gw.stop()
+    # The chunks finished before the kill were reloaded, not separated again.
+    stored = asyncio.run(_stored_job(data_dir, job["id"]))
+    assert 2 <= stored.result["chunks_resumed"] < 18, stored.result
+    assert not (data_dir / "jobs" / job["id"] / "chunks").exists(), "checkpoints deleted once the job is done"
+
+
+async def _stored_job(data_dir, job_id):
+    from musicsplit.gateway.jobstore import SqlJobStore, database_url
+
+    store = await SqlJobStore.open(database_url(f"sqlite:///{data_dir / 'jobs.sqlite3'}"))
+    try:
+        return await store.get(job_id, tenant=None)
+    finally:
+        await store.close()
 
 
 def test_results_expire_and_the_job_says_so(baseline_url, gateway_factory):
@@ -76,7 +91,7 @@ def test_a_job_run_again_never_writes_into_stem_files_it_shares(baseline_url, tm
 
     from musicsplit.gateway.intake import take
     from musicsplit.gateway.jobstore import open_job_store
-    from musicsplit.gateway.results import LocalResultStore
+    from musicsplit.gateway.results_local import LocalResultStore
 
     from .conftest import GatewayThread, make_settings
 
@@ -98,7 +113,7 @@ def test_a_job_run_again_never_writes_into_stem_files_it_shares(baseline_url, tm
             staged, upload = results.staging_path(), results.staging_path()
             upload.write_bytes(wav_bytes(tone(3.0, seed=402)))
             take(upload, hashlib.sha256(upload.read_bytes()).hexdigest(), staged, settings.limits())
-            await results.put_input(job.id, staged)
+            await results.put_input(job, staged)
             (results.job_dir(job.id) / "stems").mkdir()
             os.link(shared, results.job_dir(job.id) / "stems" / "vocals.wav")
             await store.update(job.id, status="running")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import httpx
 import pytest
@@ -11,6 +10,8 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from musicsplit.localstack import wait_until
 
 from .conftest import submit, tone, wait_job, wav_bytes
 from .receivers import Receiver
@@ -57,10 +58,8 @@ def test_traceparent_reaches_the_predictor_and_joins_the_callers_trace(baseline_
         proxy.requests.clear()
         doc = wait_job(gw.url, submit(gw.url, wav_bytes(tone(9.0))).json()["id"])
         assert doc["status"] == "succeeded"
-        # The job span ends just after the terminal state is written, so it may land a moment later.
-        deadline = time.monotonic() + 10
-        while not any(s.name == "job" for s in spans.get_finished_spans()) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        # The job span ends after the job's cleanup, a moment after the status says succeeded.
+        wait_until(lambda: any(s.name == "job" for s in spans.get_finished_spans()), 10, "the job span ended")
         finished = spans.get_finished_spans()
         names = {s.name for s in finished}
         assert {"validate", "job", "chunk", "proxy"} <= names, names

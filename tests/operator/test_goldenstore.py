@@ -18,7 +18,7 @@ from musicsplit.operator.goldenset import GoldenSetError
 from musicsplit.operator.goldenstore import GoldenStore, allowed, tree_bytes
 from musicsplit.operator.spec import GoldenSetSpec
 from tests.fixtures.recorder import Recorder
-from tests.fixtures.s3 import S3Server
+from tests.fixtures.s3 import MotoS3
 from tests.operator.test_goldenset import track_files
 
 MiB = 1 << 20
@@ -48,7 +48,7 @@ def test_allowlist_prefixes_match_at_path_boundaries():
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    server = S3Server(tmp_path_factory.mktemp("s3"))
+    server = MotoS3.start(tmp_path_factory.mktemp("s3"))
     try:
         yield server
     finally:
