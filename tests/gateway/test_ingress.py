@@ -6,6 +6,7 @@ pass-through has a bound on requests in flight and streams its answers."""
 from __future__ import annotations
 
 import json
+import re
 import select
 import socket
 import threading
@@ -69,12 +70,20 @@ class ChunkedUpload:
         except (BrokenPipeError, ConnectionResetError):
             pass
         deadline = time.monotonic() + 10
-        while b"\r\n\r\n" not in self.answer and time.monotonic() < deadline:
+        while not self._complete() and time.monotonic() < deadline:
             try:
                 if not self._answered():
                     time.sleep(0.01)
             except ConnectionResetError:
                 break
+
+    def _complete(self) -> bool:
+        """The head and as many body bytes as its Content-Length says (they may come in separate reads)."""
+        head, sep, body = self.answer.partition(b"\r\n\r\n")
+        if not sep:
+            return False
+        match = re.search(rb"^content-length:\s*(\d+)", head, re.I | re.M)
+        return match is None or len(body) >= int(match.group(1))
 
     def response(self) -> tuple[int, dict]:
         head, _, body = self.answer.partition(b"\r\n\r\n")
