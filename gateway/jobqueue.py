@@ -2,9 +2,11 @@
 
 A replica claims the next job in one transaction (PostgreSQL: `SELECT ... FOR
 UPDATE SKIP LOCKED`, so replicas never wait on each other's rows; SQLite: the
-write lock of BEGIN IMMEDIATE, one replica), fairly across owners: the
-least recently served owner (a tenant's user) first, then that owner's oldest
-job, so one user's batch of fifty files does not hold everyone else back.
+write lock of BEGIN IMMEDIATE, one replica), fairly across tenants, then
+across each tenant's users: the least recently served tenant first, within it
+the least recently served user, then that user's oldest job. One user's batch
+of fifty files does not hold their colleagues back, and a tenant with many
+users does not get more turns than a tenant with one.
 
 A claimed job is leased to the replica (`lease_owner`, `lease_expires`) and
 the lease is renewed while it runs. A running job whose lease expired (its
@@ -108,12 +110,17 @@ class SqlJobQueue:
         """The next job for `owner` (a replica) to run, leased to it for `lease_s`; None if there is none."""
         now = db_now(self.dialect)
         user_key = sa.func.coalesce(jobs.c.user_id, "")
+        tenant_turns = (sa.select(queue_turns.c.tenant, sa.func.max(queue_turns.c.last_claimed).label("last_claimed"))
+                        .group_by(queue_turns.c.tenant).subquery("tenant_turns"))
         pick = (sa.select(jobs.c.id, jobs.c.status, jobs.c.lease_owner, jobs.c.tenant, user_key.label("user_key"))
-                .select_from(jobs.outerjoin(queue_turns, sa.and_(queue_turns.c.tenant == jobs.c.tenant,
-                                                                 queue_turns.c.user_key == user_key)))
+                .select_from(jobs
+                             .outerjoin(tenant_turns, tenant_turns.c.tenant == jobs.c.tenant)
+                             .outerjoin(queue_turns, sa.and_(queue_turns.c.tenant == jobs.c.tenant,
+                                                             queue_turns.c.user_key == user_key)))
                 .where(sa.or_(jobs.c.status == "queued",
                               sa.and_(jobs.c.status == "running", sa.func.coalesce(jobs.c.lease_expires, 0.0) < now)))
                 .order_by(sa.case((jobs.c.status == "running", 0), else_=1),
+                          sa.func.coalesce(tenant_turns.c.last_claimed, 0.0),
                           sa.func.coalesce(queue_turns.c.last_claimed, 0.0), jobs.c.created, jobs.c.id)
                 .limit(1)
                 .with_for_update(skip_locked=True, of=jobs))

@@ -42,11 +42,21 @@ async def test_owners_are_served_in_turn_least_recently_served_first(store, queu
     bob = await new_job(store, tenant="acme", user="alice")  # same user name, another tenant: another owner
     anonymous = await new_job(store, user=None)
     order = [(await queue.claim("r1", 30)).job.id for _ in range(7)]
-    assert order == [batch[0].id, alice.id, bob.id, anonymous.id, batch[1].id, batch[2].id, batch[3].id]
+    # acme, never served, goes before public's other users once public has had a turn.
+    assert order == [batch[0].id, bob.id, alice.id, anonymous.id, batch[1].id, batch[2].id, batch[3].id]
     assert await queue.claim("r1", 30) is None
     # alice, served long ago, comes before the batch user served just now.
     later = [await new_job(store, user="batch-user"), await new_job(store, user="alice")]
     assert [(await queue.claim("r1", 30)).job.id for _ in range(2)] == [later[1].id, later[0].id]
+
+
+async def test_tenants_take_turns_however_many_users_each_has(store, queue):
+    crowd = [await new_job(store, tenant="crowd", user=f"user{i}") for i in range(6)]
+    solo = [await new_job(store, tenant="solo", user="only") for _ in range(3)]
+    claimed = [(await queue.claim("r1", 30)).job for _ in range(9)]
+    assert [job.tenant for job in claimed[:6]] == ["crowd", "solo"] * 3, [job.tenant for job in claimed]
+    assert sorted(job.id for job in claimed) == sorted(job.id for job in crowd + solo)  # each once
+    assert await queue.claim("r1", 30) is None
 
 
 async def test_a_claim_leases_the_job_and_counts_the_queue(store, queue):
