@@ -139,3 +139,14 @@ def test_tenants_file_is_the_values_mounted_where_the_gateway_reads_it(rendered)
     data = out.one("Secret", volume["secret"]["secretName"])["data"][item["key"]]
     assert yaml.safe_load(base64.b64decode(data)) == {
         "tenants": VARIANTS["everything"]["gateway"]["auth"]["tenants"]["tenants"]}
+
+
+def test_the_gateway_chunks_tracks_under_the_predictors_own_request_limit(rendered):
+    """A track whose samples would exceed the predictors' MUSICSPLIT_MAX_REQUEST_BYTES is sent in chunks:
+    the gateway must know the limit the chart gave the predictors, or every long track is a 413."""
+    out = rendered["everything"]
+    predictor = {e["name"]: e["value"] for e in container_env(out, "predictor") if "value" in e}
+    gateway = {e["name"]: e.get("value") for e in container_env(out, "gateway")}
+    assert gateway["MUSICSPLIT_GATEWAY_PREDICTOR_MAX_REQUEST_BYTES"] == predictor["MUSICSPLIT_MAX_REQUEST_BYTES"]
+    default_gateway = {e["name"] for e in container_env(rendered["default"], "gateway")}
+    assert "MUSICSPLIT_GATEWAY_PREDICTOR_MAX_REQUEST_BYTES" not in default_gateway  # both keep their defaults
