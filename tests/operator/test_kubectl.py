@@ -127,6 +127,12 @@ def test_examples_apply_and_kubectl_get_shows_the_printer_columns(env):
     (lambda s: s["rollout"].update(interval="often"), "spec.rollout.interval: Invalid value"),
     (lambda s: s.update(replicaz=3), "spec.replicaz: field not declared in schema"),
     (lambda s: s["analysis"].update(maxErrorRate="low"), "spec.analysis.maxErrorRate: Invalid value"),
+    (lambda s: s["analysis"].update(threshold=0), "spec.analysis.threshold: Invalid value: 0"),
+    (lambda s: s["rollout"].update(onHoldDeadline="ignore"), 'spec.rollout.onHoldDeadline: Unsupported value: "ignore"'),
+    (lambda s: s["analysis"].update(webhooks=[{"name": "a", "type": "pre-promotion", "url": "http://x/"}]),
+     'spec.analysis.webhooks.0.type: Unsupported value: "pre-promotion"'),
+    (lambda s: s["analysis"].update(webhooks=[{"name": "a", "url": "file:///etc/passwd"}]),
+     "spec.analysis.webhooks.0.url: Invalid value"),
 ])
 def test_invalid_specs_are_refused_by_kubectl_apply_with_a_clear_message(env, mutate, words):
     cluster, _, _ = env
