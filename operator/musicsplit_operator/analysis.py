@@ -42,15 +42,17 @@ class Measurements:
     prometheus_reason: str | None = None  # the hold's reason then (default PrometheusUnreachable)
     probe_error: str | None = None  # set when the golden-set probe could not run
     probe_pending: str | None = None  # what the golden-set SDR still waits for
+    webhooks: tuple["Check", ...] = ()  # the rollout webhooks' answers (policy.hook_checks)
 
 
 @dataclass(frozen=True)
 class Check:
     name: str
     value: float | None
-    threshold: float
+    threshold: float | None  # None: a check with no number to meet (a webhook's answer)
     result: str  # pass | fail | hold
     message: str
+    reason: str | None = None  # a hold's own reason (default: InsufficientData)
 
     def as_status(self) -> dict:
         return {
@@ -142,17 +144,20 @@ def judge(m: Measurements, spec: SeparationModelSpec, *, compare_stable: bool = 
             checks.append(_upper("goldenSdrDrop", drop, a.max_sdr_drop_db, " dB",
                                  missing=m.probe_pending or "no golden-set SDR for canary and stable"))
 
+    checks.extend(m.webhooks)
+
     failed = [c for c in checks if c.result == FAIL]
     held = [c for c in checks if c.result == HOLD]
     if failed:
         return Verdict(FAIL, tuple(checks), "AnalysisFailed", "; ".join(c.message for c in failed))
     if held:
+        reasons = {c.reason for c in held}
         if m.prometheus_error:
             reason = m.prometheus_reason or "PrometheusUnreachable"
         elif any(c.name == "goldenSdrDrop" for c in held) and m.probe_error:
             reason = "ProbeUnavailable"
         else:
-            reason = "InsufficientData"
+            reason = "InsufficientData" if None in reasons else sorted(reasons)[0]
         return Verdict(HOLD, tuple(checks), reason, "holding: " + "; ".join(c.message for c in held))
     return Verdict(PASS, tuple(checks), "AnalysisPassed", "; ".join(c.message for c in checks))
 
