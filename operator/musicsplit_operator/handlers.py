@@ -16,7 +16,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from . import analysis, metrics, probe, prometheus, router, scheduler
+from . import analysis, metrics, policy, probe, prometheus, router, scheduler, webhooks
 from .settings import OperatorSettings
 from .spec import GROUP, ISVC_GROUP, ISVC_PLURAL, ISVC_VERSION, PLURAL, VERSION, parse_spec
 from .status import FAILED, set_condition
@@ -24,6 +24,7 @@ from .status import FAILED, set_condition
 ACTION_ANNOTATION = "musicsplit.io/action"
 SETTINGS = OperatorSettings()
 PROBES: probe.ProbeWorker | None = None  # started with the operator (configure)
+HOOKS: webhooks.WebhookWorker | None = None  # started with the operator (configure)
 
 
 @kopf.on.startup()
@@ -48,17 +49,20 @@ def configure(settings: kopf.OperatorSettings, logger, **_) -> None:
         k8s_config.load_incluster_config()
     except k8s_config.ConfigException:
         k8s_config.load_kube_config()
-    global PROBES
-    PROBES = probe.ProbeWorker(write_probe_result, workers=SETTINGS.probe_workers,
+    global PROBES, HOOKS
+    PROBES = probe.ProbeWorker(write_worker_result, workers=SETTINGS.probe_workers,
                                timeout_s=SETTINGS.probe_timeout_seconds)
-    logger.info("musicsplit operator: tick %.1fs, %d golden-set probe workers", SETTINGS.tick_seconds,
-                SETTINGS.probe_workers)
+    HOOKS = webhooks.WebhookWorker(write_worker_result, workers=SETTINGS.webhook_workers,
+                                   allowlist=SETTINGS.webhook_url_allowlist)
+    logger.info("musicsplit operator: tick %.1fs, %d golden-set probe workers, %d webhook workers",
+                SETTINGS.tick_seconds, SETTINGS.probe_workers, SETTINGS.webhook_workers)
 
 
 @kopf.on.cleanup()
-def stop_probes(**_) -> None:
-    if PROBES is not None:
-        PROBES.shutdown()
+def stop_workers(**_) -> None:
+    for worker in (PROBES, HOOKS):
+        if worker is not None:
+            worker.shutdown()
 
 
 def _api() -> k8s.CustomObjectsApi:
@@ -89,9 +93,10 @@ def write_route(body, name: str, namespace: str, spec, route: router.Route, crea
         _content_type="application/merge-patch+json")
 
 
-def write_probe_result(namespace: str, name: str, fields: dict) -> None:
-    """The probe worker's write: its result keys only, so a tick's status patch
-    (which carries them unchanged) and this one never undo each other."""
+def write_worker_result(namespace: str, name: str, fields: dict) -> None:
+    """A background worker's write (probe results, webhook answers): its own
+    keys only, so a tick's status patch (which carries them unchanged) and this
+    one never undo each other."""
     try:
         _api().patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": fields},
                                                      _content_type="application/merge-patch+json")
@@ -110,8 +115,21 @@ def _status_patch(old: dict, new: dict) -> dict:
 
 def _forget(namespace: str, name: str) -> None:
     metrics.forget(namespace, name)
-    if PROBES is not None:
-        PROBES.forget(namespace, name)
+    for worker in (PROBES, HOOKS):
+        if worker is not None:
+            worker.forget(namespace, name)
+
+
+def _webhooks_condition(sm, conditions: list[dict], now, generation) -> list[dict]:
+    """WebhooksConfigured: whether the operator may call every hook's URL."""
+    if not sm.analysis.webhooks:
+        return conditions
+    refused = [h.name for h in sm.analysis.webhooks if not webhooks.allowed(h.url, SETTINGS.webhook_url_allowlist)]
+    why = (f"webhooks {', '.join(refused)} name URLs outside the operator's allowlist "
+           "(MUSICSPLIT_OPERATOR_WEBHOOK_URL_ALLOWLIST): they are never called, so their gates stay closed and "
+           "their checks hold" if refused else "the operator may call every webhook's URL")
+    return set_condition(conditions, "WebhooksConfigured", not refused,
+                         "WebhookUrlNotAllowed" if refused else "Configured", why, now, generation)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=SETTINGS.tick_seconds, initial_delay=0.0, sharp=False)
@@ -153,6 +171,8 @@ def reconcile(body, name, namespace, patch, logger, **_) -> None:
     plan = scheduler.schedule(sm, old, obs, now, generation=generation, action=action)
     route, events, create = plan.route, list(plan.events), plan.create
     new = plan.status
+    if plan.verdict:  # judged by the scheduler from status alone (the pre-rollout hooks)
+        metrics.analysed(namespace, name, plan.verdict)
     prometheus_url, why = prometheus.resolve_url(sm.analysis.prometheus_url, SETTINGS.prometheus_url,
                                                  SETTINGS.prometheus_url_allowlist)
     new["conditions"] = set_condition(new.get("conditions") or [], "AnalysisConfigured", prometheus_url is not None,
@@ -171,6 +191,7 @@ def reconcile(body, name, namespace, patch, logger, **_) -> None:
                 timeout_s=SETTINGS.prometheus_timeout_seconds)
         if sm.analysis.golden_set:
             m = replace(m, **analysis.golden_measurements(new))
+        m = replace(m, webhooks=policy.rollout_checks(sm, new))
         verdict = analysis.judge(m, sm, compare_stable=not sm.raw)
         metrics.analysed(namespace, name, verdict.result)
         logger.info("analysis of %s at %s %%: %s (%s)", new.get("canaryVersion"), new.get("canaryWeight"),
@@ -184,7 +205,18 @@ def reconcile(body, name, namespace, patch, logger, **_) -> None:
     job = scheduler.probe_due(sm, new, obs, now, namespace, name, meta.get("uid")) if route is None else None
     if job is not None and PROBES is not None and PROBES.submit(job):
         logger.info("golden-set probe queued: %s", ", ".join(f"{t.role} {t.version}" for t in job.targets))
+    # Webhooks run in the background too; the same care about URLs that may
+    # still lead to the previous revision (the canary "serves" only on a tick
+    # that moves no traffic).
+    serving = obs.latest_ready and route is None
+    canary_url = None if not serving or (sm.raw and new.get("stepIndex") == -1) else (
+        obs.url if sm.raw else obs.urls.get("latest"))
+    calls = (policy.due_calls(sm, new, now, namespace, name, ready=serving, canary_url=canary_url)
+             + policy.notifications(sm, old, new, events, namespace, name, now))
+    if calls and HOOKS is not None:
+        HOOKS.submit(policy.HookJob(namespace, name, tuple(calls), meta.get("uid")))
 
+    new["conditions"] = _webhooks_condition(sm, new.get("conditions") or [], now, generation)
     new["conditions"] = set_condition(new.get("conditions") or [], "SpecValid", True, "Valid",
                                               "spec accepted", now, generation)
     if route is not None:
@@ -193,5 +225,6 @@ def reconcile(body, name, namespace, patch, logger, **_) -> None:
         kopf.event(body, type=type_, reason=reason, message=message)
     patch.status.update(_status_patch(old, new))
     metrics.record(namespace, name, old, new)
+    metrics.posted(namespace, name, events)
     if action:
         patch.metadata.setdefault("annotations", {})[ACTION_ANNOTATION] = None
