@@ -22,7 +22,9 @@ COMPONENTS = {
 SUBPACKAGES = {"musicsplit.gateway": ["musicsplit.gateway.routers"]}
 # Alembic reads its environment and revisions as files, not as modules: package data.
 PACKAGE_DATA = {"musicsplit.gateway": ["flags_bootstrap.json", "migrations/*.py", "migrations/*.mako",
-                                       "migrations/versions/*.py"]}
+                                       "migrations/versions/*.py"],
+                # The price table predictor/cost.py reads at start.
+                "musicsplit.predictor": ["prices.yaml"]}
 
 present = {pkg: folder for pkg, folder in COMPONENTS.items() if (HERE / folder / "__init__.py").is_file()}
 

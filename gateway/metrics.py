@@ -1,5 +1,6 @@
 """Gateway Prometheus metrics. Labels are bounded: model, model_version, arm,
-region, outcome, backend (all from configuration or flags); never a user or job id."""
+region, outcome, backend, stem, model_namespace (all from configuration, flags or
+the predictors' answers); never a user or job id."""
 
 from __future__ import annotations
 
@@ -41,3 +42,12 @@ RESEPARATIONS = Counter(f"{PREFIX}_reseparations_total",
                         ["model", "model_version"])
 NOTIFICATIONS = Counter(f"{PREFIX}_notifications_total", "Alerts sent, by channel and outcome",
                         ["channel", "outcome"])
+SHADOW_REQUESTS = Counter(f"{PREFIX}_shadow_requests_total",
+                          "Separations mirrored to a canary (shadow traffic), by outcome: compared, "
+                          "skipped (sampled while the concurrency bound was full), failed", ["model", "outcome"])
+# SDR of the canary's stems against the stable's, within 0..100 dB (gateway/shadow.py says why).
+SHADOW_AGREEMENT = Histogram(f"{PREFIX}_shadow_agreement_db",
+                             "Per-stem SDR (dB) of a canary's answer to a mirrored user request against the "
+                             "stable answer the user got; model_namespace: the SeparationModels' namespace",
+                             ["model", "model_namespace", "canary_version", "stable_version", "stem"],
+                             buckets=(0, 2.5, 5, 7.5, 10, 12.5, 15, 20, 25, 30, 40, 60, 100))

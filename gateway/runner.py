@@ -33,6 +33,7 @@ from musicsplit.gateway.results import ResultStore
 from musicsplit.gateway.scheduling import FairQueue
 from musicsplit.gateway.separation import ChunkedSeparation, Outcome
 from musicsplit.gateway.settings import GatewaySettings
+from musicsplit.gateway.shadow import ShadowMirror
 from musicsplit.gateway.tenancy import Caller
 from musicsplit.gateway.upstream import Router
 from musicsplit.telemetry import extract, inject
@@ -49,7 +50,8 @@ class _Leader:
 
 class JobRunner:
     def __init__(self, settings: GatewaySettings, *, store: JobStore, results: ResultStore, events: EventBus,
-                 router: Router, pool: EndpointPool, flags: Flags, cache, observations: Observations):
+                 router: Router, pool: EndpointPool, flags: Flags, cache, observations: Observations,
+                 shadow: ShadowMirror | None = None):
         self.settings = settings
         self.store = store
         self.results = results
@@ -59,6 +61,7 @@ class JobRunner:
         self.flags = flags
         self.cache = cache
         self.observations = observations
+        self.shadow = shadow
         self.queue = FairQueue(settings.max_queued_jobs)
         self._workers: list[asyncio.Task] = []
         self._running: dict[str, asyncio.Task] = {}
@@ -221,7 +224,7 @@ class JobRunner:
         return await ChunkedSeparation(job, settings=self.settings, router=self.router, results=self.results,
                                        chunked=self.flags.enabled(CHUNKED_FLAG, caller.flag_user),
                                        fallback=self.flags.fallback_model(caller.flag_user),
-                                       on_progress=progress).run()
+                                       on_progress=progress, mirror=self.shadow).run()
 
     async def _cache(self, job: SeparationJob, outcome: Outcome) -> None:
         key = self.cache_key(job, outcome.version)

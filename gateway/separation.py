@@ -28,6 +28,7 @@ from musicsplit.gateway.chunking import Assembler, Chunk, max_request_frames, pl
 from musicsplit.gateway.jobstore import SeparationJob
 from musicsplit.gateway.results import InputInfo, ResultStore
 from musicsplit.gateway.settings import GatewaySettings
+from musicsplit.gateway.shadow import ShadowMirror
 from musicsplit.gateway.upstream import Routed, Router
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ class ChunkedSeparation:
     """One run of one job; `run()` returns the Outcome once the stems are written."""
 
     def __init__(self, job: SeparationJob, *, settings: GatewaySettings, router: Router, results: ResultStore,
-                 chunked: bool, fallback: str | None, on_progress):
+                 chunked: bool, fallback: str | None, on_progress, mirror: ShadowMirror | None = None):
         self.job = job
         self.settings = settings
         self.router = router
@@ -125,6 +126,7 @@ class ChunkedSeparation:
         self.chunked = chunked
         self.fallback = fallback
         self.on_progress = on_progress  # async (chunks_done, chunks_total) -> None
+        self.mirror = mirror  # shadow traffic: each chunk a user gets may be compared with a canary's
         self.pin: Pin | None = None
         self.stem_names: set[str] | None = None
 
@@ -224,6 +226,9 @@ class ChunkedSeparation:
                             f"{self.pin.model} {self.pin.version}, a later one only by {served.model} "
                             f"{served.version}; a job is one model version end to end: submit it again")
         metrics.CHUNKS.labels(model=routed.model, outcome="success").inc()
+        if self.mirror is not None:
+            self.mirror.offer_chunk(routed.model, served.version, samples, info.sample_rate, routed.value.stems,
+                                    stem_names=params.get("stems"), shifts=params.get("shifts"))
         return chunk, routed
 
     def _check_stems(self, chunk: Chunk, routed: Routed, stems: dict[str, np.ndarray]) -> None:

@@ -34,6 +34,7 @@ from musicsplit.gateway.regions import EndpointPool
 from musicsplit.gateway.results import Download, ResultStore, make_result_store
 from musicsplit.gateway.runner import JobRunner
 from musicsplit.gateway.scheduling import QueueFull
+from musicsplit.gateway.shadow import ShadowMirror
 from musicsplit.gateway.settings import GatewaySettings
 from musicsplit.gateway.tenancy import Caller
 from musicsplit.gateway.upstream import Router
@@ -73,6 +74,7 @@ class SeparationService:
         self.cache = make_cache(settings)
         self.results: ResultStore = make_result_store(settings)
         self.events: EventBus = make_event_bus(settings)
+        self.shadow = ShadowMirror(settings)
         self.store: JobStore
         self.observations: Observations
         self.runner: JobRunner
@@ -85,8 +87,9 @@ class SeparationService:
         self.observations = Observations(self.store, self.settings.reseparation_window_s)
         self.runner = JobRunner(self.settings, store=self.store, results=self.results, events=self.events,
                                 router=self.router, pool=self.pool, flags=self.flags, cache=self.cache,
-                                observations=self.observations)
+                                observations=self.observations, shadow=self.shadow)
         self.pool.start(self.settings.health_interval_s)
+        await self.shadow.start(self.pool.models())
         await self.runner.start()
         self._sweeper = asyncio.create_task(self._sweep_loop(), name="result-sweeper")
 
@@ -95,6 +98,7 @@ class SeparationService:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
         await self.runner.stop()
+        await self.shadow.stop()
         await self.pool.stop()
         await self.router.close()
         await self.cache.close()

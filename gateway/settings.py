@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from musicsplit.validation import InputLimitSettings
@@ -90,6 +90,19 @@ class GatewaySettings(BaseSettings, InputLimitSettings):
     unleash_environment: str = "default"
     unleash_refresh_s: int = 15
     flags_bootstrap: Path | None = None  # default: gateway/flags_bootstrap.json
+
+    # Shadow traffic (gateway/shadow.py, ADR 0108): while a model has a canary step, a sample of
+    # users' successful separations (v2 requests, job chunks) is sent again to the canary, never
+    # answered to anyone, and its stems compared with the stable ones the user got. Which model has
+    # a canary, and where: SeparationModels' status.shadow in `shadow_namespace`, read through the
+    # Kubernetes API (list on separationmodels.musicsplit.io) every `shadow_refresh_s`.
+    shadow_enabled: bool = False
+    shadow_sample_rate: float = Field(0.05, ge=0.0, le=1.0)  # share of eligible separations mirrored
+    shadow_max_concurrent: int = Field(2, ge=1)  # mirrored calls in flight; beyond, dropped (counted `skipped`)
+    shadow_namespace: str | None = None  # empty: the gateway's own (in a cluster), else the kubeconfig context's
+    shadow_refresh_s: float = Field(10.0, gt=0)
+    # Outside a cluster: this kubeconfig (empty: $KUBECONFIG, then ~/.kube/config).
+    shadow_kubeconfig: Path | None = None
 
     # Notifications.
     sentry_dsn: SecretStr | None = None

@@ -95,10 +95,12 @@ def build():
                    f'musicsplit_golden_sdr_db{{{OPERATOR}, model_version=~"$stable|$canary"}}', "max"),
                 "{{model_version}} {{stem}}", instant=True)], "dB"),
         graph("Shadow agreement (canary vs stable) by stem",
-              "Median SDR between the canary's and the stable version's stems on mirrored user requests: "
-              "high means the canary separates as the stable version does.",
+              "Median SDR between the canary's and the stable version's stems on mirrored user requests "
+              "(0..100 dB, identical stems 100): high means the canary separates as the stable version does.",
               [Q(quantile(0.5, "musicsplit_gateway_shadow_agreement_db", "stem", 'model=~"$model"',
-                          'canary_version="$canary"', 'stable_version="$stable"'), "{{stem}}")], "dB"),
+                          # The gateway's own scrape namespace is not the model's: model_namespace is.
+                          'model_namespace=~"$namespace"', 'canary_version="$canary"',
+                          'stable_version="$stable"'), "{{stem}}")], "dB"),
         graph("Shadow requests by outcome", "Mirrored requests compared, skipped or failed.",
               [Q(sum_rate("musicsplit_gateway_shadow_requests_total", "outcome", 'model=~"$model"'), "{{outcome}}")],
               "reqps"),

@@ -129,9 +129,10 @@ def start_gateway(
     default_model: str,
     env: dict[str, str] | None = None,
     timeout: float = 60.0,
+    port: int | None = None,  # one chosen beforehand (e.g. already in a scrape config); default: a free one
 ) -> Process:
-    """`musicsplit serve gateway` on a free 127.0.0.1 port, routing `(model, url)` endpoints."""
-    port = free_port()
+    """`musicsplit serve gateway` on a 127.0.0.1 port, routing `(model, url)` endpoints."""
+    port = port or free_port()
     log_path = Path(log_dir) / f"gateway-{port}.log"
     cmd = [sys.executable, "-m", "musicsplit.cli", "serve", "gateway", "--host", "127.0.0.1",
            "--port", str(port), "--data_dir", str(data_dir), "--default_model", default_model]

@@ -40,6 +40,9 @@ def predictor_parser() -> argparse.ArgumentParser:
                              "builtin://dsp-baseline. Default /mnt/models (KServe's mount)")
     parser.add_argument("--storage_uri", default=None, help="alias of --model_dir (KServe's name)")
     parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
+    parser.add_argument("--precision", default=None, help="auto (default), fp32, bf16, fp16")
+    parser.add_argument("--segment_batch", type=int, default=None,
+                        help="segments of a track per forward pass (0 = auto: 4 on CUDA, 1 on CPU)")
     parser.add_argument("--max_inflight", type=int, default=None, help="inferences at once per replica")
     parser.add_argument("--max_queue", type=int, default=None, help="requests that may wait; more get 429")
     parser.add_argument("--no_warmup", action="store_true", help="skip the warm-up inference")
@@ -54,7 +57,7 @@ def serve_predictor(args) -> int:
     overrides = {"model_name": ns.model_name}
     if ns.model_dir or ns.storage_uri:
         overrides["model_dir"] = ns.model_dir or ns.storage_uri
-    for key in ("device", "max_inflight", "max_queue"):
+    for key in ("device", "precision", "segment_batch", "max_inflight", "max_queue"):
         if getattr(ns, key) is not None:
             overrides[key] = getattr(ns, key)
     if ns.no_warmup:

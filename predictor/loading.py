@@ -87,6 +87,7 @@ class LoadedModel:
     device: str
     manifest: Manifest
     load_seconds: float = 0.0
+    precision: str = "fp32"  # what the model runs at (precision.resolve); the DSP baseline: fp32
 
 
 def sha256_file(path: Path) -> str:
@@ -151,11 +152,14 @@ def _pick_device(requested: str) -> str:
 
 
 class DemucsSeparator:
-    """A Demucs model or bag, applied the way the demucs CLI applies it."""
+    """A Demucs model or bag, applied the way the demucs CLI applies it, at `precision`,
+    `segment_batch` segments of a track per forward pass (1: Demucs' own apply_model)."""
 
-    def __init__(self, model, device: str):
-        self.model = model.to(device)
+    def __init__(self, model, device: str, precision: str = "fp32", segment_batch: int = 1):
+        self.model = model.to(device).eval()
         self.device = device
+        self.precision = precision
+        self.segment_batch = segment_batch
         self.sources = list(model.sources)
         self.samplerate = int(model.samplerate)
         self.audio_channels = int(model.audio_channels)
@@ -168,6 +172,9 @@ class DemucsSeparator:
         import torch
         from demucs.apply import apply_model
 
+        from musicsplit.predictor.precision import autocast
+        from musicsplit.predictor.segments import apply_batched
+
         if segment is not None and segment > self.max_segment:
             raise BadRequest(
                 f"segment {segment} s is longer than this model allows ({self.max_segment:g} s)"
@@ -178,12 +185,16 @@ class DemucsSeparator:
         ref = wav.mean(0)
         mean, std = ref.mean(), ref.std() + 1e-8
         wav = (wav - mean) / std
-        with torch.inference_mode():
-            out = apply_model(
-                self.model, wav[None], shifts=shifts, split=True, overlap=overlap,
-                segment=segment, device=self.device,
-            )[0]
-        out = out * std + mean
+        # One autocast region for the whole track: it casts each weight once and reuses
+        # the cast for every segment (its cache keeps casts of leaf parameters).
+        with torch.inference_mode(), autocast(self.device, self.precision):
+            if self.segment_batch > 1:
+                out = apply_batched(self.model, wav[None], shifts=shifts, overlap=overlap,
+                                    segment=segment, device=self.device, batch=self.segment_batch)[0]
+            else:
+                out = apply_model(self.model, wav[None], shifts=shifts, split=True, overlap=overlap,
+                                  segment=segment, device=self.device)[0]
+        out = out.float() * std + mean
         return out.cpu().numpy().astype(np.float32, copy=False)
 
 
@@ -235,11 +246,30 @@ def _download(uri: str) -> str:
         raise ModelLoadError(f"could not download {uri}: {exc}") from None
 
 
-def load(model_dir: str, device: str = "auto") -> LoadedModel:
-    """Load from a model dir, `builtin://dsp-baseline`, a pretrained name or `hf://...`."""
+def load(model_dir: str, device: str = "auto", precision: str = "auto", segment_batch: int = 0) -> LoadedModel:
+    """Load from a model dir, `builtin://dsp-baseline`, a pretrained name or `hf://...`.
+
+    `precision` and `segment_batch` are the settings (auto, fp32, bf16, fp16; 0 = auto);
+    the DSP baseline ignores both and serves fp32.
+    """
     import time
 
+    from musicsplit.predictor import precision as precisions
+    from musicsplit.predictor.segments import resolve_segment_batch
+
     start = time.perf_counter()
+    try:
+        precision = precisions.parse(precision)  # a typo fails every model, the baseline too
+    except precisions.PrecisionError as exc:
+        raise ModelLoadError(str(exc)) from None
+
+    def demucs(model):
+        try:
+            served = precisions.resolve(precision, precisions.capability_of(dev))
+        except precisions.PrecisionError as exc:
+            raise ModelLoadError(str(exc)) from None
+        return DemucsSeparator(model, dev, served, resolve_segment_batch(segment_batch, dev))
+
     source = model_dir.removeprefix("file://")
     if source.startswith(REMOTE_SCHEMES):
         source = _download(source)
@@ -249,7 +279,7 @@ def load(model_dir: str, device: str = "auto") -> LoadedModel:
     elif source.startswith(("pretrained://", "hf://")) or source in PRETRAINED:
         name = source.removeprefix("pretrained://")
         dev = _pick_device(device)
-        separator = DemucsSeparator(_load_pretrained(name), dev)
+        separator = demucs(_load_pretrained(name))
         version, arch = f"pretrained-{name}", type(separator.model).__name__
     else:
         directory = Path(source)
@@ -267,10 +297,11 @@ def load(model_dir: str, device: str = "auto") -> LoadedModel:
         else:
             dev = _pick_device(device)
             name, model = _load_demucs_dir(directory, manifest)
-            separator = DemucsSeparator(model, dev)
+            separator = demucs(model)
             arch = manifest.architecture or type(model).__name__
         if manifest.stems and list(manifest.stems) != list(separator.sources):
             raise ModelLoadError(
                 f"{MANIFEST} says stems {manifest.stems} but the model produces {separator.sources}"
             )
-    return LoadedModel(separator, name, version, arch, dev, manifest, time.perf_counter() - start)
+    return LoadedModel(separator, name, version, arch, dev, manifest, time.perf_counter() - start,
+                       getattr(separator, "precision", "fp32"))

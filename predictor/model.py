@@ -26,6 +26,7 @@ from musicsplit.audio import fit_length, resample
 from musicsplit.errors import BadAudio, BadRequest, MusicsplitError, NotReady, PayloadTooLarge, Saturated
 from musicsplit.predictor import metrics
 from musicsplit.predictor.admission import Admission, admitted
+from musicsplit.predictor.cost import separation_cost
 from musicsplit.predictor.codec import ParsedRequest, build_response, check_stems, parse_request, select_stems
 from musicsplit.predictor.loading import LoadedModel, ModelLoadError, load
 from musicsplit.predictor.settings import PredictorSettings
@@ -95,7 +96,8 @@ class SeparationModel(kserve.Model):
         """Load, warm up, then flip ready; a failure is recorded, never raised."""
         try:
             with tracer.start_as_current_span("model.load", attributes={"model": self.name}):
-                loaded = load(self.settings.model_dir, self.settings.device)
+                loaded = load(self.settings.model_dir, self.settings.device, self.settings.precision,
+                              self.settings.segment_batch)
                 expected = [x.strip() for x in (self.settings.stems or "").split(",") if x.strip()]
                 sources = loaded.separator.sources
                 if any(s not in sources and s.removeprefix("no_") not in sources for s in expected):
@@ -131,7 +133,7 @@ class SeparationModel(kserve.Model):
         metrics.precreate(labels)
         metrics.LOAD_SECONDS.labels(**labels).set(loaded.load_seconds)
         metrics.MODEL_INFO.info({
-            **labels, "architecture": loaded.architecture, "device": loaded.device,
+            **labels, "architecture": loaded.architecture, "device": loaded.device, "precision": loaded.precision,
             "stems": ",".join(loaded.separator.sources), "released": str(loaded.manifest.released or ""),
             "source": str(loaded.manifest.source or self.settings.model_dir),
         })
@@ -140,8 +142,8 @@ class SeparationModel(kserve.Model):
         metrics.READY.labels(model=self.name).set(1)
         self.load_error = None
         self.ready = True
-        log.info("model %s version %s ready on %s (load %.2f s)", self.name, self.version,
-                 loaded.device, loaded.load_seconds)
+        log.info("model %s version %s ready on %s at %s (load %.2f s)", self.name, self.version,
+                 loaded.device, loaded.precision, loaded.load_seconds)
         return True
 
     def load_in_background(self) -> threading.Thread:
@@ -233,12 +235,16 @@ class SeparationModel(kserve.Model):
         return job
 
     def cost(self, compute_seconds: float) -> float:
+        """USD for `compute_seconds` of inference on this replica (predictor/cost.py)."""
         if self.loaded and self.loaded.device.startswith("cuda"):
-            return compute_seconds * self.settings.gpu_price(self._gpu_name)
+            return separation_cost(compute_seconds, self.settings.gpu_price(self._gpu_name))
+        return separation_cost(compute_seconds, self.settings.cpu_price_per_core_second, self.cpu_cores())
+
+    def cpu_cores(self) -> int:
+        """Cores a CPU inference occupies: the configured threads, else torch's, within the CPUs there are."""
         import torch
 
-        cores = self.settings.cpu_threads or min(torch.get_num_threads(), os.cpu_count() or 1)
-        return compute_seconds * cores * self.settings.cpu_price_per_core_second
+        return self.settings.cpu_threads or min(torch.get_num_threads(), os.cpu_count() or 1)
 
     async def postprocess(self, job: Job, headers=None, response_headers=None):
         return await asyncio.get_running_loop().run_in_executor(self._cpu, self._postprocess, job, headers)
@@ -260,6 +266,7 @@ class SeparationModel(kserve.Model):
                 "model": self.name,
                 "model_version": self.version,
                 "device": self.loaded.device,
+                "precision": self.loaded.precision,
                 "sample_rate": rate,
                 "audio_seconds": round(audio_seconds, 3),
                 "compute_seconds": round(job.compute_seconds, 4),

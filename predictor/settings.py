@@ -7,21 +7,11 @@ environment, so a ServingRuntime can set it without changing args.
 
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from musicsplit.predictor.cost import load_prices
 from musicsplit.validation import InputLimitSettings
-
-# On-demand list prices per GPU-second (USD), used when the GPU type is known
-# and no explicit price is configured. Override with MUSICSPLIT_GPU_PRICE_PER_SECOND.
-GPU_PRICES_PER_SECOND = {
-    "H200": 4.50 / 3600,
-    "H100": 3.90 / 3600,
-    "A100": 2.50 / 3600,
-    "L40S": 1.80 / 3600,
-    "A10G": 1.01 / 3600,
-    "L4": 0.80 / 3600,
-    "T4": 0.53 / 3600,
-}
 
 
 class PredictorSettings(BaseSettings, InputLimitSettings):
@@ -38,22 +28,28 @@ class PredictorSettings(BaseSettings, InputLimitSettings):
     # dir without a manifest is served (and labelled) as this version.
     expected_version: str | None = None
     warmup: bool = True
+    # fp32 | bf16 | fp16 | auto: auto is bf16 on a CPU with AVX512-BF16/AMX, bf16 or fp16 on
+    # a GPU, fp32 otherwise (predictor/precision.py, docs/adr/0003). A misspelt value or one
+    # the device cannot run well fails the load, reported like any load failure.
+    precision: str = "auto"
+    # Segments of one track per forward pass; 0 = auto (4 on CUDA, 1 on CPU, where
+    # batching measured slower).
+    segment_batch: int = Field(default=0, ge=0)
 
     # Concurrency: requests running inference at once, and how many may wait.
     max_inflight: int = 1
     max_queue: int = 4
     cpu_threads: int = 0  # 0 = torch default
 
-    # Prices: GPU-seconds x price per GPU-second; CPU-seconds priced per core.
+    # Prices (predictor/cost.py): GPU-seconds x price per GPU-second; CPU-seconds x cores x
+    # price per core-second. Unset: the price table (predictor/prices.yaml) for the GPU found.
     gpu_price_per_second: float | None = None
-    cpu_price_per_core_second: float = 0.0425 / 3600
+    cpu_price_per_core_second: float = Field(default_factory=lambda: load_prices().cpu_core.per_second)
     # Input limits: max_request_bytes, max_audio_seconds, min_sample_rate,
     # max_channels (InputLimitSettings; MUSICSPLIT_MAX_AUDIO_SECONDS etc.).
 
     def gpu_price(self, gpu_name: str | None) -> float:
+        """USD per GPU-second: the configured price, or the price table's for this GPU."""
         if self.gpu_price_per_second is not None:
             return self.gpu_price_per_second
-        for key, price in GPU_PRICES_PER_SECOND.items():
-            if gpu_name and key in gpu_name.upper():
-                return price
-        return GPU_PRICES_PER_SECOND["A10G"]
+        return load_prices().gpu(gpu_name)[1].per_second

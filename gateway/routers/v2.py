@@ -45,6 +45,8 @@ async def v2_infer(request: Request, service: Service, who: Calling, name: str):
     version = str(params.get("model_version") or routed.endpoint.version or "unknown")
     await service.observations.v2_succeeded(choice, routed.model, version, params.get("quality_score"),
                                             time.perf_counter() - start)
+    # The user's answer is ready: a sample of answers is mirrored to a canary, in the background.
+    service.shadow.offer_v2(routed.model, params.get("model_version"), body, fwd, upstream)
     headers = {k: v for k, v in upstream.headers.items() if k.lower() in FORWARDED}
     headers.update({"X-Musicsplit-Model": routed.model, "X-Musicsplit-Model-Version": version,
                     "X-Musicsplit-Arm": choice.arm})

@@ -43,6 +43,9 @@ class Measurements:
     probe_error: str | None = None  # set when the golden-set probe could not run
     probe_pending: str | None = None  # what the golden-set SDR still waits for
     webhooks: tuple["Check", ...] = ()  # the rollout webhooks' answers (policy.hook_checks)
+    # Shadow agreement (the gateway's mirrored users' requests): dB per stem, and how many comparisons.
+    shadow_agreement: dict[str, float] | None = None
+    shadow_comparisons: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -98,9 +101,30 @@ def _lower(name: str, value: float | None, limit: float, unit: str = "", missing
                  f"{name} {value:.4g}{unit} < {limit:g}{unit} (under by {limit - value:.4g}{unit})")
 
 
-def judge(m: Measurements, spec: SeparationModelSpec, *, compare_stable: bool = True) -> Verdict:
+def shadow_check(m: Measurements, spec: SeparationModelSpec) -> Check:
+    """The lowest stem's mean agreement (SDR of the canary's stems against the
+    stable's on mirrored users' requests) against spec.analysis.minShadowAgreementDb."""
+    a = spec.analysis
+    name, limit = "shadowAgreement", a.min_shadow_agreement_db
+    if m.prometheus_error:
+        return Check(name, None, limit, HOLD, f"{name}: no data: {m.prometheus_error}")
+    n = m.shadow_comparisons
+    if n < a.min_shadow_comparisons or not m.shadow_agreement:
+        return Check(name, None, limit, HOLD,
+                     f"{name}: {n:.0f} mirrored user requests compared with stable in the window "
+                     f"({a.min_shadow_comparisons} needed; is the gateway's shadow traffic on?)")
+    stem, value = min(m.shadow_agreement.items(), key=lambda kv: kv[1])
+    check = _lower(name, value, limit, " dB")
+    per_stem = ", ".join(f"{k} {v:.3g}" for k, v in sorted(m.shadow_agreement.items()))
+    return Check(name, value, limit, check.result,
+                 f"{check.message}, lowest stem {stem} over {n:.0f} comparisons (per stem, dB: {per_stem})")
+
+
+def judge(m: Measurements, spec: SeparationModelSpec, *, compare_stable: bool = True,
+          compare_shadow: bool = True) -> Verdict:
     """Is the canary healthy? `fail` on any measured regression, else `hold`
-    while any check lacks evidence, else `pass`. Never `pass` without data."""
+    while any check lacks evidence, else `pass`. Never `pass` without data.
+    `compare_shadow`: whether users get stable outputs to compare with (see shadow.required)."""
     a = spec.analysis
     checks: list[Check] = []
     c, s = m.canary, m.stable
@@ -143,6 +167,8 @@ def judge(m: Measurements, spec: SeparationModelSpec, *, compare_stable: bool = 
             drop = (m.stable_sdr - m.canary_sdr) if (_finite(m.stable_sdr) and _finite(m.canary_sdr)) else None
             checks.append(_upper("goldenSdrDrop", drop, a.max_sdr_drop_db, " dB",
                                  missing=m.probe_pending or "no golden-set SDR for canary and stable"))
+    if a.min_shadow_agreement_db is not None and compare_shadow:
+        checks.append(shadow_check(m, spec))
 
     checks.extend(m.webhooks)
 

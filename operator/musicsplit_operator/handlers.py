@@ -16,7 +16,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from . import analysis, metrics, policy, probe, prometheus, router, scheduler, webhooks
+from . import analysis, metrics, policy, probe, prometheus, router, scheduler, shadow, webhooks
 from .settings import OperatorSettings
 from .spec import GROUP, ISVC_GROUP, ISVC_PLURAL, ISVC_VERSION, PLURAL, VERSION, parse_spec
 from .status import FAILED, set_condition
@@ -191,8 +191,14 @@ def reconcile(body, name, namespace, patch, logger, **_) -> None:
                 timeout_s=SETTINGS.prometheus_timeout_seconds)
         if sm.analysis.golden_set:
             m = replace(m, **analysis.golden_measurements(new))
+        mirrored = shadow.required(sm, new)
+        if mirrored and prometheus_url is not None and not m.prometheus_error:
+            m = replace(m, **shadow.measure(
+                prometheus_url=prometheus_url, model=name, namespace=namespace,
+                canary_version=new["canaryVersion"], stable_version=new.get("stableVersion") or "",
+                window_s=sm.window_s(), timeout_s=SETTINGS.prometheus_timeout_seconds))
         m = replace(m, webhooks=policy.rollout_checks(sm, new))
-        verdict = analysis.judge(m, sm, compare_stable=not sm.raw)
+        verdict = analysis.judge(m, sm, compare_stable=not sm.raw, compare_shadow=mirrored)
         metrics.analysed(namespace, name, verdict.result)
         logger.info("analysis of %s at %s %%: %s (%s)", new.get("canaryVersion"), new.get("canaryWeight"),
                     verdict.result, verdict.message)
@@ -205,6 +211,10 @@ def reconcile(body, name, namespace, patch, logger, **_) -> None:
     job = scheduler.probe_due(sm, new, obs, now, namespace, name, meta.get("uid")) if route is None else None
     if job is not None and PROBES is not None and PROBES.submit(job):
         logger.info("golden-set probe queued: %s", ", ".join(f"{t.role} {t.version}" for t in job.targets))
+    # Where the gateway mirrors users' requests (only while both versions serve them).
+    mirror = shadow.published(sm, new, obs) if route is None else None
+    if mirror:
+        new["shadow"] = mirror
     # Webhooks run in the background too; the same care about URLs that may
     # still lead to the previous revision (the canary "serves" only on a tick
     # that moves no traffic).

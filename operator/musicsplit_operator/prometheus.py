@@ -109,8 +109,8 @@ def _malformed(what: str) -> PrometheusUnavailable:
     return PrometheusUnavailable(f"malformed answer from Prometheus: {what}", BAD_ANSWER)
 
 
-def query_scalar(client: httpx.Client, prometheus_url: str, promql: str) -> float | None:
-    """One instant query; None when the result is empty (no such series)."""
+def _data(client: httpx.Client, prometheus_url: str, promql: str) -> dict:
+    """One instant query's `data` ({resultType, result: list}), or PrometheusUnavailable."""
     status, raw = _read(client, prometheus_url.rstrip("/") + "/api/v1/query", promql)
     try:
         body = json.loads(raw)
@@ -133,6 +133,20 @@ def query_scalar(client: httpx.Client, prometheus_url: str, promql: str) -> floa
     result = data.get("result") if isinstance(data, dict) else None
     if not isinstance(result, list):
         raise _malformed("no data.result")
+    return data
+
+
+def _value(sample) -> float:
+    try:
+        return float(sample[1])
+    except (TypeError, ValueError, IndexError, KeyError):
+        raise _malformed("data.result holds no [time, value] sample") from None
+
+
+def query_scalar(client: httpx.Client, prometheus_url: str, promql: str) -> float | None:
+    """One instant query; None when the result is empty (no such series)."""
+    data = _data(client, prometheus_url, promql)
+    result = data["result"]
     if not result:
         return None
     if data.get("resultType") == "scalar":
@@ -140,11 +154,20 @@ def query_scalar(client: httpx.Client, prometheus_url: str, promql: str) -> floa
     else:
         first = result[0]
         sample = first.get("value") if isinstance(first, dict) else None
-    try:
-        value = float(sample[1])
-    except (TypeError, ValueError, IndexError, KeyError):
-        raise _malformed("data.result holds no [time, value] sample") from None
+    value = _value(sample)
     return None if math.isnan(value) else value
+
+
+def query_vector(client: httpx.Client, prometheus_url: str, promql: str, label: str) -> dict[str, float]:
+    """One instant query whose series differ by `label`: {label value: value}, NaNs left out."""
+    out = {}
+    for series in _data(client, prometheus_url, promql)["result"]:
+        if not isinstance(series, dict) or not isinstance(series.get("metric"), dict):
+            raise _malformed("data.result holds no series")
+        value = _value(series.get("value"))
+        if not math.isnan(value):
+            out[str(series["metric"].get(label, ""))] = value
+    return out
 
 
 def version_metrics(client: httpx.Client, prometheus_url: str, model: str, version: str,

@@ -172,6 +172,10 @@ class AnalysisSpec(_Model):
     # counted over the whole rollout of a version, not reset when a step advances.
     threshold: int = Field(1, ge=1, le=100)
     webhooks: list[Webhook] = Field([], max_length=20)
+    # Shadow agreement (ADR 0108): SDR of the canary's stems against the stable's on
+    # users' requests the gateway mirrored. None: not required.
+    min_shadow_agreement_db: float | None = None
+    min_shadow_comparisons: int = 10
 
     @field_validator("webhooks")
     @classmethod

@@ -21,12 +21,11 @@ from .conftest import VARIANTS, render
 # component has one, this test fails until it is taken off this list, so
 # from then on the value the chart renders is parsed by the real settings too.
 PENDING = {
-    "predictor": {"precision", "segment_batch"},
+    "predictor": set(),
     "gateway": {
         "api_keys_file", "oidc_issuer", "oidc_audience", "oidc_jwks_url", "oidc_tenant_claim", "metrics_port",
         "storage_url", "s3_endpoint_url", "s3_region", "events_backend", "lease_seconds",
-        "callback_allow_private", "shadow_enabled", "shadow_sample_rate", "shadow_max_concurrent",
-        "shadow_namespace",
+        "callback_allow_private",
     },
     "operator": {"mlflow_tracking_uri"},
 }

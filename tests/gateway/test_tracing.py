@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import pytest
@@ -56,6 +57,10 @@ def test_traceparent_reaches_the_predictor_and_joins_the_callers_trace(baseline_
         proxy.requests.clear()
         doc = wait_job(gw.url, submit(gw.url, wav_bytes(tone(9.0))).json()["id"])
         assert doc["status"] == "succeeded"
+        # The job span ends just after the terminal state is written, so it may land a moment later.
+        deadline = time.monotonic() + 10
+        while not any(s.name == "job" for s in spans.get_finished_spans()) and time.monotonic() < deadline:
+            time.sleep(0.05)
         finished = spans.get_finished_spans()
         names = {s.name for s in finished}
         assert {"validate", "job", "chunk", "proxy"} <= names, names

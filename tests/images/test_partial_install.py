@@ -45,6 +45,8 @@ def test_component_tree_builds_a_wheel_of_its_own_packages(component, tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     packages = {n.rsplit("/", 1)[0] for n in names if n.endswith("/__init__.py")}
     assert {p for p in packages if not p.startswith(PACKAGES[component] + "/")} == {"musicsplit", PACKAGES[component]}
+    if component == "predictor":  # package data: the price table the cost metrics read at start
+        assert "musicsplit/predictor/prices.yaml" in names
     if component == "gateway":  # package data: the offline flag defaults, the job store's migrations
         assert "musicsplit/gateway/flags_bootstrap.json" in names
         assert "musicsplit/gateway/routers/separations.py" in names

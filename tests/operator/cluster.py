@@ -383,15 +383,17 @@ class Cluster:
         raise AssertionError(f"timed out after {timeout}s waiting for {message or what}; last: {last!r}")
 
 
-def operator_api_calls(cluster: Cluster) -> set[tuple[str, str, str]]:
-    """(apiGroup, resource[/subresource], verb) of every call kopf or the
-    kubernetes client made (not kubectl's, not the simulator's)."""
+def operator_api_calls(cluster: Cluster, agents: tuple[str, ...] = ("kopf", "OpenAPI-Generator")
+                       ) -> set[tuple[str, str, str]]:
+    """(apiGroup, resource[/subresource], verb) of every call made by a client whose
+    User-Agent starts with one of `agents`: by default kopf and the kubernetes client
+    (the operator's; not kubectl's, not the simulator's)."""
     verbs = {"WATCH": "watch", "LIST": "list", "FETCH": "get", "CREATE": "create", "UPDATE": "patch",
              "DELETE": "delete"}
     used = set()
     for req in list(cluster.emu._requests):
         ua = next((v for k, v in req.headers.items() if k.lower() == "user-agent"), "")
-        if not (ua.startswith("kopf") or ua.startswith("OpenAPI-Generator")) or req.resource is None:
+        if not ua.startswith(agents) or req.resource is None:
             continue
         if not req.resource.plural or req.action is None:
             continue  # discovery (/api, /apis/<group>...): open to every authenticated user

@@ -33,6 +33,10 @@ def test_killed_operator_resumes_the_rollout_from_status(tmp_path):
             cluster.wait(lambda: status().get("phase") == "Succeeded", 30, message="stable deployed")
             cluster.apply(canary)
             cluster.wait(lambda: status().get("holds", 0) >= 1, 30, message="the canary held at 20 %")
+            # kopf posts Events in the background: the hold's Event must have landed before the
+            # kill, or it may arrive after the snapshot below and look like a repeat.
+            cluster.wait(lambda: "AnalysisHeld" in {e["reason"] for e in cluster.events()}, 30,
+                         message="the hold's Event posted")
             first.proc.kill()
             first.proc.wait(5)
             before = status()

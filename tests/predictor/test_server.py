@@ -76,18 +76,23 @@ def test_binary_v2_returns_one_tensor_per_stem_with_version_quality_and_cost(pre
     from demucs.api import Separator
     import torch
 
+    from musicsplit.predictor.precision import autocast, capability_of, resolve
+
     x = clip(3.0)
     result = http_infer(predictor_url, x, {"sample_rate": 44100, "shifts": 0})
     response = result.get_response()
     assert response["model_version"] == "1.0.0"
     params = response["parameters"]
     assert params["model_version"] == "1.0.0" and params["device"] == "cpu"
+    # The default precision is `auto`: what this CPU does well (bf16 where it has AVX512-BF16).
+    assert params["precision"] == resolve("auto", capability_of("cpu"))
     assert params["audio_seconds"] == pytest.approx(3.0)
     assert params["compute_seconds"] > 0 and params["cost_usd"] > 0
     assert 0.0 <= params["quality_score"] <= 1.0 and "mixture_snr_db" in params
-    # The stems are exactly what Demucs itself computes for this input.
+    # The stems are exactly what Demucs itself computes for this input at that precision.
     reference = Separator(model="tiny", repo=tiny_model_dir, shifts=0, progress=False, device="cpu")
-    _, expected = reference.separate_tensor(torch.from_numpy(x), 44100)
+    with autocast("cpu", params["precision"]):
+        _, expected = reference.separate_tensor(torch.from_numpy(x), 44100)
     for stem in STEMS:
         np.testing.assert_allclose(result.as_numpy(stem), expected[stem].numpy(), atol=1e-4)
 
