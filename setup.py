@@ -6,7 +6,7 @@ operator/ holds its package one level down so nothing named `operator` ever
 shadows the standard library. A component image (predictor/Dockerfile,
 gateway/Dockerfile, operator/Dockerfile) copies only `musicsplit/` and its own
 folder, so a static package list naming the other folders would fail to build
-there; in a full checkout all four packages are built, as before.
+there; in a full checkout every package is built, as before.
 """
 
 from pathlib import Path
@@ -18,13 +18,16 @@ COMPONENTS = {
     "musicsplit.predictor": "predictor",
     "musicsplit.gateway": "gateway",
     "musicsplit.operator": "operator/musicsplit_operator",
+    "musicsplit.loadtest": "loadtest",
 }
 SUBPACKAGES = {"musicsplit.gateway": ["musicsplit.gateway.routers"]}
 # Alembic reads its environment and revisions as files, not as modules: package data.
 PACKAGE_DATA = {"musicsplit.gateway": ["flags_bootstrap.json", "migrations/*.py", "migrations/*.mako",
                                        "migrations/versions/*.py"],
                 # The price table predictor/cost.py reads at start.
-                "musicsplit.predictor": ["prices.yaml"]}
+                "musicsplit.predictor": ["prices.yaml"],
+                # The k6 script and the scenarios it and the runner share.
+                "musicsplit.loadtest": ["*.js", "*.json"]}
 
 present = {pkg: folder for pkg, folder in COMPONENTS.items() if (HERE / folder / "__init__.py").is_file()}
 

@@ -3,7 +3,7 @@
 #   redis-server (Debian)          -> tests/gateway/test_cache.py (shared cache)
 #   postgresql (Debian)            -> tests/fixtures/postgres.py (job store tests; Unleash's database)
 #   unleash-server@7.5 (npm)       -> same; 7.5 is the last line that runs on Node 20
-#   python gateway extra           -> pip install -e '.[gateway]'
+#   python gateway extra           -> pip install -e '.[gateway]' (PyJWT[crypto] for OIDC tokens)
 # UNLEASH_SERVER_DIR (default /opt/musicsplit/unleash-server) is where npm puts
 # the server; the slow test reads the same variable.
 set -euo pipefail
@@ -34,6 +34,6 @@ if [ ! -f "$unleash_dir/node_modules/unleash-server/package.json" ]; then
   npm install --no-audit --no-fund --loglevel=error unleash-server@7.5
 fi
 
-python -c "import UnleashClient, redis, tenacity, sentry_sdk, multipart, websockets, sqlalchemy, alembic, aiosqlite, psycopg" 2>/dev/null \
+python -c "import UnleashClient, redis, tenacity, sentry_sdk, multipart, websockets, sqlalchemy, alembic, aiosqlite, psycopg, jwt, cryptography" 2>/dev/null \
   || pip install -q -e "$here[gateway]"
 echo "gateway test dependencies ready (unleash-server in $unleash_dir)"

@@ -51,9 +51,9 @@ def publish_canary(cluster: Cluster, url: str, canary: str, stable: str) -> None
     r.raise_for_status()
 
 
-def shadow_counts(url: str) -> dict[str, float]:
+def shadow_counts(metrics_url: str) -> dict[str, float]:
     out: dict[str, float] = {}
-    for family in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=10).text):
+    for family in text_string_to_metric_families(httpx.get(metrics_url, timeout=10).text):
         for s in family.samples:
             if s.name == "musicsplit_gateway_shadow_requests_total":
                 out[s.labels["outcome"]] = out.get(s.labels["outcome"], 0) + s.value
@@ -104,7 +104,7 @@ def main() -> None:
                     clients[name].separate(MODEL, track, 44100)
                     latency[name].append(time.perf_counter() - start)
             time.sleep(3)  # the last mirrors finish
-            counts = shadow_counts(gateways["on"].url)
+            counts = shadow_counts(gateways["on"].extra["metrics_url"])
             cost = comparison_cost(stable.url, tracks[0])
     finally:
         for g in gateways.values():

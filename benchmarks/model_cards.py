@@ -100,6 +100,12 @@ def render(name: str, facts: dict, measured: dict, gpu_rows: list) -> str:
         lines += ["Golden-set SDR (the canary gate's measure) needs the real weights: "
                   f"`musicsplit eval --url URL --model {name}` against a predictor serving them. This "
                   "machine cannot download them, so no golden-set figure is given here.", ""]
+    lines += ["Per deployed version, the operator keeps the golden-set SDR it measured (the built-in set and/or "
+              "the owner's reference tracks, `spec.analysis.goldenSet`): in the SeparationModel's "
+              "`status.history` (`goldenSdr`: mean, per stem, which set), as the metric "
+              "`musicsplit_golden_sdr_db{model_version,stem,role}` (docs/metrics.md) and, for releases named "
+              "through MLflow, as tags on the model version (`musicsplit.golden_sdr_db.mean`, "
+              "`musicsplit.golden_sdr_db.STEM`; operator/README.md).", ""]
     lines += ["## Speed and cost"]
     if "speed" in facts:
         lines.append(facts["speed"] + "; priced per core-second as in docs/cost.md.")

@@ -1,13 +1,16 @@
-"""The gateway's FastAPI app: the routers (routers/), error mapping, tracing, the OpenAPI document.
+"""The gateway's FastAPI app: the routers (routers/), error mapping, tracing, body limit, metrics port,
+the OpenAPI document.
 
 Every response about a separation says the model, version and arm (in the
 body and in X-Musicsplit-* headers); every error is `{"error", "code"}`,
 an unexpected one a 500 whose message is a reference to the log and Sentry
-(never a path, an upstream's words or a traceback).
+(never a path, an upstream's words or a traceback). /metrics is served on
+its own port (`metrics_port`), never on the API's.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 
@@ -16,32 +19,49 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from opentelemetry import trace
+from prometheus_client import start_http_server
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
-from musicsplit.errors import MusicsplitError, PayloadTooLarge, http_payload
+from musicsplit.errors import MusicsplitError, http_payload
+from musicsplit.gateway import metrics
+from musicsplit.gateway.auth import Authenticator
+from musicsplit.gateway.ingress import FORM_OVERHEAD_BYTES, BodyLimit
 from musicsplit.gateway.notify import report
 from musicsplit.gateway.routers import operations, separations, v2
 from musicsplit.gateway.schemas import DESCRIPTION, MALFORMED, TAGS, ErrorBody
 from musicsplit.gateway.service import SeparationService
 from musicsplit.gateway.settings import GatewaySettings
 from musicsplit.telemetry import extract
-from musicsplit.validation import check_size
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("musicsplit.gateway")
 
 
+HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
 def create_app(settings: GatewaySettings | None = None, service: SeparationService | None = None) -> FastAPI:
     settings = settings or GatewaySettings()
+    # Now, not at the first request: a bad tenants file or OIDC setting stops the gateway from starting.
+    auth = service.auth if service else Authenticator(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        svc = service or SeparationService(settings)
+        (log.warning if auth.open else log.info)("%s", auth.describe())
+        svc = service or SeparationService(settings, auth=auth)
         app.state.service = svc
-        await svc.start()
+        scrape = start_http_server(settings.metrics_port, addr=settings.host)[0] if settings.metrics_port else None
         try:
-            yield
+            await svc.start()
+            try:
+                yield
+            finally:
+                await svc.stop()
         finally:
-            await svc.stop()
+            if scrape is not None:
+                await asyncio.to_thread(scrape.shutdown)
+                scrape.server_close()
 
     app = FastAPI(title="musicsplit gateway", version="1.0.0", description=DESCRIPTION, lifespan=lifespan,
                   openapi_tags=TAGS)
@@ -50,9 +70,17 @@ def create_app(settings: GatewaySettings | None = None, service: SeparationServi
         app.include_router(area.router)
 
     @app.exception_handler(MusicsplitError)
-    async def _musicsplit_error(_request, exc: MusicsplitError):
+    async def _musicsplit_error(request: Request, exc: MusicsplitError):
+        request.state.refusal = exc.code  # the tenant's request metrics (below) read it
         status, body, headers = http_payload(exc)
         return JSONResponse(body, status_code=status, headers=headers)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException):
+        # Starlette's own answers (no such route, wrong method, a body over the limit), in our shape.
+        message = f"no such endpoint: {request.method} {request.url.path}" if exc.status_code == 404 else exc.detail
+        return JSONResponse({"error": str(message), "code": HTTP_CODES.get(exc.status_code, "http_error")},
+                            status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request, exc: RequestValidationError):
@@ -66,21 +94,15 @@ def create_app(settings: GatewaySettings | None = None, service: SeparationServi
         return JSONResponse({"error": message, "code": "bad_request"}, status_code=400)
 
     @app.middleware("http")
-    async def _trace_and_limit(request: Request, call_next):
-        # Refuse oversize bodies from their Content-Length, before reading them.
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > settings.max_request_bytes + 1024 * 1024:
-            try:
-                check_size(int(length), settings.limits())
-            except PayloadTooLarge as exc:
-                status, body, headers = http_payload(exc)
-                return JSONResponse(body, status_code=status, headers=headers)
+    async def _trace_and_count(request: Request, call_next):
         ctx = extract(request.headers)
         with tracer.start_as_current_span(request.method, context=ctx, kind=trace.SpanKind.SERVER,
                                           attributes={"http.method": request.method,
                                                       "http.target": request.url.path}) as span:
             try:
                 response = await call_next(request)
+            except ClientDisconnect:  # the client left mid-upload: nobody to answer, nothing to report
+                response = JSONResponse({"error": "the client disconnected", "code": "bad_request"}, status_code=400)
             except Exception as exc:  # a bug or a broken backend: the details are for us, not the caller
                 reference = report(exc, f"{request.method} {request.url.path}")
                 response = JSONResponse({"error": f"an internal error occurred; it has been reported (reference "
@@ -91,7 +113,16 @@ def create_app(settings: GatewaySettings | None = None, service: SeparationServi
                 span.update_name(f"{request.method} {route.path}")
                 span.set_attribute("http.route", route.path)
             span.set_attribute("http.status_code", response.status_code)
+            tenant = getattr(request.state, "tenant", None)
+            if tenant is not None:
+                refusal = getattr(request.state, "refusal", None)
+                outcome = ("rejected_quota" if refusal == "quota_exceeded" else
+                           "rejected_input" if response.status_code in (400, 413) else "accepted")
+                metrics.TENANT_REQUESTS.labels(tenant=tenant, outcome=outcome).inc()
             return response
+
+    # Outermost: a body is counted (and refused) before anything else reads it.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes + FORM_OVERHEAD_BYTES)
 
     def openapi() -> dict:
         if app.openapi_schema is None:

@@ -26,8 +26,11 @@ from musicsplit.gateway import metrics
 log = logging.getLogger(__name__)
 
 
-def cache_key(audio_sha: str, model: str, version: str, params: dict) -> str:
-    blob = json.dumps({"audio": audio_sha, "model": model, "version": version, "params": params}, sort_keys=True)
+def cache_key(audio_sha: str, model: str, version: str, params: dict, tenant: str) -> str:
+    """Per tenant: a hit answers in milliseconds and says `cached`, which would tell one tenant that
+    another separated the same audio (ADR 0206)."""
+    blob = json.dumps({"audio": audio_sha, "model": model, "version": version, "params": params, "tenant": tenant},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

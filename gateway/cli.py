@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-
+import sys
 
 
 def _endpoint(value: str) -> dict:
@@ -31,13 +31,18 @@ def serve(args) -> int:
         "host": args.host, "port": args.port, "data_dir": args.data_dir, "default_model": args.default_model,
         "fallback_model": args.fallback_model, "cache_backend": args.cache,
         "endpoints": args.endpoint or None, "region_order": args.region_order.split(",") if args.region_order else None,
-        "unleash_url": args.unleash_url,
+        "unleash_url": args.unleash_url, "api_keys_file": args.api_keys_file, "metrics_port": args.metrics_port,
     }.items() if v is not None}
     settings = GatewaySettings(**overrides)
     setup_tracing("musicsplit-gateway")
     init_sentry(settings.sentry_dsn.get_secret_value() if settings.sentry_dsn else None)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
-                ws="websockets-sansio")
+    try:
+        app = create_app(settings)
+    except ValueError as exc:  # a bad tenants file or OIDC setting: say what, not a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", ws="websockets-sansio",
+                timeout_keep_alive=settings.keepalive_s)
     return 0
 
 
@@ -79,6 +84,9 @@ def add_commands(sub, serve_group) -> None:
                    help="MODEL=URL[@REGION], repeatable (or MUSICSPLIT_GATEWAY_ENDPOINTS as JSON)")
     p.add_argument("--region_order", help="comma-separated regions, nearest first")
     p.add_argument("--unleash_url")
+    p.add_argument("--api_keys_file", help="tenants YAML: API key hashes, quotas, callback hosts (without it and "
+                                           "without MUSICSPLIT_GATEWAY_OIDC_ISSUER the gateway is open)")
+    p.add_argument("--metrics_port", type=int, help="port of /metrics (default 9091; 0: not served)")
     p.set_defaults(func=serve)
 
     r = sub.add_parser("ab-report", help="per-arm quality/latency with confidence intervals and significance")

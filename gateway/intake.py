@@ -1,7 +1,8 @@
 """Upload intake: validate with the shared module, then store as float WAV.
 
-The upload is read block by block (never the whole decoded track in
-memory), each block checked by `musicsplit.validation.validate` exactly as
+The upload (a staged file: ingress.py wrote it to disk as it arrived) is
+read block by block (never the whole file or decoded track in memory),
+each block checked by `musicsplit.validation.validate` exactly as
 the predictor would, and written to a float32 WAV that chunks can later be
 read from at any offset. Bad input is refused here, before any GPU time.
 """
@@ -9,8 +10,6 @@ read from at any offset. Bad input is refused here, before any GPU time.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from musicsplit.audio import Audio, decode
+from musicsplit.audio import Audio
 from musicsplit.errors import BadAudio
 from musicsplit import validation
 from musicsplit.validation import Limits, check_size, validate
@@ -44,23 +43,28 @@ def check_length(frames: int, sample_rate: int, limits: Limits) -> None:
     validation.check_length(frames, sample_rate, limits, hint="split the track and submit the parts")
 
 
-def take(data: bytes, dest: Path, limits: Limits) -> Intake:
-    """Validate an uploaded file and write it to `dest` as float WAV; raise BadAudio/PayloadTooLarge."""
+def take(source: Path, sha256: str, dest: Path, limits: Limits) -> Intake:
+    """Validate an uploaded file (its SHA-256 already known) and write it to `dest` as float WAV;
+    raise BadAudio/PayloadTooLarge."""
     try:
-        return _take(data, dest, limits)
+        return _take(source, sha256, dest, limits)
     except BaseException:
         dest.unlink(missing_ok=True)
         raise
 
 
-def _take(data: bytes, dest: Path, limits: Limits) -> Intake:
-    check_size(len(data), limits)
-    sha = hashlib.sha256(data).hexdigest()
+def _take(source: Path, sha: str, dest: Path, limits: Limits) -> Intake:
+    size = source.stat().st_size
+    check_size(size, limits)
+    if size == 0:
+        raise BadAudio("the audio file is empty (0 bytes): send a wav, flac, ogg or mp3 file")
     try:
-        src = sf.SoundFile(io.BytesIO(data))
-    except Exception:
-        decode(data)  # raises BadAudio with libsndfile's reason, worded as everywhere else
-        raise BadAudio("could not decode the audio; send a wav, flac, ogg or mp3 file") from None
+        src = sf.SoundFile(source)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        # libsndfile says "Error opening '<path>': <reason>": keep the reason, never the path.
+        reason = str(exc).rsplit(": ", 1)[-1].strip().rstrip(".")
+        raise BadAudio(f"could not decode the audio ({size} bytes): {reason}; send a wav, flac, ogg or mp3 "
+                       "file") from None
     block_limits = dataclasses.replace(limits, max_seconds=math.inf, min_seconds=0.0)
     warnings: list[str] = []
     clipped = 0

@@ -30,6 +30,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 TERMINAL = ("succeeded", "failed", "cancelled", "expired")
+ACTIVE = ("queued", "running")
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 metadata = sa.MetaData()
@@ -134,18 +135,32 @@ class DuplicateIdempotencyKey(Exception):
     """The tenant's user already has a job with this idempotency key (look it up)."""
 
 
+class ActiveJobLimit(Exception):
+    """The tenant already has `max_active` jobs queued or running."""
+
+    def __init__(self, active: int):
+        super().__init__(f"{active} jobs active")
+        self.active = active
+
+
 class JobStore(Protocol):
     """What the gateway needs from a job database; `SqlJobStore` is the one implementation."""
 
     async def create(self, *, tenant: str, model: str, params: dict, user_id: str | None, arm: str | None,
                      filename: str | None, audio_sha: str | None, batch_id: str | None = None,
-                     idempotency_key: str | None = None, model_version: str | None = None) -> SeparationJob: ...
+                     idempotency_key: str | None = None, model_version: str | None = None,
+                     max_active: int | None = None) -> SeparationJob: ...
 
     async def get(self, job_id: str, *, tenant: str | None) -> SeparationJob | None: ...
 
     async def by_idempotency(self, tenant: str, user_id: str | None, key: str) -> SeparationJob | None: ...
 
     async def batch(self, tenant: str, batch_id: str) -> list[SeparationJob]: ...
+
+    async def list_jobs(self, tenant: str, *, status: str | None = None, user_id: str | None = None, limit: int = 50,
+                   after: tuple[float, str] | None = None) -> list[SeparationJob]: ...
+
+    async def count_active(self, tenant: str) -> int: ...
 
     async def update(self, job_id: str, **fields: Any) -> SeparationJob | None: ...
 
@@ -164,6 +179,10 @@ class JobStore(Protocol):
     async def observations(self, since: float = 0.0) -> list[dict]: ...
 
     async def close(self) -> None: ...
+
+
+def _active_count(tenant: str):
+    return sa.select(sa.func.count()).select_from(jobs).where(jobs.c.tenant == tenant, jobs.c.status.in_(ACTIVE))
 
 
 def _job(row: sa.Row) -> SeparationJob:
@@ -192,14 +211,18 @@ class SqlJobStore:
 
     async def create(self, *, tenant: str, model: str, params: dict, user_id: str | None, arm: str | None,
                      filename: str | None, audio_sha: str | None, batch_id: str | None = None,
-                     idempotency_key: str | None = None, model_version: str | None = None) -> SeparationJob:
-        """A new queued job; DuplicateIdempotencyKey when (tenant, user, key) already has one."""
+                     idempotency_key: str | None = None, model_version: str | None = None,
+                     max_active: int | None = None) -> SeparationJob:
+        """A new queued job; DuplicateIdempotencyKey when (tenant, user, key) already has one,
+        ActiveJobLimit when `max_active` is given and the tenant has that many jobs queued or running."""
         now = time.time()
         job = SeparationJob(id=uuid.uuid4().hex, status="queued", model=model, params=params, tenant=tenant,
                             user_id=user_id, batch_id=batch_id, arm=arm, filename=filename, audio_sha=audio_sha,
                             idempotency_key=idempotency_key, created=now, updated=now, model_version=model_version)
         try:
             async with self.engine.begin() as conn:
+                if max_active is not None:
+                    await self._admit(conn, tenant, max_active)
                 await conn.execute(sa.insert(jobs).values(**job.to_dict()))
         except sa.exc.IntegrityError:
             if idempotency_key is None:
@@ -222,6 +245,24 @@ class SqlJobStore:
     async def batch(self, tenant: str, batch_id: str) -> list[SeparationJob]:
         return await self._all(sa.select(jobs).where(jobs.c.tenant == tenant, jobs.c.batch_id == batch_id)
                                .order_by(jobs.c.created, jobs.c.id))
+
+    async def list_jobs(self, tenant: str, *, status: str | None = None, user_id: str | None = None, limit: int = 50,
+                   after: tuple[float, str] | None = None) -> list[SeparationJob]:
+        """The tenant's jobs, newest first, from just after `after` (the last (created, id) of a page)."""
+        query = sa.select(jobs).where(jobs.c.tenant == tenant)
+        if status is not None:
+            query = query.where(jobs.c.status == status)
+        if user_id is not None:
+            query = query.where(jobs.c.user_id == user_id)
+        if after is not None:
+            created, job_id = after
+            query = query.where(sa.or_(jobs.c.created < created,
+                                       sa.and_(jobs.c.created == created, jobs.c.id < job_id)))
+        return await self._all(query.order_by(jobs.c.created.desc(), jobs.c.id.desc()).limit(limit))
+
+    async def count_active(self, tenant: str) -> int:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(_active_count(tenant))).scalar_one()
 
     async def update(self, job_id: str, **fields: Any) -> SeparationJob | None:
         """Set fields; the job as it is now (None if there is no such job)."""
@@ -270,6 +311,18 @@ class SqlJobStore:
             return [dict(r._mapping) for r in rows]
 
     # -- plumbing ----------------------------------------------------------------
+
+    @staticmethod
+    async def _admit(conn, tenant: str, max_active: int) -> None:
+        # The count and the insert in one transaction: SQLite's BEGIN IMMEDIATE already serialises
+        # writers; on PostgreSQL a per-tenant advisory lock does, so two replicas never both admit
+        # the last place.
+        if conn.dialect.name == "postgresql":
+            await conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
+                               {"key": f"musicsplit-active-jobs:{tenant}"})
+        active = (await conn.execute(_active_count(tenant))).scalar_one()
+        if active >= max_active:
+            raise ActiveJobLimit(active)
 
     async def _one(self, statement, *, write: bool = False) -> SeparationJob | None:
         async with (self.engine.begin() if write else self.engine.connect()) as conn:

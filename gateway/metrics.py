@@ -1,6 +1,7 @@
 """Gateway Prometheus metrics. Labels are bounded: model, model_version, arm,
 region, outcome, backend, stem, model_namespace (all from configuration, flags or
-the predictors' answers); never a user or job id."""
+the predictors' answers), tenant (the tenants file's names, or an OIDC issuer's); never a user or job
+id."""
 
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ ENDPOINT_UP = Gauge(f"{PREFIX}_endpoint_up", "Predictor endpoint ready per healt
 QUEUE = Gauge(f"{PREFIX}_queue_depth", "Jobs waiting for a worker")
 RUNNING = Gauge(f"{PREFIX}_running_jobs", "Jobs being separated now")
 REJECTED = Counter(f"{PREFIX}_rejected_total", "Requests refused before any model time, by reason", ["reason"])
+for _reason in ("queue_full", "v2_saturated", "payload_too_large"):  # at 0 from the start: rate() and alerts see them
+    REJECTED.labels(reason=_reason)
 CACHE = Counter(f"{PREFIX}_cache_requests_total", "Result cache lookups", ["backend", "result"])
 CACHE_SECONDS = Histogram(f"{PREFIX}_cache_lookup_seconds", "Result cache lookup latency", ["backend", "result"],
                           buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5))
@@ -42,6 +45,18 @@ RESEPARATIONS = Counter(f"{PREFIX}_reseparations_total",
                         ["model", "model_version"])
 NOTIFICATIONS = Counter(f"{PREFIX}_notifications_total", "Alerts sent, by channel and outcome",
                         ["channel", "outcome"])
+
+# Tenants (docs/metrics.md). Requests: every authenticated API request, by what became of it.
+TENANT_OUTCOMES = ("accepted", "rejected_quota", "rejected_input")
+TENANT_REQUESTS = Counter(f"{PREFIX}_tenant_requests_total", "Authenticated API requests per tenant, by outcome",
+                          ["tenant", "outcome"])
+TENANT_JOBS = Counter(f"{PREFIX}_tenant_jobs_total", "Jobs finished per tenant, by outcome", ["tenant", "outcome"])
+TENANT_AUDIO = Counter(f"{PREFIX}_tenant_audio_seconds_total", "Seconds of audio accepted per tenant", ["tenant"])
+QUOTAS = ("concurrent_jobs", "requests_per_minute", "audio_minutes_per_day")
+QUOTA_REJECTIONS = Counter(f"{PREFIX}_quota_rejections_total", "Requests refused by a tenant quota",
+                           ["tenant", "quota"])
+AUTH_FAILURES = Counter(f"{PREFIX}_auth_failures_total", "Requests refused for their credentials", ["reason"])
+CALLBACKS = Counter(f"{PREFIX}_callbacks_total", "Completion callback attempts, by outcome", ["outcome"])
 SHADOW_REQUESTS = Counter(f"{PREFIX}_shadow_requests_total",
                           "Separations mirrored to a canary (shadow traffic), by outcome: compared, "
                           "skipped (sampled while the concurrency bound was full), failed", ["model", "outcome"])

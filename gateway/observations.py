@@ -9,6 +9,7 @@ the same audio again within a window) is the dissatisfaction proxy.
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 from musicsplit.gateway import metrics
 from musicsplit.gateway.flags import Choice
@@ -18,9 +19,11 @@ EXPLICIT_ARM = "explicit"  # the caller named a model: no A/B assignment
 
 
 class Observations:
-    def __init__(self, store: JobStore, reseparation_window_s: float):
+    def __init__(self, store: JobStore, reseparation_window_s: float,
+                 on_finished: Callable[[SeparationJob], None] | None = None):
         self.store = store
         self.window_s = reseparation_window_s
+        self.on_finished = on_finished  # every terminal job, once (the callbacks wake on it)
 
     def assigned(self, choice: Choice) -> None:
         metrics.ARM_REQUESTS.labels(model=choice.model, arm=choice.arm).inc()
@@ -28,6 +31,7 @@ class Observations:
     async def submitted(self, job: SeparationJob) -> None:
         version = job.model_version or "unknown"
         metrics.SEPARATIONS.labels(model=job.model, model_version=version).inc()
+        metrics.TENANT_AUDIO.labels(tenant=job.tenant).inc(job.result.get("audio_seconds") or 0.0)
         if job.user_id and job.audio_sha and await self.store.record_submission(
                 job.tenant, job.user_id, job.audio_sha, job.model, self.window_s):
             metrics.RESEPARATIONS.labels(model=job.model, model_version=version).inc()
@@ -37,6 +41,9 @@ class Observations:
         version = job.model_version or "unknown"
         arm = job.arm or EXPLICIT_ARM
         metrics.JOBS.labels(model=job.model, model_version=version, arm=arm, outcome=outcome).inc()
+        metrics.TENANT_JOBS.labels(tenant=job.tenant, outcome=outcome).inc()
+        if self.on_finished is not None:
+            self.on_finished(job)
         if not ab:
             return
         latency = (job.finished or time.time()) - job.created
@@ -55,7 +62,8 @@ class Observations:
             await self.store.record_observation(choice.arm, choice.model, None, "failure", None, None)
 
     async def v2_succeeded(self, choice: Choice, model: str, version: str, quality: float | None,
-                           latency: float) -> None:
+                           latency: float, *, tenant: str, audio_seconds: float | None) -> None:
+        metrics.TENANT_AUDIO.labels(tenant=tenant).inc(audio_seconds or 0.0)
         metrics.V2_REQUESTS.labels(model=model, model_version=version, arm=choice.arm, outcome="success").inc()
         metrics.V2_SECONDS.labels(model=model, arm=choice.arm).observe(latency)
         if quality is not None:

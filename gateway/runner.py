@@ -108,7 +108,7 @@ class JobRunner:
     def cache_key(self, job: SeparationJob, version: str | None) -> str | None:
         if not version or not job.audio_sha:
             return None
-        return cache_key(job.audio_sha, job.model, version, job.params)
+        return cache_key(job.audio_sha, job.model, version, job.params, job.tenant)
 
     async def answer_from_cache(self, job: SeparationJob) -> bool:
         """Finish the job from the result cache; True if it was there."""
@@ -173,7 +173,9 @@ class JobRunner:
         try:
             if await self.answer_from_cache(job):
                 return
-            key = self.cache_key(job, self.pool.version(job.model)) or f"{job.audio_sha}:{job.model}:{job.params}"
+            # Single flight per tenant, as the cache: joining another tenant's run would reveal it.
+            key = (self.cache_key(job, self.pool.version(job.model))
+                   or f"{job.tenant}:{job.audio_sha}:{job.model}:{job.params}")
             while (leader := self._leaders.get(key)) is not None:
                 # An identical job is running: wait for its result instead of computing twice.
                 await asyncio.wait([leader.future])

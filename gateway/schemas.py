@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from musicsplit.gateway.jobstore import SeparationJob
 from musicsplit.gateway.observations import EXPLICIT_ARM
@@ -19,25 +19,35 @@ DESCRIPTION = (
     "Music source separation (Demucs) as a service: upload a track, follow the job, download stems. "
     "Long tracks are cut into overlapping chunks separated concurrently. Also a KServe v2 "
     "pass-through (`/v2/models/{name}/infer`) where `name` may be an alias such as `default`.\n\n"
-    "Identify the user with `X-User-Id` (model choice and A/B arms are sticky per user). "
-    "Every error is `{\"error\": ..., \"code\": ...}`; 429 and 503 carry `Retry-After`.\n\n"
-    "Progress: WebSocket `GET /v1/separations/{id}/progress` (the job's `progress_url`) sends "
+    "Authenticate with `Authorization: Bearer <API key or OIDC token>` (the tenant); missing or wrong "
+    "credentials are a 401 with `WWW-Authenticate`. A tenant sees only its own jobs: another tenant's job "
+    "is a 404. Identify the end user with `X-User-Id` (model choice and A/B arms are sticky per user). "
+    "Every error is `{\"error\": ..., \"code\": ...}`; 429 and 503 carry `Retry-After` (a 429 with code "
+    "`quota_exceeded` names the tenant quota that is used up).\n\n"
+    "Progress: WebSocket `GET /v1/separations/{id}/progress` (the job's `progress_url`), authenticated "
+    "with the Authorization header or, from a browser, `?ticket=` from `POST "
+    "/v1/separations/{id}/progress-ticket` (good once, for a minute). It sends "
     "`{\"id\", \"status\", \"chunks_done\", \"chunks_total\", \"progress\", \"model\", "
     "\"model_version\", \"arm\"}` on every chunk, then closes with code 1000 when the job succeeds, "
     "fails (an `error` object is included) or is cancelled; an unknown job gets `{\"code\": "
-    "\"not_found\"}` and close code 4404."
+    "\"not_found\"}` and close code 4404, missing or bad credentials `{\"code\": \"unauthorized\"}` "
+    "and 4401.\n\n"
+    "Callbacks: a job submitted with `callback_url` is POSTed its view when it ends, signed "
+    "(`X-Musicsplit-Webhook-Signature: sha256=HMAC(webhook_secret, \"<timestamp>.<body>\")`, "
+    "`X-Musicsplit-Webhook-Timestamp`, `X-Musicsplit-Webhook-Id` the same on every retry)."
 )
 
-TAGS = [{"name": "separations", "description": "Upload, jobs, progress, results"},
+TAGS = [{"name": "separations", "description": "Upload, jobs, progress, results, callbacks"},
         {"name": "v2", "description": "KServe Open Inference Protocol v2 pass-through"},
-        {"name": "operations", "description": "Health and metrics"}]
+        {"name": "operations", "description": "Health probes (Prometheus metrics are on their own port)"}]
 
 
 class ErrorBody(BaseModel):
     error: str = Field(description="What went wrong and what to do about it")
     code: str = Field(description="Stable machine-readable code (bad_audio, bad_request, payload_too_large, "
-                                  "saturated, not_ready, upstream_unavailable, not_found, conflict; a failed job's "
-                                  "error also: model_changed, input_lost, cancelled, internal_error)")
+                                  "unauthorized, forbidden, quota_exceeded, saturated, not_ready, "
+                                  "upstream_unavailable, not_found, conflict; a failed job's error also: "
+                                  "model_changed, input_lost, cancelled, internal_error)")
 
 
 def error_doc(description: str, message: str, code: str, retry: bool = False) -> dict:
@@ -57,13 +67,52 @@ E409 = error_doc("The job has no result (yet)", "job 3f2b... is running (3/8 chu
                  "conflict")
 E413 = error_doc("Upload over the size limit", "request is 262144000 bytes, over the limit of 209715200 bytes; "
                  "split the track or use the gateway's chunked jobs", "payload_too_large")
-E429 = error_doc("Queue full: come back after Retry-After seconds", "64 jobs are waiting; try again shortly",
-                 "saturated", retry=True)
+E429 = error_doc("Queue full (`saturated`), or a tenant quota used up (`quota_exceeded`, the message names "
+                 "it): come back after Retry-After seconds",
+                 "tenant 'acme' has used its quota requests_per_minute (600) for this minute", "quota_exceeded",
+                 retry=True)
+E401 = error_doc("No credentials, or credentials that do not check out; `WWW-Authenticate` says which",
+                 "the token has expired", "unauthorized")
+E403 = error_doc("Valid credentials for a tenant this gateway does not serve",
+                 "tenant 'initech' is not served by this gateway; ask its operator to add it to the tenants file",
+                 "forbidden")
+E401["headers"] = {"WWW-Authenticate": {"description": "RFC 6750 Bearer challenge, e.g. `Bearer realm=\"musicsplit\", "
+                                                       "error=\"invalid_token\", error_description=\"...\"`",
+                                        "schema": {"type": "string"}}}
 E503 = error_doc("No predictor can take the request now", "no predictor for model 'htdemucs' is answering right "
                  "now; try again later", "upstream_unavailable", retry=True)
 MALFORMED = {"description": "A malformed request: the message names the field",
              "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"},
                                               "example": {"error": "job_id: field required", "code": "bad_request"}}}}
+
+
+class UploadFields(BaseModel):
+    """The text fields of an upload form (the audio itself is the file field `file`)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field("default", description="Model name or alias; `default` lets flags choose (A/B)")
+    stems: str | None = Field(None, description="Comma-separated stems to return (default: all)",
+                              examples=["vocals,drums"])
+    output_format: str = Field("wav", description="wav (32-bit float) or flac (24-bit)")
+    shifts: int | None = Field(None, ge=0, le=10, description="Random shifts (quality vs time)")
+    callback_url: str | None = Field(None, description="POSTed the job's view, signed, when the job ends; its host "
+                                                       "must be one of the tenant's callback_hosts",
+                                     examples=["https://hooks.example.com/musicsplit"])
+
+
+def form_body(fields: type[BaseModel], files: dict, required: list[str]) -> dict:
+    """An operation's multipart/form-data request body (routes read the form themselves: ingress.py)."""
+    schema = fields.model_json_schema()
+    schema["properties"] = {**files, **schema["properties"]}
+    schema["required"] = required
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
+
+
+UPLOAD_REQUEST = form_body(UploadFields, {"file": {"type": "string", "format": "binary",
+                                                   "description": "The audio: wav, flac, ogg or mp3"}}, ["file"])
+BATCH_REQUEST = form_body(UploadFields, {"files": {"type": "array", "description": "The audio files",
+                                                   "items": {"type": "string", "format": "binary"}}}, ["files"])
 
 
 class Progress(BaseModel):
@@ -108,6 +157,18 @@ class BatchView(BaseModel):
     rejected: list[dict] = Field(default_factory=list, description="Files refused at upload, with the reason",
                                  examples=[[{"filename": "notes.txt", "error": "could not decode the audio ...",
                                              "code": "bad_audio"}]])
+
+
+class JobList(BaseModel):
+    jobs: list[JobView]
+    next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page; null on the last page",
+                                    examples=["WzE3NjQwMzAwMDAuMCwgIjNmMmI5YzBlIl0"])
+
+
+class ProgressTicket(BaseModel):
+    ticket: str = Field(description="Good once, for this job's progress WebSocket, until expires_at")
+    expires_at: float = Field(examples=[1764030060.0])
+    progress_url: str = Field(examples=[f"/v1/separations/{JOB_ID}/progress?ticket=q8Xc..."])
 
 
 def job_view(job: SeparationJob, results_ttl_s: float) -> JobView:
@@ -202,6 +263,3 @@ LIVE_RESPONSE = {"content": {"application/json": {"example": {"live": True}}}}
 READY_RESPONSE = {"content": {"application/json": {"example": {"ready": True, "endpoints": [
     {"model": "htdemucs", "region": "eu-west", "healthy": True, "breaker": "closed"},
     {"model": "htdemucs", "region": "us-east", "healthy": False, "breaker": "open"}]}}}}
-METRICS_RESPONSE = {"content": {"text/plain": {"example": 'musicsplit_gateway_jobs_total{arm="control",'
-                                                          'model="htdemucs",model_version="4.0.1",'
-                                                          'outcome="success"} 42.0\n'}}}

@@ -23,20 +23,26 @@ from starlette.requests import HTTPConnection
 from musicsplit.audio import ENCODINGS
 from musicsplit.errors import BadRequest, Conflict, MusicsplitError, NotFound, Saturated
 from musicsplit.gateway import metrics
+from musicsplit.gateway.auth import Authenticator
 from musicsplit.gateway.cache import make_cache
+from musicsplit.gateway.callbacks import CallbackDeliverer, check_callback_url
 from musicsplit.gateway.events import EventBus, make_event_bus
 from musicsplit.gateway.flags import Choice, Flags
+from musicsplit.gateway.ingress import UploadedFile
 from musicsplit.gateway.intake import take
-from musicsplit.gateway.jobstore import DuplicateIdempotencyKey, JobStore, SeparationJob, open_job_store
+from musicsplit.gateway.jobstore import (ActiveJobLimit, DuplicateIdempotencyKey, JobStore, SeparationJob,
+                                         open_job_store)
 from musicsplit.gateway.notify import Notifier
 from musicsplit.gateway.observations import EXPLICIT_ARM, Observations
+from musicsplit.gateway.passthrough import Slots
+from musicsplit.gateway.quotas import Quotas
 from musicsplit.gateway.regions import EndpointPool
 from musicsplit.gateway.results import Download, ResultStore, make_result_store
 from musicsplit.gateway.runner import JobRunner
 from musicsplit.gateway.scheduling import QueueFull
 from musicsplit.gateway.shadow import ShadowMirror
 from musicsplit.gateway.settings import GatewaySettings
-from musicsplit.gateway.tenancy import Caller
+from musicsplit.gateway.tenancy import Caller, ProgressTickets
 from musicsplit.gateway.upstream import Router
 
 log = logging.getLogger(__name__)
@@ -53,6 +59,7 @@ class SeparationRequest:
     shifts: int | None = None
     idempotency_key: str | None = None
     filename: str | None = None
+    callback_url: str | None = None
 
     def params(self) -> dict:
         return {"stems": sorted(self.stems) if self.stems else None, "output_format": self.output_format,
@@ -62,9 +69,11 @@ class SeparationRequest:
 class SeparationService:
     """Built unstarted; `start()` opens the job store and starts the runner and background loops."""
 
-    def __init__(self, settings: GatewaySettings, *, flags: Flags | None = None):
+    def __init__(self, settings: GatewaySettings, *, flags: Flags | None = None, auth: Authenticator | None = None):
         self.settings = settings
         self.limits = settings.limits()
+        self.auth = auth or Authenticator(settings)
+        self.v2_slots = Slots(settings.v2_max_concurrent)
         self.notifier = Notifier(settings)
         self.pool = EndpointPool(settings.endpoints, settings.region_order, failures=settings.breaker_failures,
                                  reset_s=settings.breaker_reset_s, on_breaker_change=self.notifier.breaker_changed,
@@ -78,19 +87,28 @@ class SeparationService:
         self.store: JobStore
         self.observations: Observations
         self.runner: JobRunner
+        self.quotas: Quotas
+        self.callbacks: CallbackDeliverer
+        self.tickets: ProgressTickets
         self._sweeper: asyncio.Task | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
         self.store = await open_job_store(self.settings)
-        self.observations = Observations(self.store, self.settings.reseparation_window_s)
+        engine = self.store.engine  # quotas, callbacks and tickets keep their rows in the job store's database
+        self.quotas = Quotas(engine, self.auth.tenants)
+        self.callbacks = CallbackDeliverer(engine, self.auth.tenants, self.settings)
+        self.tickets = ProgressTickets(engine, self.settings.progress_ticket_ttl_s)
+        self.observations = Observations(self.store, self.settings.reseparation_window_s,
+                                         on_finished=lambda job: self.callbacks.wake())
         self.runner = JobRunner(self.settings, store=self.store, results=self.results, events=self.events,
                                 router=self.router, pool=self.pool, flags=self.flags, cache=self.cache,
                                 observations=self.observations, shadow=self.shadow)
         self.pool.start(self.settings.health_interval_s)
         await self.shadow.start(self.pool.models())
         await self.runner.start()
+        self.callbacks.start()
         self._sweeper = asyncio.create_task(self._sweep_loop(), name="result-sweeper")
 
     async def stop(self) -> None:
@@ -98,6 +116,7 @@ class SeparationService:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
         await self.runner.stop()
+        await self.callbacks.stop()
         await self.shadow.stop()
         await self.pool.stop()
         await self.router.close()
@@ -128,11 +147,30 @@ class SeparationService:
 
     # -- submit ----------------------------------------------------------------------------
 
-    async def submit(self, data: bytes, req: SeparationRequest, caller: Caller, *, batch_id: str | None = None,
-                     reserve: bool = True) -> SeparationJob:
-        """Validate and queue one upload (or answer it from the cache)."""
+    async def admit(self, caller: Caller, *, files: int = 1, idempotency_key: str | None = None) -> None:
+        """Refuse an upload before its body is read: queue full, or the tenant's active jobs or today's
+        audio minutes used up (429 either way). An idempotent retry is let through: it may name a job
+        that exists."""
+        if self.runner.queue.room() < files:
+            metrics.REJECTED.labels(reason="queue_full").inc()
+            raise Saturated(f"{len(self.runner.queue)} jobs are waiting ({self.runner.queue.room()} places free); "
+                            "try again shortly", retry_after=self._queue_wait())
+        await self.quotas.audio_left(caller.tenant)
+        limit = self.quotas.max_active(caller.tenant)
+        if limit is not None and not idempotency_key:
+            active = await self.store.count_active(caller.tenant)
+            if active + files > limit:
+                raise self.quotas.active_refused(caller.tenant, active, files)
+
+    async def submit(self, upload: UploadedFile, req: SeparationRequest, caller: Caller, *,
+                     batch_id: str | None = None, reserve: bool = True) -> SeparationJob:
+        """Validate and queue one upload (a staged file, left for the caller to delete), or answer it
+        from the cache."""
         if req.output_format not in ENCODINGS:
             raise BadRequest(f"output_format {req.output_format!r} is not supported: use one of {sorted(ENCODINGS)}")
+        if req.callback_url:
+            check_callback_url(req.callback_url, self.auth.tenant(caller.tenant), caller.tenant,
+                               allow_private=self.settings.callback_allow_private)
         store, queue = self.store, self.runner.queue
         if req.idempotency_key:
             existing = await store.by_idempotency(caller.tenant, caller.user_id, req.idempotency_key)
@@ -143,23 +181,35 @@ class SeparationService:
             metrics.REJECTED.labels(reason="queue_full").inc()
             raise Saturated(f"{len(queue)} jobs are waiting; try again shortly", retry_after=self._queue_wait())
         staging = self.results.staging_path()
-        with tracer.start_as_current_span("validate", attributes={"upload.bytes": len(data)}):
+        with tracer.start_as_current_span("validate", attributes={"upload.bytes": upload.size}):
             try:
-                intake = await asyncio.to_thread(take, data, staging, self.limits)
+                intake = await asyncio.to_thread(take, upload.path, upload.sha256, staging, self.limits)
             except MusicsplitError as exc:
                 metrics.REJECTED.labels(reason=exc.code).inc()
                 raise
         try:
+            await self.quotas.take_audio(caller.tenant, intake.seconds)
+        except MusicsplitError:
+            intake.path.unlink(missing_ok=True)
+            raise
+        try:
             job = await store.create(tenant=caller.tenant, model=choice.model, params=req.params(),
                                      user_id=caller.user_id, arm=choice.arm, filename=req.filename,
                                      audio_sha=intake.sha256, batch_id=batch_id, idempotency_key=req.idempotency_key,
-                                     model_version=self.pool.version(choice.model))
-        except DuplicateIdempotencyKey:  # the same key, submitted concurrently: one job
+                                     model_version=self.pool.version(choice.model),
+                                     max_active=self.quotas.max_active(caller.tenant))
+        except (DuplicateIdempotencyKey, ActiveJobLimit) as exc:
             intake.path.unlink(missing_ok=True)
+            await self.quotas.give_back_audio(caller.tenant, intake.seconds)
+            if isinstance(exc, ActiveJobLimit):
+                raise self.quotas.active_refused(caller.tenant, exc.active) from None
+            # The same key, submitted concurrently: one job.
             existing = await store.by_idempotency(caller.tenant, caller.user_id, req.idempotency_key or "")
             if existing is None:
                 raise
             return existing
+        if req.callback_url:
+            await self.callbacks.register(job.id, caller.tenant, req.callback_url)
         await self.results.put_input(job.id, intake.path)
         job = await store.update(job.id, result={"input_warnings": intake.warnings,
                                                  "audio_seconds": round(intake.seconds, 3)}) or job
@@ -171,21 +221,19 @@ class SeparationService:
         except QueueFull:
             await store.update(job.id, status="failed", error_code="saturated", finished=time.time(),
                                error="the queue filled up while this upload was checked; submit it again")
+            await self.quotas.give_back_audio(caller.tenant, intake.seconds)
             raise Saturated("the job queue is full; try again shortly", retry_after=self._queue_wait()) from None
         return await store.get(job.id, tenant=caller.tenant) or job
 
-    async def submit_batch(self, files: list[tuple[bytes, SeparationRequest]], caller: Caller,
+    async def submit_batch(self, files: list[tuple[UploadedFile, SeparationRequest]], caller: Caller,
                            batch_id: str) -> list[SeparationJob | MusicsplitError]:
-        """One job per file; the whole batch must fit the queue (all or nothing: 429)."""
-        queue = self.runner.queue
-        if queue.room() < len(files):
-            metrics.REJECTED.labels(reason="queue_full").inc()
-            raise Saturated(f"a batch of {len(files)} files does not fit the queue ({queue.room()} places free); "
-                            "send fewer files or try again shortly", retry_after=self._queue_wait())
+        """One job per file; the whole batch must fit the queue and the tenant's concurrent-jobs quota
+        (all or nothing: 429)."""
+        await self.admit(caller, files=len(files))
         out: list[SeparationJob | MusicsplitError] = []
-        for data, req in files:
+        for upload, req in files:
             try:
-                out.append(await self.submit(data, req, caller, batch_id=batch_id, reserve=False))
+                out.append(await self.submit(upload, req, caller, batch_id=batch_id, reserve=False))
             except MusicsplitError as exc:
                 out.append(exc)
         return out
@@ -203,6 +251,16 @@ class SeparationService:
 
     async def batch(self, caller: Caller, batch_id: str) -> list[SeparationJob]:
         return await self.store.batch(caller.tenant, batch_id)
+
+    async def jobs(self, caller: Caller, *, status: str | None, user_id: str | None, limit: int,
+                   after: tuple[float, str] | None) -> list[SeparationJob]:
+        """A page of the tenant's jobs, newest first."""
+        return await self.store.list_jobs(caller.tenant, status=status, user_id=user_id, limit=limit, after=after)
+
+    async def progress_ticket(self, caller: Caller, job_id: str) -> tuple[str, float]:
+        """A one-time ticket for the job's progress WebSocket (browsers cannot send Authorization there)."""
+        job = await self.job(caller, job_id)
+        return await self.tickets.issue(caller.tenant, job.id)
 
     async def cancel(self, caller: Caller, job_id: str) -> SeparationJob:
         return await self.runner.cancel(await self.job(caller, job_id))
@@ -236,6 +294,8 @@ class SeparationService:
             await self.runner.publish(await self.store.update(job.id, status="expired"))
             count += 1
         await self.results.sweep_staging(3600.0)
+        await self.quotas.prune()
+        await self.tickets.prune()
         return count
 
     async def _sweep_loop(self) -> None:

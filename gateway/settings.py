@@ -30,6 +30,29 @@ class GatewaySettings(BaseSettings, InputLimitSettings):
 
     host: str = "127.0.0.1"
     port: int = 8080
+    # Idle keep-alive of client connections. Longer than the idle timeout of whatever sits in
+    # front (load balancers: 60 s), so the client side closes an idle connection first: at
+    # uvicorn's default 5 s, an upload sent as the server closes is reset (found by the load test).
+    keepalive_s: float = 75.0
+    metrics_port: int = 9091  # /metrics is served here (same host), never on the API port; 0: not served
+
+    # Who may call (auth.py). Neither a tenants file nor an OIDC issuer: the gateway is open (the local
+    # demo), every caller is the tenant "public", and it says so at start.
+    api_keys_file: Path | None = None  # tenants.py: tenants, their API key hashes, quotas, callback hosts
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    oidc_jwks_url: str | None = None
+    oidc_tenant_claim: str = "tenant"
+    oidc_jwks_cache_s: int = 300
+    progress_ticket_ttl_s: float = 60.0  # a WebSocket progress ticket is good once, for this long
+
+    # Completion callbacks (callbacks.py): signed POSTs to a tenant's allowed hosts, retried with backoff.
+    callback_allow_private: bool = False  # allow loopback/private/link-local targets (a test, a private network)
+    callback_timeout_s: float = 10.0
+    callback_max_attempts: int = 10
+    callback_retry_initial_s: float = 1.0
+    callback_retry_max_wait_s: float = 600.0
+    callback_poll_s: float = 2.0  # how often due deliveries are looked for (finished jobs also wake it)
 
     # Predictors. Regions are tried in `region_order` (nearest first), healthy first.
     endpoints: list[Endpoint] = []
@@ -75,6 +98,11 @@ class GatewaySettings(BaseSettings, InputLimitSettings):
     # request is chunked, and no chunk is bigger.
     predictor_max_request_bytes: int = 200 * 1024 * 1024
     max_batch_files: int = 32
+    # v2 pass-through requests in flight per replica (each may hold a spooled body); 429 beyond.
+    v2_max_concurrent: int = 8
+    # A v2 JSON response up to this size is read to say its model version and quality; a bigger one
+    # (or any binary one, past its JSON header) streams to the client unread.
+    v2_max_parsed_response_bytes: int = 16 * 1024 * 1024
 
     # Cache: "disk" (embedded default), "redis" (shared by replicas) or "none".
     cache_backend: str = "disk"

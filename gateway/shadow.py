@@ -13,7 +13,14 @@ Never at the user's expense: the mirror is decided after the user's answer
 is ready and runs as a background task the answer never waits for; at most
 `shadow_max_concurrent` run at once and any beyond are dropped (counted
 `skipped`), never queued. A request the canary itself served (Knative sends
-it its share) has nothing to be compared with and is not mirrored.
+it its share) has nothing to be compared with and is not mirrored. A v2
+answer streams to its user unread (passthrough.py); a mirrored one is also
+spooled (memory up to a few MiB, then the staging area) and compared once it
+has gone by whole.
+
+Tenancy: shadow calls go from the gateway straight to the canary, so they
+pass no tenant's authentication, quota or usage counters, and their metrics
+carry no tenant; only the user's own request is counted, once.
 """
 
 from __future__ import annotations
@@ -68,6 +75,25 @@ def agreements(stable: dict[str, np.ndarray], canary: dict[str, np.ndarray]) -> 
     return {name: agreement_db(stable[name], canary[name]) for name in common}
 
 
+class V2Mirror:
+    """A v2 pass-through's mirror, waiting for its user's answer to have been sent."""
+
+    def __init__(self, ready: asyncio.Future):
+        self._ready = ready
+
+    def send(self, request: Callable[[], tuple[bytes, dict[str, str]]], stable: Callable[[], dict[str, np.ndarray]],
+             answer_bytes: int, done: Callable[[], None]) -> None:
+        """Compare now: `request()` gives the body and headers to send, `stable()` the user's stems (both
+        called in a thread), `done()` frees what they read from once compared."""
+        if self._ready.done():  # the gateway is stopping: the mirror was cancelled
+            done()
+        else:
+            self._ready.set_result((request, stable, answer_bytes + HEADER_SLACK, done))
+
+    def abandon(self) -> None:
+        self._ready.cancel()
+
+
 class ShadowMirror:
     """Mirrors sampled separations to canaries; a no-op unless `shadow_enabled`."""
 
@@ -113,18 +139,26 @@ class ShadowMirror:
 
     # -- what users' requests offer ---------------------------------------------------------
 
-    def offer_v2(self, model: str, served_version: str | None, body: bytes, headers: dict[str, str],
-                 answer: httpx.Response) -> None:
-        """A v2 pass-through the user got `answer` to: the same body goes to the canary."""
+    def offer_v2(self, model: str, served_version: str | None) -> V2Mirror | None:
+        """A v2 pass-through whose answer is about to stream to the user: None, or its mirror, which
+        takes the request and that answer (`V2Mirror.send`) once the answer has gone by. Its place
+        under `shadow_max_concurrent` is taken now, so the bound holds while answers stream."""
         canary = self._admit(model, served_version)
         if canary is None:
+            return None
+        ready: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._launch(self._compare_when_sent(canary, served_version, ready))
+        return V2Mirror(ready)
+
+    async def _compare_when_sent(self, canary: Canary, served_version: str, ready: asyncio.Future) -> None:
+        try:
+            request, stable, size, done = await ready
+        except asyncio.CancelledError:  # the user's answer did not go through whole: nothing to compare
             return
-
-        def stable() -> dict[str, np.ndarray]:
-            return decode_response(answer.content, answer.headers).stems
-
-        self._launch(self._compare(canary, served_version, lambda: (body, headers), stable,
-                                   len(answer.content) + HEADER_SLACK))
+        try:
+            await self._compare(canary, served_version, request, stable, size)
+        finally:
+            done()
 
     def offer_chunk(self, model: str, served_version: str | None, samples: np.ndarray, sample_rate: int,
                     stems: dict[str, np.ndarray], *, stem_names: list[str] | None = None,

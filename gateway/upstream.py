@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable, TypeVar
+from typing import AsyncIterator, Awaitable, Callable, TypeVar
 
 import httpx
 import numpy as np
@@ -30,6 +30,7 @@ from musicsplit.v2client import AsyncV2Client, V2Error, raise_for_status
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("musicsplit.gateway")
 T = TypeVar("T")
+ERROR_BODY_BYTES = 64 * 1024
 
 
 @dataclass
@@ -189,15 +190,34 @@ class Router:
 
         return await self.call(model, one, fallback=fallback, version=version)
 
-    async def forward(self, model: str, path: str, body: bytes, headers: dict[str, str], *,
-                      fallback: str | None = None) -> Routed:
-        """The v2 pass-through: the body as sent, to `/v2/models/{model}{path}` on some endpoint."""
+    async def forward(self, model: str, path: str, body: Callable[[], AsyncIterator[bytes]], length: int,
+                      headers: dict[str, str], *, fallback: str | None = None) -> Routed:
+        """The v2 pass-through: the body (`body()` yields it afresh for every try) to
+        `/v2/models/{model}{path}` on some endpoint. `value` is the endpoint's 2xx response, open and
+        unread: the caller streams it on and closes it."""
 
         async def one(state: EndpointState):
-            out_headers = inject({k: v for k, v in headers.items()})
-            r = await self._http.post(f"{state.url}/v2/models/{state.model}{path}", content=body,
-                                      headers=out_headers)
-            raise_for_status(r)
+            out_headers = inject({**headers, "content-length": str(length)})
+            request = self._http.build_request("POST", f"{state.url}/v2/models/{state.model}{path}",
+                                               content=body(), headers=out_headers)
+            r = await self._http.send(request, stream=True)
+            if not r.is_success:
+                try:  # an error's text is short; a proxy's error page is cut, never buffered whole
+                    content = await read_at_most(r, ERROR_BODY_BYTES)
+                finally:
+                    await r.aclose()
+                kept = {k: v for k, v in r.headers.items() if k.lower() in ("content-type", "retry-after")}
+                raise_for_status(httpx.Response(r.status_code, headers=kept, content=content))
             return r
 
         return await self.call(model, one, fallback=fallback)
+
+
+async def read_at_most(response: httpx.Response, limit: int) -> bytes:
+    """Up to `limit` bytes of a streamed response's body."""
+    out = bytearray()
+    async for chunk in response.aiter_bytes():
+        out.extend(chunk[: limit - len(out)])
+        if len(out) >= limit:
+            break
+    return bytes(out)

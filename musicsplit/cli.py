@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "musicsplit.demo",
     "musicsplit.operator.cli",
     "musicsplit.evaluate",
+    "musicsplit.loadtest.cli",
 ]
 
 

@@ -18,6 +18,7 @@ class MusicsplitError(Exception):
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
+        self.headers: dict[str, str] = {}
 
 
 class BadRequest(MusicsplitError):
@@ -31,6 +32,29 @@ class BadAudio(BadRequest):
     """The audio cannot be separated as sent: undecodable, empty, NaN, too long..."""
 
     code = "bad_audio"
+
+
+class Unauthorized(MusicsplitError):
+    """No credentials, or credentials that do not check out (RFC 6750: WWW-Authenticate says which)."""
+
+    status = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str, *, error: str | None = "invalid_token", realm: str = "musicsplit"):
+        super().__init__(message)
+        # No error code when no credentials were sent at all (RFC 6750 section 3.1).
+        challenge = f'Bearer realm="{realm}"'
+        if error:
+            description = message.replace('"', "'").replace("\\", "/")
+            challenge += f', error="{error}", error_description="{description}"'
+        self.headers["WWW-Authenticate"] = challenge
+
+
+class Forbidden(MusicsplitError):
+    """Valid credentials that grant no access here (a token for a tenant this gateway does not serve)."""
+
+    status = 403
+    code = "forbidden"
 
 
 class NotFound(MusicsplitError):
@@ -59,6 +83,17 @@ class Saturated(MusicsplitError):
     code = "saturated"
 
 
+class QuotaExceeded(MusicsplitError):
+    """A tenant's quota (concurrent jobs, requests per minute, audio minutes per day) is used up."""
+
+    status = 429
+    code = "quota_exceeded"
+
+    def __init__(self, message: str, *, quota: str, retry_after: float):
+        super().__init__(message, retry_after=retry_after)
+        self.quota = quota
+
+
 class NotReady(MusicsplitError):
     """The model is not loaded (yet, or its load failed)."""
 
@@ -82,7 +117,7 @@ class ModelChanged(MusicsplitError):
 
 def http_payload(exc: MusicsplitError) -> tuple[int, dict, dict[str, str]]:
     """(status, JSON body, headers) for an error; Retry-After in whole seconds."""
-    headers: dict[str, str] = {}
+    headers: dict[str, str] = dict(getattr(exc, "headers", {}))
     if exc.retry_after is not None:
         headers["Retry-After"] = str(max(1, int(round(exc.retry_after))))
     return exc.status, {"error": exc.message, "code": exc.code}, headers

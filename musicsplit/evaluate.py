@@ -46,9 +46,10 @@ class EvalReport:
 
     @property
     def per_stem(self) -> dict[str, float]:
-        """Mean SDR over items, per stem."""
-        stems = list(self.items[0].sdr) if self.items else []
-        return {s: float(np.mean([i.sdr[s] for i in self.items])) for s in stems}
+        """Mean SDR per stem over the items that have it (a user's reference
+        track may hold some stems only)."""
+        stems = list(dict.fromkeys(s for i in self.items for s in i.sdr))
+        return {s: float(np.mean([i.sdr[s] for i in self.items if s in i.sdr])) for s in stems}
 
     @property
     def mean_sdr(self) -> float:
@@ -63,7 +64,7 @@ class EvalReport:
         lines = [f"model {self.model} version {self.model_version or 'unknown'}: "
                  f"{len(self.items)} golden items", head, "-" * len(head)]
         for item in self.items:
-            lines.append(f"{item.name:<{width}}" + "".join(f"{item.sdr[s]:9.2f}" for s in stems)
+            lines.append(f"{item.name:<{width}}" + "".join(f"{item.sdr.get(s, float('nan')):9.2f}" for s in stems)
                          + f"{item.mean:9.2f}")
         lines.append("-" * len(head))
         lines.append(f"{'mean':<{width}}" + "".join(f"{v:9.2f}" for v in self.per_stem.values())

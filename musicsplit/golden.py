@@ -155,17 +155,19 @@ def _item(rng, n, sr):
     return {"drums": _drums(rng, n, sr, beat), "bass": bass, "other": other, "vocals": vocals}
 
 
+def golden_item(i: int, seconds: float = 6.0, sample_rate: int = 44100, seed: int = 0) -> GoldenItem:
+    """Item `i` of `golden_set(...)` alone, the same bits."""
+    length = int(round(seconds * sample_rate))
+    rng = np.random.default_rng([seed, i])
+    raw = _item(rng, length, sample_rate)
+    stems = {k: raw[k] * (LEVELS[k] / max(np.sqrt(np.mean(raw[k] ** 2)), 1e-12)) for k in STEMS}
+    # One gain for all stems so the mixture stays the exact sum and never clips.
+    gain = min(1.0, PEAK / np.max(np.abs(sum(stems.values()))))
+    stems = {k: (v * gain).astype(np.float32) for k, v in stems.items()}
+    mixture = np.sum([stems[k] for k in STEMS], axis=0, dtype=np.float32)
+    return GoldenItem(f"golden-{seed}-{i:02d}", mixture, stems, sample_rate)
+
+
 def golden_set(n: int = 4, seconds: float = 6.0, sample_rate: int = 44100, seed: int = 0) -> list[GoldenItem]:
     """`n` synthetic stereo mixtures with known stems (~0.2 s per 6 s item); same arguments, same bits."""
-    items = []
-    length = int(round(seconds * sample_rate))
-    for i in range(n):
-        rng = np.random.default_rng([seed, i])
-        raw = _item(rng, length, sample_rate)
-        stems = {k: raw[k] * (LEVELS[k] / max(np.sqrt(np.mean(raw[k] ** 2)), 1e-12)) for k in STEMS}
-        # One gain for all stems so the mixture stays the exact sum and never clips.
-        gain = min(1.0, PEAK / np.max(np.abs(sum(stems.values()))))
-        stems = {k: (v * gain).astype(np.float32) for k, v in stems.items()}
-        mixture = np.sum([stems[k] for k in STEMS], axis=0, dtype=np.float32)
-        items.append(GoldenItem(f"golden-{seed}-{i:02d}", mixture, stems, sample_rate))
-    return items
+    return [golden_item(i, seconds, sample_rate, seed) for i in range(n)]

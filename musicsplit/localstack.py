@@ -129,18 +129,22 @@ def start_gateway(
     default_model: str,
     env: dict[str, str] | None = None,
     timeout: float = 60.0,
-    port: int | None = None,  # one chosen beforehand (e.g. already in a scrape config); default: a free one
+    port: int | None = None,  # one chosen beforehand; default: a free one
+    metrics_port: int | None = None,  # likewise (e.g. already in a scrape config)
 ) -> Process:
-    """`musicsplit serve gateway` on a 127.0.0.1 port, routing `(model, url)` endpoints."""
-    port = port or free_port()
+    """`musicsplit serve gateway` on a 127.0.0.1 port, routing `(model, url)` endpoints;
+    its /metrics at `extra["metrics_url"]` (a port of its own)."""
+    port, metrics_port = port or free_port(), metrics_port or free_port()
     log_path = Path(log_dir) / f"gateway-{port}.log"
     cmd = [sys.executable, "-m", "musicsplit.cli", "serve", "gateway", "--host", "127.0.0.1",
-           "--port", str(port), "--data_dir", str(data_dir), "--default_model", default_model]
+           "--port", str(port), "--metrics_port", str(metrics_port), "--data_dir", str(data_dir),
+           "--default_model", default_model]
     for model, url in endpoints:
         cmd += ["--endpoint", f"{model}={url}"]
     log = open(log_path, "wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
                             start_new_session=True)
-    p = Process(proc, f"http://127.0.0.1:{port}", log_path)
+    p = Process(proc, f"http://127.0.0.1:{port}", log_path,
+                extra={"metrics_url": f"http://127.0.0.1:{metrics_port}/metrics"})
     wait_for(p.url + "/v2/health/ready", p, timeout)
     return p

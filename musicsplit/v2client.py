@@ -166,6 +166,20 @@ def decode_response(body: bytes, headers: httpx.Headers | dict) -> Separation:
     return Separation(stems, int(rate) if rate is not None else None, params, encoded, doc.get("model_name"))
 
 
+def release(response: httpx.Response) -> httpx.Response:
+    """Unbind a read response from httpx's stream wrapper, which points back at it.
+
+    httpx 0.28 leaves Response <-> Bound(Async)Stream in a reference cycle
+    (encode/httpx#3733), so a response and its body (megabytes of stems per
+    call) outlive the caller until a full garbage collection: a gateway
+    following jobs over WebSockets grew by the body of every chunk. With
+    the cycle cut, the body is freed as soon as the caller drops it.
+    """
+    if response.is_closed:  # never cut an unread streaming body
+        response.stream = httpx.ByteStream(b"")
+    return response
+
+
 def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
@@ -234,8 +248,8 @@ class V2Client:
         body, request_headers = encode_request(
             samples, sample_rate, encoded=encoded, stems=stems, shifts=shifts, overlap=overlap,
             segment=segment, output_format=output_format, binary=binary)
-        response = self._http.post(f"{_model_path(model)}/infer", content=body,
-                                   headers=_headers(request_headers, headers, source))
+        response = release(self._http.post(f"{_model_path(model)}/infer", content=body,
+                                           headers=_headers(request_headers, headers, source)))
         raise_for_status(response)
         return decode_response(response.content, response.headers)
 
@@ -275,8 +289,8 @@ class AsyncV2Client:
         body, request_headers = encode_request(
             samples, sample_rate, encoded=encoded, stems=stems, shifts=shifts, overlap=overlap,
             segment=segment, output_format=output_format, binary=binary)
-        response = await self._http.post(f"{_model_path(model)}/infer", content=body,
-                                         headers=_headers(request_headers, headers, source))
+        response = release(await self._http.post(f"{_model_path(model)}/infer", content=body,
+                                                 headers=_headers(request_headers, headers, source)))
         raise_for_status(response)
         return decode_response(response.content, response.headers)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -24,6 +25,9 @@ def add_commands(sub, serve) -> None:
     s.add_argument("--shifts", type=int, help="random shifts averaged (Demucs' --shifts)")
     s.add_argument("--overlap", type=float, help="overlap between model segments")
     s.add_argument("--timeout", type=float, default=900.0, help="request timeout in seconds")
+    s.add_argument("--api-key", dest="api_key", default=os.environ.get("MUSICSPLIT_API_KEY"),
+                   help="a gateway API key or OIDC token, sent as Authorization: Bearer (default: "
+                        "$MUSICSPLIT_API_KEY)")
     s.set_defaults(func=separate_file)
 
 
@@ -83,7 +87,8 @@ def separate_file(args) -> int:
     with tqdm(total=3, desc=f"separating {args.file.name}", unit="step",
               bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}") as bar:
         bar.set_postfix_str("uploading")
-        client = V2Client(args.url, timeout=args.timeout)
+        auth = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else None
+        client = V2Client(args.url, timeout=args.timeout, headers=auth)
         bar.update(1)
         bar.set_postfix_str(f"model {args.model} running")
         try:

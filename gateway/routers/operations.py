@@ -1,14 +1,13 @@
-"""Health probes and Prometheus metrics (no caller identity: probes and scrapers carry none)."""
+"""Health probes (no caller identity: probes carry none). /metrics is served on its own port (app.py)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi import APIRouter, Depends
 
 from musicsplit.errors import NotReady
-from musicsplit.gateway.schemas import E503, LIVE_RESPONSE, METRICS_RESPONSE, READY_RESPONSE
+from musicsplit.gateway.schemas import E503, LIVE_RESPONSE, READY_RESPONSE
 from musicsplit.gateway.service import SeparationService, service_of
 
 router = APIRouter(tags=["operations"])
@@ -27,8 +26,3 @@ async def ready(service: Annotated[SeparationService, Depends(service_of)]):
         raise NotReady("no predictor endpoint is healthy", retry_after=5)
     return {"ready": True, "endpoints": [{"model": s.model, "region": s.region, "healthy": s.healthy,
                                           "breaker": s.breaker.state} for s in pool.states]}
-
-
-@router.get("/metrics", response_class=Response, summary="Prometheus metrics", responses={200: METRICS_RESPONSE})
-async def prom_metrics():
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

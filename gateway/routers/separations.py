@@ -2,25 +2,33 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, Header, Response, UploadFile, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Depends, Header, Query, Request, Response, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, RedirectResponse
+from pydantic import ValidationError
 from starlette.websockets import WebSocketState
 
 from musicsplit.errors import BadRequest, MusicsplitError, NotFound
+from musicsplit.gateway.ingress import Form, read_form
+from musicsplit.gateway.jobstore import ACTIVE, TERMINAL
 from musicsplit.gateway.results import Download
-from musicsplit.gateway.schemas import (E400, E404, E409, E413, E429, E503, STEM_RESPONSE, ZIP_RESPONSE, BatchView,
-                                        JobView, batch_view, job_headers, job_view, progress_message)
+from musicsplit.gateway.schemas import (E401, E403, BATCH_REQUEST, E400, E404, E409, E413, E429, E503, STEM_RESPONSE,
+                                        UPLOAD_REQUEST, ZIP_RESPONSE, BatchView, JobList, JobView, ProgressTicket,
+                                        UploadFields, batch_view, job_headers, job_view, progress_message)
 from musicsplit.gateway.service import SeparationRequest, SeparationService, service_of
-from musicsplit.gateway.tenancy import Caller, caller
+from musicsplit.gateway.tenancy import Caller, caller, websocket_caller
 
-router = APIRouter(tags=["separations"])
+# Every route here authenticates (tenancy.caller) and counts against the tenant's requests per minute.
+router = APIRouter(tags=["separations"], responses={401: E401, 403: E403, 429: E429})
 
 Service = Annotated[SeparationService, Depends(service_of)]
 Calling = Annotated[Caller, Depends(caller)]
 HEARTBEAT_S = 15.0
+STATUSES = ACTIVE + TERMINAL
 
 
 def _parse_stems(stems: str | None) -> list[str] | None:
@@ -39,52 +47,69 @@ def _download(download: Download, headers: dict[str, str]) -> Response:
     return FileResponse(download.path, media_type=download.media_type, filename=download.filename, headers=headers)
 
 
-@router.post("/v1/separations", status_code=202, response_model=JobView,
+def _fields(form: Form) -> UploadFields:
+    try:
+        return UploadFields.model_validate(form.fields)
+    except ValidationError as exc:
+        raise BadRequest("; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())) from None
+
+
+def _request(fields: UploadFields, filename: str | None, idempotency_key: str | None = None) -> SeparationRequest:
+    return SeparationRequest(model=fields.model, stems=_parse_stems(fields.stems), output_format=fields.output_format,
+                             shifts=fields.shifts, idempotency_key=idempotency_key, filename=filename,
+                             callback_url=fields.callback_url or None)
+
+
+@router.post("/v1/separations", status_code=202, response_model=JobView, openapi_extra=UPLOAD_REQUEST,
              responses={400: E400, 413: E413, 429: E429, 503: E503},
              summary="Upload a track and start a separation job")
 async def create_separation(
+    request: Request,
     service: Service,
     who: Calling,
     response: Response,
-    file: Annotated[UploadFile, File(description="The audio: wav, flac, ogg or mp3")],
-    model: Annotated[str, Form(description="Model name or alias; `default` lets flags choose (A/B)")] = "default",
-    stems: Annotated[str | None, Form(description="Comma-separated stems to return (default: all)",
-                                      examples=["vocals,drums"])] = None,
-    output_format: Annotated[str, Form(description="wav (32-bit float) or flac (24-bit)")] = "wav",
-    shifts: Annotated[int | None, Form(ge=0, le=10, description="Random shifts (quality vs time)")] = None,
     idempotency_key: Annotated[str | None, Header(description="Retried submits with the same key return "
                                                               "the same job")] = None,
 ) -> JobView:
     """Validates the audio (same checks as the predictor), then queues a job, or answers at once from
-    the result cache. Follow it with `GET /v1/separations/{id}` or the WebSocket `progress_url`."""
-    data = await file.read()
-    req = SeparationRequest(model=model, stems=_parse_stems(stems), output_format=output_format, shifts=shifts,
-                            idempotency_key=idempotency_key, filename=file.filename)
-    job = await service.submit(data, req, who)
+    the result cache. Follow it with `GET /v1/separations/{id}` or the WebSocket `progress_url`.
+    Credentials and quotas are checked before the upload is read; the upload streams to disk."""
+    await service.admit(who, idempotency_key=idempotency_key)
+    form = await read_form(request, service.results.staging_path, max_file_bytes=service.limits.max_bytes,
+                           max_files=1)
+    try:
+        upload = next((f for f in form.files if f.field == "file"), None)
+        if upload is None:
+            raise BadRequest("file: field required (send the audio as a multipart/form-data field named 'file')")
+        job = await service.submit(upload, _request(_fields(form), upload.filename, idempotency_key), who)
+    finally:
+        form.discard()
     response.headers.update(job_headers(job))
     response.headers["Location"] = f"/v1/separations/{job.id}"
     return job_view(job, service.settings.results_ttl_s)
 
 
-@router.post("/v1/separations/batch", status_code=202, response_model=BatchView,
+@router.post("/v1/separations/batch", status_code=202, response_model=BatchView, openapi_extra=BATCH_REQUEST,
              responses={400: E400, 413: E413, 429: E429, 503: E503},
              summary="Upload several tracks at once: one job each, one batch status")
-async def create_batch(
-    service: Service,
-    who: Calling,
-    files: Annotated[list[UploadFile], File(description="The audio files")],
-    model: Annotated[str, Form()] = "default",
-    stems: Annotated[str | None, Form()] = None,
-    output_format: Annotated[str, Form()] = "wav",
-) -> BatchView:
+async def create_batch(request: Request, service: Service, who: Calling) -> BatchView:
     """Files are validated one by one: a bad file is listed under `rejected` with its reason and the
     others still run. Jobs of a batch are scheduled fairly with other users' jobs."""
-    if len(files) > service.settings.max_batch_files:
-        raise BadRequest(f"{len(files)} files in one batch; send at most {service.settings.max_batch_files}")
-    batch_id = uuid.uuid4().hex
-    items = [(await f.read(), SeparationRequest(model=model, stems=_parse_stems(stems), output_format=output_format,
-                                                filename=f.filename)) for f in files]
-    results = await service.submit_batch(items, who, batch_id)
+    await service.admit(who)
+    limit = service.settings.max_batch_files
+    form = await read_form(request, service.results.staging_path, max_file_bytes=service.limits.max_bytes,
+                           max_files=limit)
+    try:
+        fields = _fields(form)
+        uploads = [f for f in form.files if f.field == "files"]
+        if not uploads:
+            raise BadRequest("files: field required (send the audio files as multipart/form-data fields named "
+                             "'files')")
+        batch_id = uuid.uuid4().hex
+        items = [(u, _request(fields, u.filename)) for u in uploads]
+        results = await service.submit_batch(items, who, batch_id)
+    finally:
+        form.discard()
     rejected = [{"filename": req.filename, "error": r.message, "code": r.code}
                 for (_, req), r in zip(items, results) if isinstance(r, MusicsplitError)]
     view = batch_view(batch_id, await service.batch(who, batch_id), service.settings.results_ttl_s)
@@ -93,6 +118,44 @@ async def create_batch(
         raise BadRequest("no file in the batch could be accepted: " +
                          "; ".join(f"{r['filename']}: {r['error']}" for r in rejected))
     return view
+
+
+@router.get("/v1/separations", response_model=JobList, responses={400: E400},
+            summary="The tenant's jobs, newest first, a page at a time")
+async def list_separations(
+    service: Service,
+    who: Calling,
+    status: Annotated[str | None, Query(description="Only jobs in this status", examples=["running"])] = None,
+    user_id: Annotated[str | None, Query(description="Only jobs of this end user (X-User-Id at submit)")] = None,
+    limit: Annotated[int, Query(ge=1, le=200, description="Jobs per page")] = 50,
+    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
+) -> JobList:
+    if status is not None and status not in STATUSES:
+        raise BadRequest(f"status {status!r} is not one of {list(STATUSES)}")
+    jobs = await service.jobs(who, status=status, user_id=user_id, limit=limit, after=_cursor(cursor))
+    last = jobs[-1] if len(jobs) == limit else None
+    next_cursor = base64.urlsafe_b64encode(json.dumps([last.created, last.id]).encode()).decode() if last else None
+    return JobList(jobs=[job_view(j, service.settings.results_ttl_s) for j in jobs], next_cursor=next_cursor)
+
+
+def _cursor(cursor: str | None) -> tuple[float, str] | None:
+    if not cursor:
+        return None
+    try:
+        created, job_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return float(created), str(job_id)
+    except (ValueError, TypeError):
+        raise BadRequest("cursor is not one this API gave out: pass the previous page's next_cursor") from None
+
+
+@router.post("/v1/separations/{job_id}/progress-ticket", status_code=201, response_model=ProgressTicket,
+             responses={404: E404}, summary="A one-time ticket for the job's progress WebSocket (for browsers)")
+async def progress_ticket(service: Service, who: Calling, job_id: str) -> ProgressTicket:
+    """Browsers cannot set Authorization on a WebSocket: open `progress_url` (it carries the ticket)
+    within the ticket's lifetime. The ticket works once."""
+    ticket, expires = await service.progress_ticket(who, job_id)
+    return ProgressTicket(ticket=ticket, expires_at=expires,
+                          progress_url=f"/v1/separations/{job_id}/progress?ticket={ticket}")
 
 
 @router.get("/v1/batches/{batch_id}", response_model=BatchView, responses={404: E404}, summary="Status of a batch")
@@ -136,11 +199,17 @@ async def download_stem(service: Service, who: Calling, job_id: str, stem: str):
 
 
 @router.websocket("/v1/separations/{job_id}/progress")
-async def progress(ws: WebSocket, job_id: str, who: Calling):
+async def progress(ws: WebSocket, job_id: str, ticket: str | None = None):
     """Messages `{"id", "status", "chunks_done", "chunks_total", "progress", ...}` on every change,
     until the job succeeds, fails or is cancelled; then the server closes (code 1000)."""
     service = service_of(ws)
     await ws.accept()
+    try:
+        who = await websocket_caller(service, ws.headers, ticket, job_id)
+    except MusicsplitError as exc:
+        await ws.send_json({"error": exc.message, "code": exc.code})
+        await ws.close(code=4000 + exc.status)
+        return
     job = await service.store.get(job_id, tenant=who.tenant)
     if job is None:
         await ws.send_json({"error": f"no separation job {job_id}", "code": "not_found"})

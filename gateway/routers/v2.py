@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
 
 from musicsplit.errors import MusicsplitError, NotReady
-from musicsplit.gateway.schemas import (E400, E413, E429, E503, V2_INFER_REQUEST, V2_INFER_RESPONSE,
+from musicsplit.gateway.schemas import (E401, E403, E400, E413, E429, E503, V2_INFER_REQUEST, V2_INFER_RESPONSE,
                                         V2_METADATA_RESPONSE, V2_READY_RESPONSE)
+from musicsplit.gateway.passthrough import SpooledBody, read_head
 from musicsplit.gateway.service import SeparationService, service_of
 from musicsplit.gateway.tenancy import Caller, caller
-from musicsplit.v2client import V2Error
-from musicsplit.validation import check_size
+from musicsplit.v2client import V2Error, decode_response
 
-router = APIRouter(tags=["v2"])
+# Every route here authenticates (tenancy.caller) and counts against the tenant's requests per minute.
+router = APIRouter(tags=["v2"], responses={401: E401, 403: E403, 429: E429})
 
 Service = Annotated[SeparationService, Depends(service_of)]
 Calling = Annotated[Caller, Depends(caller)]
@@ -28,31 +30,91 @@ FORWARDED = ("content-type", "inference-header-content-length")
              summary="KServe v2 inference; `name` may be an alias (e.g. `default`) resolved per user")
 async def v2_infer(request: Request, service: Service, who: Calling, name: str):
     """The body goes to a healthy predictor as sent (binary tensor extension included) with retries,
-    circuit breakers and region failover. The answer says which model, version and arm served it."""
-    body = await request.body()
-    check_size(len(body), service.limits)
+    circuit breakers and region failover; the answer streams back. It says which model, version and
+    arm served it."""
+    await service.quotas.audio_left(who.tenant)
     choice = service.resolve(name, who)
-    fwd = {k: v for k, v in request.headers.items() if k.lower() in FORWARDED}
-    start = time.perf_counter()
+    service.v2_slots.take()
+    body = SpooledBody(service.settings.data_dir / "staging")
+    upstream = None
     try:
-        routed = await service.router.forward(choice.model, "/infer", body, fwd, fallback=service.fallback_for(who))
-    except MusicsplitError as exc:
-        # Bad input says nothing about the arm.
-        await service.observations.v2_failed(choice, bad_input=exc.status < 500 and exc.status != 429)
+        await body.fill(request, service.limits.max_bytes)
+        fwd = {k: v for k, v in request.headers.items() if k.lower() in FORWARDED}
+        start = time.perf_counter()
+        try:
+            routed = await service.router.forward(choice.model, "/infer", body.chunks, body.length, fwd,
+                                                  fallback=service.fallback_for(who))
+        except MusicsplitError as exc:
+            # Bad input says nothing about the arm.
+            await service.observations.v2_failed(choice, bad_input=exc.status < 500 and exc.status != 429)
+            raise
+        upstream = routed.value
+        chunks = upstream.aiter_bytes()
+        head = await read_head(upstream, chunks, service.settings.v2_max_parsed_response_bytes)
+        params = head.parameters
+        version = str(params.get("model_version") or routed.endpoint.version or "unknown")
+        seconds = _number(params.get("audio_seconds"))
+        await service.observations.v2_succeeded(choice, routed.model, version, _number(params.get("quality_score")),
+                                                time.perf_counter() - start, tenant=who.tenant,
+                                                audio_seconds=seconds)
+        await service.quotas.add_audio(who.tenant, seconds or 0.0)
+    except BaseException:
+        body.close()
+        if upstream is not None:
+            await upstream.aclose()
+        service.v2_slots.give()
         raise
-    upstream = routed.value
-    params = _response_parameters(upstream)
-    version = str(params.get("model_version") or routed.endpoint.version or "unknown")
-    await service.observations.v2_succeeded(choice, routed.model, version, params.get("quality_score"),
-                                            time.perf_counter() - start)
-    # The user's answer is ready: a sample of answers is mirrored to a canary, in the background.
-    service.shadow.offer_v2(routed.model, params.get("model_version"), body, fwd, upstream)
+    # The user's answer is ready: a sample of answers is mirrored to a canary once they have gone by.
+    mirror = service.shadow.offer_v2(routed.model, params.get("model_version"))
+    answer = SpooledBody(service.settings.data_dir / "staging") if mirror else None
+    if mirror is None:
+        body.close()
     headers = {k: v for k, v in upstream.headers.items() if k.lower() in FORWARDED}
+    if "content-encoding" not in upstream.headers and "content-length" in upstream.headers:
+        headers["content-length"] = upstream.headers["content-length"]
     headers.update({"X-Musicsplit-Model": routed.model, "X-Musicsplit-Model-Version": version,
                     "X-Musicsplit-Arm": choice.arm})
     if routed.fallback:
         headers["X-Musicsplit-Fallback"] = f"{choice.model} unavailable"
-    return Response(upstream.content, status_code=upstream.status_code, headers=headers)
+
+    released = False
+
+    async def release(sent: bool = False) -> None:  # idempotent: the stream's end, or the background task
+        nonlocal released
+        if released:
+            return
+        released = True
+        await upstream.aclose()
+        service.v2_slots.give()
+        if mirror is not None:
+            if sent:  # the mirror owns the spooled request and answer from here
+                answer_headers = upstream.headers
+                mirror.send(lambda: (body.read_all(), fwd),
+                            lambda: decode_response(answer.read_all(), answer_headers).stems,
+                            answer.length, lambda: (body.close(), answer.close()))
+            else:
+                mirror.abandon()
+                body.close()
+                answer.close()
+
+    async def relay():
+        sent = False
+        try:
+            if head.data:
+                yield head.data
+                if answer is not None:
+                    await answer.append(head.data)
+            async for chunk in chunks:
+                yield chunk
+                if answer is not None:
+                    await answer.append(chunk)
+            sent = True
+        finally:
+            await release(sent)
+
+    # The background task also runs when the client left before the stream started (relay never ran).
+    return StreamingResponse(relay(), status_code=upstream.status_code, headers=headers,
+                             background=BackgroundTask(release))
 
 
 @router.get("/v2/models/{name}", summary="v2 model metadata (of the model the alias resolves to)",
@@ -80,11 +142,8 @@ async def v2_model_ready(service: Service, who: Calling, name: str):
     raise NotReady(f"no endpoint of {choice.model} is ready", retry_after=service.pool.retry_after(choice.model) or 5)
 
 
-def _response_parameters(response) -> dict:
-    """`parameters` of a v2 response (JSON, or the JSON header of a binary one)."""
+def _number(value) -> float | None:
     try:
-        length = response.headers.get("inference-header-content-length")
-        raw = response.content[: int(length)] if length else response.content
-        return json.loads(raw).get("parameters", {}) or {}
-    except (ValueError, AttributeError):
-        return {}
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None

@@ -7,6 +7,8 @@ Import this module to register the handlers (`musicsplit serve operator` does).
 from __future__ import annotations
 
 import logging
+import tempfile
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from datetime import datetime, timezone
 
@@ -16,15 +18,22 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from . import analysis, metrics, policy, probe, prometheus, router, scheduler, shadow, webhooks
+from . import (analysis, goldenset, metrics, policy, probe, prometheus, registry, reporting, router,
+               scheduler, shadow, webhooks)
+from .goldenstore import GoldenStore
 from .settings import OperatorSettings
 from .spec import GROUP, ISVC_GROUP, ISVC_PLURAL, ISVC_VERSION, PLURAL, VERSION, parse_spec
 from .status import FAILED, set_condition
 
 ACTION_ANNOTATION = "musicsplit.io/action"
+RESOLVE = "resolve"  # musicsplit.io/action=resolve: ask the registry again now
+REGISTRY_RETRY_S = 30.0  # at least this long between two failed registry resolutions
 SETTINGS = OperatorSettings()
-PROBES: probe.ProbeWorker | None = None  # started with the operator (configure)
-HOOKS: webhooks.WebhookWorker | None = None  # started with the operator (configure)
+# Started with the operator (configure):
+PROBES: probe.ProbeWorker | None = None
+GOLDEN_STORE: GoldenStore | None = None
+REPORTS: reporting.ReportWorker | None = None  # only with a registry
+HOOKS: webhooks.WebhookWorker | None = None
 
 
 @kopf.on.startup()
@@ -49,10 +58,19 @@ def configure(settings: kopf.OperatorSettings, logger, **_) -> None:
         k8s_config.load_incluster_config()
     except k8s_config.ConfigException:
         k8s_config.load_kube_config()
-    global PROBES, HOOKS
-    PROBES = probe.ProbeWorker(write_worker_result, workers=SETTINGS.probe_workers,
-                               timeout_s=SETTINGS.probe_timeout_seconds)
-    HOOKS = webhooks.WebhookWorker(write_worker_result, workers=SETTINGS.webhook_workers,
+    global PROBES, GOLDEN_STORE, REPORTS, HOOKS
+    GOLDEN_STORE = GoldenStore(
+        SETTINGS.golden_cache_dir or tempfile.mkdtemp(prefix="musicsplit-golden-"),
+        allowlist=SETTINGS.golden_storage_allowlist, max_set_bytes=SETTINGS.golden_set_max_bytes,
+        max_cache_bytes=SETTINGS.golden_cache_max_bytes, timeout_s=SETTINGS.golden_fetch_timeout_seconds,
+        ttl_s=SETTINGS.golden_cache_ttl_seconds)
+    PROBES = probe.ProbeWorker(write_worker_fields, workers=SETTINGS.probe_workers,
+                               timeout_s=SETTINGS.probe_timeout_seconds, load_set=load_golden_set)
+    if SETTINGS.mlflow_tracking_uri:
+        REPORTS = reporting.ReportWorker(
+            write_worker_fields, lambda: registry.client(SETTINGS.mlflow_tracking_uri, SETTINGS.mlflow_timeout_seconds),
+            prometheus_timeout_s=SETTINGS.prometheus_timeout_seconds)
+    HOOKS = webhooks.WebhookWorker(write_worker_fields, workers=SETTINGS.webhook_workers,
                                    allowlist=SETTINGS.webhook_url_allowlist)
     logger.info("musicsplit operator: tick %.1fs, %d golden-set probe workers, %d webhook workers",
                 SETTINGS.tick_seconds, SETTINGS.probe_workers, SETTINGS.webhook_workers)
@@ -60,9 +78,36 @@ def configure(settings: kopf.OperatorSettings, logger, **_) -> None:
 
 @kopf.on.cleanup()
 def stop_workers(**_) -> None:
-    for worker in (PROBES, HOOKS):
+    for worker in (PROBES, REPORTS, HOOKS):
         if worker is not None:
             worker.shutdown()
+
+
+def read_configmap(namespace: str, name: str) -> tuple[dict | None, dict | None]:
+    """A golden set's ConfigMap (binaryData, data); errors say what to fix, never what it holds."""
+    where = f"ConfigMap {namespace}/{name}"
+    try:
+        cm = k8s.CoreV1Api().read_namespaced_config_map(name, namespace)
+    except ApiException as e:
+        if e.status == 404:
+            raise goldenset.GoldenSetError(f"{where} (spec.analysis.goldenSet.configMap) not found",
+                                           goldenset.UNAVAILABLE) from None
+        if e.status == 403:
+            raise goldenset.GoldenSetError(f"the operator may not read {where} (its RBAC: get configmaps)",
+                                           goldenset.UNAVAILABLE) from None
+        raise goldenset.GoldenSetError(f"{where}: HTTP {e.status} from the Kubernetes API",
+                                       goldenset.UNAVAILABLE) from None
+    except Exception as e:  # noqa: BLE001 - connection errors: the set is unavailable for now
+        raise goldenset.GoldenSetError(f"{where}: {type(e).__name__} reading it", goldenset.UNAVAILABLE) from None
+    return cm.binary_data, cm.data
+
+
+@contextmanager
+def load_golden_set(job: scheduler.ProbeJob):
+    """The probe job's golden set, its fetched files kept until the job ends."""
+    with (GOLDEN_STORE.pinned() if GOLDEN_STORE is not None else nullcontext(None)) as fetch:
+        yield goldenset.load(job.golden_set, job.namespace, read_configmap=read_configmap, fetch=fetch,
+                             max_seconds=SETTINGS.golden_set_max_seconds)
 
 
 def _api() -> k8s.CustomObjectsApi:
@@ -93,10 +138,10 @@ def write_route(body, name: str, namespace: str, spec, route: router.Route, crea
         _content_type="application/merge-patch+json")
 
 
-def write_worker_result(namespace: str, name: str, fields: dict) -> None:
-    """A background worker's write (probe results, webhook answers): its own
-    keys only, so a tick's status patch (which carries them unchanged) and this
-    one never undo each other."""
+def write_worker_fields(namespace: str, name: str, fields: dict) -> None:
+    """A background worker's write (the probe's results, the registry
+    reporter's state, webhook answers): its own keys only, so a tick's status
+    patch (which carries them unchanged) and this one never undo each other."""
     try:
         _api().patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": fields},
                                                      _content_type="application/merge-patch+json")
@@ -115,7 +160,7 @@ def _status_patch(old: dict, new: dict) -> dict:
 
 def _forget(namespace: str, name: str) -> None:
     metrics.forget(namespace, name)
-    for worker in (PROBES, HOOKS):
+    for worker in (PROBES, REPORTS, HOOKS):
         if worker is not None:
             worker.forget(namespace, name)
 
@@ -130,6 +175,30 @@ def _webhooks_condition(sm, conditions: list[dict], now, generation) -> list[dic
            "their checks hold" if refused else "the operator may call every webhook's URL")
     return set_condition(conditions, "WebhooksConfigured", not refused,
                          "WebhookUrlNotAllowed" if refused else "Configured", why, now, generation)
+
+
+def _resolve_release(sm, old: dict, now: datetime, generation, action, body):
+    """spec.model with an mlflow:// reference resolved (registry.py): the spec
+    to roll out, or None while nothing is resolved, and status.registry."""
+    res = registry.resolve_for_tick(
+        sm.model, old.get("registry"), now, generation=generation, tracking_uri=SETTINGS.mlflow_tracking_uri,
+        timeout_s=SETTINGS.mlflow_timeout_seconds, retry_s=max(sm.rollout.interval_s, REGISTRY_RETRY_S),
+        force=action == RESOLVE)
+    was = next((c for c in old.get("conditions") or [] if c.get("type") == "RegistryResolved"), {})
+    if not res.ok and was.get("message") != res.message:
+        kopf.warn(body, reason=res.reason, message=res.message)
+    effective = sm.model_copy(update={"model": res.model}) if res.model is not None else None
+    return effective, res
+
+
+def _registry_status(new: dict, res, now: datetime, generation) -> None:
+    if res is None:  # no registry reference (any more)
+        new.pop("registry", None)
+        new["conditions"] = [c for c in new.get("conditions") or [] if c.get("type") != "RegistryResolved"]
+        return
+    new["registry"] = res.status
+    new["conditions"] = set_condition(new.get("conditions") or [], "RegistryResolved", res.ok, res.reason,
+                                      res.message, now, generation)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=SETTINGS.tick_seconds, initial_delay=0.0, sharp=False)
@@ -166,6 +235,17 @@ def reconcile(body, name, namespace, patch, logger, **_) -> None:
         metrics.record(namespace, name, old, new)
         return
 
+    res = None
+    if sm.model.from_registry:
+        sm, res = _resolve_release(sm, old, now, generation, action, body)
+        if sm is None:  # nothing resolved yet: nothing to deploy or roll out
+            new = dict(old, observedGeneration=generation, message=f"waiting for the model registry: {res.message}")
+            _registry_status(new, res, now, generation)
+            patch.status.update(_status_patch(old, new))
+            if action:
+                patch.metadata.setdefault("annotations", {})[ACTION_ANNOTATION] = None
+            return
+    ref = sm.analysis.golden_set.ref
     isvc = get_isvc(namespace, name)
     obs = router.observe(isvc)
     plan = scheduler.schedule(sm, old, obs, now, generation=generation, action=action)
@@ -189,8 +269,8 @@ def reconcile(body, name, namespace, patch, logger, **_) -> None:
                 namespace_label=SETTINGS.namespace_label, canary_version=new["canaryVersion"],
                 stable_version=new.get("stableVersion"), window_s=sm.window_s(),
                 timeout_s=SETTINGS.prometheus_timeout_seconds)
-        if sm.analysis.golden_set:
-            m = replace(m, **analysis.golden_measurements(new))
+        if sm.analysis.golden_set.enabled:
+            m = replace(m, **analysis.golden_measurements(new, ref))
         mirrored = shadow.required(sm, new)
         if mirrored and prometheus_url is not None and not m.prometheus_error:
             m = replace(m, **shadow.measure(
@@ -225,6 +305,9 @@ def reconcile(body, name, namespace, patch, logger, **_) -> None:
              + policy.notifications(sm, old, new, events, namespace, name, now))
     if calls and HOOKS is not None:
         HOOKS.submit(policy.HookJob(namespace, name, tuple(calls), meta.get("uid")))
+    if REPORTS is not None:
+        _report(old, namespace, name, prometheus_url, ref, logger)
+    _registry_status(new, res, now, generation)
 
     new["conditions"] = _webhooks_condition(sm, new.get("conditions") or [], now, generation)
     new["conditions"] = set_condition(new.get("conditions") or [], "SpecValid", True, "Valid",
@@ -234,7 +317,19 @@ def reconcile(body, name, namespace, patch, logger, **_) -> None:
     for type_, reason, message in events:
         kopf.event(body, type=type_, reason=reason, message=message)
     patch.status.update(_status_patch(old, new))
-    metrics.record(namespace, name, old, new)
+    metrics.record(namespace, name, old, new, ref)
     metrics.posted(namespace, name, events)
     if action:
         patch.metadata.setdefault("annotations", {})[ACTION_ANNOTATION] = None
+
+
+def _report(status: dict, namespace: str, name: str, prometheus_url: str | None, ref: str, logger) -> None:
+    """Tell MLflow what status knows and it does not (reporting.py), in the background."""
+    due = reporting.reports_due(status, namespace, name, ref)
+    if not due:
+        return
+    done = (status.get(reporting.STATUS_KEY) or {}).get("done") or {}
+    job = reporting.ReportJob(namespace, name, tuple(due), tuple(sorted(done, key=lambda k: done[k] or "")),
+                              prometheus_url, SETTINGS.namespace_label)
+    if REPORTS.submit(job):
+        logger.info("registry write-back queued: %s", ", ".join(r.key for r in due))

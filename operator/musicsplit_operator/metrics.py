@@ -7,6 +7,7 @@ from typing import get_args
 
 from prometheus_client import Counter, Gauge, start_http_server
 
+from .analysis import golden_series
 from .policy import OUTCOMES as HOOK_RESULTS
 from .spec import HookType
 from .status import PHASES, history_added
@@ -28,13 +29,19 @@ DEADLINE = Counter("musicsplit_rollout_hold_deadline_exceeded",
 WEBHOOKS = Counter("musicsplit_rollout_webhooks", "Webhook calls, by type and outcome (ok, rejected, timeout, "
                    "error, notAllowed, dropped)", (*LABELS, "type", "outcome"))
 HOOK_OUTCOMES = (*HOOK_RESULTS, "dropped")  # dropped: a notification past the worker's queue bound
+GOLDEN_SDR = Gauge("musicsplit_golden_sdr_db",
+                   "Golden-set SDR (dB) of a model version, per stem and their mean (stem=mean); role current is "
+                   "the newest version probed, previous the one it replaces", (*LABELS, "model_version", "stem",
+                                                                                "role"))
+# (namespace, name) -> the golden series set now, so a tick removes the ones gone.
+_golden: dict[tuple[str, str], set[tuple[str, str, str]]] = {}
 
 
 def serve(port: int, addr: str = "0.0.0.0") -> None:
     start_http_server(port, addr)
 
 
-def record(namespace: str, name: str, old: dict, new: dict) -> None:
+def record(namespace: str, name: str, old: dict, new: dict, golden_set: str = "builtin") -> None:
     """Update the gauges from the new status; count history entries it added."""
     phase = new.get("phase")
     for p in PHASES:
@@ -45,6 +52,17 @@ def record(namespace: str, name: str, old: dict, new: dict) -> None:
     DEADLINE.labels(namespace, name)  # at 0 from the start: an alert sees its first increase
     for h in history_added(old, new):
         OUTCOMES.labels(namespace, name, h.get("outcome", "unknown")).inc()
+    _record_golden(namespace, name, golden_series(new, golden_set))
+
+
+def _record_golden(namespace: str, name: str, series: dict[str, dict]) -> None:
+    """At most one version per role (bounded: the canary and the stable)."""
+    now = {(role, s["version"], stem): sdr for role, s in series.items() for stem, sdr in s["sdr"].items()}
+    for role, version, stem in _golden.get((namespace, name), set()) - set(now):
+        GOLDEN_SDR.remove(namespace, name, version, stem, role)
+    for (role, version, stem), sdr in now.items():
+        GOLDEN_SDR.labels(namespace, name, version, stem, role).set(sdr)
+    _golden[(namespace, name)] = set(now)
 
 
 def analysed(namespace: str, name: str, result: str) -> None:
@@ -72,3 +90,4 @@ def forget(namespace: str, name: str) -> None:
             metric.remove(*labels)
         except KeyError:
             pass
+    _record_golden(namespace, name, {})

@@ -87,10 +87,11 @@ def queries(model: str, version: str, window_s: float, namespace: str,
     }
 
 
-def _read(client: httpx.Client, url: str, promql: str) -> tuple[int, bytes]:
+def _read(client: httpx.Client, url: str, promql: str, at: float | None = None) -> tuple[int, bytes]:
     """Status and body, the body bounded before it is buffered."""
+    params = {"query": promql, **({"time": f"{at:.3f}"} if at is not None else {})}
     try:
-        with client.stream("GET", url, params={"query": promql}) as r:
+        with client.stream("GET", url, params=params) as r:
             body = bytearray()
             for chunk in r.iter_bytes():
                 body += chunk
@@ -109,9 +110,10 @@ def _malformed(what: str) -> PrometheusUnavailable:
     return PrometheusUnavailable(f"malformed answer from Prometheus: {what}", BAD_ANSWER)
 
 
-def _data(client: httpx.Client, prometheus_url: str, promql: str) -> dict:
-    """One instant query's `data` ({resultType, result: list}), or PrometheusUnavailable."""
-    status, raw = _read(client, prometheus_url.rstrip("/") + "/api/v1/query", promql)
+def _data(client: httpx.Client, prometheus_url: str, promql: str, at: float | None = None) -> dict:
+    """One instant query's `data` ({resultType, result: list}), now or at the
+    Unix time `at`, or PrometheusUnavailable."""
+    status, raw = _read(client, prometheus_url.rstrip("/") + "/api/v1/query", promql, at)
     try:
         body = json.loads(raw)
     except ValueError:
@@ -143,9 +145,10 @@ def _value(sample) -> float:
         raise _malformed("data.result holds no [time, value] sample") from None
 
 
-def query_scalar(client: httpx.Client, prometheus_url: str, promql: str) -> float | None:
-    """One instant query; None when the result is empty (no such series)."""
-    data = _data(client, prometheus_url, promql)
+def query_scalar(client: httpx.Client, prometheus_url: str, promql: str, at: float | None = None) -> float | None:
+    """One instant query (now, or at the Unix time `at`); None when the result
+    is empty (no such series)."""
+    data = _data(client, prometheus_url, promql, at)
     result = data["result"]
     if not result:
         return None
@@ -195,3 +198,30 @@ def measure(*, prometheus_url: str, model: str, namespace: str, canary_version: 
             log.warning("Prometheus at %s: %s", prometheus_url, e)
     return Measurements(canary=canary, stable=stable, prometheus_error=prom_err,
                         prometheus_reason=reason if prom_err else None)
+
+
+def release_queries(model: str, version: str, window_s: float, namespace: str,
+                    namespace_label: str = "namespace") -> dict[str, str]:
+    """What a release did for its users over its rollout: p99 latency and cost
+    per audio minute (the registry's record of it)."""
+    w = f"{max(int(window_s), 1)}s"
+    sel = selector(model, version, namespace, namespace_label)
+    return {
+        "latencyP99Seconds": (f"histogram_quantile(0.99, sum by (le) "
+                              f"({_growth('musicsplit_request_duration_seconds_bucket', sel, w)}))"),
+        "costPerAudioMinuteUsd": (f"60 * sum({_growth('musicsplit_cost_usd_total', sel, w)})"
+                                  f" / sum({_growth('musicsplit_audio_seconds_total', sel, w)})"),
+    }
+
+
+def release_figures(*, prometheus_url: str, model: str, version: str, namespace: str, window_s: float, at: float,
+                    namespace_label: str = "namespace", timeout_s: float = 10.0) -> dict[str, float]:
+    """The release_queries' values over the window ending at `at` (figures
+    without data are left out); raises PrometheusUnavailable."""
+    out = {}
+    with httpx.Client(timeout=timeout_s) as client:
+        for name, promql in release_queries(model, version, window_s, namespace, namespace_label).items():
+            value = query_scalar(client, prometheus_url, promql, at)
+            if value is not None and math.isfinite(value):
+                out[name] = value
+    return out

@@ -14,13 +14,13 @@ traffic is `router.py`; the status it all lands in is `status.py`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from . import policy
-from .analysis import Verdict, matching_probe
+from .analysis import Verdict, canary_record, golden_stale, stable_record
 from .router import Observed, Route
-from .spec import SeparationModelSpec
+from .spec import GoldenSetSpec, SeparationModelSpec
 from .status import (ACTIVE, FAILED, INITIALIZING, PAUSED, PROGRESSING, PROMOTING, ROLLED_BACK, SUCCEEDED, WAITING,
                      StatusEditor, iso, parse_time, rejected)
 from .transitions import (ABORT, PROMOTE, RETRY, Plan, finish_promotion, hold_deadline, judged, move, plan_of,
@@ -31,7 +31,7 @@ __all__ = ["ABORT", "PROMOTE", "RETRY", "Plan", "ProbeJob", "ProbeTarget", "afte
 
 def _target(spec: SeparationModelSpec) -> dict:
     m = spec.model
-    return {"version": m.version, "storageUri": m.storage_uri, "released": m.released}
+    return {"version": m.version, "storageUri": m.storage_uri, "released": m.released, "registry": m.registry}
 
 
 def schedule(spec: SeparationModelSpec, status: dict, obs: Observed, now: datetime, *,
@@ -58,11 +58,8 @@ def schedule(spec: SeparationModelSpec, status: dict, obs: Observed, now: dateti
                     + (f" (canary {was} restarts from the first step)" if was else ""))
             return plan_of(s, route=Route(stable_uri, None), create=True)
         s.clear_canary()
-        s.d.update(phase=INITIALIZING, canaryVersion=target["version"], canaryStorageUri=target["storageUri"],
-                   canaryWeight=100, stepStartedAt=iso(now),
-                   message=f"deploying {target['version']} (first version: no stable to compare)")
-        if target.get("released"):
-            s.d["canaryReleased"] = target["released"]
+        s.set_canary(target, phase=INITIALIZING, canaryWeight=100, stepStartedAt=iso(now),
+                     message=f"deploying {target['version']} (first version: no stable to compare)")
         s.cond("Ready", False, "Initializing", s.d["message"])
         s.event("Normal", "Deploying", s.d["message"])
         return plan_of(s, route=Route(target["storageUri"], None), create=True)
@@ -70,8 +67,8 @@ def schedule(spec: SeparationModelSpec, status: dict, obs: Observed, now: dateti
     if phase == INITIALIZING:
         if s.d.get("canaryStorageUri") != target["storageUri"]:
             s.clear_canary()
-            s.d.update(phase=INITIALIZING, canaryVersion=target["version"], canaryStorageUri=target["storageUri"],
-                       canaryWeight=100, stepStartedAt=iso(now), message=f"deploying {target['version']}")
+            s.set_canary(target, phase=INITIALIZING, canaryWeight=100, stepStartedAt=iso(now),
+                         message=f"deploying {target['version']}")
             return plan_of(s, route=Route(target["storageUri"], None))
         if obs.ready and obs.latest_ready and obs.storage_uri == target["storageUri"]:
             s.d["message"] = "first version deployed"
@@ -90,8 +87,8 @@ def schedule(spec: SeparationModelSpec, status: dict, obs: Observed, now: dateti
         last = (s.d.get("history") or [{}])[-1]
         if action == RETRY or (last.get("version"), last.get("storageUri")) != (target["version"], target["storageUri"]):
             s.clear_canary()
-            s.d.update(phase=INITIALIZING, canaryVersion=target["version"], canaryStorageUri=target["storageUri"],
-                       canaryWeight=100, stepStartedAt=iso(now), message=f"deploying {target['version']}")
+            s.set_canary(target, phase=INITIALIZING, canaryWeight=100, stepStartedAt=iso(now),
+                         message=f"deploying {target['version']}")
             s.event("Normal", "Deploying", s.d["message"])
             return plan_of(s, route=Route(target["storageUri"], None))
         return plan_of(s)
@@ -228,6 +225,7 @@ class ProbeTarget:
     storage_uri: str
     url: str | None
     missing: str | None = None  # why there is no URL to probe (recorded as the probe's error)
+    replaces: str | None = None  # measuredAt of the result this one replaces (a set that changed since)
 
 
 @dataclass(frozen=True)
@@ -236,17 +234,20 @@ class ProbeJob:
     name: str  # the SeparationModel's, and the served model's name
     targets: tuple[ProbeTarget, ...]
     uid: str | None = None  # the SeparationModel's metadata.uid
+    golden_set: GoldenSetSpec = field(default_factory=GoldenSetSpec)  # which tracks
+    # The stable's result while it sits in status.probe (the promoted canary's
+    # own): written to goldenBaseline with the new canary's, which replaces it.
+    baseline: dict | None = None
 
 
-def _due(record: dict | None, version: str, storage_uri: str, now: datetime, retry_s: float) -> bool:
-    """No result for this release yet, or a failed one old enough to try again.
-    A result is final: the probe is deterministic, so measuring again at the
-    next step would only repeat it."""
-    rec = matching_probe(record, version, storage_uri)
-    if rec is None:
+def _due(record: dict | None, now: datetime, retry_s: float, stale: bool) -> bool:
+    """No result for this release yet, one of a set that changed since, or a
+    failed one old enough to try again. A result is final otherwise: the probe
+    is deterministic, so measuring again at the next step would only repeat it."""
+    if record is None or stale:
         return True
-    if rec.get("error"):
-        at = parse_time(rec.get("measuredAt"))
+    if record.get("error"):
+        at = parse_time(record.get("measuredAt"))
         return at is None or (now - at).total_seconds() >= retry_s
     return False
 
@@ -255,12 +256,18 @@ def probe_due(spec: SeparationModelSpec, status: dict, obs: Observed, now: datet
               name: str, uid: str | None = None) -> ProbeJob | None:
     """The golden-set probes to run now (in the background; the tick only reads
     their results from status), or None."""
-    if not spec.analysis.golden_set:
+    golden = spec.analysis.golden_set
+    if not golden.enabled:
         return None
-    retry_s = spec.rollout.interval_s
+    ref, retry_s = golden.ref, spec.rollout.interval_s
     phase = status.get("phase")
     stable_v, stable_uri = status.get("stableVersion"), status.get("stableStorageUri")
+    stale = golden_stale(status, ref)
+    canary_rec, stable_rec = canary_record(status, ref), stable_record(status, ref)
+    stable_due = bool(stable_v) and _due(stable_rec, now, retry_s, stale == "stable")
+    replaces = lambda rec: rec.get("measuredAt") if rec else None  # noqa: E731
     targets = []
+    baseline = None
     # Serverless: only once KServe routes the canary's share to it. Right after
     # a route change, status still describes the previous revisions, and the
     # `latest` tag would send the probe to the stable one.
@@ -269,22 +276,30 @@ def probe_due(spec: SeparationModelSpec, status: dict, obs: Observed, now: datet
     deployed = not (spec.raw and status.get("stepIndex") == -1)
     if phase in ACTIVE and obs.latest_ready and routed and deployed:
         canary_v, canary_uri = status.get("canaryVersion"), status.get("canaryStorageUri")
-        if canary_v and _due(status.get("probe"), canary_v, canary_uri, now, retry_s):
+        if canary_v and _due(canary_rec, now, retry_s, stale == "canary"):
             url = obs.url if spec.raw else obs.urls.get("latest")
             targets.append(ProbeTarget("canary", canary_v, canary_uri, url, None if url else
-                                       "KServe reports no URL for the latest revision (tag 'latest')"))
-        if stable_v and _due(status.get("goldenBaseline"), stable_v, stable_uri, now, retry_s):
+                                       "KServe reports no URL for the latest revision (tag 'latest')",
+                                       replaces(canary_rec)))
+            if stable_rec is not None and stable_rec is status.get("probe"):
+                baseline = stable_rec
+        if stable_due:
             if spec.raw:
                 targets.append(ProbeTarget("stable", stable_v, stable_uri, None,
                                            "RawDeployment keeps no previous revision to probe, and the stable "
-                                           "version's baseline was not measured while it served"))
+                                           "version's baseline on this golden set was not measured while it served",
+                                           replaces(stable_rec)))
             else:
                 url = obs.urls.get("prev")
                 targets.append(ProbeTarget("stable", stable_v, stable_uri, url, None if url else
-                                           "KServe reports no URL for the previous revision (tag 'prev')"))
-    elif (phase == SUCCEEDED and spec.raw and obs.ready and obs.url and stable_v
-          and _due(status.get("goldenBaseline"), stable_v, stable_uri, now, retry_s)):
-        # RawDeployment keeps no previous revision to probe during the next
-        # rollout: measure the stable version while it serves alone.
-        targets.append(ProbeTarget("stable", stable_v, stable_uri, obs.url))
-    return ProbeJob(namespace, name, tuple(targets), uid) if targets else None
+                                           "KServe reports no URL for the previous revision (tag 'prev')",
+                                           replaces(stable_rec)))
+    elif phase == SUCCEEDED and stable_due and obs.ready and obs.storage_uri == stable_uri:
+        # The version serving alone: measured now, so dashboards and the
+        # registry have its golden SDR, and the next rollout its baseline
+        # (RawDeployment keeps no previous revision to probe then).
+        url = obs.url if spec.raw else (obs.urls.get("latest") if obs.latest_ready and obs.canary_percent is None
+                                        and obs.latest_percent in (None, 100) else None)
+        if url:
+            targets.append(ProbeTarget("stable", stable_v, stable_uri, url, None, replaces(stable_rec)))
+    return ProbeJob(namespace, name, tuple(targets), uid, golden, baseline) if targets else None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -39,6 +39,26 @@ class OperatorSettings(BaseSettings):
     # may call; [] (the default): any http(s) URL, as Flagger does. A hook
     # outside it is never called: its gate stays closed, its check holds.
     webhook_url_allowlist: list[str] = []
+    # Golden sets a SeparationModel names by storage URI (spec.analysis.goldenSet.storageUri)
+    # are fetched only from under these URI prefixes (JSON list); [] refuses all of them
+    # (ConfigMaps and the built-in set need nothing here).
+    golden_storage_allowlist: list[str] = []
+    # Where fetched golden sets are cached (None: a temporary directory of this process).
+    golden_cache_dir: str | None = None
+    # The cache's size, and one set's: a bigger set is refused (the download stops there).
+    golden_cache_max_bytes: int = 1 << 30
+    golden_set_max_bytes: int = 256 << 20
+    # A fetch slower than this is stopped (the set counts as unavailable).
+    golden_fetch_timeout_seconds: float = 120.0
+    # A cached set is fetched again after this long (an edited set is then seen).
+    golden_cache_ttl_seconds: float = 600.0
+    # The most audio one golden set may hold (seconds, all tracks): the probe sends all of it.
+    golden_set_max_seconds: float = 600.0
+    # MLflow tracking/registry server for spec.model.storageUri mlflow://models/...; None: no
+    # registry. Credentials: MLflow's own MLFLOW_TRACKING_TOKEN, or _USERNAME / _PASSWORD.
+    mlflow_tracking_uri: str | None = None
+    # Per MLflow request (no retries: a resolution that fails is tried again later).
+    mlflow_timeout_seconds: float = 10.0
     # The operator's own /metrics (rollout phase, canary weight, holds, outcomes); 0: off.
     metrics_port: int = 8081
     metrics_address: str = "0.0.0.0"
@@ -66,3 +86,10 @@ class OperatorSettings(BaseSettings):
         if bad:
             raise ValueError(f"webhook_url_allowlist entries must be http(s) URLs, not {bad}")
         return v
+
+    @model_validator(mode="after")
+    def _golden_bounds(self):
+        if self.golden_set_max_bytes > self.golden_cache_max_bytes:
+            raise ValueError(f"golden_set_max_bytes ({self.golden_set_max_bytes}) is over golden_cache_max_bytes "
+                             f"({self.golden_cache_max_bytes}): no set that size could be cached")
+        return self

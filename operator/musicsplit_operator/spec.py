@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP, VERSION, PLURAL, KIND = "musicsplit.io", "v1alpha1", "separationmodels", "SeparationModel"
@@ -32,11 +32,19 @@ class _Model(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
 
+REGISTRY_SCHEME = "mlflow://"
+
+
 class ModelRef(_Model):
     architecture: str
-    version: str
+    # Required unless storageUri names a registry model, whose version the
+    # operator resolves (registry.py); then, if set, it must match.
+    version: str | None = None
     storage_uri: str
     released: str | None = None
+    # The MLflow model version this release was resolved from (set by the
+    # operator, never read from the spec): history and write-back name it.
+    _registry: dict | None = PrivateAttr(default=None)
 
     @field_validator("storage_uri")
     @classmethod
@@ -44,6 +52,28 @@ class ModelRef(_Model):
         if not v or "://" not in v:
             raise ValueError("storageUri must be a URI such as gs://bucket/models/htdemucs/4.0.1")
         return v
+
+    @model_validator(mode="after")
+    def _version(self):
+        if self.version is None and not self.from_registry:
+            raise ValueError("model.version is required unless storageUri names an MLflow model "
+                             "(mlflow://models/NAME/VERSION or mlflow://models/NAME@ALIAS)")
+        return self
+
+    @property
+    def from_registry(self) -> bool:
+        return self.storage_uri.startswith(REGISTRY_SCHEME)
+
+    @property
+    def registry(self) -> dict | None:
+        return self._registry
+
+    def resolved(self, version: str, storage_uri: str, registry: dict) -> "ModelRef":
+        """This release as the registry resolved it: what KServe fetches and the
+        predictor reports."""
+        out = self.model_copy(update={"version": version, "storage_uri": storage_uri})
+        out._registry = registry
+        return out
 
 
 class GPU(_Model):
@@ -157,6 +187,41 @@ class Webhook(_Model):
         return parse_duration(self.timeout)
 
 
+class GoldenSetSpec(_Model):
+    """Which reference tracks the golden-set probe separates, and the gate on
+    their SDR. Sets named together are pooled: one mean SDR over all tracks."""
+
+    # None: the built-in synthetic set unless a configMap or storageUri is named.
+    builtin: bool | None = None
+    config_map: str | None = None  # binaryData TRACK.mixture.wav, TRACK.STEM.wav (1 MiB in all)
+    storage_uri: str | None = None  # one folder per track: mixture.wav and STEM.wav (MUSDB-style)
+    max_sdr_drop_db: float | None = None  # default: analysis.maxSdrDropDb, else 1.0
+    min_sdr_db: float | None = None  # the canary's mean SDR floor (dB), none by default
+
+    @field_validator("storage_uri")
+    @classmethod
+    def _storage(cls, v: str | None) -> str | None:
+        if v is not None and "://" not in v:
+            raise ValueError("goldenSet.storageUri must be a URI such as s3://bucket/golden/")
+        return v
+
+    @property
+    def uses_builtin(self) -> bool:
+        return self.builtin if self.builtin is not None else not (self.config_map or self.storage_uri)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.uses_builtin or self.config_map or self.storage_uri)
+
+    @property
+    def ref(self) -> str:
+        """Which sets, in one string: probe results of another set are no evidence."""
+        parts = (["builtin"] if self.uses_builtin else []) + ([f"configMap:{self.config_map}"] if self.config_map
+                                                              else []) + (
+            [f"storageUri:{self.storage_uri}"] if self.storage_uri else [])
+        return "+".join(parts)
+
+
 class AnalysisSpec(_Model):
     # None: the operator's own Prometheus; another URL only if the operator allows it.
     prometheus_url: str | None = None
@@ -166,8 +231,8 @@ class AnalysisSpec(_Model):
     max_p99_latency_seconds: float = 60.0
     min_quality_score: float = 0.7
     max_quality_drop: float = 0.05
-    golden_set: bool = True
-    max_sdr_drop_db: float = 1.0
+    golden_set: GoldenSetSpec = GoldenSetSpec()
+    max_sdr_drop_db: float | None = None  # before goldenSet was an object; goldenSet.maxSdrDropDb wins
     # Failed analyses before a rollback (Flagger's `threshold`, and its default):
     # counted over the whole rollout of a version, not reset when a step advances.
     threshold: int = Field(1, ge=1, le=100)
@@ -188,6 +253,20 @@ class AnalysisSpec(_Model):
 
     def hooks(self, type_: str) -> list[Webhook]:
         return [h for h in self.webhooks if h.type == type_]
+
+    @field_validator("golden_set", mode="before")
+    @classmethod
+    def _was_bool(cls, v):
+        # v1alpha1 had `goldenSet: true|false`; objects stored before the CRD
+        # changed still say so: true is the built-in set, false is no set.
+        if isinstance(v, bool):
+            return {} if v else {"builtin": False}
+        return v
+
+    @property
+    def sdr_drop_limit(self) -> float:
+        g = self.golden_set.max_sdr_drop_db
+        return g if g is not None else self.max_sdr_drop_db if self.max_sdr_drop_db is not None else 1.0
 
 
 class SeparationModelSpec(_Model):

@@ -25,13 +25,15 @@ PHASES = (INITIALIZING, WAITING, PROGRESSING, WAITING_PROMOTION, PROMOTING, SUCC
 # next. `probe` (the canary's golden-set result) and `goldenBaseline` (the
 # stable's) are written by the probe worker only, `webhooks` (each hook's last
 # call) by the webhook worker only; the ticks carry them unchanged.
+# `registry` (the MLflow resolution) is the handler's; `registryReports` (what
+# was written back to MLflow) the registry reporter's.
 KEEP = ("phase", "stableVersion", "stableStorageUri", "stableReleased", "canaryVersion", "canaryStorageUri",
-        "canaryReleased", "canaryStartedAt", "canaryWeight", "stepIndex", "stepStartedAt", "holds",
-        "failedAnalyses", "holdStartedAt", "holdDeadlineExceededAt", "lastAnalysis", "history", "conditions",
-        "message", "goldenBaseline", "probe", "webhooks")
+        "canaryReleased", "canaryStartedAt", "canaryRegistry", "canaryWeight", "stepIndex", "stepStartedAt",
+        "holds", "failedAnalyses", "holdStartedAt", "holdDeadlineExceededAt", "lastAnalysis", "history",
+        "conditions", "message", "goldenBaseline", "probe", "webhooks", "registry", "registryReports")
 # What belongs to one rollout attempt of a canary, gone with it.
-CANARY_KEYS = ("canaryVersion", "canaryStorageUri", "canaryReleased", "canaryStartedAt", "stepIndex",
-               "stepStartedAt", "holds", "failedAnalyses", "holdStartedAt", "holdDeadlineExceededAt")
+CANARY_KEYS = ("canaryVersion", "canaryStorageUri", "canaryReleased", "canaryStartedAt", "canaryRegistry",
+               "stepIndex", "stepStartedAt", "holds", "failedAnalyses", "holdStartedAt", "holdDeadlineExceededAt")
 
 
 def iso(t: datetime) -> str:
@@ -66,9 +68,31 @@ def condition(status: dict, type_: str) -> dict | None:
     return next((c for c in status.get("conditions") or [] if c.get("type") == type_), None)
 
 
-def history_entry(model: dict, outcome: str, reason: str, now: datetime) -> dict:
-    return {"version": model["version"], "storageUri": model["storageUri"], "released": model.get("released"),
-            "outcome": outcome, "at": iso(now), "reason": reason}
+def history_entry(model: dict, outcome: str, reason: str, now: datetime, golden: dict | None = None) -> dict:
+    """One line of the version registry; `golden` is the release's golden-set
+    result, when it has one."""
+    out = {"version": model["version"], "storageUri": model["storageUri"], "released": model.get("released"),
+           "outcome": outcome, "at": iso(now), "reason": reason}
+    if model.get("startedAt"):
+        out["startedAt"] = model["startedAt"]
+    if model.get("registry"):
+        out["registry"] = model["registry"]
+    if golden and golden.get("meanSdr") is not None:
+        out["goldenSdr"] = {"mean": golden["meanSdr"], "perStem": golden.get("perStem") or {},
+                            "goldenSet": golden.get("goldenSet", "builtin")}
+    return out
+
+
+def matching_probe(record: dict | None, version: str | None, storage_uri: str | None,
+                   golden_set: str = "builtin") -> dict | None:
+    """The probe record if it is of this release and golden set; one of
+    another is no evidence."""
+    if not record or not version or record.get("version") != version:
+        return None
+    # Records written before these fields existed: storageUri matches, the set was the built-in one.
+    if record.get("storageUri", storage_uri) != storage_uri or record.get("goldenSet", "builtin") != golden_set:
+        return None
+    return record
 
 
 def history_added(old: dict, new: dict) -> list[dict]:
@@ -113,7 +137,11 @@ class StatusEditor:
         self.events.append((type_, reason, message))
 
     def history(self, model: dict, outcome: str, reason: str):
-        self.d["history"] = [*self.d.get("history", []), history_entry(model, outcome, reason, self.now)][
+        ref = self.spec.analysis.golden_set.ref
+        golden = next((r for key in ("probe", "goldenBaseline")
+                       if (r := matching_probe(self.d.get(key), model["version"], model["storageUri"], ref))
+                       and not r.get("error")), None)
+        self.d["history"] = [*self.d.get("history", []), history_entry(model, outcome, reason, self.now, golden)][
             -HISTORY_LIMIT:]
 
     def clear_canary(self):
@@ -133,6 +161,15 @@ class StatusEditor:
         if c and c.get("status") == "True":
             self.cond("HoldDeadlineExceeded", False, reason, message)
 
+    def set_canary(self, target: dict, **fields):
+        """The release being rolled out (or deployed first), from now on."""
+        self.d.update(canaryVersion=target["version"], canaryStorageUri=target["storageUri"],
+                      canaryStartedAt=iso(self.now), **fields)
+        for key, field in (("released", "canaryReleased"), ("registry", "canaryRegistry")):
+            if target.get(key):
+                self.d[field] = target[key]
+
     def canary_model(self) -> dict:
         return {"version": self.d.get("canaryVersion"), "storageUri": self.d.get("canaryStorageUri"),
-                "released": self.d.get("canaryReleased")}
+                "released": self.d.get("canaryReleased"), "startedAt": self.d.get("canaryStartedAt"),
+                "registry": self.d.get("canaryRegistry")}

@@ -44,10 +44,7 @@ def route_of(s: StatusEditor) -> Route:
 def set_canary(s: StatusEditor, target: dict, **fields) -> None:
     """A new rollout attempt of `target` (its webhook answers start afresh)."""
     s.clear_canary()
-    s.d.update(canaryVersion=target["version"], canaryStorageUri=target["storageUri"], canaryStartedAt=iso(s.now),
-               **fields)
-    if target.get("released"):
-        s.d["canaryReleased"] = target["released"]
+    s.set_canary(target, **fields)
 
 
 def start_canary(s: StatusEditor, target: dict, why: str) -> Plan:

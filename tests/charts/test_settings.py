@@ -23,11 +23,9 @@ from .conftest import VARIANTS, render
 PENDING = {
     "predictor": set(),
     "gateway": {
-        "api_keys_file", "oidc_issuer", "oidc_audience", "oidc_jwks_url", "oidc_tenant_claim", "metrics_port",
         "storage_url", "s3_endpoint_url", "s3_region", "events_backend", "lease_seconds",
-        "callback_allow_private",
     },
-    "operator": {"mlflow_tracking_uri"},
+    "operator": set(),
 }
 COMPONENTS = {
     "predictor": ("MUSICSPLIT_", PredictorSettings),

@@ -12,43 +12,33 @@ import io
 import threading
 import time
 from pathlib import Path
-from typing import Annotated
 
 import httpx
 import numpy as np
 import pytest
 import soundfile as sf
 import uvicorn
-from fastapi import Header
+import yaml
 
 from musicsplit.gateway.app import create_app
+from musicsplit.gateway.auth import key_hash
 from musicsplit.gateway.jobstore import SeparationJob, open_job_store
 from musicsplit.gateway.settings import Endpoint, GatewaySettings
-from musicsplit.gateway.tenancy import PUBLIC_TENANT, Caller, caller
 from musicsplit.localstack import free_port
 
 
-async def caller_from_test_header(
-    x_test_tenant: Annotated[str, Header()] = PUBLIC_TENANT,
-    x_user_id: Annotated[str | None, Header()] = None,
-) -> Caller:
-    """Stands in for credentials: the tenant a test request claims (X-Test-Tenant)."""
-    return Caller(x_test_tenant, x_user_id)
-
-
 class GatewayThread:
-    """`create_app(settings)` served by uvicorn on a free port, in a daemon thread.
+    """`create_app(settings)` served by uvicorn on a free port, in a daemon thread; /metrics on
+    another free port (`metrics_url`) unless the settings name one."""
 
-    tenants=True: requests choose their tenant with an X-Test-Tenant header.
-    """
-
-    def __init__(self, settings: GatewaySettings, *, tenants: bool = False):
+    def __init__(self, settings: GatewaySettings):
+        if settings.metrics_port == GatewaySettings.model_fields["metrics_port"].default:
+            settings = settings.model_copy(update={"metrics_port": free_port()})
         self.settings = settings
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.metrics_url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
         self.app = create_app(settings)
-        if tenants:
-            self.app.dependency_overrides[caller] = caller_from_test_header
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
                                 ws="websockets-sansio", lifespan="on")
         self.server = uvicorn.Server(config)
@@ -95,6 +85,19 @@ async def _read(settings: GatewaySettings, query):
         await store.close()
 
 
+def tenants_file(path: Path, tenants: dict[str, dict], keys: dict[str, str] | None = None) -> Path:
+    """Write a tenants file; `keys` (tenant -> API key) are stored as their hashes, as an operator would."""
+    doc = {name: dict(spec) for name, spec in tenants.items()}
+    for name, key in (keys or {}).items():
+        doc.setdefault(name, {}).setdefault("api_keys_sha256", []).append(key_hash(key))
+    path.write_text(yaml.safe_dump({"tenants": doc}))
+    return path
+
+
+def bearer(key: str, user: str | None = None, **headers) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}", **({"X-User-Id": user} if user else {}), **headers}
+
+
 def make_settings(tmp: Path, endpoints: list[tuple[str, str, str]], **overrides) -> GatewaySettings:
     base = dict(
         data_dir=tmp, endpoints=[Endpoint(model=m, url=u, region=r) for m, u, r in endpoints],
@@ -134,8 +137,9 @@ def wait_job(url: str, job_id: str, timeout: float = 60.0, until=("succeeded", "
     raise TimeoutError(f"job {job_id} still {doc['status']} after {timeout} s")
 
 
-def submit(url: str, data: bytes, *, user: str | None = None, filename: str = "song.wav", **form) -> httpx.Response:
-    headers = {"X-User-Id": user} if user else {}
+def submit(url: str, data: bytes, *, user: str | None = None, filename: str = "song.wav",
+           headers: dict[str, str] | None = None, **form) -> httpx.Response:
+    headers = {**({"X-User-Id": user} if user else {}), **(headers or {})}
     return httpx.post(f"{url}/v1/separations", files={"file": (filename, data, "audio/wav")},
                       data={k: str(v) for k, v in form.items()}, headers=headers, timeout=60)
 

@@ -14,7 +14,7 @@ import httpx
 class Receiver:
     """Answers every POST with `status` and records (path, headers, body)."""
 
-    def __init__(self, status: int = 202, forward_to: str | None = None):
+    def __init__(self, status: int = 202, forward_to: str | None = None, port: int = 0):
         self.requests: list[tuple[str, dict, bytes]] = []
         self.status = status
         self.forward_to = forward_to
@@ -52,7 +52,7 @@ class Receiver:
             def do_GET(self):
                 self._handle("GET")
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 

@@ -237,12 +237,21 @@ def _upstream_successes() -> float:
 
 def test_metrics_are_labelled_by_model_version_and_arm_never_by_user(gw):
     wait_job(gw.url, submit(gw.url, wav_bytes(tone(1.0, seed=77)), user="secret-user-42").json()["id"])
-    text = httpx.get(f"{gw.url}/metrics").text
+    text = httpx.get(gw.metrics_url).text
     jobs = [line for line in text.splitlines() if line.startswith("musicsplit_gateway_jobs_total{")]
     assert any('arm="control"' in line and 'model="dsp-baseline"' in line and "model_version=" in line
                for line in jobs), jobs
     assert "musicsplit_gateway_quality_score_bucket" in text and "musicsplit_gateway_v2_requests_total" in text
     assert "secret-user-42" not in text and "job_id" not in text
+    # Not on the public API port: scrapers get their own.
+    r = httpx.get(f"{gw.url}/metrics")
+    assert r.status_code == 404 and r.json()["code"] == "not_found"
+
+
+def test_rejection_reasons_are_scraped_before_the_first_rejection(gw):
+    text = httpx.get(gw.metrics_url).text
+    for reason in ("queue_full", "v2_saturated", "payload_too_large"):  # rate() and alerts need the series
+        assert f'musicsplit_gateway_rejected_total{{reason="{reason}"}}' in text, reason
 
 
 def test_fair_queue_takes_users_in_turn():

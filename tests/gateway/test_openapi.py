@@ -46,12 +46,28 @@ def test_every_endpoint_has_examples_and_documented_errors():
             assert any(_has_example(c, schemas) for c in content.values()), f"{name} {code} has no example"
         assert "422" not in op["responses"], f"{name}: validation errors are 400 here"
         errors = [c for c in op["responses"] if c[0] in "45"]
-        if path not in ("/v2/health/live", "/metrics"):
+        if path != "/v2/health/live":
             assert errors, f"{name} documents no error response"
+        if not path.startswith("/v2/health/"):  # everything but the probes needs credentials
+            assert op.get("security") == [{"bearer": []}], name
+            assert {"401", "403", "429"} <= set(op["responses"]), f"{name}: 401/403/429"
+            assert "WWW-Authenticate" in op["responses"]["401"]["headers"], name
+        else:
+            assert "security" not in op and "401" not in op["responses"], f"{name} is a probe: no credentials"
         for code in errors:
             content = op["responses"][code]["content"]["application/json"]
             assert "example" in content and content["example"]["code"], f"{name} {code} has no error example"
             if code in ("429", "503"):
                 assert "Retry-After" in op["responses"][code].get("headers", {}), f"{name} {code}: Retry-After"
+    assert spec["components"]["securitySchemes"]["bearer"] == {
+        "type": "http", "scheme": "bearer", "bearerFormat": "API key or OIDC JWT",
+        "description": spec["components"]["securitySchemes"]["bearer"]["description"]}
+    assert "/metrics" not in spec["paths"], "metrics are served on their own port"
+    for path in ("/v1/separations", "/v1/separations/batch", "/v2/models/{name}/infer"):
+        assert "413" in spec["paths"][path]["post"]["responses"], path
     upload = spec["paths"]["/v1/separations"]["post"]
-    assert "multipart/form-data" in upload["requestBody"]["content"]
+    form = upload["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert form["required"] == ["file"] and form["properties"]["file"]["format"] == "binary"
+    assert {"model", "stems", "output_format", "shifts", "callback_url"} <= set(form["properties"])
+    listing = spec["paths"]["/v1/separations"]["get"]
+    assert {p["name"] for p in listing["parameters"]} >= {"status", "limit", "cursor", "user_id"}

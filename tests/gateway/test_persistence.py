@@ -20,7 +20,7 @@ def start_gateway(data_dir, predictor_url, log_path) -> Process:
     port = free_port()
     env = {**os.environ, "MUSICSPLIT_GATEWAY_CHUNK_SECONDS": "3", "MUSICSPLIT_GATEWAY_CHUNK_OVERLAP_SECONDS": "0.5",
            "MUSICSPLIT_GATEWAY_CHUNK_CONCURRENCY": "1", "MUSICSPLIT_GATEWAY_DEFAULT_MODEL": "dsp-baseline",
-           "OMP_NUM_THREADS": "1"}
+           "MUSICSPLIT_GATEWAY_METRICS_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "musicsplit.cli", "serve", "gateway", "--host", "127.0.0.1", "--port", str(port),
            "--data_dir", str(data_dir), "--endpoint", f"dsp-baseline={predictor_url}@eu"]
     log = open(log_path, "ab")
@@ -95,8 +95,9 @@ def test_a_job_run_again_never_writes_into_stem_files_it_shares(baseline_url, tm
             job = await store.create(tenant="public", model="dsp-baseline", params={"stems": None,
                                      "output_format": "wav", "shifts": None}, user_id=None, arm="control",
                                      filename="b.wav", audio_sha=None)
-            staged = results.staging_path()
-            take(wav_bytes(tone(3.0, seed=402)), staged, settings.limits())
+            staged, upload = results.staging_path(), results.staging_path()
+            upload.write_bytes(wav_bytes(tone(3.0, seed=402)))
+            take(upload, hashlib.sha256(upload.read_bytes()).hexdigest(), staged, settings.limits())
             await results.put_input(job.id, staged)
             (results.job_dir(job.id) / "stems").mkdir()
             os.link(shared, results.job_dir(job.id) / "stems" / "vocals.wav")

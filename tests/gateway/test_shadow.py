@@ -21,9 +21,9 @@ from musicsplit.gateway.canaries import Canary, CanaryDirectory, canaries_from
 from musicsplit.gateway.settings import GatewaySettings
 from musicsplit.gateway.shadow import AGREEMENT_CAP_DB, ShadowMirror, agreement_db, agreements
 from musicsplit.localstack import start_predictor, wait_until
-from musicsplit.v2client import SOURCE_HEADER, V2Client
+from musicsplit.v2client import SOURCE_HEADER, V2Client, encode_request
 from tests.fixtures.recorder import Recorder
-from tests.gateway.conftest import submit, tone, wait_job, wav_bytes
+from tests.gateway.conftest import bearer, submit, tenants_file, tone, wait_job, wav_bytes
 from tests.operator.cluster import Cluster, operator_api_calls
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
@@ -223,6 +223,38 @@ def test_each_chunk_of_a_job_is_compared_with_the_canary(kube, gateway_factory, 
     wait_until(lambda: shadow_counts()["compared"] - before["compared"] == chunks, 30, "every chunk compared")
     assert agreement(k.stable_version, "drums", "count") - count_before == chunks
     assert len(proxy.seen()) - seen_before == chunks and shadow_counts()["skipped"] == before["skipped"]
+
+
+def test_mirrors_respect_tenancy_and_count_against_no_quota(kube, gateway_factory, baseline_url, tmp_path):
+    """A tenant's v2 requests (API key, quotas) are mirrored as sent, minus the credentials and
+    the user; the tenant's requests and audio are counted once, for its own requests only."""
+    k, _, proxy, gate = kube
+    gate.set()
+    keys = tenants_file(tmp_path / "tenants.yaml", {"shadowed": {"quota": {
+        "requests_per_minute": 3, "audio_minutes_per_day": 1}}}, keys={"shadowed": "shadowed-key-000"})
+    gw = gateway_factory([(MODEL, baseline_url, "local")], api_keys_file=keys, **shadow_settings(k))
+    knows_canary(gw)
+
+    def tenant(name: str, labels: dict) -> float:
+        return REGISTRY.get_sample_value(f"musicsplit_gateway_{name}", {"tenant": "shadowed", **labels}) or 0.0
+
+    before, seen_before = shadow_counts(), len(proxy.seen())
+    accepted, audio = tenant("tenant_requests_total", {"outcome": "accepted"}), tenant("tenant_audio_seconds_total", {})
+    refused = tenant("quota_rejections_total", {"quota": "requests_per_minute"})
+    mixtures = [tone(1.0, seed=30 + i) for i in range(3)]
+    with V2Client(gw.url, headers=bearer("shadowed-key-000", user="end-user-7")) as client:
+        for i, mixture in enumerate(mixtures, 1):  # one at a time: each mirror done before the next
+            client.separate(MODEL, mixture, 44100)
+            wait_until(lambda i=i: shadow_counts()["compared"] - before["compared"] == i, 30, "the mirror compared")
+    assert shadow_counts()["skipped"] == before["skipped"] and shadow_counts()["failed"] == before["failed"]
+    mirrored = proxy.seen()[seen_before:]
+    assert [r.body for r in mirrored] == [encode_request(m, 44100)[0] for m in mixtures]  # sent as the user sent it
+    for r in mirrored:
+        assert "authorization" not in r.headers and "x-user-id" not in r.headers, r.headers
+    # Counted once each: three requests fill the tenant's requests-per-minute quota, and none was refused.
+    assert tenant("tenant_requests_total", {"outcome": "accepted"}) - accepted == 3
+    assert tenant("tenant_audio_seconds_total", {}) - audio == pytest.approx(3.0, abs=0.01)
+    assert tenant("quota_rejections_total", {"quota": "requests_per_minute"}) == refused
 
 
 def test_sample_rate_zero_mirrors_nothing(kube, gateway_factory, baseline_url):

@@ -1,7 +1,6 @@
-"""Tenants: a job, its stems, zip, progress, batch and idempotency key exist only for the tenant
-that submitted it (another tenant's job id is a 404); re-separations, A/B stickiness and the fair
-queue count a user within its tenant. The tenant comes from X-Test-Tenant here (conftest), where
-credentials will set it."""
+"""Tenants, authenticated by their API keys: a job, its stems, zip, progress, batch, idempotency key and
+job list exist only for the tenant that submitted it (another tenant's job id is a 404);
+re-separations, A/B stickiness, the fair queue and the result cache count within a tenant."""
 
 from __future__ import annotations
 
@@ -10,27 +9,31 @@ import json
 import httpx
 import pytest
 from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect
 
 from musicsplit.gateway.tenancy import Caller
 
-from .conftest import GatewayThread, make_settings, tone, wait_job, wav_bytes
+from .conftest import GatewayThread, bearer, make_settings, tenants_file, tone, wait_job, wav_bytes
 from .test_flags import AB, bootstrap_with
+
+KEYS = {"acme": "acme-key-0123456789", "globex": "globex-key-9876543210"}
 
 
 @pytest.fixture(scope="module")
 def gw(baseline_url, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gw-tenants")
+    keys = tenants_file(tmp / "tenants.yaml", {"acme": {}, "globex": {}}, KEYS)
     # "tiny" only has to exist for the A/B flag to name it; these tests never send it a request.
     gateway = GatewayThread(make_settings(tmp, [("dsp-baseline", baseline_url, "eu"), ("tiny", baseline_url, "eu")],
-                                          flags_bootstrap=bootstrap_with(tmp, **AB), default_model="dsp-baseline"),
-                            tenants=True).start()
+                                          flags_bootstrap=bootstrap_with(tmp, **AB), default_model="dsp-baseline",
+                                          api_keys_file=keys)).start()
     yield gateway
     gateway.stop()
 
 
 def as_tenant(tenant: str, user: str | None = "u1", **headers) -> dict[str, str]:
-    return {"X-Test-Tenant": tenant, **({"X-User-Id": user} if user else {}), **headers}
+    return bearer(KEYS[tenant], user, **headers)
 
 
 def upload(gw, tenant: str, data: bytes, **headers) -> dict:
@@ -51,10 +54,40 @@ def test_another_tenants_job_is_not_there(gw):
         r = httpx.get(gw.url + path, headers=other, timeout=10)
         assert r.status_code == 404 and r.json()["code"] == "not_found", (path, r.text)
     assert httpx.delete(f"{gw.url}/v1/separations/{job['id']}", headers=other, timeout=10).status_code == 404
+    assert httpx.post(f"{gw.url}/v1/separations/{job['id']}/progress-ticket", headers=other).status_code == 404
     with connect(gw.url.replace("http", "ws") + doc["progress_url"], additional_headers=other) as ws:
         assert json.loads(ws.recv())["code"] == "not_found"
     with connect(gw.url.replace("http", "ws") + doc["progress_url"], additional_headers=owner) as ws:
         assert json.loads(ws.recv())["status"] == "succeeded"
+
+
+def test_without_credentials_nothing_is_there(gw):
+    job = upload(gw, "acme", wav_bytes(tone(1.0, seed=302)))
+    for method, path in [("GET", f"/v1/separations/{job['id']}"), ("DELETE", f"/v1/separations/{job['id']}"),
+                         ("GET", "/v1/separations"), ("GET", "/v2/models/default/ready")]:
+        r = httpx.request(method, gw.url + path, timeout=10)
+        assert r.status_code == 401 and r.json()["code"] == "unauthorized", (path, r.text)
+        assert r.headers["www-authenticate"] == 'Bearer realm="musicsplit"'
+    with connect(gw.url.replace("http", "ws") + job["progress_url"]) as ws:
+        assert json.loads(ws.recv())["code"] == "unauthorized"
+    assert httpx.get(f"{gw.url}/v2/health/live").status_code == 200  # probes need no key
+    assert httpx.get(f"{gw.url}/v2/health/ready").status_code == 200
+
+
+def test_a_progress_ticket_opens_one_jobs_websocket_once(gw):
+    a = upload(gw, "acme", wav_bytes(tone(1.0, seed=303)))
+    b = upload(gw, "acme", wav_bytes(tone(1.0, seed=304)))
+    r = httpx.post(f"{gw.url}/v1/separations/{a['id']}/progress-ticket", headers=as_tenant("acme"))
+    assert r.status_code == 201, r.text
+    ticket = r.json()
+    ws_base = gw.url.replace("http", "ws")
+    with connect(f"{ws_base}/v1/separations/{b['id']}/progress?ticket={ticket['ticket']}") as ws:
+        assert json.loads(ws.recv())["code"] == "unauthorized"  # another job's ticket (and now used up)
+    r = httpx.post(f"{gw.url}/v1/separations/{a['id']}/progress-ticket", headers=as_tenant("acme"))
+    with connect(ws_base + r.json()["progress_url"]) as ws:  # no Authorization header: a browser
+        assert json.loads(ws.recv())["id"] == a["id"]
+    with connect(ws_base + r.json()["progress_url"]) as ws:
+        assert json.loads(ws.recv())["code"] == "unauthorized", "a ticket works once"
 
 
 def test_a_batch_belongs_to_its_tenant(gw):
@@ -75,19 +108,70 @@ def test_an_idempotency_key_is_the_tenants_own(gw):
     assert httpx.get(f"{gw.url}/v1/separations/{b['id']}", headers=as_tenant("globex")).status_code == 200
 
 
-def _reseparations() -> float:
-    return sum(s.value for m in REGISTRY.collect() if m.name == "musicsplit_gateway_reseparations"
-               for s in m.samples if s.name.endswith("_total") and s.labels.get("model") == "dsp-baseline")
+def test_the_job_list_is_the_tenants_paged_and_filtered(gw):
+    mine = [upload(gw, "globex", wav_bytes(tone(1.0, seed=340 + i)), user="lister")["id"] for i in range(3)]
+    theirs = upload(gw, "acme", wav_bytes(tone(1.0, seed=349)), user="lister")["id"]
+    for job in mine:
+        wait_job(gw.url, job, headers=as_tenant("globex"))
+    seen, cursor = [], None
+    while True:  # pages of two, newest first, until the last page says so
+        params = {"limit": 2, "user_id": "lister", **({"cursor": cursor} if cursor else {})}
+        page = httpx.get(f"{gw.url}/v1/separations", params=params, headers=as_tenant("globex")).json()
+        seen += [j["id"] for j in page["jobs"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == mine[::-1] and theirs not in seen
+    done = httpx.get(f"{gw.url}/v1/separations", params={"status": "succeeded", "user_id": "lister"},
+                     headers=as_tenant("globex")).json()["jobs"]
+    assert {j["id"] for j in done} == set(mine) and all(j["status"] == "succeeded" for j in done)
+    r = httpx.get(f"{gw.url}/v1/separations", params={"status": "finished"}, headers=as_tenant("globex"))
+    assert r.status_code == 400 and "status 'finished'" in r.json()["error"]
+    r = httpx.get(f"{gw.url}/v1/separations", params={"cursor": "nonsense"}, headers=as_tenant("globex"))
+    assert r.status_code == 400 and "next_cursor" in r.json()["error"]
+
+
+def _sum(name: str, **labels) -> float:
+    return sum(s.value for m in REGISTRY.collect() if m.name == name for s in m.samples
+               if s.name.endswith("_total") and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
 def test_a_reseparation_is_the_same_user_of_the_same_tenant(gw):
     data = wav_bytes(tone(1.0, seed=330))
-    before = _reseparations()
+    before = _sum("musicsplit_gateway_reseparations", model="dsp-baseline")
     upload(gw, "acme", data, user="same-name")
     upload(gw, "globex", data, user="same-name")  # another tenant's user of that name: someone else
-    assert _reseparations() == before
+    assert _sum("musicsplit_gateway_reseparations", model="dsp-baseline") == before
     upload(gw, "acme", data, user="same-name")
-    assert _reseparations() == before + 1
+    assert _sum("musicsplit_gateway_reseparations", model="dsp-baseline") == before + 1
+
+
+def test_the_result_cache_is_not_shared_between_tenants(gw):
+    data = wav_bytes(tone(2.0, seed=350))
+    first = wait_job(gw.url, upload(gw, "acme", data, user="c1")["id"], headers=as_tenant("acme"))
+    again = wait_job(gw.url, upload(gw, "acme", data, user="c2")["id"], headers=as_tenant("acme"))
+    other = wait_job(gw.url, upload(gw, "globex", data, user="c1")["id"], headers=as_tenant("globex"))
+    assert not first["cached"] and again["cached"], "the same tenant's repeat is a cache hit"
+    assert not other["cached"], "another tenant's identical upload is separated afresh, not answered from acme's"
+
+
+def test_tenant_metrics_count_requests_jobs_and_audio(gw):
+    scraped = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(httpx.get(gw.metrics_url).text) for s in f.samples}
+    # Every configured tenant's series exist from the start (acme has no quota: never refused).
+    assert scraped[("musicsplit_gateway_tenant_requests_total",
+                    (("outcome", "rejected_quota"), ("tenant", "acme")))] == 0.0
+    before = {k: _sum(k, tenant="globex") for k in ("musicsplit_gateway_tenant_requests",
+                                                   "musicsplit_gateway_tenant_audio_seconds",
+                                                   "musicsplit_gateway_tenant_jobs")}
+    wait_job(gw.url, upload(gw, "globex", wav_bytes(tone(1.5, seed=360)))["id"], headers=as_tenant("globex"))
+    bad = httpx.post(f"{gw.url}/v1/separations", files={"file": ("x.wav", b"not audio")}, headers=as_tenant("globex"))
+    assert bad.status_code == 400
+    assert _sum("musicsplit_gateway_tenant_audio_seconds", tenant="globex") == before[
+        "musicsplit_gateway_tenant_audio_seconds"] + 1.5
+    assert _sum("musicsplit_gateway_tenant_jobs", tenant="globex", outcome="success") >= 1
+    assert _sum("musicsplit_gateway_tenant_requests", tenant="globex", outcome="rejected_input") >= 1
+    assert _sum("musicsplit_gateway_tenant_requests", tenant="globex") > before["musicsplit_gateway_tenant_requests"]
 
 
 def test_ab_arms_and_queue_places_are_per_tenant_user(gw):

@@ -20,7 +20,7 @@ import pytest
 
 from musicsplit.audio import encode
 from musicsplit.golden import golden_set
-from musicsplit.localstack import free_port, start_gateway, wait_until
+from musicsplit.localstack import start_gateway, wait_until
 from musicsplit.v2client import V2Client
 from tests.fixtures.prometheus import Prometheus, scrape_job
 from tests.grafana.dashboards import load, panels, resolve_variables, substitute
@@ -100,17 +100,6 @@ CORE: dict[tuple[str, str], str] = {
 }
 
 
-def gateway_metrics_env() -> tuple[dict[str, str], int | None]:
-    """The gateway is moving /metrics to its own port (MUSICSPLIT_GATEWAY_METRICS_PORT);
-    use it where the settings have it, the API port before that."""
-    from musicsplit.gateway.settings import GatewaySettings
-
-    if "metrics_port" not in GatewaySettings.model_fields:
-        return {}, None
-    port = free_port()
-    return {"MUSICSPLIT_GATEWAY_METRICS_PORT": str(port)}, port
-
-
 def separation_model(version: str) -> dict:
     return {"apiVersion": "musicsplit.io/v1alpha1", "kind": "SeparationModel",
             "metadata": {"name": MODEL, "namespace": "default"},
@@ -143,10 +132,10 @@ def stack(baseline, tmp_path_factory, logs_dir):
     from tests.operator.cluster import SM, Cluster, KServeSimulator, Operator
 
     tmp = tmp_path_factory.mktemp("dashboards-live")
-    env, metrics_port = gateway_metrics_env()
     gateway = start_gateway([(MODEL, baseline.url)], data_dir=tmp / "gateway", log_dir=logs_dir,
-                            default_model=MODEL, env={"MUSICSPLIT_GATEWAY_HEALTH_INTERVAL_S": "0.5", **env})
-    gateway_target = f"127.0.0.1:{metrics_port}" if metrics_port else gateway.url.removeprefix("http://")
+                            default_model=MODEL, env={"MUSICSPLIT_GATEWAY_HEALTH_INTERVAL_S": "0.5"})
+    # The gateway serves /metrics on a port of its own, apart from the API.
+    gateway_target = gateway.extra["metrics_url"].removeprefix("http://").removesuffix("/metrics")
     prom = None
     try:
         with Cluster(tmp) as cluster, KServeSimulator(cluster, endpoints={STORAGE_URI: baseline.url}):

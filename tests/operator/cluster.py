@@ -134,6 +134,8 @@ class CRDEmulator(KubernetesEmulator):
     async def _serve_version(self, request):
         # Subresources have no short names or categories of their own (kubectl warns otherwise).
         out = await super()._serve_version(request)
+        # The core group is "v1", not "/v1": kubectl maps kinds (a ConfigMap in `create -f`) by it.
+        out["groupVersion"] = out.get("groupVersion", "").lstrip("/")
         for r in out["resources"]:
             if "/" in r["name"]:
                 r["shortNames"], r["categories"] = [], []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from musicsplit.operator import analysis as a
@@ -61,7 +63,8 @@ def test_a_measured_regression_fails_even_while_other_data_is_missing():
 
 
 def test_judge_skips_the_probe_when_disabled_and_nan_is_no_data():
-    v = a.judge(good(canary=VersionMetrics(100, 0, float("nan"), 0.9)), spec(analysis={"goldenSet": False}))
+    v = a.judge(good(canary=VersionMetrics(100, 0, float("nan"), 0.9)),
+                spec(analysis={"goldenSet": {"builtin": False}}))
     assert v.result == a.HOLD and "goldenSdrDrop" not in {c.name for c in v.checks}
 
 
@@ -106,3 +109,67 @@ def test_a_failed_probe_is_a_hold_with_its_reason():
 def test_nothing_probed_yet_waits_for_both():
     g = a.golden_measurements(CANARY)
     assert g["probe_pending"] == "waiting for the golden-set probe of canary 2.0.0 and stable 1.0.0"
+
+
+# -------------------------------------------------------------- the golden set
+
+
+def rec(version, uri, sdr, stems=None, ref="builtin", digest="d1", at="2026-01-01T12:00:00Z", **kw):
+    return {"version": version, "storageUri": uri, "goldenSet": ref, "goldenSetDigest": digest, "meanSdr": sdr,
+            "perStem": stems or {}, "measuredAt": at, **kw}
+
+
+ROLLOUT = {"phase": "Progressing", "stableVersion": "1.0.0", "stableStorageUri": "gs://m/1",
+           "canaryVersion": "2.0.0", "canaryStorageUri": "gs://m/2"}
+
+
+def test_the_golden_gate_is_judged_on_the_mean_and_reports_every_stem():
+    stable, canary = {"vocals": 7.0, "drums": 5.0}, {"vocals": 3.0, "drums": 5.5}
+    st = {**ROLLOUT, "probe": rec("2.0.0", "gs://m/2", 4.25, canary), "goldenBaseline": rec("1.0.0", "gs://m/1", 6.0,
+                                                                                            stable)}
+    m = replace(good(), **a.golden_measurements(st))
+    v = a.judge(m, spec())
+    check = next(c for c in v.checks if c.name == "goldenSdrDrop")
+    assert v.result == a.FAIL and check.value == pytest.approx(1.75)
+    assert check.as_status()["perStem"] == {"vocals": 4.0, "drums": -0.5}
+    assert "worst stem vocals 4 dB" in check.message
+    # The canary's own floor, when the spec sets one: judged without a baseline too.
+    v = a.judge(replace(m, stable_sdr=None), spec(analysis={"goldenSet": {"minSdrDb": 5.0}}))
+    floor = next(c for c in v.checks if c.name == "goldenSdr")
+    assert v.result == a.FAIL and floor.result == a.FAIL and "4.25 dB < 5 dB" in floor.message
+
+
+def test_results_on_another_golden_set_or_its_older_content_are_no_evidence():
+    ref = "configMap:refs"
+    st = {**ROLLOUT, "probe": rec("2.0.0", "gs://m/2", 5.0, ref=ref, digest="new", at="2026-01-01T12:05:00Z"),
+          "goldenBaseline": rec("1.0.0", "gs://m/1", 6.0, ref="builtin")}
+    g = a.golden_measurements(st, ref)
+    assert g["canary_sdr"] == 5.0 and g["stable_sdr"] is None and "stable 1.0.0" in g["probe_pending"]
+    st["goldenBaseline"] = rec("1.0.0", "gs://m/1", 6.0, ref=ref, digest="old")  # the ConfigMap changed since
+    assert a.golden_stale(st, ref) == "stable"
+    g = a.golden_measurements(st, ref)
+    assert g["stable_sdr"] is None and "the golden set changed since it was measured" in g["probe_pending"]
+
+
+def test_a_broken_golden_set_holds_with_its_own_reason():
+    st = {**ROLLOUT, "probe": {"version": "2.0.0", "storageUri": "gs://m/2", "goldenSet": "configMap:refs",
+                               "error": "track song: no mixture", "errorReason": "GoldenSetInvalid"},
+          "goldenBaseline": rec("1.0.0", "gs://m/1", 6.0, ref="configMap:refs")}
+    v = a.judge(replace(good(), **a.golden_measurements(st, "configMap:refs")),
+                spec(analysis={"goldenSet": {"configMap": "refs"}}))
+    assert v.result == a.HOLD and v.reason == "GoldenSetInvalid"
+    assert "canary 2.0.0: track song: no mixture" in v.message
+
+
+def test_golden_series_say_which_version_replaces_which():
+    canary, stable = rec("2.0.0", "gs://m/2", 5.0, {"vocals": 4.0}), rec("1.0.0", "gs://m/1", 6.0, {"vocals": 6.5})
+    during = {**ROLLOUT, "probe": canary, "goldenBaseline": stable}
+    assert a.golden_series(during) == {"current": {"version": "2.0.0", "sdr": {"vocals": 4.0, "mean": 5.0}},
+                                       "previous": {"version": "1.0.0", "sdr": {"vocals": 6.5, "mean": 6.0}}}
+    promoted = {"phase": "Succeeded", "stableVersion": "2.0.0", "stableStorageUri": "gs://m/2", "probe": canary,
+                "goldenBaseline": stable, "history": [{"version": "2.0.0", "outcome": "promoted"}]}
+    assert {r: s["version"] for r, s in a.golden_series(promoted).items()} == {"current": "2.0.0",
+                                                                               "previous": "1.0.0"}
+    rolled_back = {"phase": "RolledBack", "stableVersion": "1.0.0", "stableStorageUri": "gs://m/1", "probe": canary,
+                   "goldenBaseline": stable, "history": [{"version": "2.0.0", "outcome": "rolledBack"}]}
+    assert {r: s["version"] for r, s in a.golden_series(rolled_back).items()} == {"current": "1.0.0"}

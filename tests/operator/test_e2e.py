@@ -9,6 +9,8 @@ users' requests in their own namespace.
   the degraded one is rolled back, the healthy one promoted.
 - RawDeployment: the new version takes all traffic, a degraded one is rolled
   back by redeploying the stable.
+- A degraded canary nobody uses is rolled back by the golden set alone: the
+  model owner's reference tracks, from a ConfigMap.
 
 Only KServe's controller and Knative's router are played by the test (the
 simulator sets the InferenceService's traffic; the load generator follows
@@ -99,7 +101,8 @@ def sm(version: str, namespace: str = "default", **spec) -> dict:
             "replicas": {"min": 1, "max": 1},
             "rollout": {"steps": [50, 100], "interval": f"{INTERVAL_S}s", "progressDeadline": "2m"},
             "analysis": {"window": "30s", "minRequests": 3, "maxErrorRate": 0.05, "maxP99LatencySeconds": 20,
-                         "minQualityScore": 0.5, "maxQualityDrop": 0.05, "goldenSet": True, "maxSdrDropDb": 1.0},
+                         "minQualityScore": 0.5, "maxQualityDrop": 0.05,
+                         "goldenSet": {"builtin": True, "maxSdrDropDb": 1.0}},
         },
     }
     doc["spec"].update(spec)
@@ -248,6 +251,87 @@ def test_a_canary_is_judged_on_its_users_requests_only(stack, tmp_path):
                          message="100 % of traffic to 2.1.0")
             cluster.wait(lambda: {"StepAdvanced", "Promoting", "Promoted"} <= {e["reason"] for e in cluster.events()},
                          10, message="Events")
+        finally:
+            op.stop()
+        assert "Traceback" not in op.log(), op.log()[-5000:]
+
+
+def golden_configmap(cluster, workdir: Path, name: str = "refs") -> None:
+    """Two 0.6 s reference tracks at 22.05 kHz (16-bit wav: 520 KiB, under the
+    ConfigMap's 1 MiB of data and, base64-encoded, under kmock's 1 MiB request
+    body), made into a ConfigMap as users make one."""
+    import io
+
+    import soundfile as sf
+
+    from musicsplit.golden import golden_set
+
+    folder = workdir / name
+    folder.mkdir()
+    for i, item in enumerate(golden_set(n=2, seconds=0.6, sample_rate=22050, seed=21)):
+        for part, audio in (("mixture", item.mixture), *item.stems.items()):
+            buf = io.BytesIO()
+            sf.write(buf, audio.T, item.sample_rate, format="WAV", subtype="PCM_16")
+            (folder / f"track{i}.{part}.wav").write_bytes(buf.getvalue())
+    # kubectl create configmap --from-file; through `create -f`: kubectl sends kmock no protobuf that way.
+    made = cluster.kubectl("create", "configmap", name, f"--from-file={folder}", "--dry-run=client", "-o",
+                           "yaml").stdout
+    cluster.kubectl("create", "-f", "-", input=made)
+
+
+def golden_series(url: str) -> dict[tuple[str, str, str], float]:
+    """musicsplit_golden_sdr_db of default/sep on the operator's /metrics: (role, version, stem) -> dB."""
+    return {(s.labels["role"], s.labels["model_version"], s.labels["stem"]): s.value
+            for family in text_string_to_metric_families(httpx.get(url, timeout=5).text)
+            for s in family.samples if s.name == "musicsplit_golden_sdr_db"
+            and (s.labels["namespace"], s.labels["name"]) == ("default", NAME)}
+
+
+def test_a_degraded_canary_is_rolled_back_by_the_users_golden_set_alone(stack, tmp_path):
+    """No user reaches the canary, so Prometheus has nothing to judge; the
+    golden set from the model owner's ConfigMap measures the drop and rolls it back."""
+    procs, prom, _ = stack
+    with Cluster(tmp_path) as cluster, KServeSimulator(cluster, endpoints=endpoints(procs)):
+        cluster.kubectl("apply", "-f", str(MANIFESTS / "crd.yaml"))
+        op = Operator(cluster, tmp_path / "operator.log", tick=1.0,
+                      env={"MUSICSPLIT_OPERATOR_PROMETHEUS_URL": prom.url})
+        try:
+            golden_configmap(cluster, tmp_path)
+
+            def model(version):
+                doc = sm(version)
+                doc["spec"]["analysis"]["goldenSet"] = {"configMap": "refs", "maxSdrDropDb": 1.0}
+                return doc
+
+            cluster.apply(model("1.0.0"))
+            # Serving alone, the stable is measured on the user's tracks: its baseline for later.
+            st = cluster.wait(lambda: (s := status(cluster)).get("goldenBaseline", {}).get("meanSdr") and s, 60,
+                              message="the stable's golden SDR on the ConfigMap's tracks")
+            base = st["goldenBaseline"]
+            assert base["version"] == "1.0.0" and base["goldenSet"] == "configMap:refs" and base["items"] == 2
+            assert base["sets"] == {"configMap/refs": {"items": 2, "meanSdr": base["meanSdr"]}}
+            assert set(base["perStem"]) == {"drums", "bass", "other", "vocals"}
+            cluster.wait(lambda: ("current", "1.0.0", "mean") in golden_series(op.metrics_url), 20,
+                         message="the stable's golden SDR on /metrics")
+
+            cluster.apply(model("2.0.0"))
+            st = verdict(cluster, "2.0.0")
+            print("golden-set rollback:", {k: (v["value"], v["result"]) for k, v in checks(st).items()})
+            assert st["phase"] == "RolledBack" and st["stableVersion"] == "1.0.0"
+            c = checks(st)
+            assert [n for n, v in c.items() if v["result"] == "fail"] == ["goldenSdrDrop"]
+            assert c["requests"]["result"] == "hold" and c["requests"]["value"] == 0  # no users: Prometheus can't
+            assert c["goldenSdrDrop"]["value"] > 1.0
+            assert set(c["goldenSdrDrop"]["perStem"]) == {"drums", "bass", "other", "vocals"}
+            h = st["history"][-1]
+            assert h["outcome"] == "rolledBack" and "goldenSdrDrop" in h["reason"]
+            assert h["goldenSdr"]["goldenSet"] == "configMap:refs"
+            assert h["goldenSdr"]["mean"] == st["probe"]["meanSdr"] < base["meanSdr"] - 1.0
+            # After a rollback the stable is `current` and the rolled-back version's series are gone.
+            series = cluster.wait(lambda: (g := golden_series(op.metrics_url)) and all(
+                v == "1.0.0" for _, v, _ in g) and g, 20, message="the rolled-back version's series gone")
+            assert {role for role, _, _ in series} == {"current"}
+            assert series[("current", "1.0.0", "mean")] == pytest.approx(base["meanSdr"], abs=1e-3)
         finally:
             op.stop()
         assert "Traceback" not in op.log(), op.log()[-5000:]

@@ -45,7 +45,7 @@ def model(name: str, version: str, prometheus_url: str | None) -> dict:
     doc["metadata"]["name"] = name
     doc["spec"]["model"].update(version=version, storageUri=f"gs://models/{name}/{version}")
     doc["spec"]["rollout"].update(steps=[20, 60], interval="1s")
-    doc["spec"]["analysis"]["goldenSet"] = False
+    doc["spec"]["analysis"]["goldenSet"] = {"builtin": False}
     if prometheus_url:
         doc["spec"]["analysis"]["prometheusUrl"] = prometheus_url
     return doc

@@ -49,7 +49,7 @@ def example(name: str, file: str = "htdemucs.yaml", **spec) -> dict:
     doc["metadata"]["name"] = name
     doc["spec"]["rollout"]["interval"] = "1s"
     # The simulated revisions' URLs serve nothing; the probe runs in test_e2e.py.
-    doc["spec"]["analysis"]["goldenSet"] = False
+    doc["spec"]["analysis"]["goldenSet"] = {"builtin": False}
     for k, v in spec.items():
         doc["spec"][k] = {**doc["spec"].get(k, {}), **v} if isinstance(v, dict) else v
     return doc
@@ -133,6 +133,10 @@ def test_examples_apply_and_kubectl_get_shows_the_printer_columns(env):
      'spec.analysis.webhooks.0.type: Unsupported value: "pre-promotion"'),
     (lambda s: s["analysis"].update(webhooks=[{"name": "a", "url": "file:///etc/passwd"}]),
      "spec.analysis.webhooks.0.url: Invalid value"),
+    # v1alpha1's boolean goldenSet is an object now (docs/adr/0107): {} is true, {builtin: false} false
+    (lambda s: s["analysis"].update(goldenSet=True), "spec.analysis.goldenSet: Invalid value"),
+    (lambda s: s["analysis"].update(goldenSet={"configMap": "Not_A_Name"}),
+     "spec.analysis.goldenSet.configMap: Invalid value"),
 ])
 def test_invalid_specs_are_refused_by_kubectl_apply_with_a_clear_message(env, mutate, words):
     cluster, _, _ = env
@@ -154,6 +158,35 @@ def test_spec_the_schema_cannot_judge_is_reported_in_status(env):
     assert has_events(cluster, "unordered", "InvalidSpec")
 
 
+def test_a_golden_set_configmap_is_read_and_what_is_wrong_with_it_recorded(env, tmp_path):
+    """The ConfigMap a SeparationModel names (read with RBAC `get configmaps`):
+    missing, then broken; the stable's golden-set record says which and why
+    (nothing is sent to a predictor for a set that cannot be used)."""
+    from tests.operator.test_goldenset import track_files
+
+    cluster, _, _ = env
+    cluster.apply(example("refsmodel", analysis={"goldenSet": {"configMap": "refs"}}))
+
+    def record(words):
+        return cluster.wait(lambda: words in ((b := status(cluster, "refsmodel").get("goldenBaseline")) or {}).get(
+            "error", "") and b, 30, message=f"goldenBaseline error {words!r}")
+
+    rec = record("ConfigMap default/refs (spec.analysis.goldenSet.configMap) not found")
+    assert rec["errorReason"] == "GoldenSetUnavailable" and rec["goldenSet"] == "configMap:refs"
+    assert rec["version"] == "4.0.0" and "meanSdr" not in rec
+    # As users make one: kubectl create configmap --from-file (binaryData for wav files); the
+    # create goes through `create -f` here, as kubectl sends kmock no protobuf that way.
+    (tmp_path / "refs").mkdir()
+    (tmp_path / "refs" / "song.mixture.wav").write_bytes(track_files(1)["mixture"])
+    (tmp_path / "refs" / "song.kazoo.wav").write_bytes(track_files(1)["vocals"])
+    made = cluster.kubectl("create", "configmap", "refs", f"--from-file={tmp_path / 'refs'}", "--dry-run=client",
+                           "-o", "yaml").stdout
+    cluster.kubectl("create", "-f", "-", input=made)
+    assert "song.mixture.wav" in cluster.get("v1/configmaps", "refs")["binaryData"]
+    rec = record("track song: unknown stem kazoo")
+    assert rec["errorReason"] == "GoldenSetInvalid"
+
+
 def test_canary_holds_when_prometheus_is_unreachable_and_abort_rolls_back(env):
     cluster, _, _ = env
     base = example("holdme", rollout={"steps": [10, 50]})
@@ -166,9 +199,9 @@ def test_canary_holds_when_prometheus_is_unreachable_and_abort_rolls_back(env):
     cond = condition(st, "AnalysisReady")
     assert cond["status"] == "False" and cond["reason"] == "PrometheusUnreachable"
     assert st["lastAnalysis"]["result"] == "hold"
-    time.sleep(2)  # several more ticks: still held at the same weight, never promoted blind
-    st = status(cluster, "holdme")
-    assert st["phase"] == "Progressing" and st["canaryWeight"] == 10 and st["holds"] >= 2
+    # Analysed again and again: still held at the same weight, never promoted blind.
+    st = cluster.wait(lambda: (s := status(cluster, "holdme")).get("holds", 0) >= 2 and s, 20, message="two holds")
+    assert st["phase"] == "Progressing" and st["canaryWeight"] == 10
     assert event_reasons(cluster, "holdme").count("AnalysisHeld") == 1
     held = metric(env[2], 'musicsplit_rollout_analysis_holds{name="holdme",namespace="default"}')
     assert held >= 2 and metric(env[2], 'musicsplit_rollout_canary_weight{name="holdme",namespace="default"}') == 10

@@ -15,7 +15,7 @@ MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 def doc(version: str) -> dict:
     d = yaml.safe_load((MANIFESTS / "examples" / "htdemucs.yaml").read_text())
     d["spec"]["model"].update(version=version, storageUri=f"gs://m/htdemucs/{version}")
-    d["spec"]["analysis"].update(goldenSet=False)
+    d["spec"]["analysis"].update(goldenSet={"builtin": False})
     return d
 
 

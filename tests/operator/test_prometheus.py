@@ -128,7 +128,7 @@ def test_the_namespace_label_follows_the_clusters_relabelling(prom):
 
 def test_measure_and_judge_name_every_regression(prom):
     spec = parse_spec({"model": {"architecture": "htdemucs", "version": "2.0", "storageUri": "gs://m/2"},
-                       "analysis": {"goldenSet": False, "minRequests": 10, "maxErrorRate": 0.05,
+                       "analysis": {"goldenSet": {"builtin": False}, "minRequests": 10, "maxErrorRate": 0.05,
                                     "maxP99LatencySeconds": 30, "minQualityScore": 0.7}})
     m = prometheus.measure(prometheus_url=prom.url, model="m", namespace="team-a", canary_version="2.0",
                            stable_version="1.0", window_s=60)

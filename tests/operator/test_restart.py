@@ -17,7 +17,7 @@ MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 def test_killed_operator_resumes_the_rollout_from_status(tmp_path):
     doc = yaml.safe_load((MANIFESTS / "examples" / "htdemucs.yaml").read_text())
     doc["spec"]["rollout"].update(steps=[20, 60], interval="1s")
-    doc["spec"]["analysis"].update(goldenSet=False)
+    doc["spec"]["analysis"].update(goldenSet={"builtin": False})
     canary = copy.deepcopy(doc)
     canary["spec"]["model"].update(version="4.1.0", storageUri="gs://m/htdemucs/4.1.0")
 

@@ -117,7 +117,7 @@ def model(name: str, version: str, *, webhooks: list[dict] = (), **spec) -> dict
            "spec": {"model": {"architecture": "htdemucs", "version": version,
                               "storageUri": f"gs://models/{name}/{version}"},
                     "rollout": {"steps": [50], "interval": "1s"},
-                    "analysis": {"minRequests": 1, "goldenSet": False, "webhooks": list(webhooks)}}}
+                    "analysis": {"minRequests": 1, "goldenSet": {"builtin": False}, "webhooks": list(webhooks)}}}
     for k, v in spec.items():
         doc["spec"][k] = {**doc["spec"].get(k, {}), **v}
     return doc

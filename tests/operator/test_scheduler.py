@@ -215,7 +215,7 @@ def test_a_ready_canary_and_its_stable_are_probed_once_each():
             "goldenBaseline": {"version": "1.0.0", "storageUri": V1["storageUri"], "meanSdr": 6.1,
                                "measuredAt": iso(T0)}}
     assert due(sp, done, obs, T0 + timedelta(hours=1)) == set()
-    assert due(spec(analysis={"goldenSet": False}), st, obs, T0) == set()
+    assert due(spec(analysis={"goldenSet": {"builtin": False}}), st, obs, T0) == set()
 
 
 def test_a_failed_probe_is_tried_again_after_an_interval_and_a_stale_one_at_once():
@@ -248,3 +248,38 @@ def test_raw_deployment_measures_the_stable_while_it_serves_alone():
                                                                                      ("stable", None)}
     assert "RawDeployment keeps no previous revision" in next(
         m for role, _, _, m in due(sp, plan.status, canary, T0) if role == "stable")
+
+
+def test_the_version_serving_alone_is_measured_once_and_its_result_kept_as_the_next_baseline():
+    sp = spec(model=V1)
+    alone = serving(V1["storageUri"])
+    assert due(sp, STABLE, alone, T0) == {("stable", "1.0.0", "http://c", None)}  # through the `latest` tag
+    moving = Observed(exists=True, storage_uri=V1["storageUri"], canary_percent=0, ready=True, latest_ready=True,
+                      latest_percent=0, urls={"latest": "http://c", "prev": "http://s"})
+    assert due(sp, STABLE, moving, T0) == set()  # not while the route still splits
+    # Promoted: the canary's own result (status.probe) is the stable's; nothing to probe ...
+    promoted = {**STABLE, "probe": {"version": "1.0.0", "storageUri": V1["storageUri"], "meanSdr": 6.0,
+                                    "measuredAt": iso(T0)}}
+    assert due(sp, promoted, alone, T0) == set()
+    # ... and when the next canary's result replaces it there, it is written as the baseline.
+    sp2, plan = start_canary()
+    job = r.probe_due(sp2, {**plan.status, "probe": promoted["probe"]}, serving(V2["storageUri"], 10), T0, "ml", "m")
+    assert [t.role for t in job.targets] == ["canary"] and job.baseline == promoted["probe"]
+
+
+def test_a_result_of_another_golden_set_or_older_content_is_measured_again():
+    sp, plan = start_canary(spec(analysis={"goldenSet": {"configMap": "refs"}}))
+    obs = serving(V2["storageUri"], 10)
+    builtin = {**plan.status, "probe": {"version": "2.0.0", "storageUri": V2["storageUri"], "meanSdr": 6.0},
+               "goldenBaseline": {"version": "1.0.0", "storageUri": V1["storageUri"], "meanSdr": 6.1}}
+    assert {t[0] for t in due(sp, builtin, obs, T0)} == {"canary", "stable"}
+    job = r.probe_due(sp, builtin, obs, T0, "ml", "m")
+    assert job.golden_set.config_map == "refs"
+    on_refs = dict(goldenSet="configMap:refs", meanSdr=6.0)
+    edited = {**plan.status,
+              "probe": {"version": "2.0.0", "storageUri": V2["storageUri"], "goldenSetDigest": "new",
+                        "measuredAt": iso(T0 + timedelta(minutes=5)), **on_refs},
+              "goldenBaseline": {"version": "1.0.0", "storageUri": V1["storageUri"], "goldenSetDigest": "old",
+                                 "measuredAt": iso(T0), **on_refs}}
+    job = r.probe_due(sp, edited, obs, T0, "ml", "m")
+    assert [(t.role, t.replaces) for t in job.targets] == [("stable", iso(T0))]

@@ -169,7 +169,7 @@ def test_agreement_is_measured_per_stem_over_the_gateways_for_the_models_namespa
     assert nothing == {"shadow_agreement": None, "shadow_comparisons": 0.0}
 
     v = a.judge(a.Measurements(canary=good().canary, stable=good().stable, **m),
-                spec(analysis={"minShadowAgreementDb": 5, "minShadowComparisons": 10, "goldenSet": False}))
+                spec(analysis={"minShadowAgreementDb": 5, "minShadowComparisons": 10, "goldenSet": {"builtin": False}}))
     assert v.result == a.FAIL and "lowest stem vocals" in v.message
 
 

@@ -126,7 +126,7 @@ def sm(version: str) -> dict:
             "rollout": {"steps": [50], "interval": "6s", "progressDeadline": "2m"},
             # Only the agreement can fail the canary.
             "analysis": {"window": "30s", "minRequests": 3, "maxErrorRate": 0.05, "maxP99LatencySeconds": 20,
-                         "minQualityScore": 0, "maxQualityDrop": 1, "goldenSet": False,
+                         "minQualityScore": 0, "maxQualityDrop": 1, "goldenSet": {"builtin": False},
                          "minShadowAgreementDb": 10, "minShadowComparisons": 3},
         },
     }
@@ -151,11 +151,12 @@ def test_shadow_agreement_rolls_back_a_degraded_canary_and_passes_a_healthy_one(
             futures = {v: pool.submit(start_predictor, d, NAME, log_dir=tmp_path,
                                       env={"MUSICSPLIT_EXPECTED_VERSION": v}) for v, d in wanted.items()}
             procs = {v: f.result() for v, f in futures.items()}
-        gateway_port = free_port()
+        gateway_metrics_port = free_port()
         prom = Prometheus(tmp_path, jobs=[
             scrape_job("predictors", [p.url.removeprefix("http://") for p in procs.values()], "predictor",
                        namespace="default"),
-            scrape_job("gateway", [f"127.0.0.1:{gateway_port}"], "gateway", namespace="musicsplit-system")])
+            scrape_job("gateway", [f"127.0.0.1:{gateway_metrics_port}"], "gateway",
+                       namespace="musicsplit-system")])
         with Cluster(tmp_path) as cluster, \
                 KServeSimulator(cluster, endpoints={uri("default", v): p.url for v, p in procs.items()}) as sim:
             cluster.kubectl("apply", "-f", str(MANIFESTS / "crd.yaml"))
@@ -167,7 +168,7 @@ def test_shadow_agreement_rolls_back_a_degraded_canary_and_passes_a_healthy_one(
                 cluster.apply(sm("1.0.0"))
                 cluster.wait(lambda: status(cluster).get("phase") == "Succeeded", 30, message="stable deployed")
                 gateway = start_gateway([(NAME, route.url)], data_dir=tmp_path / "gw", log_dir=tmp_path,
-                                        default_model=NAME, port=gateway_port, env={
+                                        default_model=NAME, metrics_port=gateway_metrics_port, env={
                                             "MUSICSPLIT_GATEWAY_SHADOW_ENABLED": "true",
                                             "MUSICSPLIT_GATEWAY_SHADOW_SAMPLE_RATE": "1",
                                             "MUSICSPLIT_GATEWAY_SHADOW_MAX_CONCURRENT": "2",

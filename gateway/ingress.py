@@ -1,0 +1,232 @@
+"""Bounded ingress: every request body is counted while it streams, and uploads go to disk as they arrive.
+
+`BodyLimit` (ASGI middleware, outermost): a Content-Length over the limit is
+refused before a byte of the body is read; otherwise each `http.request`
+chunk is counted, with or without Content-Length, and the chunk that passes
+the limit ends the request with 413 at once: the route's reading stops and
+the answer goes out while the client may still be sending. Any answer given
+before the body was read whole (a 413, a 401 before an upload, a quota's
+429) says `Connection: close`, so the server never reads the rest.
+
+`read_form`: multipart/form-data parsed as it streams (python-multipart's
+push parser), after the route's credentials and quotas were checked. Text
+fields are small and bounded; each file is written to a staging file with
+its SHA-256 computed on the way and refused as soon as it passes the
+per-file limit. Nothing is buffered whole in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from musicsplit.errors import BadRequest, PayloadTooLarge
+from musicsplit.gateway import metrics
+
+FORM_OVERHEAD_BYTES = 1024 * 1024  # a form's boundaries, headers and text fields, beyond its files
+MAX_FIELD_BYTES = 8192
+MAX_FIELDS = 16
+
+
+def too_large(received: int, limit: int, *, so_far: bool) -> str:
+    amount = f"more than {limit} bytes" if so_far else f"{received} bytes"
+    return (f"request is {amount}, over the limit of {limit} bytes; split the track or use the gateway's "
+            "chunked jobs")
+
+
+class BodyLimit:
+    """Refuse request bodies over `max_bytes` (JSON 413), counting what streams in."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            metrics.REJECTED.labels(reason="payload_too_large").inc()
+            await _send_413(send, too_large(int(length), self.max_bytes, so_far=False))
+            return
+        received = 0
+        unread = (length.isdigit() and int(length) > 0) or b"transfer-encoding" in headers
+        started = False
+
+        async def counted() -> Message:
+            nonlocal received, unread
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                unread = message.get("more_body", False)
+                if received > self.max_bytes:
+                    metrics.REJECTED.labels(reason="payload_too_large").inc()
+                    # An HTTPException: FastAPI passes these on from its own body parsing too.
+                    raise HTTPException(413, too_large(received, self.max_bytes, so_far=True))
+            return message
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                if unread:  # answered before the body was read (refused): do not read the rest
+                    message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            await send(message)
+
+        try:
+            await self.app(scope, counted, sending)
+        except HTTPException as exc:  # not answered inside (no handler saw it): answer here
+            if exc.status_code != 413 or started:
+                raise
+            await _send_413(send, str(exc.detail))
+
+
+async def _send_413(send: Send, message: str) -> None:
+    body = json.dumps({"error": message, "code": PayloadTooLarge.code}).encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+@dataclass
+class UploadedFile:
+    """One file of a form, on disk in the staging area."""
+
+    field: str
+    filename: str | None
+    path: Path
+    size: int
+    sha256: str
+
+
+@dataclass
+class Form:
+    fields: dict[str, str] = field(default_factory=dict)
+    files: list[UploadedFile] = field(default_factory=list)
+
+    def discard(self) -> None:
+        """Delete the staged files (those not taken over by a job)."""
+        for f in self.files:
+            f.path.unlink(missing_ok=True)
+
+
+class _Part:
+    def __init__(self) -> None:
+        self.headers: dict[bytes, bytes] = {}
+        self.name = ""
+        self.data = bytearray()
+        self.upload: UploadedFile | None = None
+        self.file: BinaryIO | None = None
+        self.hash = hashlib.sha256()
+
+
+async def read_form(request: Request, staging: Callable[[], Path], *, max_file_bytes: int, max_files: int) -> Form:
+    """The form of a multipart request; BadRequest / PayloadTooLarge saying what is wrong (files deleted)."""
+    content_type, options = parse_options_header(request.headers.get("content-type", ""))
+    if content_type != b"multipart/form-data" or b"boundary" not in options:
+        raise BadRequest("send the audio as a multipart/form-data field named 'file' (e.g. curl -F file=@song.flac)")
+    form = Form()
+    parts: list[_Part] = []
+    pending: list[tuple[_Part, bytes]] = []
+    header_name = bytearray()
+    header_value = bytearray()
+
+    def part_begin() -> None:
+        parts.append(_Part())
+
+    def header_field(data: bytes, start: int, end: int) -> None:
+        header_name.extend(data[start:end])
+
+    def header_val(data: bytes, start: int, end: int) -> None:
+        header_value.extend(data[start:end])
+
+    def header_end() -> None:
+        parts[-1].headers[bytes(header_name).lower()] = bytes(header_value)
+        header_name.clear()
+        header_value.clear()
+
+    def headers_finished() -> None:
+        part = parts[-1]
+        _, disposition = parse_options_header(part.headers.get(b"content-disposition", b""))
+        if b"name" not in disposition:
+            raise BadRequest("a form part has no name (Content-Disposition: form-data; name=...)")
+        part.name = disposition[b"name"].decode("utf-8", "replace")
+        if b"filename" in disposition:
+            if len(form.files) >= max_files:
+                raise BadRequest(f"more than {max_files} files in one request; send at most {max_files}")
+            path = staging()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            part.upload = UploadedFile(part.name, disposition[b"filename"].decode("utf-8", "replace") or None,
+                                       path, 0, "")
+            form.files.append(part.upload)
+            part.file = open(path, "wb")  # noqa: SIM115 - closed at the part's end or on any error
+        elif len(form.fields) >= MAX_FIELDS:
+            raise BadRequest(f"more than {MAX_FIELDS} form fields")
+
+    def part_data(data: bytes, start: int, end: int) -> None:
+        part = parts[-1]
+        if part.upload is None:
+            if len(part.data) + end - start > MAX_FIELD_BYTES:
+                raise BadRequest(f"form field {part.name!r} is longer than {MAX_FIELD_BYTES} bytes")
+            part.data.extend(data[start:end])
+            return
+        part.upload.size += end - start
+        if part.upload.size > max_file_bytes:
+            metrics.REJECTED.labels(reason="payload_too_large").inc()
+            raise PayloadTooLarge(f"file {part.upload.filename or part.name!r} is over the limit of {max_file_bytes} "
+                                  "bytes; split the track or use the gateway's chunked jobs")
+        pending.append((part, data[start:end]))
+
+    def part_end() -> None:
+        part = parts[-1]
+        if part.upload is None:
+            form.fields[part.name] = part.data.decode("utf-8", "replace")
+
+    parser = MultipartParser(options[b"boundary"], {
+        "on_part_begin": part_begin, "on_part_data": part_data, "on_part_end": part_end,
+        "on_header_field": header_field, "on_header_value": header_val, "on_header_end": header_end,
+        "on_headers_finished": headers_finished})
+    try:
+        async for chunk in request.stream():
+            parser.write(chunk)
+            if pending:  # hashing and writing off the event loop, one hop per chunk received
+                await asyncio.to_thread(_write, list(pending))
+                pending.clear()
+        parser.finalize()
+    except FormParserError:
+        _abort(parts, form)
+        raise BadRequest("the multipart/form-data body is malformed") from None
+    except BaseException:
+        _abort(parts, form)
+        raise
+    for part in parts:
+        if part.file is not None:
+            part.file.close()
+            part.upload.sha256 = part.hash.hexdigest()  # type: ignore[union-attr]
+    return form
+
+
+def _write(pending: list[tuple[_Part, bytes]]) -> None:
+    for part, data in pending:
+        part.hash.update(data)
+        part.file.write(data)  # type: ignore[union-attr]
+
+
+def _abort(parts: list[_Part], form: Form) -> None:
+    for part in parts:
+        if part.file is not None:
+            part.file.close()
+    form.discard()

@@ -1,0 +1,210 @@
+"""Bounded ingress: a body is counted while it streams, with or without Content-Length, and refused
+with 413 as soon as it passes the limit, while the client is still sending; an oversize chunked
+upload leaves the gateway's memory flat; credentials are checked before an upload is read; the v2
+pass-through has a bound on requests in flight and streams its answers."""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from musicsplit.localstack import start_gateway, wait_until
+from musicsplit.v2client import V2Client, encode_request
+
+from .conftest import GatewayThread, bearer, make_settings, submit, tenants_file, tone, wav_bytes
+
+MiB = 1024 * 1024
+BOUNDARY = "----musicsplit-test-boundary"
+
+
+def status_of(head: bytes) -> int:
+    return int(head.split(b" ", 2)[1])
+
+
+class ChunkedUpload:
+    """A raw HTTP/1.1 client sending a multipart upload with Transfer-Encoding: chunked (no
+    Content-Length), checking for an answer after every chunk, as a streaming client would."""
+
+    def __init__(self, url: str, path: str = "/v1/separations", headers: dict[str, str] | None = None,
+                 content_type: str = f"multipart/form-data; boundary={BOUNDARY}", multipart: bool = True):
+        host, port = url.removeprefix("http://").split(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=30)
+        lines = [f"POST {path} HTTP/1.1", f"Host: {host}", "Transfer-Encoding: chunked",
+                 f"Content-Type: {content_type}", *(f"{k}: {v}" for k, v in (headers or {}).items())]
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        self.sent = 0
+        self.answer = b""
+        if multipart:
+            self._chunk(f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="huge.wav"\r\n'
+                        "Content-Type: audio/wav\r\n\r\n".encode())
+
+    def _chunk(self, data: bytes) -> None:
+        self.sock.sendall(b"%x\r\n" % len(data) + data + b"\r\n")
+        self.sent += len(data)
+
+    def _answered(self) -> bool:
+        readable, _, _ = select.select([self.sock], [], [], 0)
+        if readable:
+            data = self.sock.recv(65536)
+            self.answer += data
+            return True
+        return False
+
+    def send(self, total: int, chunk: int = MiB) -> None:
+        """Send up to `total` bytes of body, stopping as soon as the server answers."""
+        block = b"\0" * chunk
+        try:
+            while self.sent < total:
+                self._chunk(block)
+                if self._answered():
+                    break
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        deadline = time.monotonic() + 10
+        while b"\r\n\r\n" not in self.answer and time.monotonic() < deadline:
+            try:
+                if not self._answered():
+                    time.sleep(0.01)
+            except ConnectionResetError:
+                break
+
+    def response(self) -> tuple[int, dict]:
+        head, _, body = self.answer.partition(b"\r\n\r\n")
+        return status_of(head), json.loads(body) if body.startswith(b"{") else {}
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def memory(pid: int) -> dict[str, int]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            fields[name] = int(value.split()[0]) * 1024
+    return fields
+
+
+def test_an_oversize_chunked_upload_is_refused_early_with_flat_memory(baseline, tmp_path, logs_dir):
+    """The issue's case: 300 MiB without Content-Length, the default 200 MiB limit. Before, the gateway read
+    it whole into memory (RSS 87 -> 395 MB) and only then said 413."""
+    gw = start_gateway([("dsp-baseline", baseline.url)], data_dir=tmp_path / "gw", log_dir=logs_dir,
+                       default_model="dsp-baseline")
+    try:
+        assert submit(gw.url, wav_bytes(tone(1.0, seed=801))).status_code == 202  # everything imported and warm
+        pid = gw.proc.pid
+        Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
+        before = memory(pid)
+        limit = 200 * MiB
+        upload = ChunkedUpload(gw.url)
+        start = time.monotonic()
+        upload.send(300 * MiB)
+        elapsed = time.monotonic() - start
+        status, body = upload.response()
+        upload.close()
+        after = memory(pid)
+    finally:
+        gw.stop()
+    assert status == 413 and body["code"] == "payload_too_large", (status, body)
+    assert "over the limit of 209715200 bytes" in body["error"]
+    # Answered while the client was still sending: at the limit, plus what was in flight.
+    assert limit < upload.sent < limit + 16 * MiB, upload.sent
+    growth = after["VmHWM"] - before["VmRSS"]
+    print(f"oversize chunked upload: sent {upload.sent / MiB:.0f} MiB, 413 after {elapsed:.1f} s, "
+          f"peak RSS growth {growth / MiB:.1f} MiB (RSS before {before['VmRSS'] / MiB:.0f} MiB)")
+    assert growth < 40 * MiB, f"peak RSS grew {growth / MiB:.1f} MiB"
+    assert not list((tmp_path / "gw" / "staging").glob("*")), "the refused upload's staged part is deleted"
+
+
+@pytest.fixture(scope="module")
+def gw(baseline_url, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("gw-ingress")
+    keys = tenants_file(tmp / "tenants.yaml", {"acme": {}}, {"acme": "acme-ingress-key"})
+    gateway = GatewayThread(make_settings(tmp, [("dsp-baseline", baseline_url, "eu")], api_keys_file=keys,
+                                          max_request_bytes=4 * MiB, v2_max_concurrent=1)).start()
+    yield gateway
+    gateway.stop()
+
+
+KEY = bearer("acme-ingress-key")
+
+
+def test_an_upload_is_not_read_before_its_credentials_are_checked(gw):
+    upload = ChunkedUpload(gw.url)  # no Authorization
+    upload.send(64 * MiB)
+    status, body = upload.response()
+    upload.close()
+    assert status == 401 and body["code"] == "unauthorized"
+    assert upload.sent < 8 * MiB, f"the server read {upload.sent / MiB:.0f} MiB of an unauthenticated upload"
+    assert b"connection: close" in upload.answer.lower()
+
+
+@pytest.mark.parametrize("route,multipart", [("/v1/separations", True), ("/v2/models/default/infer", False)])
+def test_a_chunked_body_over_the_limit_is_a_413_on_every_route(gw, route, multipart):
+    upload = ChunkedUpload(gw.url, route, KEY, content_type=f"multipart/form-data; boundary={BOUNDARY}"
+                           if multipart else "application/octet-stream", multipart=multipart)
+    upload.send(64 * MiB, chunk=256 * 1024)
+    status, body = upload.response()
+    upload.close()
+    assert status == 413 and body["code"] == "payload_too_large" and "over the limit" in body["error"], body
+    assert upload.sent < 4 * MiB + 8 * MiB, upload.sent
+
+
+def test_a_content_length_over_the_limit_is_refused_unread(gw):
+    r = httpx.post(f"{gw.url}/v1/separations", content=b"\0" * (6 * MiB),
+                   headers={**KEY, "content-type": f"multipart/form-data; boundary={BOUNDARY}"}, timeout=30)
+    assert r.status_code == 413 and r.json() == {
+        "error": f"request is {6 * MiB} bytes, over the limit of {5 * MiB} bytes; split the track or use the "
+                 "gateway's chunked jobs", "code": "payload_too_large"}
+
+
+@pytest.mark.parametrize("form,fragment", [
+    ({"stems": "x" * 9000}, "form field 'stems' is longer than 8192 bytes"),
+    ({"shifts": "eleven"}, "shifts: Input should be a valid integer"),
+    ({"shifts": "11"}, "shifts: Input should be less than or equal to 10"),
+])
+def test_bad_form_fields_are_a_400_that_names_them(gw, form, fragment):
+    r = httpx.post(f"{gw.url}/v1/separations", files={"file": ("a.wav", wav_bytes(tone(1.0)))}, data=form,
+                   headers=KEY, timeout=30)
+    assert r.status_code == 400 and fragment in r.json()["error"], r.text
+
+
+def test_the_v2_pass_through_bounds_requests_in_flight_and_streams_answers(gw):
+    mix = tone(2.0, seed=802)
+    body, headers = encode_request(mix, 44100)
+    release = threading.Event()
+    answers = {}
+
+    def held():  # the body arrives slowly: the request holds its place meanwhile
+        yield body[:1024]
+        release.wait(30)
+        yield body[1024:]
+
+    def first():
+        answers["first"] = httpx.post(f"{gw.url}/v2/models/default/infer", content=held(),
+                                      headers={**headers, **KEY}, timeout=60)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    try:
+        wait_until(lambda: gw.service.v2_slots.free == 0, 20, "the first request in flight")
+        r = httpx.post(f"{gw.url}/v2/models/default/infer", content=body, headers={**headers, **KEY}, timeout=60)
+        assert r.status_code == 429 and r.json()["code"] == "saturated" and r.headers["retry-after"], r.text
+    finally:
+        release.set()
+        thread.join(60)
+    assert answers["first"].status_code == 200, answers["first"].text
+    assert answers["first"].headers["x-musicsplit-model-version"] != "unknown"
+    wait_until(lambda: gw.service.v2_slots.free == 1, 10, "its place freed")
+    with V2Client(gw.url, headers=KEY) as client:  # a binary answer streamed through: whole and intact
+        sep = client.separate("default", mix, 44100)
+    np.testing.assert_allclose(sum(sep.stems.values()), mix, atol=1e-4)
+    assert sep.model_version

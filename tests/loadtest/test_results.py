@@ -1,0 +1,90 @@
+"""The numbers the report prints, from k6's CSV: rates, user bins, steady goodput."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+
+import pytest
+
+from musicsplit.loadtest.results import by_users, parse_duration, read_run, steady_goodput, timeline
+
+COLUMNS = ["metric_name", "timestamp", "metric_value", "check", "error", "error_code", "expected_response", "group",
+           "method", "name", "proto", "scenario", "service", "status", "subproto", "tls_version", "url", "extra_tags",
+           "metadata"]
+T0 = 1_800_000_000_000  # ms
+
+
+def write_run(tmp_path, rows, spec):
+    """A k6-shaped run: NAME.json (summary) and NAME.csv.gz (samples) as `musicsplit loadtest` leaves them."""
+    (tmp_path / "run.json").write_text(json.dumps({"metrics": {}, "musicsplit": {"scenario": "run", "spec": spec}}))
+    with gzip.open(tmp_path / "run.csv.gz", "wt", newline="") as f:
+        w = csv.DictWriter(f, COLUMNS)
+        w.writeheader()
+        for name, ms, value, tags in rows:
+            w.writerow({"metric_name": name, "timestamp": T0 + ms, "metric_value": value, "extra_tags": tags})
+    return read_run(tmp_path / "run.json")
+
+
+@pytest.fixture
+def two_levels(tmp_path):
+    """5 users for 10 s (1 ok/s, 1 s each), then 15 users for 10 s (3 ok/s, 2 s each, 1 refused/s),
+    then 15 s of ramp-down drain at 2 users."""
+    rows = []
+    for s in range(35):
+        rows.append(("vus", s * 1000, 5 if s < 10 else 15 if s < 20 else 2, ""))
+        if s < 10:
+            rows += [("separations_ok", s * 1000 + 500, 1, "api=jobs"), ("separation_seconds", s * 1000 + 500, 1.0,
+                                                                         "api=jobs")]
+        elif s < 20:
+            for k in range(3):
+                rows += [("separations_ok", s * 1000 + 100 + k, 1, "api=v2" if k == 0 else "api=jobs"),
+                         ("separation_seconds", s * 1000 + 100 + k, 2.0, "api=v2" if k == 0 else "api=jobs")]
+            rows.append(("separations_refused", s * 1000 + 700, 1, "api=jobs"))
+        else:
+            rows += [("separations_ok", s * 1000 + 500, 1, "api=jobs"), ("separation_seconds", s * 1000 + 500, 30.0,
+                                                                         "api=jobs")]
+    return write_run(tmp_path, rows, {"duration": "20s", "warmup_s": 5})
+
+
+def test_user_bins_hold_each_levels_rates_and_latency_and_leave_out_the_drain(two_levels):
+    bins = by_users(two_levels)
+    assert [(b.vus, b.seconds) for b in bins] == [(10, 10), (20, 10)]
+    low, high = bins
+    assert (low.ok, low.refused, low.failed, low.p99, low.count) == (1.0, 0.0, 0.0, 1.0, 10)
+    assert (high.ok, high.refused, high.p50, high.p99, high.count) == (3.0, 1.0, 2.0, 2.0, 30)
+
+
+def test_counts_per_outcome_and_api(two_levels):
+    assert two_levels.count("ok") == 10 + 30 + 15
+    assert two_levels.count("ok", "v2") == 10 and two_levels.count("refused", "jobs") == 10
+    assert list(two_levels.latencies("v2")) == [2.0] * 10
+
+
+def test_steady_goodput_skips_the_warmup_and_the_drain(two_levels):
+    goodput, start, end = steady_goodput(two_levels)
+    assert (start, end) == (5.0, 20.0)
+    assert goodput == pytest.approx((5 * 1 + 10 * 3) / 15)
+
+
+def test_timeline_windows_cover_the_run(two_levels):
+    windows = timeline(two_levels, window_s=10)
+    assert [w.ok for w in windows[:3]] == [1.0, 3.0, 1.0]
+    assert [w.vus for w in windows[:3]] == [5, 15, 2]
+    assert windows[2].p99 == 30.0
+
+
+@pytest.mark.parametrize("text,seconds", [("50s", 50), ("2m", 120), ("1m30s", 90), ("1h", 3600), ("", 0)])
+def test_k6_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+def test_the_report_heads_its_page_with_the_note_on_its_figures(two_levels, tmp_path):
+    from musicsplit.loadtest.report import write_report
+
+    note = "Figures from 2026-11-26, machine shared with other jobs"
+    md = write_report(tmp_path, tmp_path / "docs", note=note).read_text().splitlines()
+    assert md[:3] == ["# Load tests", "", f"> **{note}**"]
+    assert any(line.startswith("| run |") for line in md)  # the figures the note is about follow it
+    assert "> **" not in "\n".join(write_report(tmp_path, tmp_path / "plain").read_text().splitlines()[1:4])
