@@ -46,6 +46,7 @@ class Measurements:
     probe_error: str | None = None  # set when the golden-set probe could not run
     probe_reason: str | None = None  # the hold's reason then (default ProbeUnavailable; a broken golden set's own)
     probe_pending: str | None = None  # what the golden-set SDR still waits for
+    webhooks: tuple["Check", ...] = ()  # the rollout webhooks' answers (policy.hook_checks)
     # Shadow agreement (the gateway's mirrored users' requests): dB per stem, and how many comparisons.
     shadow_agreement: dict[str, float] | None = None
     shadow_comparisons: float = 0.0
@@ -55,9 +56,10 @@ class Measurements:
 class Check:
     name: str
     value: float | None
-    threshold: float
+    threshold: float | None  # None: a check with no number to meet (a webhook's answer)
     result: str  # pass | fail | hold
     message: str
+    reason: str | None = None  # a hold's own reason (default: InsufficientData)
     per_stem: dict | None = None  # the golden-set checks' figure per stem (dB)
 
     def as_status(self) -> dict:
@@ -195,17 +197,20 @@ def judge(m: Measurements, spec: SeparationModelSpec, *, compare_stable: bool = 
     if a.min_shadow_agreement_db is not None and compare_shadow:
         checks.append(shadow_check(m, spec))
 
+    checks.extend(m.webhooks)
+
     failed = [c for c in checks if c.result == FAIL]
     held = [c for c in checks if c.result == HOLD]
     if failed:
         return Verdict(FAIL, tuple(checks), "AnalysisFailed", "; ".join(c.message for c in failed))
     if held:
+        reasons = {c.reason for c in held}
         if m.prometheus_error:
             reason = m.prometheus_reason or "PrometheusUnreachable"
         elif any(c.name.startswith("goldenSdr") for c in held) and m.probe_error:
             reason = m.probe_reason or "ProbeUnavailable"
         else:
-            reason = "InsufficientData"
+            reason = "InsufficientData" if None in reasons else sorted(reasons)[0]
         return Verdict(HOLD, tuple(checks), reason, "holding: " + "; ".join(c.message for c in held))
     return Verdict(PASS, tuple(checks), "AnalysisPassed", "; ".join(c.message for c in checks))
 

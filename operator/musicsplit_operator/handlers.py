@@ -18,7 +18,8 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from . import analysis, goldenset, metrics, probe, prometheus, registry, reporting, router, scheduler, shadow
+from . import (analysis, goldenset, metrics, policy, probe, prometheus, registry, reporting, router,
+               scheduler, shadow, webhooks)
 from .goldenstore import GoldenStore
 from .settings import OperatorSettings
 from .spec import GROUP, ISVC_GROUP, ISVC_PLURAL, ISVC_VERSION, PLURAL, VERSION, parse_spec
@@ -32,6 +33,7 @@ SETTINGS = OperatorSettings()
 PROBES: probe.ProbeWorker | None = None
 GOLDEN_STORE: GoldenStore | None = None
 REPORTS: reporting.ReportWorker | None = None  # only with a registry
+HOOKS: webhooks.WebhookWorker | None = None
 
 
 @kopf.on.startup()
@@ -56,7 +58,7 @@ def configure(settings: kopf.OperatorSettings, logger, **_) -> None:
         k8s_config.load_incluster_config()
     except k8s_config.ConfigException:
         k8s_config.load_kube_config()
-    global PROBES, GOLDEN_STORE, REPORTS
+    global PROBES, GOLDEN_STORE, REPORTS, HOOKS
     GOLDEN_STORE = GoldenStore(
         SETTINGS.golden_cache_dir or tempfile.mkdtemp(prefix="musicsplit-golden-"),
         allowlist=SETTINGS.golden_storage_allowlist, max_set_bytes=SETTINGS.golden_set_max_bytes,
@@ -68,13 +70,15 @@ def configure(settings: kopf.OperatorSettings, logger, **_) -> None:
         REPORTS = reporting.ReportWorker(
             write_worker_fields, lambda: registry.client(SETTINGS.mlflow_tracking_uri, SETTINGS.mlflow_timeout_seconds),
             prometheus_timeout_s=SETTINGS.prometheus_timeout_seconds)
-    logger.info("musicsplit operator: tick %.1fs, %d golden-set probe workers", SETTINGS.tick_seconds,
-                SETTINGS.probe_workers)
+    HOOKS = webhooks.WebhookWorker(write_worker_fields, workers=SETTINGS.webhook_workers,
+                                   allowlist=SETTINGS.webhook_url_allowlist)
+    logger.info("musicsplit operator: tick %.1fs, %d golden-set probe workers, %d webhook workers",
+                SETTINGS.tick_seconds, SETTINGS.probe_workers, SETTINGS.webhook_workers)
 
 
 @kopf.on.cleanup()
-def stop_probes(**_) -> None:
-    for worker in (PROBES, REPORTS):
+def stop_workers(**_) -> None:
+    for worker in (PROBES, REPORTS, HOOKS):
         if worker is not None:
             worker.shutdown()
 
@@ -136,8 +140,8 @@ def write_route(body, name: str, namespace: str, spec, route: router.Route, crea
 
 def write_worker_fields(namespace: str, name: str, fields: dict) -> None:
     """A background worker's write (the probe's results, the registry
-    reporter's state): its own keys only, so a tick's status patch (which
-    carries them unchanged) and this one never undo each other."""
+    reporter's state, webhook answers): its own keys only, so a tick's status
+    patch (which carries them unchanged) and this one never undo each other."""
     try:
         _api().patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": fields},
                                                      _content_type="application/merge-patch+json")
@@ -156,9 +160,21 @@ def _status_patch(old: dict, new: dict) -> dict:
 
 def _forget(namespace: str, name: str) -> None:
     metrics.forget(namespace, name)
-    for worker in (PROBES, REPORTS):
+    for worker in (PROBES, REPORTS, HOOKS):
         if worker is not None:
             worker.forget(namespace, name)
+
+
+def _webhooks_condition(sm, conditions: list[dict], now, generation) -> list[dict]:
+    """WebhooksConfigured: whether the operator may call every hook's URL."""
+    if not sm.analysis.webhooks:
+        return conditions
+    refused = [h.name for h in sm.analysis.webhooks if not webhooks.allowed(h.url, SETTINGS.webhook_url_allowlist)]
+    why = (f"webhooks {', '.join(refused)} name URLs outside the operator's allowlist "
+           "(MUSICSPLIT_OPERATOR_WEBHOOK_URL_ALLOWLIST): they are never called, so their gates stay closed and "
+           "their checks hold" if refused else "the operator may call every webhook's URL")
+    return set_condition(conditions, "WebhooksConfigured", not refused,
+                         "WebhookUrlNotAllowed" if refused else "Configured", why, now, generation)
 
 
 def _resolve_release(sm, old: dict, now: datetime, generation, action, body):
@@ -235,6 +251,8 @@ def reconcile(body, name, namespace, patch, logger, **_) -> None:
     plan = scheduler.schedule(sm, old, obs, now, generation=generation, action=action)
     route, events, create = plan.route, list(plan.events), plan.create
     new = plan.status
+    if plan.verdict:  # judged by the scheduler from status alone (the pre-rollout hooks)
+        metrics.analysed(namespace, name, plan.verdict)
     prometheus_url, why = prometheus.resolve_url(sm.analysis.prometheus_url, SETTINGS.prometheus_url,
                                                  SETTINGS.prometheus_url_allowlist)
     new["conditions"] = set_condition(new.get("conditions") or [], "AnalysisConfigured", prometheus_url is not None,
@@ -259,6 +277,7 @@ def reconcile(body, name, namespace, patch, logger, **_) -> None:
                 prometheus_url=prometheus_url, model=name, namespace=namespace,
                 canary_version=new["canaryVersion"], stable_version=new.get("stableVersion") or "",
                 window_s=sm.window_s(), timeout_s=SETTINGS.prometheus_timeout_seconds))
+        m = replace(m, webhooks=policy.rollout_checks(sm, new))
         verdict = analysis.judge(m, sm, compare_stable=not sm.raw, compare_shadow=mirrored)
         metrics.analysed(namespace, name, verdict.result)
         logger.info("analysis of %s at %s %%: %s (%s)", new.get("canaryVersion"), new.get("canaryWeight"),
@@ -276,10 +295,21 @@ def reconcile(body, name, namespace, patch, logger, **_) -> None:
     mirror = shadow.published(sm, new, obs) if route is None else None
     if mirror:
         new["shadow"] = mirror
+    # Webhooks run in the background too; the same care about URLs that may
+    # still lead to the previous revision (the canary "serves" only on a tick
+    # that moves no traffic).
+    serving = obs.latest_ready and route is None
+    canary_url = None if not serving or (sm.raw and new.get("stepIndex") == -1) else (
+        obs.url if sm.raw else obs.urls.get("latest"))
+    calls = (policy.due_calls(sm, new, now, namespace, name, ready=serving, canary_url=canary_url)
+             + policy.notifications(sm, old, new, events, namespace, name, now))
+    if calls and HOOKS is not None:
+        HOOKS.submit(policy.HookJob(namespace, name, tuple(calls), meta.get("uid")))
     if REPORTS is not None:
         _report(old, namespace, name, prometheus_url, ref, logger)
     _registry_status(new, res, now, generation)
 
+    new["conditions"] = _webhooks_condition(sm, new.get("conditions") or [], now, generation)
     new["conditions"] = set_condition(new.get("conditions") or [], "SpecValid", True, "Valid",
                                               "spec accepted", now, generation)
     if route is not None:
@@ -288,6 +318,7 @@ def reconcile(body, name, namespace, patch, logger, **_) -> None:
         kopf.event(body, type=type_, reason=reason, message=message)
     patch.status.update(_status_patch(old, new))
     metrics.record(namespace, name, old, new, ref)
+    metrics.posted(namespace, name, events)
     if action:
         patch.metadata.setdefault("annotations", {})[ACTION_ANNOTATION] = None
 

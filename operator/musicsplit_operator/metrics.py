@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 from prometheus_client import Counter, Gauge, start_http_server
 
 from .analysis import golden_series
-from .status import PHASES
+from .policy import OUTCOMES as HOOK_RESULTS
+from .spec import HookType
+from .status import PHASES, history_added
 
 LABELS = ("namespace", "name")
 
@@ -18,6 +22,13 @@ OUTCOMES = Counter("musicsplit_rollouts", "Versions that left a rollout, by outc
                    "(promoted, rolledBack, aborted, superseded, failed, interrupted)", (*LABELS, "outcome"))
 ANALYSES = Counter("musicsplit_rollout_analyses", "Canary analyses, by verdict (pass, fail, hold)",
                    (*LABELS, "result"))
+FAILED = Gauge("musicsplit_rollout_failed_analyses",
+               "Failed analyses of the canary in flight, toward spec.analysis.threshold", LABELS)
+DEADLINE = Counter("musicsplit_rollout_hold_deadline_exceeded",
+                   "Canaries held past spec.rollout.holdDeadline (then rolled back or escalated)", LABELS)
+WEBHOOKS = Counter("musicsplit_rollout_webhooks", "Webhook calls, by type and outcome (ok, rejected, timeout, "
+                   "error, notAllowed, dropped)", (*LABELS, "type", "outcome"))
+HOOK_OUTCOMES = (*HOOK_RESULTS, "dropped")  # dropped: a notification past the worker's queue bound
 GOLDEN_SDR = Gauge("musicsplit_golden_sdr_db",
                    "Golden-set SDR (dB) of a model version, per stem and their mean (stem=mean); role current is "
                    "the newest version probed, previous the one it replaces", (*LABELS, "model_version", "stem",
@@ -37,9 +48,9 @@ def record(namespace: str, name: str, old: dict, new: dict, golden_set: str = "b
         PHASE.labels(namespace, name, p).set(1 if p == phase else 0)
     WEIGHT.labels(namespace, name).set(new.get("canaryWeight") or 0)
     HOLDS.labels(namespace, name).set(new.get("holds") or 0)
-    old_h, new_h = old.get("history") or [], new.get("history") or []
-    added = new_h[len(old_h):] if new_h[:len(old_h)] == old_h else new_h[-1:] if new_h != old_h else []
-    for h in added:
+    FAILED.labels(namespace, name).set(new.get("failedAnalyses") or 0)
+    DEADLINE.labels(namespace, name)  # at 0 from the start: an alert sees its first increase
+    for h in history_added(old, new):
         OUTCOMES.labels(namespace, name, h.get("outcome", "unknown")).inc()
     _record_golden(namespace, name, golden_series(new, golden_set))
 
@@ -58,9 +69,22 @@ def analysed(namespace: str, name: str, result: str) -> None:
     ANALYSES.labels(namespace, name, result).inc()
 
 
+def posted(namespace: str, name: str, events) -> None:
+    """Count what the tick's Events say happened (the hold deadline, either way)."""
+    for _, reason, _ in events:
+        if reason == "HoldDeadlineExceeded":
+            DEADLINE.labels(namespace, name).inc()
+
+
+def webhook_called(namespace: str, name: str, type_: str, outcome: str) -> None:
+    WEBHOOKS.labels(namespace, name, type_, outcome).inc()
+
+
 def forget(namespace: str, name: str) -> None:
     """A deleted SeparationModel's series go away (bounded cardinality)."""
-    series = [(PHASE, (namespace, name, p)) for p in PHASES] + [(WEIGHT, (namespace, name)), (HOLDS, (namespace, name))]
+    series = ([(PHASE, (namespace, name, p)) for p in PHASES]
+              + [(m, (namespace, name)) for m in (WEIGHT, HOLDS, FAILED, DEADLINE)]
+              + [(WEBHOOKS, (namespace, name, t, o)) for t in get_args(HookType) for o in HOOK_OUTCOMES])
     for metric, labels in series:
         try:
             metric.remove(*labels)

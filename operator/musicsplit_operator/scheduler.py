@@ -7,94 +7,31 @@ spec, status, what KServe reports and the clock in; a Plan out.
   rollback, hold);
 - `probe_due`: which golden-set probes the background worker should run.
 
-The verdict is `analysis.judge`; the InferenceService that sets the traffic
-is `router.py`; the status it all lands in is `status.py`.
+The verdict is `analysis.judge`; what webhooks, the failed-analysis threshold
+and the hold deadline mean is `policy.py`; the InferenceService that sets the
+traffic is `router.py`; the status it all lands in is `status.py`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from .analysis import FAIL, HOLD, Verdict, canary_record, golden_stale, stable_record
+from . import policy
+from .analysis import Verdict, canary_record, golden_stale, stable_record
 from .router import Observed, Route
 from .spec import GoldenSetSpec, SeparationModelSpec
-from .status import (ACTIVE, FAILED, INITIALIZING, PAUSED, PROGRESSING, PROMOTING, ROLLED_BACK, SUCCEEDED,
+from .status import (ACTIVE, FAILED, INITIALIZING, PAUSED, PROGRESSING, PROMOTING, ROLLED_BACK, SUCCEEDED, WAITING,
                      StatusEditor, iso, parse_time, rejected)
+from .transitions import (ABORT, PROMOTE, RETRY, Plan, finish_promotion, hold_deadline, judged, move, plan_of,
+                          promote, rollback, route_of, start_canary, wait_for_confirmation, waiting)
 
-# Manual actions (annotation musicsplit.io/action)
-ABORT, PROMOTE, RETRY = "abort", "promote", "retry"
-
-
-@dataclass(frozen=True)
-class Plan:
-    status: dict  # the whole new status
-    route: Route | None = None  # None: leave the InferenceService as it is
-    create: bool = False  # the InferenceService must be created
-    events: tuple[tuple[str, str, str], ...] = ()  # (type, reason, message)
-    analyze: bool = False  # run the analysis, then call after_analysis()
-
-
-def _plan(s: StatusEditor, **kw) -> Plan:
-    return Plan(status=s.d, events=tuple(s.events), **kw)
+__all__ = ["ABORT", "PROMOTE", "RETRY", "Plan", "ProbeJob", "ProbeTarget", "after_analysis", "probe_due", "schedule"]
 
 
 def _target(spec: SeparationModelSpec) -> dict:
     m = spec.model
     return {"version": m.version, "storageUri": m.storage_uri, "released": m.released, "registry": m.registry}
-
-
-def _start_canary(s: StatusEditor, target: dict, why: str) -> Plan:
-    spec = s.spec
-    weight = 100 if spec.raw else spec.rollout.weights()[0]
-    s.clear_canary()
-    s.set_canary(target, phase=PROGRESSING, canaryWeight=weight, stepIndex=0, stepStartedAt=iso(s.now), holds=0,
-                 message=f"canary {target['version']} at {weight} %")
-    s.cond("Progressing", True, "CanaryStarted", s.d["message"])
-    s.event("Normal", "CanaryStarted",
-            f"{why}: canary {target['version']} ({target['storageUri']}) gets {weight} % of traffic"
-            f"{' (RawDeployment: no split, all traffic)' if spec.raw else ''}; stable {s.d.get('stableVersion')}")
-    return _plan(s, route=Route(target["storageUri"], None if spec.raw else weight))
-
-
-def _rollback(s: StatusEditor, outcome: str, reason: str, message: str) -> Plan:
-    model = s.canary_model()
-    s.history(model, outcome, message)
-    s.d.update(phase=ROLLED_BACK, message=f"{model['version']} {outcome}: {message}")
-    s.cond("Progressing", False, reason, s.d["message"])
-    s.event("Warning", reason, f"canary {model['version']} rolled back to stable {s.d.get('stableVersion')}: "
-                               f"{message}")
-    s.clear_canary()
-    stable_uri = s.d["stableStorageUri"]
-    # Serverless: percent 0 sends all traffic back to the previous revision
-    # (KServe's documented rollback). Raw: redeploy the stable storageUri.
-    return _plan(s, route=Route(stable_uri, None) if s.spec.raw else Route(model["storageUri"], 0))
-
-
-def _promote(s: StatusEditor, reason: str, message: str) -> Plan:
-    s.d.update(phase=PROMOTING, message=f"promoting {s.d['canaryVersion']}: {message}")
-    s.cond("Progressing", True, reason, s.d["message"])
-    s.event("Normal", reason, s.d["message"])
-    if s.spec.raw:
-        return _finish_promotion(s)
-    s.d["canaryWeight"] = 100
-    return _plan(s, route=Route(s.d["canaryStorageUri"], None))
-
-
-def _finish_promotion(s: StatusEditor) -> Plan:
-    model = s.canary_model()
-    s.history(model, "promoted", s.d.get("message", "promoted"))
-    s.d.update(phase=SUCCEEDED, stableVersion=model["version"], stableStorageUri=model["storageUri"],
-               message=f"{model['version']} serves 100 % of traffic")
-    if model.get("released"):
-        s.d["stableReleased"] = model["released"]
-    else:
-        s.d.pop("stableReleased", None)
-    s.clear_canary()
-    s.cond("Progressing", False, "Promoted", s.d["message"])
-    s.cond("Ready", True, "StableServing", s.d["message"])
-    s.event("Normal", "Promoted", s.d["message"])
-    return _plan(s, route=Route(model["storageUri"], None) if s.spec.raw else None)
 
 
 def schedule(spec: SeparationModelSpec, status: dict, obs: Observed, now: datetime, *,
@@ -110,7 +47,7 @@ def schedule(spec: SeparationModelSpec, status: dict, obs: Observed, now: dateti
     # -- no InferenceService (first reconcile, or deleted by hand)
     if not obs.exists:
         if stable_uri:
-            was = s.d.get("canaryVersion")
+            was = s.d.get("canaryVersion") if phase != WAITING else None  # a Waiting one was never deployed
             if was:
                 s.history(s.canary_model(), "interrupted", "InferenceService disappeared mid-rollout")
             s.clear_canary()
@@ -119,23 +56,23 @@ def schedule(spec: SeparationModelSpec, status: dict, obs: Observed, now: dateti
             s.event("Warning", "InferenceServiceRecreated",
                     f"InferenceService was missing; recreated serving stable {stable_v}"
                     + (f" (canary {was} restarts from the first step)" if was else ""))
-            return _plan(s, route=Route(stable_uri, None), create=True)
+            return plan_of(s, route=Route(stable_uri, None), create=True)
         s.clear_canary()
         s.set_canary(target, phase=INITIALIZING, canaryWeight=100, stepStartedAt=iso(now),
                      message=f"deploying {target['version']} (first version: no stable to compare)")
         s.cond("Ready", False, "Initializing", s.d["message"])
         s.event("Normal", "Deploying", s.d["message"])
-        return _plan(s, route=Route(target["storageUri"], None), create=True)
+        return plan_of(s, route=Route(target["storageUri"], None), create=True)
 
     if phase == INITIALIZING:
         if s.d.get("canaryStorageUri") != target["storageUri"]:
             s.clear_canary()
             s.set_canary(target, phase=INITIALIZING, canaryWeight=100, stepStartedAt=iso(now),
                          message=f"deploying {target['version']}")
-            return _plan(s, route=Route(target["storageUri"], None))
+            return plan_of(s, route=Route(target["storageUri"], None))
         if obs.ready and obs.latest_ready and obs.storage_uri == target["storageUri"]:
             s.d["message"] = "first version deployed"
-            return _finish_promotion(s)
+            return finish_promotion(s)
         started = parse_time(s.d.get("stepStartedAt")) or now
         if obs.failure or (now - started).total_seconds() > spec.rollout.progress_deadline_s:
             why = obs.failure or f"not ready within progressDeadline {spec.rollout.progress_deadline}"
@@ -143,8 +80,8 @@ def schedule(spec: SeparationModelSpec, status: dict, obs: Observed, now: dateti
             s.d.update(phase=FAILED, message=f"{target['version']} failed: {why}")
             s.cond("Ready", False, "DeploymentFailed", s.d["message"])
             s.event("Warning", "DeploymentFailed", s.d["message"])
-            return _plan(s)
-        return _plan(s)
+            return plan_of(s)
+        return plan_of(s)
 
     if phase == FAILED and not stable_uri:
         last = (s.d.get("history") or [{}])[-1]
@@ -153,53 +90,83 @@ def schedule(spec: SeparationModelSpec, status: dict, obs: Observed, now: dateti
             s.set_canary(target, phase=INITIALIZING, canaryWeight=100, stepStartedAt=iso(now),
                          message=f"deploying {target['version']}")
             s.event("Normal", "Deploying", s.d["message"])
-            return _plan(s, route=Route(target["storageUri"], None))
-        return _plan(s)
+            return plan_of(s, route=Route(target["storageUri"], None))
+        return plan_of(s)
+
+    if phase == WAITING:
+        plan = waiting(s, target, action)
+        if plan is not None:
+            return plan
+        phase = s.d.get("phase")
 
     if phase == PROMOTING:
         if action == ABORT:
-            return _rollback(s, "aborted", "Aborted", "aborted by user during promotion")
+            return rollback(s, "aborted", "Aborted", "aborted by user during promotion")
         if spec.raw or (obs.latest_ready and obs.canary_percent is None and obs.latest_percent in (None, 100)):
-            return _finish_promotion(s)
-        return _plan(s, route=Route(s.d["canaryStorageUri"], None))
+            return finish_promotion(s)
+        return plan_of(s, route=Route(s.d["canaryStorageUri"], None))
 
-    if phase in ACTIVE:
+    # (Paused before its first step, a rollout has no canary yet: idle below.)
+    if phase in ACTIVE and s.d.get("canaryVersion"):
         canary = (s.d.get("canaryVersion"), s.d.get("canaryStorageUri"))
         if canary != (target["version"], target["storageUri"]):
             if is_stable:
-                return _rollback(s, "aborted", "Aborted", "spec reverted to the stable version")
+                return rollback(s, "aborted", "Aborted", "spec reverted to the stable version")
             s.history(s.canary_model(), "superseded", f"spec moved on to {target['version']}")
-            return _start_canary(s, target, f"superseded {canary[0]}")
+            return start_canary(s, target, f"superseded {canary[0]}")
         if action == ABORT:
-            return _rollback(s, "aborted", "Aborted", "aborted by user (musicsplit.io/action=abort)")
+            return rollback(s, "aborted", "Aborted", "aborted by user (musicsplit.io/action=abort)")
+        # Manual actions come before every webhook: promote skips the gates
+        # still closed, abort needs no rollback hook (ADR 0106).
         if action == PROMOTE:
-            return _promote(s, "ManualPromotion", "promoted by user (musicsplit.io/action=promote) "
-                                                  "without waiting for analysis")
+            return promote(s, "ManualPromotion", "promoted by user (musicsplit.io/action=promote) "
+                                                 "without waiting for analysis or confirm webhooks")
+        hook = policy.rollback_requested(spec, s.d)
+        if hook:
+            return rollback(s, "rolledBack", "RollbackWebhook", f"rollback webhook {hook} asked for it")
         if spec.rollout.paused:
             if phase != PAUSED:
                 s.d.update(phase=PAUSED, message=f"paused at {s.d.get('canaryWeight')} %")
                 s.cond("Progressing", False, "Paused", s.d["message"])
                 s.event("Normal", "Paused", s.d["message"])
-            return _plan(s)
+            return plan_of(s)
         if phase == PAUSED:
-            # Resume: the interval starts again, so the analysis sees fresh data.
+            # Resume: the interval starts again, so the analysis sees fresh data,
+            # and so does the hold deadline.
+            s.end_hold("Resumed", "the rollout was resumed")
             s.d.update(phase=PROGRESSING, stepStartedAt=iso(now), message=f"resumed at {s.d.get('canaryWeight')} %")
             s.cond("Progressing", True, "Resumed", s.d["message"])
             s.event("Normal", "Resumed", s.d["message"])
-            return _plan(s, route=Route(s.d["canaryStorageUri"], None if spec.raw else s.d.get("canaryWeight")))
+            return plan_of(s, route=route_of(s))
+        held = policy.hold_expired(spec, s.d, now)
+        if held is not None:
+            plan = hold_deadline(s, held)
+            if plan is not None:
+                return plan
         started = parse_time(s.d.get("stepStartedAt")) or now
         elapsed = (now - started).total_seconds()
-        want_uri = s.d["canaryStorageUri"]
-        want_pct = None if spec.raw else s.d.get("canaryWeight")
-        route = Route(want_uri, want_pct) if (obs.storage_uri, obs.canary_percent) != (want_uri, want_pct) else None
+        want = route_of(s)
+        route = want if (obs.storage_uri, obs.canary_percent) != (want.storage_uri, want.canary_percent) else None
         if not obs.latest_ready:
             if obs.failure or elapsed > spec.rollout.progress_deadline_s:
                 why = obs.failure or f"canary revision not ready within progressDeadline {spec.rollout.progress_deadline}"
-                return _rollback(s, "rolledBack", "CanaryNotReady", why)
-            return _plan(s, route=route)
-        if elapsed < spec.rollout.interval_s:
-            return _plan(s, route=route)
-        return _plan(s, route=route, analyze=True)
+                return rollback(s, "rolledBack", "CanaryNotReady", why)
+            return plan_of(s, route=route)
+        if policy.moving_on(s.d):
+            # Passed at this weight: only a gate held it, and it may be open now.
+            if not policy.gate(spec, s.d, *policy.next_gate(spec, s.d)):
+                plan = move(s)
+                return replace(plan, route=plan.route or route)
+        elif s.d.get("stepIndex") == -1:
+            # Before the first weight the analysis is the pre-rollout hooks' answers.
+            if not policy.answered(spec, s.d, "pre-rollout", policy.interval_key(s.d)):
+                return plan_of(s, route=route)
+            verdict = policy.pre_rollout_verdict(spec, s.d)
+            plan = judged(s, verdict)
+            return replace(plan, route=plan.route or route, verdict=verdict.result)
+        if s.d.get("stepIndex") == -1 or elapsed < spec.rollout.interval_s:
+            return plan_of(s, route=route)
+        return plan_of(s, route=route, analyze=True)
 
     # -- idle: Succeeded, RolledBack, Failed-with-stable, or unknown
     if is_stable:
@@ -207,56 +174,42 @@ def schedule(spec: SeparationModelSpec, status: dict, obs: Observed, now: dateti
         if phase != SUCCEEDED or obs.storage_uri != stable_uri or obs.canary_percent is not None:
             s.d.update(phase=SUCCEEDED, message=f"{stable_v} serves 100 % of traffic")
             s.cond("Ready", True, "StableServing", s.d["message"])
-            return _plan(s, route=Route(stable_uri, None))
+            return plan_of(s, route=Route(stable_uri, None))
         if obs.ready:
             s.cond("Ready", True, "StableServing", s.d["message"] if s.d.get("message") else "stable serving")
         else:
             s.cond("Ready", False, "InferenceServiceNotReady", obs.failure or "InferenceService is not ready")
-        return _plan(s)
+        return plan_of(s)
     bad = rejected(s.d, target["version"], target["storageUri"])
     if bad and action != RETRY:
         s.d["message"] = (f"{target['version']} was {bad['outcome']} at {bad['at']} ({bad['reason']}); "
                           f"stable {stable_v} keeps serving. Ship a new version, or annotate "
                           f"musicsplit.io/action=retry to try it again")
-        return _plan(s)
+        return plan_of(s)
+    if action == ABORT:
+        s.history({k: target.get(k) for k in ("version", "storageUri", "released")}, "aborted",
+                  "aborted by user (musicsplit.io/action=abort) before its rollout started")
+        s.d.update(phase=ROLLED_BACK, message=f"{target['version']} aborted before its rollout started; stable "
+                                              f"{stable_v} keeps serving")
+        s.event("Warning", "Aborted", s.d["message"])
+        return plan_of(s)
     if spec.rollout.paused:
         s.d.update(phase=PAUSED if phase != PAUSED else phase,
                    message=f"rollout of {target['version']} paused before its first step")
-        return _plan(s)
-    return _start_canary(s, target, "new version")
+        return plan_of(s)
+    if action == PROMOTE:
+        start_canary(s, target, "new version, promoted by user")
+        return promote(s, "ManualPromotion", "promoted by user (musicsplit.io/action=promote) without analysis")
+    if spec.analysis.hooks("confirm-rollout"):
+        return wait_for_confirmation(s, target)
+    return start_canary(s, target, "new version")
 
 
 def after_analysis(spec: SeparationModelSpec, status: dict, verdict: Verdict, now: datetime, *,
                    generation: int | None = None) -> Plan:
-    """The verdict's consequence: next step, promotion, rollback, or hold."""
-    s = StatusEditor(status, spec, now, generation)
-    prev = s.d.get("lastAnalysis") or {}
-    s.d["lastAnalysis"] = {
-        "time": iso(now), "weight": s.d.get("canaryWeight"), "canaryVersion": s.d.get("canaryVersion"),
-        "stableVersion": s.d.get("stableVersion"), "result": verdict.result, "reason": verdict.reason,
-        "message": verdict.message, "checks": [c.as_status() for c in verdict.checks],
-    }
-    if verdict.result == HOLD:
-        s.d["holds"] = int(s.d.get("holds") or 0) + 1
-        s.cond("AnalysisReady", False, verdict.reason, verdict.message)
-        s.d["message"] = f"holding at {s.d.get('canaryWeight')} %: {verdict.reason}"
-        if prev.get("reason") != verdict.reason or prev.get("weight") != s.d.get("canaryWeight"):
-            s.event("Warning", "AnalysisHeld", f"{verdict.reason}: {verdict.message}")
-        return _plan(s)
-    s.cond("AnalysisReady", True, "Measured", "the last analysis had the data it needed")
-    if verdict.result == FAIL:
-        return _rollback(s, "rolledBack", "RolledBack",
-                         f"at {s.d.get('canaryWeight')} %: {verdict.message}")
-    weights = spec.rollout.weights()
-    i = int(s.d.get("stepIndex") or 0)
-    if spec.raw or i + 1 >= len(weights):
-        return _promote(s, "Promoting", f"analysis passed at {s.d.get('canaryWeight')} %, the last step")
-    w = weights[i + 1]
-    s.d.update(stepIndex=i + 1, canaryWeight=w, stepStartedAt=iso(now), holds=0,
-               message=f"canary {s.d['canaryVersion']} at {w} %")
-    s.cond("Progressing", True, "StepAdvanced", s.d["message"])
-    s.event("Normal", "StepAdvanced", f"analysis passed at {weights[i]} %; canary now gets {w} %")
-    return _plan(s, route=Route(s.d["canaryStorageUri"], w))
+    """The verdict's consequence: next step, promotion, a failure counted
+    toward the threshold, rollback, or hold."""
+    return judged(StatusEditor(status, spec, now, generation), verdict)
 
 
 # ---------------------------------------------------------------- golden-set probe
@@ -319,7 +272,9 @@ def probe_due(spec: SeparationModelSpec, status: dict, obs: Observed, now: datet
     # a route change, status still describes the previous revisions, and the
     # `latest` tag would send the probe to the stable one.
     routed = spec.raw or obs.latest_percent == status.get("canaryWeight")
-    if phase in ACTIVE and obs.latest_ready and routed:
+    # A RawDeployment canary before its first step is not deployed: the URL serves the stable.
+    deployed = not (spec.raw and status.get("stepIndex") == -1)
+    if phase in ACTIVE and obs.latest_ready and routed and deployed:
         canary_v, canary_uri = status.get("canaryVersion"), status.get("canaryStorageUri")
         if canary_v and _due(canary_rec, now, retry_s, stale == "canary"):
             url = obs.url if spec.raw else obs.urls.get("latest")

@@ -32,6 +32,13 @@ class OperatorSettings(BaseSettings):
     # Golden-set probes running at once, over all SeparationModels (each takes
     # a thread; the reconcile ticks never wait for one).
     probe_workers: int = 2
+    # Webhook calls running at once, over all SeparationModels (each takes a
+    # thread for at most its hook's timeout; the ticks never wait for one).
+    webhook_workers: int = 4
+    # JSON list of URL prefixes (scheme://host[:port][/path]) spec.analysis.webhooks
+    # may call; [] (the default): any http(s) URL, as Flagger does. A hook
+    # outside it is never called: its gate stays closed, its check holds.
+    webhook_url_allowlist: list[str] = []
     # Golden sets a SeparationModel names by storage URI (spec.analysis.goldenSet.storageUri)
     # are fetched only from under these URI prefixes (JSON list); [] refuses all of them
     # (ConfigMaps and the built-in set need nothing here).
@@ -65,11 +72,19 @@ class OperatorSettings(BaseSettings):
             raise ValueError(f"not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*): {v!r}")
         return v
 
-    @field_validator("probe_workers")
+    @field_validator("probe_workers", "webhook_workers")
     @classmethod
-    def _workers(cls, v: int) -> int:
+    def _workers(cls, v: int, info) -> int:
         if v < 1:
-            raise ValueError("probe_workers must be at least 1")
+            raise ValueError(f"{info.field_name} must be at least 1")
+        return v
+
+    @field_validator("webhook_url_allowlist")
+    @classmethod
+    def _prefixes(cls, v: list[str]) -> list[str]:
+        bad = [u for u in v if not re.match(r"^https?://[^/?#]+", u)]
+        if bad:
+            raise ValueError(f"webhook_url_allowlist entries must be http(s) URLs, not {bad}")
         return v
 
     @model_validator(mode="after")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP, VERSION, PLURAL, KIND = "musicsplit.io", "v1alpha1", "separationmodels", "SeparationModel"
@@ -113,12 +113,19 @@ class RolloutSpec(_Model):
     interval: str = "1m"
     progress_deadline: str = "10m"
     paused: bool = False
+    # How long a canary may stay at one weight once an analysis first failed to
+    # move it on (no evidence, a closed confirm gate, a failed check below the
+    # threshold); None: as long as it takes.
+    hold_deadline: str | None = None
+    on_hold_deadline: Literal["rollback", "escalate"] = "rollback"
 
     @model_validator(mode="after")
     def _weights(self):
         self.weights()  # raises on nonsense
         parse_duration(self.interval)
         parse_duration(self.progress_deadline)
+        if self.hold_deadline is not None:
+            parse_duration(self.hold_deadline)
         return self
 
     def weights(self) -> list[int]:
@@ -141,6 +148,43 @@ class RolloutSpec(_Model):
     @property
     def progress_deadline_s(self) -> float:
         return parse_duration(self.progress_deadline)
+
+    @property
+    def hold_deadline_s(self) -> float | None:
+        return None if self.hold_deadline is None else parse_duration(self.hold_deadline)
+
+
+HookType = Literal["confirm-rollout", "pre-rollout", "rollout", "confirm-traffic-increase", "confirm-promotion",
+                   "post-rollout", "rollback", "event"]
+MAX_WEBHOOK_TIMEOUT_S = 300.0  # a hook call holds one of the operator's webhook workers this long at most
+
+
+class Webhook(_Model):
+    """A webhook at one of Flagger's points (its `type`); 2xx passes."""
+
+    name: str = Field(min_length=1, max_length=63)
+    type: HookType = "rollout"  # Flagger's default
+    url: str
+    timeout: str = "10s"  # Flagger's default
+    metadata: dict[str, str] = {}
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^/?#]+", v or ""):
+            raise ValueError(f"webhook url must be an http:// or https:// URL, got {v!r}")
+        return v
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, v: str) -> str:
+        if not 0 < parse_duration(v) <= MAX_WEBHOOK_TIMEOUT_S:
+            raise ValueError(f"webhook timeout must be above 0 and at most {MAX_WEBHOOK_TIMEOUT_S:g}s, got {v}")
+        return v
+
+    @property
+    def timeout_s(self) -> float:
+        return parse_duration(self.timeout)
 
 
 class GoldenSetSpec(_Model):
@@ -189,10 +233,26 @@ class AnalysisSpec(_Model):
     max_quality_drop: float = 0.05
     golden_set: GoldenSetSpec = GoldenSetSpec()
     max_sdr_drop_db: float | None = None  # before goldenSet was an object; goldenSet.maxSdrDropDb wins
+    # Failed analyses before a rollback (Flagger's `threshold`, and its default):
+    # counted over the whole rollout of a version, not reset when a step advances.
+    threshold: int = Field(1, ge=1, le=100)
+    webhooks: list[Webhook] = Field([], max_length=20)
     # Shadow agreement (ADR 0108): SDR of the canary's stems against the stable's on
     # users' requests the gateway mirrored. None: not required.
     min_shadow_agreement_db: float | None = None
     min_shadow_comparisons: int = 10
+
+    @field_validator("webhooks")
+    @classmethod
+    def _unique(cls, v: list[Webhook]) -> list[Webhook]:
+        names = [h.name for h in v]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"webhook names must be unique (their results are kept by name): {', '.join(twice)}")
+        return v
+
+    def hooks(self, type_: str) -> list[Webhook]:
+        return [h for h in self.webhooks if h.type == type_]
 
     @field_validator("golden_set", mode="before")
     @classmethod

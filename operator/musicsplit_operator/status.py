@@ -13,21 +13,27 @@ from .spec import SeparationModelSpec
 
 HISTORY_LIMIT = 50
 
-# Phases
+# Phases (Waiting and WaitingPromotion are Flagger's: a closed confirm-rollout /
+# confirm-promotion gate)
 INITIALIZING, PROGRESSING, PROMOTING = "Initializing", "Progressing", "Promoting"
 SUCCEEDED, ROLLED_BACK, FAILED, PAUSED = "Succeeded", "RolledBack", "Failed", "Paused"
-ACTIVE = (PROGRESSING, PAUSED)
-PHASES = (INITIALIZING, PROGRESSING, PROMOTING, SUCCEEDED, ROLLED_BACK, FAILED, PAUSED)
+WAITING, WAITING_PROMOTION = "Waiting", "WaitingPromotion"
+ACTIVE = (PROGRESSING, PAUSED, WAITING_PROMOTION)  # a canary with its revision deployed
+PHASES = (INITIALIZING, WAITING, PROGRESSING, WAITING_PROMOTION, PROMOTING, SUCCEEDED, ROLLED_BACK, FAILED, PAUSED)
 
 # The status keys the rollout owns; StatusEditor carries them from one tick to the
 # next. `probe` (the canary's golden-set result) and `goldenBaseline` (the
-# stable's) are written by the probe worker only; the ticks carry them unchanged.
+# stable's) are written by the probe worker only, `webhooks` (each hook's last
+# call) by the webhook worker only; the ticks carry them unchanged.
 # `registry` (the MLflow resolution) is the handler's; `registryReports` (what
 # was written back to MLflow) the registry reporter's.
 KEEP = ("phase", "stableVersion", "stableStorageUri", "stableReleased", "canaryVersion", "canaryStorageUri",
-        "canaryReleased", "canaryWeight", "stepIndex", "stepStartedAt", "holds", "lastAnalysis", "history",
-        "conditions", "message", "goldenBaseline", "probe", "canaryStartedAt", "canaryRegistry", "registry",
-        "registryReports")
+        "canaryReleased", "canaryStartedAt", "canaryRegistry", "canaryWeight", "stepIndex", "stepStartedAt",
+        "holds", "failedAnalyses", "holdStartedAt", "holdDeadlineExceededAt", "lastAnalysis", "history",
+        "conditions", "message", "goldenBaseline", "probe", "webhooks", "registry", "registryReports")
+# What belongs to one rollout attempt of a canary, gone with it.
+CANARY_KEYS = ("canaryVersion", "canaryStorageUri", "canaryReleased", "canaryStartedAt", "canaryRegistry",
+               "stepIndex", "stepStartedAt", "holds", "failedAnalyses", "holdStartedAt", "holdDeadlineExceededAt")
 
 
 def iso(t: datetime) -> str:
@@ -89,6 +95,15 @@ def matching_probe(record: dict | None, version: str | None, storage_uri: str | 
     return record
 
 
+def history_added(old: dict, new: dict) -> list[dict]:
+    """The history entries `new` has that `old` had not (the history is bounded:
+    once full, an entry in pushes one out)."""
+    old_h, new_h = old.get("history") or [], new.get("history") or []
+    if new_h[:len(old_h)] == old_h:
+        return new_h[len(old_h):]
+    return new_h[-1:] if new_h != old_h else []
+
+
 def rejected(status: dict, version: str, storage_uri: str) -> dict | None:
     """The history entry that rolled this exact release back, if its latest entry did."""
     for h in reversed(status.get("history") or []):
@@ -130,10 +145,21 @@ class StatusEditor:
             -HISTORY_LIMIT:]
 
     def clear_canary(self):
-        for k in ("canaryVersion", "canaryStorageUri", "canaryReleased", "canaryStartedAt", "canaryRegistry",
-                  "stepIndex", "stepStartedAt", "holds"):
+        self.end_hold("RolloutEnded", "the rollout of the canary ended")
+        for k in CANARY_KEYS:
             self.d.pop(k, None)
         self.d["canaryWeight"] = 0
+
+    def hold(self):
+        """The canary stays where it is: the hold deadline counts from the first time."""
+        self.d.setdefault("holdStartedAt", iso(self.now))
+
+    def end_hold(self, reason: str, message: str):
+        self.d.pop("holdStartedAt", None)
+        self.d.pop("holdDeadlineExceededAt", None)
+        c = condition(self.d, "HoldDeadlineExceeded")
+        if c and c.get("status") == "True":
+            self.cond("HoldDeadlineExceeded", False, reason, message)
 
     def set_canary(self, target: dict, **fields):
         """The release being rolled out (or deployed first), from now on."""

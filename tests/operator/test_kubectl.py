@@ -127,6 +127,12 @@ def test_examples_apply_and_kubectl_get_shows_the_printer_columns(env):
     (lambda s: s["rollout"].update(interval="often"), "spec.rollout.interval: Invalid value"),
     (lambda s: s.update(replicaz=3), "spec.replicaz: field not declared in schema"),
     (lambda s: s["analysis"].update(maxErrorRate="low"), "spec.analysis.maxErrorRate: Invalid value"),
+    (lambda s: s["analysis"].update(threshold=0), "spec.analysis.threshold: Invalid value: 0"),
+    (lambda s: s["rollout"].update(onHoldDeadline="ignore"), 'spec.rollout.onHoldDeadline: Unsupported value: "ignore"'),
+    (lambda s: s["analysis"].update(webhooks=[{"name": "a", "type": "pre-promotion", "url": "http://x/"}]),
+     'spec.analysis.webhooks.0.type: Unsupported value: "pre-promotion"'),
+    (lambda s: s["analysis"].update(webhooks=[{"name": "a", "url": "file:///etc/passwd"}]),
+     "spec.analysis.webhooks.0.url: Invalid value"),
     # v1alpha1's boolean goldenSet is an object now (docs/adr/0107): {} is true, {builtin: false} false
     (lambda s: s["analysis"].update(goldenSet=True), "spec.analysis.goldenSet: Invalid value"),
     (lambda s: s["analysis"].update(goldenSet={"configMap": "Not_A_Name"}),

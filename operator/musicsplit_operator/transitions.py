@@ -1,0 +1,240 @@
+"""Rollout transitions: what each decision of the scheduler does to the status
+(phase, canary fields, conditions, Events, history) and to the route. Pure:
+a `StatusEditor` in, a `Plan` out. The scheduler (`scheduler.py`) decides
+which one happens at a tick; `policy.py` says what webhooks, the
+failed-analysis threshold and the hold deadline mean.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import policy
+from .analysis import HOLD, PASS, Verdict
+from .router import Route
+from .status import (PROGRESSING, PROMOTING, ROLLED_BACK, SUCCEEDED, WAITING, WAITING_PROMOTION, StatusEditor,
+                     condition, iso)
+
+# Manual actions (annotation musicsplit.io/action)
+ABORT, PROMOTE, RETRY = "abort", "promote", "retry"
+
+
+@dataclass(frozen=True)
+class Plan:
+    status: dict  # the whole new status
+    route: Route | None = None  # None: leave the InferenceService as it is
+    create: bool = False  # the InferenceService must be created
+    events: tuple[tuple[str, str, str], ...] = ()  # (type, reason, message)
+    analyze: bool = False  # run the analysis, then call after_analysis()
+    verdict: str | None = None  # the result of an analysis judged at this tick without measuring (pre-rollout)
+
+
+def plan_of(s: StatusEditor, **kw) -> Plan:
+    return Plan(status=s.d, events=tuple(s.events), **kw)
+
+
+def route_of(s: StatusEditor) -> Route:
+    """What the InferenceService serves while the canary is in flight."""
+    if s.spec.raw:
+        # Before its first step a RawDeployment canary is not deployed at all: no split.
+        return Route(s.d["stableStorageUri"] if s.d.get("stepIndex") == -1 else s.d["canaryStorageUri"], None)
+    return Route(s.d["canaryStorageUri"], s.d.get("canaryWeight"))
+
+
+def set_canary(s: StatusEditor, target: dict, **fields) -> None:
+    """A new rollout attempt of `target` (its webhook answers start afresh)."""
+    s.clear_canary()
+    s.set_canary(target, **fields)
+
+
+def start_canary(s: StatusEditor, target: dict, why: str) -> Plan:
+    spec = s.spec
+    # Pre-rollout and confirm-traffic-increase hooks come before the first weight:
+    # the revision starts with none (step -1).
+    first = -1 if policy.staged(spec) else 0
+    weight = 0 if first == -1 else 100 if spec.raw else spec.rollout.weights()[0]
+    set_canary(s, target, phase=PROGRESSING, canaryWeight=weight, stepIndex=first, stepStartedAt=iso(s.now),
+               holds=0, failedAnalyses=0, message=f"canary {target['version']} at {weight} %")
+    s.cond("Progressing", True, "CanaryStarted", s.d["message"])
+    if first == -1:
+        where = ("is not deployed until they pass (RawDeployment: no split)" if spec.raw else
+                 "is deployed with no traffic until they pass")
+        s.event("Normal", "CanaryStarted", f"{why}: canary {target['version']} ({target['storageUri']}) {where} "
+                                           f"(pre-rollout / confirm-traffic-increase webhooks); "
+                                           f"stable {s.d.get('stableVersion')}")
+    else:
+        s.event("Normal", "CanaryStarted",
+                f"{why}: canary {target['version']} ({target['storageUri']}) gets {weight} % of traffic"
+                f"{' (RawDeployment: no split, all traffic)' if spec.raw else ''}; stable {s.d.get('stableVersion')}")
+    return plan_of(s, route=route_of(s))
+
+
+def wait_for_confirmation(s: StatusEditor, target: dict) -> Plan:
+    set_canary(s, target, phase=WAITING, canaryWeight=0,
+               message=f"{target['version']} waits for its confirm-rollout webhooks before anything is deployed")
+    s.cond("Progressing", False, "WaitingForConfirmation", s.d["message"])
+    s.event("Normal", "WaitingForConfirmation", s.d["message"])
+    return plan_of(s)
+
+
+def waiting(s: StatusEditor, target: dict, action: str | None) -> Plan | None:
+    """Phase Waiting: the confirm-rollout gate is closed and nothing of the
+    canary is deployed. None: the spec moved on, decide afresh."""
+    if (s.d.get("canaryVersion"), s.d.get("canaryStorageUri")) != (target["version"], target["storageUri"]):
+        s.clear_canary()  # never deployed: no history entry
+        return None
+    hook = policy.rollback_requested(s.spec, s.d)
+    if action == ABORT or hook:
+        outcome, reason, why = (("aborted", "Aborted", "aborted by user (musicsplit.io/action=abort)")
+                                if action == ABORT else
+                                ("rolledBack", "RollbackWebhook", f"rollback webhook {hook} asked for it"))
+        model = s.canary_model()
+        s.history(model, outcome, f"{why} before its rollout started")
+        s.clear_canary()
+        s.d.update(phase=ROLLED_BACK, message=f"{model['version']} {outcome} before its rollout started: {why}")
+        s.cond("Progressing", False, reason, s.d["message"])
+        s.event("Warning", reason, s.d["message"])
+        return plan_of(s)
+    if action == PROMOTE:
+        start_canary(s, target, "promoted by user")
+        return promote(s, "ManualPromotion", "promoted by user (musicsplit.io/action=promote) without waiting "
+                                             "for confirm-rollout webhooks or analysis")
+    if s.spec.rollout.paused:
+        s.d["message"] = f"{target['version']} waits for its confirm-rollout webhooks (paused)"
+        return plan_of(s)
+    closed = policy.gate(s.spec, s.d, "confirm-rollout", policy.start_key(s.d))
+    if closed:
+        s.d["message"] = f"{target['version']} waits for confirm-rollout: {', '.join(closed)}"
+        return plan_of(s)
+    return start_canary(s, target, "confirm-rollout webhooks said yes")
+
+
+def rollback(s: StatusEditor, outcome: str, reason: str, message: str) -> Plan:
+    model = s.canary_model()
+    s.history(model, outcome, message)
+    s.d.update(phase=ROLLED_BACK, message=f"{model['version']} {outcome}: {message}")
+    s.cond("Progressing", False, reason, s.d["message"])
+    s.event("Warning", reason, f"canary {model['version']} rolled back to stable {s.d.get('stableVersion')}: "
+                               f"{message}")
+    s.clear_canary()
+    stable_uri = s.d["stableStorageUri"]
+    # Serverless: percent 0 sends all traffic back to the previous revision
+    # (KServe's documented rollback). Raw: redeploy the stable storageUri.
+    return plan_of(s, route=Route(stable_uri, None) if s.spec.raw else Route(model["storageUri"], 0))
+
+
+def promote(s: StatusEditor, reason: str, message: str) -> Plan:
+    s.d.update(phase=PROMOTING, message=f"promoting {s.d['canaryVersion']}: {message}")
+    s.cond("Progressing", True, reason, s.d["message"])
+    s.event("Normal", reason, s.d["message"])
+    if s.spec.raw:
+        return finish_promotion(s)
+    s.d["canaryWeight"] = 100
+    return plan_of(s, route=Route(s.d["canaryStorageUri"], None))
+
+
+def hold_deadline(s: StatusEditor, held_s: float) -> Plan | None:
+    """The canary was held past spec.rollout.holdDeadline: roll back, or
+    escalate (it keeps its traffic; condition, Event, metric and alert say so)."""
+    ro = s.spec.rollout
+    why = (f"held at {s.d.get('canaryWeight')} % for {held_s:.0f}s, past holdDeadline {ro.hold_deadline} "
+           f"({s.d.get('message')})")
+    if ro.on_hold_deadline == "rollback":
+        return rollback(s, "rolledBack", "HoldDeadlineExceeded", why)
+    s.d["holdDeadlineExceededAt"] = iso(s.now)
+    s.cond("HoldDeadlineExceeded", True, "Escalated", f"{why}; the canary keeps its traffic (onHoldDeadline: "
+                                                      f"escalate)")
+    s.event("Warning", "HoldDeadlineExceeded", f"canary {s.d.get('canaryVersion')} {why}; it keeps its traffic "
+                                               f"until someone acts (onHoldDeadline: escalate)")
+    return None
+
+
+def move(s: StatusEditor) -> Plan:
+    """The canary's next move once its analysis passed and its gate is open:
+    the next weight, or the promotion."""
+    spec, i = s.spec, int(s.d.get("stepIndex") or 0)
+    weights = spec.rollout.weights()
+    was = s.d.get("canaryWeight")
+    s.end_hold("Advanced", f"canary moved on from {was} %")
+    if i >= 0 and (spec.raw or i + 1 >= len(weights)):
+        return promote(s, "Promoting", f"analysis passed at {was} %, the last step")
+    w = 100 if spec.raw else weights[i + 1]
+    s.d.update(phase=PROGRESSING, stepIndex=i + 1, canaryWeight=w, stepStartedAt=iso(s.now), holds=0,
+               message=f"canary {s.d['canaryVersion']} at {w} %")
+    s.cond("Progressing", True, "StepAdvanced", s.d["message"])
+    s.event("Normal", "StepAdvanced", ("its pre-rollout and confirm-traffic-increase webhooks said yes" if i == -1
+                                       else f"analysis passed at {was} %") + f"; canary now gets {w} %")
+    return plan_of(s, route=route_of(s))
+
+
+def passed(s: StatusEditor) -> Plan:
+    """The analysis passed: move on, unless the move's confirm gate is closed."""
+    gate_type, key = policy.next_gate(s.spec, s.d)
+    closed = policy.gate(s.spec, s.d, gate_type, key)
+    if not closed:
+        return move(s)
+    # Held at this weight, and analysed again every interval meanwhile (Flagger).
+    s.d["stepStartedAt"] = iso(s.now)
+    s.hold()
+    if gate_type == "confirm-promotion":
+        s.d["phase"] = WAITING_PROMOTION
+    s.d["message"] = f"analysis passed at {s.d.get('canaryWeight')} %; waiting for {gate_type}: {', '.join(closed)}"
+    prev = condition(s.d, "Progressing") or {}
+    s.cond("Progressing", True, "WaitingForConfirmation", s.d["message"])
+    if prev.get("reason") != "WaitingForConfirmation" or gate_type not in (prev.get("message") or ""):
+        s.event("Normal", "WaitingForConfirmation", s.d["message"])
+    return plan_of(s)
+
+
+def finish_promotion(s: StatusEditor) -> Plan:
+    model = s.canary_model()
+    s.history(model, "promoted", s.d.get("message", "promoted"))
+    s.d.update(phase=SUCCEEDED, stableVersion=model["version"], stableStorageUri=model["storageUri"],
+               message=f"{model['version']} serves 100 % of traffic")
+    if model.get("released"):
+        s.d["stableReleased"] = model["released"]
+    else:
+        s.d.pop("stableReleased", None)
+    s.clear_canary()
+    s.cond("Progressing", False, "Promoted", s.d["message"])
+    s.cond("Ready", True, "StableServing", s.d["message"])
+    s.event("Normal", "Promoted", s.d["message"])
+    return plan_of(s, route=Route(model["storageUri"], None) if s.spec.raw else None)
+
+
+def judged(s: StatusEditor, verdict: Verdict) -> Plan:
+    """A verdict's consequence: hold, a failure counted toward the threshold
+    (rolled back once it is reached), or a pass (the next move, or its gate)."""
+    spec, now = s.spec, s.now
+    prev = s.d.get("lastAnalysis") or {}
+    s.d["lastAnalysis"] = {
+        "time": iso(now), "weight": s.d.get("canaryWeight"), "canaryVersion": s.d.get("canaryVersion"),
+        "stableVersion": s.d.get("stableVersion"), "result": verdict.result, "reason": verdict.reason,
+        "message": verdict.message, "checks": [c.as_status() for c in verdict.checks],
+    }
+    w = s.d.get("canaryWeight")
+    if verdict.result == HOLD:
+        s.d["holds"] = int(s.d.get("holds") or 0) + 1
+        s.hold()
+        s.cond("AnalysisReady", False, verdict.reason, verdict.message)
+        s.d["message"] = f"holding at {w} %: {verdict.reason}"
+        if prev.get("reason") != verdict.reason or prev.get("weight") != w:
+            s.event("Warning", "AnalysisHeld", f"{verdict.reason}: {verdict.message}")
+        return plan_of(s)
+    s.cond("AnalysisReady", True, "Measured", "the last analysis had the data it needed")
+    if verdict.result == PASS:
+        return passed(s)
+    # Failed: counted over the whole rollout of this version (Flagger's
+    # FailedChecks); rolled back once the count reaches the threshold.
+    n, threshold = int(s.d.get("failedAnalyses") or 0) + 1, spec.analysis.threshold
+    s.d["failedAnalyses"] = n
+    if n >= threshold:
+        tally = f" ({n} failed analyses, threshold {threshold})" if threshold > 1 else ""
+        return rollback(s, "rolledBack", "RolledBack", f"at {w} %: {verdict.message}{tally}")
+    # Below the threshold: held at this weight; the next analysis looks at a new interval.
+    s.d["stepStartedAt"] = iso(now)
+    s.hold()
+    s.d["message"] = f"analysis failed at {w} % ({n} of threshold {threshold}): {verdict.reason}"
+    s.event("Warning", "AnalysisFailed", f"{n} of {threshold} failed analyses allowed before a rollback, at {w} %: "
+                                         f"{verdict.message}")
+    return plan_of(s)

@@ -1,0 +1,182 @@
+"""Webhook calls, off the reconcile path.
+
+A tick asks `policy.due_calls` / `policy.notifications` what to call and
+submits them to a `WebhookWorker`, a bounded thread pool shared by all
+SeparationModels; it never waits for a hook. The worker POSTs the JSON
+payload, keeps the status code and nothing else of the answer, and writes
+the call's record to `status.webhooks[name]`, where the next tick reads it.
+
+Care taken with URLs a SeparationModel's author chose (as with
+spec.analysis.prometheusUrl): only URLs under the operator's allowlist when it
+has one; no redirects followed; the response body is never read, so nothing a
+receiver answers reaches status, Events or logs; every call bounded by the
+hook's timeout (at most 5 minutes, spec.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable
+from urllib.parse import urlsplit
+
+import httpx
+
+from . import metrics
+from .policy import ERROR, NOT_ALLOWED, OK, REJECTED, TIMEOUT, HookCall, HookJob, record
+
+log = logging.getLogger(__name__)
+
+NOTIFICATIONS_QUEUED_MAX = 100  # per SeparationModel; event hooks past it are dropped (and counted)
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+# Writes {"webhooks": {hook name: record}} into the SeparationModel (namespace, name)'s status.
+StatusWriter = Callable[[str, str, dict], None]
+
+
+def _origin(url: str) -> tuple[str, str, int, str]:
+    u = urlsplit(url.strip())
+    scheme = u.scheme.lower()
+    return scheme, (u.hostname or "").lower(), u.port or _DEFAULT_PORTS.get(scheme, 0), u.path or "/"
+
+
+def allowed(url: str, allowlist: list[str]) -> bool:
+    """Whether the operator may call `url`: any http(s) URL while the allowlist
+    is empty, else one on an allowed scheme, host and port, under its path.
+    Hosts are compared parsed, so `http://ok.svc.evil` or `http://ok.svc@evil`
+    are not `http://ok.svc`."""
+    scheme, host, port, path = _origin(url)
+    if scheme not in _DEFAULT_PORTS or not host:
+        return False
+    if not allowlist:
+        return True
+    for prefix in allowlist:
+        a_scheme, a_host, a_port, a_path = _origin(prefix)
+        base = a_path.rstrip("/")
+        if (scheme, host, port) == (a_scheme, a_host, a_port) and (path == base or path.startswith(base + "/")):
+            return True
+    return False
+
+
+def call(c: HookCall, allowlist: list[str], client: httpx.Client | None = None) -> dict:
+    """POST the payload; the call's record for status (never raises)."""
+    started = datetime.now(timezone.utc)
+    hook, code = c.hook, None
+    if not allowed(hook.url, allowlist):
+        outcome, reason = NOT_ALLOWED, ("URL not in the operator's webhook allowlist "
+                                        "(MUSICSPLIT_OPERATOR_WEBHOOK_URL_ALLOWLIST): not called")
+    else:
+        try:
+            http = client or httpx.Client()
+            try:
+                # Streamed and closed unread: only the status code is wanted.
+                with http.stream("POST", hook.url, json=c.payload, timeout=hook.timeout_s,
+                                 follow_redirects=False) as r:
+                    code = r.status_code
+            finally:
+                if client is None:
+                    http.close()
+            outcome = OK if 200 <= code < 300 else REJECTED
+            reason = f"HTTP {code}"
+        except httpx.TimeoutException:
+            outcome, reason = TIMEOUT, f"no answer within {hook.timeout}"
+        except httpx.HTTPError as e:  # refused, no such host, TLS: name the failure, not what came back
+            outcome, reason = ERROR, f"no answer: {type(e).__name__}"
+    return record(hook, c.key, outcome, reason, started, datetime.now(timezone.utc), code)
+
+
+@dataclass
+class _Last:
+    key: str | None
+    finished: float  # time.monotonic()
+
+
+class WebhookWorker:
+    """At most `workers` calls at a time over all SeparationModels, at most one
+    per hook: a call submitted while the same hook's last one runs is dropped
+    (the next tick asks again), and so is a repeat of an answered key within
+    its `repeat_after_s` (a tick that read status just before the answer
+    landed)."""
+
+    def __init__(self, write: StatusWriter, *, workers: int = 4, allowlist: list[str] = (),
+                 clock: Callable[[], float] = time.monotonic):
+        self._write, self._allowlist = write, list(allowlist)
+        self._clock = clock
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="webhook")
+        self._http = httpx.Client(follow_redirects=False, limits=httpx.Limits(max_connections=workers))
+        self._lock = threading.Lock()
+        self._running: set[tuple[str, str, str]] = set()
+        self._last: dict[tuple[str, str, str], _Last] = {}
+        self._notifications: dict[tuple[str, str], int] = {}
+
+    def submit(self, job: HookJob) -> int:
+        """Queue the job's calls; how many were queued."""
+        queued = 0
+        for c in job.calls:
+            if self._admit(job, c):
+                try:
+                    self._pool.submit(self._run, job, c)
+                    queued += 1
+                except RuntimeError:  # shut down
+                    self._release(job, c)
+        return queued
+
+    def _admit(self, job: HookJob, c: HookCall) -> bool:
+        hook_key = (job.namespace, job.name, c.hook.name)
+        with self._lock:
+            if c.key is None:
+                n = self._notifications.get((job.namespace, job.name), 0)
+                if n >= NOTIFICATIONS_QUEUED_MAX:
+                    metrics.webhook_called(job.namespace, job.name, c.hook.type, "dropped")
+                    log.warning("%s/%s: %d notifications queued already; %s webhook %s dropped", job.namespace,
+                                job.name, n, c.hook.type, c.hook.name)
+                    return False
+                self._notifications[(job.namespace, job.name)] = n + 1
+                return True
+            last = self._last.get(hook_key)
+            recent = last is not None and last.key == c.key and (
+                c.repeat_after_s is None or self._clock() - last.finished < c.repeat_after_s)
+            if hook_key in self._running or recent:
+                return False
+            self._running.add(hook_key)
+            return True
+
+    def _release(self, job: HookJob, c: HookCall) -> None:
+        with self._lock:
+            if c.key is None:
+                obj = (job.namespace, job.name)
+                self._notifications[obj] = max(self._notifications.get(obj, 1) - 1, 0)
+            else:
+                self._running.discard((job.namespace, job.name, c.hook.name))
+
+    def _run(self, job: HookJob, c: HookCall) -> None:
+        try:
+            rec = call(c, self._allowlist, self._http)
+            metrics.webhook_called(job.namespace, job.name, c.hook.type, rec["outcome"])
+            log.info("%s/%s %s webhook %s: %s", job.namespace, job.name, c.hook.type, c.hook.name, rec["reason"])
+            try:
+                self._write(job.namespace, job.name, {"webhooks": {c.hook.name: rec}})
+            except Exception as e:  # noqa: BLE001 - the answer is lost; the next tick asks again
+                log.warning("%s/%s webhook %s: result not written: %s", job.namespace, job.name, c.hook.name, e)
+                return
+            if c.key is not None:
+                with self._lock:
+                    self._last[(job.namespace, job.name, c.hook.name)] = _Last(c.key, self._clock())
+        finally:
+            self._release(job, c)
+
+    def forget(self, namespace: str, name: str) -> None:
+        """A deleted SeparationModel's memory goes (bounded by the live objects)."""
+        with self._lock:
+            for k in [k for k in self._last if k[:2] == (namespace, name)]:
+                del self._last[k]
+            self._notifications.pop((namespace, name), None)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        # Calls still running end with an error they record themselves; the
+        # client goes with the process.
