@@ -4,9 +4,16 @@
 refused before a byte of the body is read; otherwise each `http.request`
 chunk is counted, with or without Content-Length, and the chunk that passes
 the limit ends the request with 413 at once: the route's reading stops and
-the answer goes out while the client may still be sending. Any answer given
-before the body was read whole (a 413, a 401 before an upload, a quota's
-429) says `Connection: close`, so the server never reads the rest.
+the answer goes out while the client may still be sending. An answer given
+before the body was read whole (a 413, a 401 before an upload) says
+`Connection: close`, so the server never reads the rest. A retryable refusal
+(429 or 503, with Retry-After) is different: the client did nothing wrong and
+must be able to read it, but most HTTP clients (k6, Go, httpx) write the whole
+body before reading and report a broken pipe, not the 429, when the server
+closes under them (the load test saw 19 of ~1,900 uploads fail so). So the
+rest of the body, within the limit, is read and discarded (never buffered)
+for up to DRAIN_SECONDS, as nginx's lingering close does, before the refusal
+goes out on a connection that stays open.
 
 `read_form`: multipart/form-data parsed as it streams (python-multipart's
 push parser), after the route's credentials and quotas were checked. Text
@@ -37,6 +44,8 @@ from musicsplit.gateway import metrics
 FORM_OVERHEAD_BYTES = 1024 * 1024  # a form's boundaries, headers and text fields, beyond its files
 MAX_FIELD_BYTES = 8192
 MAX_FIELDS = 16
+DRAIN_STATUSES = (429, 503)  # refusals a client retries: it must be able to read them
+DRAIN_SECONDS = 30.0
 
 
 def too_large(received: int, limit: int, *, so_far: bool) -> str:
@@ -78,10 +87,30 @@ class BodyLimit:
                     raise HTTPException(413, too_large(received, self.max_bytes, so_far=True))
             return message
 
+        async def drain() -> bool:
+            """Read and discard the rest of the body; False if it passes the limit, the client goes away
+            or DRAIN_SECONDS pass first."""
+            nonlocal received
+            try:
+                async with asyncio.timeout(DRAIN_SECONDS):
+                    while True:
+                        message = await receive()
+                        if message["type"] != "http.request":
+                            return False
+                        received += len(message.get("body", b""))
+                        if received > self.max_bytes:
+                            return False
+                        if not message.get("more_body", False):
+                            return True
+            except TimeoutError:
+                return False
+
         async def sending(message: Message) -> None:
-            nonlocal started
+            nonlocal started, unread
             if message["type"] == "http.response.start":
                 started = True
+                if unread and message["status"] in DRAIN_STATUSES:
+                    unread = not await drain()
                 if unread:  # answered before the body was read (refused): do not read the rest
                     message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
             await send(message)

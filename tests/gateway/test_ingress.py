@@ -217,3 +217,43 @@ def test_the_v2_pass_through_bounds_requests_in_flight_and_streams_answers(gw):
         sep = client.separate("default", mix, 44100)
     np.testing.assert_allclose(sum(sep.stems.values()), mix, atol=1e-4)
     assert sep.model_version
+
+
+def multipart_body(audio: bytes) -> bytes:
+    return (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+            "Content-Type: audio/wav\r\n\r\n").encode() + audio + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+def test_a_retryable_refusal_is_read_by_the_client_on_a_connection_that_stays_open(baseline_url, tmp_path):
+    """A quota's 429 comes before the upload is read; clients that write the whole body before reading
+    (k6, Go, httpx) saw a broken pipe instead of the 429 when the server closed under them. The rest of the
+    body is read and dropped, the 429 arrives whole, and the connection serves the next request."""
+    keys = tenants_file(tmp_path / "tenants.yaml", {"tight": {"quota": {"requests_per_minute": 1}}},
+                        {"tight": "tight-key"})
+    gateway = GatewayThread(make_settings(tmp_path, [("dsp-baseline", baseline_url, "eu")], api_keys_file=keys,
+                                          max_request_bytes=8 * MiB)).start()
+    try:
+        auth = bearer("tight-key")
+        assert submit(gateway.url, wav_bytes(tone(1.0)), headers=auth).status_code == 202  # the minute's one
+        body = multipart_body(b"\0" * (3 * MiB))
+        r = httpx.post(f"{gateway.url}/v1/separations", content=body, timeout=30,
+                       headers={**auth, "content-type": f"multipart/form-data; boundary={BOUNDARY}"})
+        assert r.status_code == 429 and r.json()["code"] == "quota_exceeded" and int(r.headers["retry-after"]) >= 1
+
+        host, port = gateway.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            head = (f"POST /v1/separations HTTP/1.1\r\nHost: {host}\r\nAuthorization: {auth['Authorization']}\r\n"
+                    f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {len(body)}\r\n\r\n")
+            sock.sendall(head.encode() + body)
+            reader = sock.makefile("rb")
+            status_line = reader.readline()
+            headers = {}
+            while (line := reader.readline().strip()):
+                name, _, value = line.decode().partition(":")
+                headers[name.lower()] = value.strip()
+            reader.read(int(headers["content-length"]))
+            assert status_of(status_line) == 429 and headers.get("connection") != "close", (status_line, headers)
+            sock.sendall(f"GET /v2/health/live HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            assert status_of(reader.readline()) == 200, "the same connection serves the next request"
+    finally:
+        gateway.stop()
