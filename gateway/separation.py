@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -236,6 +237,7 @@ class ChunkedSeparation:
             with tracer.start_as_current_span("chunk", attributes={"chunk.index": chunk.index,
                                                                    "chunk.total": total}):
                 outages = mismatches = 0
+                saturated_since = None
                 while True:
                     pin = self.pin
                     try:
@@ -246,8 +248,13 @@ class ChunkedSeparation:
                     except UpstreamUnavailable as exc:
                         # Only this chunk waits and tries again; the chunks already done stay done.
                         metrics.CHUNKS.labels(model=self.job.model, outcome="retried").inc()
-                        outages += 1
-                        if outages > settings.chunk_retries:
+                        if exc.saturated:  # alive but busy: wait for a place, bounded in time, not in tries
+                            saturated_since = saturated_since or time.monotonic()
+                            waited = time.monotonic() - saturated_since
+                        else:
+                            saturated_since, waited = None, 0.0
+                            outages += 1
+                        if outages > settings.chunk_retries or waited > settings.chunk_saturated_wait_s:
                             if self.pin is not None:
                                 raise UpstreamUnavailable(
                                     f"model {self.pin.model} ({self.pin.version or 'unknown version'}), which "

@@ -109,6 +109,10 @@ class GatewaySettings(BaseSettings, InputLimitSettings):
     retry_max_wait_s: float = 4.0
     chunk_retries: int = 2  # a chunk whose routed call failed is tried again this often, after Retry-After
     chunk_retry_max_wait_s: float = 15.0
+    # A chunk whose predictors all answered 429 (alive, busy with other work) waits for a place, after
+    # Retry-After, for up to this long in all, without using up chunk_retries: an accepted job is not
+    # failed for the platform being busy.
+    chunk_saturated_wait_s: float = 600.0
     # A chunk answered by another model version than the job's first chunk (a rollout under way)
     # is sent again this often, the job's version preferred, before the job fails (model_changed).
     chunk_version_retries: int = 4

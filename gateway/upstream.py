@@ -113,7 +113,8 @@ class Router:
         retry_after = getattr(last, "retry_after", None) or self.pool.retry_after(model) or 5.0
         # What the predictors answered (URLs, their messages) is logged above, never shown to users.
         raise UpstreamUnavailable(f"no predictor for model {model!r} is answering right now; try again later",
-                                  retry_after=retry_after)
+                                  retry_after=retry_after,
+                                  saturated=isinstance(last, V2Error) and last.status == 429)
 
     async def _with_retries(self, model: str, fn, version: str | None) -> tuple[EndpointState, object]:
         tried: set[str] = set()

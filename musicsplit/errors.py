@@ -102,10 +102,15 @@ class NotReady(MusicsplitError):
 
 
 class UpstreamUnavailable(MusicsplitError):
-    """No predictor could take the request (gateway side)."""
+    """No predictor could take the request (gateway side). `saturated`: they answered, all busy (429),
+    rather than failing or not answering."""
 
     status = 503
     code = "upstream_unavailable"
+
+    def __init__(self, message: str, *, retry_after: float | None = None, saturated: bool = False):
+        super().__init__(message, retry_after=retry_after)
+        self.saturated = saturated
 
 
 class ModelChanged(MusicsplitError):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
@@ -18,6 +19,7 @@ class Receiver:
         self.requests: list[tuple[str, dict, bytes]] = []
         self.status = status
         self.forward_to = forward_to
+        self.busy_until = 0.0  # time.monotonic() before which forwarded POSTs get 429 (a saturated predictor)
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -29,6 +31,15 @@ class Receiver:
                 body = self.rfile.read(length) if length else b""
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 outer.requests.append((self.path, headers, body))
+                if outer.forward_to and method == "POST" and time.monotonic() < outer.busy_until:
+                    busy = b'{"error": "all inference places are taken; retry later"}'
+                    self.send_response(429)
+                    self.send_header("retry-after", "1")
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(busy)))
+                    self.end_headers()
+                    self.wfile.write(busy)
+                    return
                 if outer.forward_to:
                     fwd = {k: v for k, v in headers.items() if k not in ("host", "content-length", "connection")}
                     r = httpx.request(method, outer.forward_to + self.path, content=body, headers=fwd, timeout=60)

@@ -16,6 +16,7 @@ from musicsplit.v2client import V2Client
 from musicsplit.localstack import start_predictor
 
 from .conftest import free_port, submit, tone, wait_job, wav_bytes
+from .receivers import Receiver
 
 
 class Clock:
@@ -346,3 +347,22 @@ def test_router_never_leaves_a_half_open_trial_taken(exc, tmp_path):
 
     asyncio.run(main())
     assert state.breaker.available(), state.breaker.state
+
+
+def test_a_busy_predictor_makes_a_job_wait_for_a_place_not_fail(baseline_url, gateway_factory):
+    """Predictors answering 429 are alive and busy (other users' v2 requests): an accepted job waits for a
+    place, after Retry-After, without using up its chunk retries (the load test saw a job failed so)."""
+    with Receiver(forward_to=baseline_url) as proxy:
+        gw = gateway_factory([("dsp-baseline", proxy.url, "eu")], fallback_model=None, chunk_retries=0,
+                             retry_attempts=1, health_interval_s=60)
+        proxy.busy_until = time.monotonic() + 4.0
+        doc = wait_job(gw.url, submit(gw.url, wav_bytes(tone(1.0, seed=94))).json()["id"], timeout=60)
+        assert doc["status"] == "succeeded", doc
+        assert len(proxy.posts("/v2/models/dsp-baseline/infer")) >= 3, "refused at least twice, then served"
+
+        # ... but not forever: past CHUNK_SATURATED_WAIT_S the job fails, saying to try again.
+        gw = gateway_factory([("dsp-baseline", proxy.url, "eu")], fallback_model=None, chunk_retries=0,
+                             retry_attempts=1, health_interval_s=60, chunk_saturated_wait_s=2.0)
+        proxy.busy_until = time.monotonic() + 3600
+        doc = wait_job(gw.url, submit(gw.url, wav_bytes(tone(1.0, seed=95))).json()["id"], timeout=60)
+        assert doc["status"] == "failed" and doc["error"]["code"] == "upstream_unavailable", doc
