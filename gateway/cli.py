@@ -51,7 +51,8 @@ def ab_report(args) -> int:
     import time
 
     from musicsplit.gateway.abtest import report
-    from musicsplit.gateway.jobstore import SqlJobStore, database_url, settings_database_url
+    from musicsplit.gateway.database import database_url, settings_database_url
+    from musicsplit.gateway.jobstore import SqlJobStore
     from musicsplit.gateway.settings import GatewaySettings
 
     if args.db:  # a URL, or the path of a SQLite file

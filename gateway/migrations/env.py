@@ -1,4 +1,4 @@
-"""Alembic environment: the job store hands over its connection (jobstore._upgrade).
+"""Alembic environment: the job store hands over its connection (database._upgrade).
 
 A new revision: copy the newest file in versions/, number it next, set its
 `down_revision` to the previous one. Every revision runs on SQLite and

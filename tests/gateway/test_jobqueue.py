@@ -9,7 +9,8 @@ import asyncio
 import pytest
 
 from musicsplit.gateway.jobqueue import ChunkPlan, SqlJobQueue
-from musicsplit.gateway.jobstore import SqlJobStore, database_url
+from musicsplit.gateway.database import database_url
+from musicsplit.gateway.jobstore import SqlJobStore
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

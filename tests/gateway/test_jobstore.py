@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from musicsplit.gateway.jobstore import DuplicateIdempotencyKey, SqlJobStore, database_url
+from musicsplit.gateway.database import database_url
+from musicsplit.gateway.jobstore import DuplicateIdempotencyKey, SqlJobStore
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -60,7 +60,8 @@ def test_job_survives_a_gateway_killed_mid_job(baseline_url, tmp_path):
 
 
 async def _stored_job(data_dir, job_id):
-    from musicsplit.gateway.jobstore import SqlJobStore, database_url
+    from musicsplit.gateway.database import database_url
+    from musicsplit.gateway.jobstore import SqlJobStore
 
     store = await SqlJobStore.open(database_url(f"sqlite:///{data_dir / 'jobs.sqlite3'}"))
     try:

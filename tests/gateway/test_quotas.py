@@ -12,7 +12,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from musicsplit.errors import QuotaExceeded
-from musicsplit.gateway.jobstore import ActiveJobLimit, SqlJobStore, database_url
+from musicsplit.gateway.database import database_url
+from musicsplit.gateway.jobstore import ActiveJobLimit, SqlJobStore
 from musicsplit.gateway.quotas import Quotas
 from musicsplit.gateway.tenants import Quota, Tenant
 from musicsplit.localstack import wait_until
