@@ -37,10 +37,10 @@ def test_requests_per_minute_hold_across_two_replicas(baseline_url, tmp_path):
     keys = tenants_file(tmp_path / "tenants.yaml", {"tight": {"quota": {"requests_per_minute": 6}}, "roomy": {}},
                         KEYS)
     settings = make_settings(tmp_path / "data", [("dsp-baseline", baseline_url, "eu")], api_keys_file=keys)
-    while time.time() % 60 > 50:  # all of it within one minute window
-        time.sleep(0.5)
     before = _rejections("tight", "requests_per_minute")
     with GatewayThread(settings) as a, GatewayThread(settings) as b:  # one job store: two replicas
+        while time.time() % 60 > 40:  # all of it within one minute window (the replicas are up by now)
+            time.sleep(0.5)
         answers = [httpx.get(f"{gw.url}/v1/separations", headers=bearer(KEYS["tight"])) for gw in (a, b) * 3]
         assert [r.status_code for r in answers] == [200] * 6
         for gw in (a, b):
