@@ -22,7 +22,8 @@ import yaml
 
 from musicsplit.gateway.app import create_app
 from musicsplit.gateway.auth import key_hash
-from musicsplit.gateway.jobstore import SeparationJob, open_job_store
+from musicsplit.gateway.database import database_url
+from musicsplit.gateway.jobstore import SeparationJob, SqlJobStore, open_job_store
 from musicsplit.gateway.settings import Endpoint, GatewaySettings
 from musicsplit.localstack import free_port
 from tests.fixtures.redis import RedisServer
@@ -166,3 +167,18 @@ def gateway_factory(tmp_path):
     yield start
     for gw in reversed(started):
         gw.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def job_store_url(request, tmp_path):
+    """The job store's URL, once on SQLite and once on a real PostgreSQL (tests/fixtures/postgres.py)."""
+    if request.param == "sqlite":
+        return database_url(f"sqlite:///{tmp_path / 'jobs.sqlite3'}")
+    return database_url(request.getfixturevalue("postgres").database())
+
+
+@pytest.fixture
+async def job_store(job_store_url):
+    s = await SqlJobStore.open(job_store_url)
+    yield s
+    await s.close()

@@ -9,59 +9,44 @@ import asyncio
 import pytest
 
 from musicsplit.gateway.jobqueue import ChunkPlan, SqlJobQueue
-from musicsplit.gateway.database import database_url
 from musicsplit.gateway.jobstore import SqlJobStore
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request, tmp_path):
-    if request.param == "sqlite":
-        return database_url(f"sqlite:///{tmp_path / 'jobs.sqlite3'}")
-    return database_url(request.getfixturevalue("postgres").database())
-
-
 @pytest.fixture
-async def store(url):
-    s = await SqlJobStore.open(url)
-    yield s
-    await s.close()
+def queue(job_store):
+    return SqlJobQueue(job_store.engine)
 
 
-@pytest.fixture
-def queue(store):
-    return SqlJobQueue(store.engine)
-
-
-async def new_job(store, tenant="public", user="u1"):
-    return await store.create(tenant=tenant, model="m", params={}, user_id=user, arm="control", filename=None,
+async def new_job(job_store, tenant="public", user="u1"):
+    return await job_store.create(tenant=tenant, model="m", params={}, user_id=user, arm="control", filename=None,
                               audio_sha=None)
 
 
-async def test_owners_are_served_in_turn_least_recently_served_first(store, queue):
-    batch = [await new_job(store, user="batch-user") for _ in range(4)]
-    alice = await new_job(store, user="alice")
-    bob = await new_job(store, tenant="acme", user="alice")  # same user name, another tenant: another owner
-    anonymous = await new_job(store, user=None)
+async def test_owners_are_served_in_turn_least_recently_served_first(job_store, queue):
+    batch = [await new_job(job_store, user="batch-user") for _ in range(4)]
+    alice = await new_job(job_store, user="alice")
+    bob = await new_job(job_store, tenant="acme", user="alice")  # same user name, another tenant: another owner
+    anonymous = await new_job(job_store, user=None)
     order = [(await queue.claim("r1", 30)).job.id for _ in range(7)]
     # acme, never served, goes before public's other users once public has had a turn.
     assert order == [batch[0].id, bob.id, alice.id, anonymous.id, batch[1].id, batch[2].id, batch[3].id]
     assert await queue.claim("r1", 30) is None
     # alice, served long ago, comes before the batch user served just now.
-    later = [await new_job(store, user="batch-user"), await new_job(store, user="alice")]
+    later = [await new_job(job_store, user="batch-user"), await new_job(job_store, user="alice")]
     assert [(await queue.claim("r1", 30)).job.id for _ in range(2)] == [later[1].id, later[0].id]
 
 
-async def test_tenants_take_turns_however_many_users_each_has(store, queue):
-    crowd = [await new_job(store, tenant="crowd", user=f"user{i}") for i in range(6)]
-    solo = [await new_job(store, tenant="solo", user="only") for _ in range(3)]
+async def test_tenants_take_turns_however_many_users_each_has(job_store, queue):
+    crowd = [await new_job(job_store, tenant="crowd", user=f"user{i}") for i in range(6)]
+    solo = [await new_job(job_store, tenant="solo", user="only") for _ in range(3)]
     claimed = [(await queue.claim("r1", 30)).job for _ in range(9)]
     assert [job.tenant for job in claimed[:6]] == ["crowd", "solo"] * 3, [job.tenant for job in claimed]
     assert sorted(job.id for job in claimed) == sorted(job.id for job in crowd + solo)  # each once
     assert await queue.claim("r1", 30) is None
 
 
-async def test_a_claim_leases_the_job_and_counts_the_queue(store, queue):
-    jobs = [await new_job(store) for _ in range(3)]
+async def test_a_claim_leases_the_job_and_counts_the_queue(job_store, queue):
+    jobs = [await new_job(job_store) for _ in range(3)]
     assert await queue.queued() == 3
     claimed = await queue.claim("replica-a", 30)
     assert claimed.taken_over_from is None
@@ -71,10 +56,10 @@ async def test_a_claim_leases_the_job_and_counts_the_queue(store, queue):
     assert await queue.queued() == 2
 
 
-async def test_replicas_claiming_at_once_never_get_the_same_job(url, store):
+async def test_replicas_claiming_at_once_never_get_the_same_job(job_store_url, job_store):
     for _ in range(12):
-        await new_job(store, user=None)
-    stores = [await SqlJobStore.open(url) for _ in range(3)]
+        await new_job(job_store, user=None)
+    stores = [await SqlJobStore.open(job_store_url) for _ in range(3)]
     try:
         queues = [SqlJobQueue(s.engine) for s in stores]
 
@@ -92,10 +77,10 @@ async def test_replicas_claiming_at_once_never_get_the_same_job(url, store):
     assert len(every) == len(set(every)) == 12
 
 
-async def test_an_expired_lease_is_taken_over_first_and_the_old_holder_changes_nothing(store, queue):
-    await new_job(store)
+async def test_an_expired_lease_is_taken_over_first_and_the_old_holder_changes_nothing(job_store, queue):
+    await new_job(job_store)
     job = (await queue.claim("dead", 0.2)).job
-    waiting = await new_job(store, user="other")
+    waiting = await new_job(job_store, user="other")
     assert await queue.progress(job.id, "dead", 2, 8)
     assert await queue.checkpoint(job.id, "dead", 0, {"model": "m"}, 3, 8)
     assert (await queue.claim("alive", 30)).job.id == waiting.id  # the lease still runs: not taken
@@ -110,15 +95,15 @@ async def test_an_expired_lease_is_taken_over_first_and_the_old_holder_changes_n
     assert await queue.progress(job.id, "dead", 7, 8) is None
     assert await queue.checkpoint(job.id, "dead", 5, {}, 7, 8) is None
     assert not await queue.save_plan(job.id, "dead", ChunkPlan([(0, 10)], None))
-    assert await store.transition(job.id, ("running",), held_by="dead", status="succeeded") is None
+    assert await job_store.transition(job.id, ("running",), held_by="dead", status="succeeded") is None
     assert list(await queue.checkpoints(job.id)) == [0]
     # The new holder's progress never goes below what was shown.
     assert (await queue.progress(job.id, "alive", 1, 8)).chunks_done == 3
-    assert (await store.transition(job.id, ("running",), held_by="alive", status="succeeded")).status == "succeeded"
+    assert (await job_store.transition(job.id, ("running",), held_by="alive", status="succeeded")).status == "succeeded"
 
 
-async def test_plan_and_checkpoints_round_trip_and_are_forgotten(store, queue):
-    await new_job(store)
+async def test_plan_and_checkpoints_round_trip_and_are_forgotten(job_store, queue):
+    await new_job(job_store)
     job = (await queue.claim("r", 30)).job
     plan = ChunkPlan([(0, 100), (90, 200)], "chunked: too long for one request")
     assert await queue.save_plan(job.id, "r", plan)
@@ -131,9 +116,9 @@ async def test_plan_and_checkpoints_round_trip_and_are_forgotten(store, queue):
     assert await queue.plan(job.id) is None and await queue.checkpoints(job.id) == {}
 
 
-async def test_release_all_makes_every_running_job_resumable(store, queue):
-    await new_job(store)
-    await new_job(store, user="u2")
+async def test_release_all_makes_every_running_job_resumable(job_store, queue):
+    await new_job(job_store)
+    await new_job(job_store, user="u2")
     a, b = (await queue.claim("old-life", 300)).job, (await queue.claim("old-life", 300)).job
     assert await queue.claim("new-life", 30) is None
     assert await queue.release_all() == 2

@@ -12,8 +12,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from musicsplit.errors import QuotaExceeded
-from musicsplit.gateway.database import database_url
-from musicsplit.gateway.jobstore import ActiveJobLimit, SqlJobStore
+from musicsplit.gateway.jobstore import ActiveJobLimit
 from musicsplit.gateway.quotas import Quotas
 from musicsplit.gateway.tenants import Quota, Tenant
 from musicsplit.localstack import wait_until
@@ -110,36 +109,25 @@ def test_audio_minutes_per_day(idle_gateway):
     assert r.status_code == 429 and "has used its quota audio_minutes_per_day (1) for today" in r.json()["error"]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def store(request, tmp_path):
-    if request.param == "postgresql":
-        url = database_url(request.getfixturevalue("postgres").database())
-    else:
-        url = database_url(None, tmp_path / "jobs.sqlite3")
-    s = await SqlJobStore.open(url)
-    yield s
-    await s.close()
-
-
-async def test_the_last_place_is_taken_once_however_many_submit_at_once(store):
+async def test_the_last_place_is_taken_once_however_many_submit_at_once(job_store):
     async def create(i: int):
-        return await store.create(tenant="acme", model="m", params={}, user_id=f"u{i}", arm=None, filename=None,
+        return await job_store.create(tenant="acme", model="m", params={}, user_id=f"u{i}", arm=None, filename=None,
                                   audio_sha=None, max_active=3)
 
     results = await asyncio.gather(*(create(i) for i in range(8)), return_exceptions=True)
     assert sum(not isinstance(r, BaseException) for r in results) == 3
     assert all(isinstance(r, ActiveJobLimit) for r in results if isinstance(r, BaseException))
-    assert await store.count_active("acme") == 3
+    assert await job_store.count_active("acme") == 3
     # Another tenant has its own places; a finished job frees one.
-    await store.create(tenant="globex", model="m", params={}, user_id=None, arm=None, filename=None, audio_sha=None,
+    await job_store.create(tenant="globex", model="m", params={}, user_id=None, arm=None, filename=None, audio_sha=None,
                        max_active=1)
     done = next(r for r in results if not isinstance(r, BaseException))
-    await store.update(done.id, status="succeeded")
+    await job_store.update(done.id, status="succeeded")
     await create(99)
 
 
-async def test_counters_refuse_without_counting_and_give_back(store):
-    quotas = Quotas(store.engine, {"acme": Tenant(quota=Quota(requests_per_minute=3, audio_minutes_per_day=1.0))})
+async def test_counters_refuse_without_counting_and_give_back(job_store):
+    quotas = Quotas(job_store.engine, {"acme": Tenant(quota=Quota(requests_per_minute=3, audio_minutes_per_day=1.0))})
     while time.time() % 60 > 55:
         await asyncio.sleep(0.5)
     results = await asyncio.gather(*(quotas.count_request("acme") for _ in range(5)), return_exceptions=True)
