@@ -5,11 +5,10 @@ not there, or answers an error."""
 from __future__ import annotations
 
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 from musicsplit.localstack import wait_until
 from musicsplit.operator import prometheus
@@ -29,22 +28,9 @@ class FakePredictorMetrics:
                                  buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600))
         self.quality = Histogram("audio_separation_quality", "", labels, registry=self.registry,
                                  buckets=(0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0))
-        registry = self.registry
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                body = generate_latest(registry)
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *a):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.target = f"127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        # prometheus_client's own exporter, on a free loopback port
+        self.server, _ = start_http_server(0, "127.0.0.1", registry=self.registry)
+        self.target = f"127.0.0.1:{self.server.server_port}"
 
     def serve(self, version: str, n: int, errors: int = 0, bad_input: int = 0, seconds: float = 2.0,
               quality: float = 0.9, source: str = "user"):

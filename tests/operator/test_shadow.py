@@ -7,12 +7,10 @@ gateway and real predictors: tests/operator/test_shadow_e2e.py."""
 
 from __future__ import annotations
 
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, start_http_server
 
 from musicsplit.localstack import wait_until
 from musicsplit.operator import analysis as a
@@ -106,22 +104,9 @@ class FakeGatewayMetrics:
         self.agreement = Histogram("musicsplit_gateway_shadow_agreement_db", "",
                                    ("model", "model_namespace", "canary_version", "stable_version", "stem"),
                                    registry=self.registry, buckets=(0, 10, 20, 100))
-        registry = self.registry
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                body = generate_latest(registry)
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.target = f"127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        # prometheus_client's own exporter, on a free loopback port
+        self.server, _ = start_http_server(0, "127.0.0.1", registry=self.registry)
+        self.target = f"127.0.0.1:{self.server.server_port}"
 
     def compare(self, namespace, canary, stable, n, **per_stem):
         for _ in range(n):
