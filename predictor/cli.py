@@ -42,9 +42,12 @@ def predictor_parser() -> argparse.ArgumentParser:
         description="Serve one separation model over KServe v2 (REST + gRPC) with /metrics.",
     )
     parser.add_argument("--model_dir", default=None,
-                        help="model dir (Demucs checkpoints + optional musicsplit.yaml), a pretrained "
-                             "name (htdemucs, htdemucs_ft, htdemucs_6s, mdx_extra...), hf://..., or "
-                             "builtin://dsp-baseline. Default /mnt/models (KServe's mount)")
+                        help="model dir (Demucs' files in its Hugging Face layout, <name>.yaml + "
+                             "<sig>.safetensors, or its legacy <sig>-<sha8>.th one, + optional "
+                             "musicsplit.yaml), a storage URI (hf://owner/repo[:revision], s3://, gs://, "
+                             "...: fetched with kserve-storage), a pretrained name (htdemucs, htdemucs_ft, "
+                             "htdemucs_6s, mdx_extra...) or builtin://dsp-baseline. Default /mnt/models "
+                             "(KServe's mount)")
     parser.add_argument("--storage_uri", default=None, help="alias of --model_dir (KServe's name)")
     parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
     parser.add_argument("--precision", default=None, help="auto (default), fp32, bf16, fp16")

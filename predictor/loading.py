@@ -1,9 +1,13 @@
 """Finding, verifying and loading a model: model dir, pretrained name or builtin.
 
-A model dir holds what Demucs itself reads (`<sig>-<sha8>.th` packages and
-bag `<name>.yaml` files, as in demucs/remote/) plus an optional
-`musicsplit.yaml` manifest. Everything here runs before the server says
-ready; any failure is a ModelLoadError with a message an operator can act on.
+A model dir holds the files Demucs publishes, in either of its layouts: the
+Hugging Face one of demucs 4.1 (a bag `<name>.yaml` plus one `<sig>.safetensors`
+per model, class and init arguments as json in the safetensors metadata: what
+KServe's `hf://owner/repo` storage initializer leaves at /mnt/models) or the
+legacy one (`<sig>-<sha8>.th` packages and bag yamls, as in demucs/remote/),
+plus an optional `musicsplit.yaml` manifest. Everything here runs before the
+server says ready; any failure is a ModelLoadError with a message an operator
+can act on.
 """
 
 from __future__ import annotations
@@ -121,10 +125,17 @@ def derived_version(directory: Path) -> str:
     return "sha-" + digest.hexdigest()[:12]
 
 
+def _checkpoint_sigs(directory: Path) -> set[str]:
+    """Signatures of the single-model files in a dir, in both Demucs layouts."""
+    return {p.stem for p in directory.glob("*.safetensors")} | {
+        p.stem.rsplit("-", 1)[0] for p in directory.glob("*.th")
+    }
+
+
 def _model_to_load(directory: Path, manifest: Manifest) -> str:
     """The bag or signature to load from a dir: the manifest's name, or the only one."""
     bags = sorted(p.stem for p in directory.glob("*.yaml") if p.name != MANIFEST)
-    sigs = sorted(p.stem.rsplit("-", 1)[0] for p in directory.glob("*.th"))
+    sigs = sorted(_checkpoint_sigs(directory))
     if manifest.name and (manifest.name in bags or manifest.name in sigs):
         return manifest.name
     if len(bags) == 1:
@@ -133,7 +144,8 @@ def _model_to_load(directory: Path, manifest: Manifest) -> str:
         return sigs[0]
     if not bags and not sigs:
         raise ModelLoadError(
-            f"{directory} holds no Demucs model (no <sig>.th checkpoint, no bag .yaml)"
+            f"{directory} holds no Demucs model (no <sig>.safetensors or <sig>-<sha8>.th "
+            "checkpoint, no bag .yaml)"
         )
     raise ModelLoadError(
         f"{directory} holds several models (bags {bags}, checkpoints {sigs}); "
@@ -198,15 +210,68 @@ class DemucsSeparator:
         return out.cpu().numpy().astype(np.float32, copy=False)
 
 
+def _model_dir_repo(directory: Path):
+    """Demucs' LocalRepo, taught the Hugging Face layout: `<sig>.safetensors` files load
+    through demucs.hf, `<sig>-<sha8>.th` through LocalRepo (checksum included)."""
+    from demucs.hf import load_safetensors_model
+    from demucs.repo import LocalRepo
+
+    class ModelDirRepo(LocalRepo):
+        def scan(self):
+            super().scan()
+            # Where both layouts hold a signature, the safetensors file wins, as demucs 4.1
+            # tries the hub's safetensors before the legacy .th files.
+            for file in self.root.glob("*.safetensors"):
+                self._models[file.stem] = file
+                self._checksums.pop(file.stem, None)
+
+        def get_model(self, sig):
+            file = self._models.get(sig)
+            if file is not None and file.suffix == ".safetensors":
+                return load_safetensors_model(file)
+            return super().get_model(sig)
+
+    return ModelDirRepo(directory)
+
+
+def _check_bag_members(directory: Path, name: str, repo) -> None:
+    """A bag yaml naming a model the dir lacks in both layouts: say which and where we looked."""
+    bag_file = directory / f"{name}.yaml"
+    if repo.has_model(name) or not bag_file.is_file():
+        return
+    try:
+        bag = yaml.safe_load(bag_file.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ModelLoadError(f"{bag_file} is not valid YAML: {exc}") from None
+    sigs = bag.get("models") if isinstance(bag, dict) else None
+    if not isinstance(sigs, list) or not sigs:
+        raise ModelLoadError(f"{bag_file} is not a Demucs bag: it needs a `models:` list of signatures")
+    for sig in sigs:
+        if not repo.has_model(str(sig)):
+            raise ModelLoadError(
+                f"{bag_file.name} in {directory} names model signature {sig}, but the dir holds "
+                f"neither {sig}.safetensors (Hugging Face layout) nor {sig}-<sha8>.th (legacy "
+                "layout); copy every file of the model's release into the dir"
+            )
+
+
 def _load_demucs_dir(directory: Path, manifest: Manifest):
-    from demucs.pretrained import get_model
-    from demucs.repo import ModelLoadingError
+    from demucs.repo import AnyModelRepo, BagOnlyRepo, ModelLoadingError
+    from safetensors import SafetensorError
 
     name = _model_to_load(directory, manifest)
     try:
-        return name, get_model(name, repo=directory)
-    except (ModelLoadingError, KeyError, RuntimeError, OSError) as exc:
+        model_repo = _model_dir_repo(directory)  # refuses two .th files for one signature
+    except ModelLoadingError as exc:
         raise ModelLoadError(f"could not load Demucs model {name!r} from {directory}: {exc}") from exc
+    _check_bag_members(directory, name, model_repo)
+    try:
+        model = AnyModelRepo(model_repo, BagOnlyRepo(directory, model_repo)).get_model(name)
+    except (ModelLoadingError, SafetensorError, KeyError, ValueError, TypeError, RuntimeError,
+            OSError, ImportError, AttributeError) as exc:
+        # a damaged file, metadata naming a class or argument this demucs lacks, a bad state dict
+        raise ModelLoadError(f"could not load Demucs model {name!r} from {directory}: {exc}") from exc
+    return name, model.eval()
 
 
 def _load_pretrained(name: str):
@@ -228,7 +293,9 @@ def _builtin_baseline():
     return DSPBaseline()
 
 
-REMOTE_SCHEMES = ("s3://", "gs://", "https://", "http://", "hdfs://", "webhdfs://", "pvc://", "oci://")
+# What KServe's storage initializer fetches. `hf://owner/repo[:revision]` is a Hugging Face
+# repository, as KServe reads it (demucs' own `hf://` names a model, not a repository).
+REMOTE_SCHEMES = ("s3://", "gs://", "https://", "http://", "hdfs://", "webhdfs://", "pvc://", "oci://", "hf://")
 
 
 def _download(uri: str) -> str:
@@ -247,7 +314,8 @@ def _download(uri: str) -> str:
 
 
 def load(model_dir: str, device: str = "auto", precision: str = "auto", segment_batch: int = 0) -> LoadedModel:
-    """Load from a model dir, `builtin://dsp-baseline`, a pretrained name or `hf://...`.
+    """Load from a model dir, a storage URI (`s3://`, `hf://owner/repo`, ...),
+    `builtin://dsp-baseline` or a pretrained name (Demucs fetches it).
 
     `precision` and `segment_batch` are the settings (auto, fp32, bf16, fp16; 0 = auto);
     the DSP baseline ignores both and serves fp32.
@@ -271,12 +339,14 @@ def load(model_dir: str, device: str = "auto", precision: str = "auto", segment_
         return DemucsSeparator(model, dev, served, resolve_segment_batch(segment_batch, dev))
 
     source = model_dir.removeprefix("file://")
+    if source.startswith("hf://") and "/" not in source.removeprefix("hf://"):
+        source = "pretrained://" + source.removeprefix("hf://")  # demucs' `hf://htdemucs`: a model name
     if source.startswith(REMOTE_SCHEMES):
         source = _download(source)
     manifest = Manifest()
     if source == BUILTIN_BASELINE:
         separator, name, version, arch, dev = _builtin_baseline(), "dsp-baseline", "builtin-1", "dsp-baseline", "cpu"
-    elif source.startswith(("pretrained://", "hf://")) or source in PRETRAINED:
+    elif source.startswith("pretrained://") or source in PRETRAINED:
         name = source.removeprefix("pretrained://")
         dev = _pick_device(device)
         separator = demucs(_load_pretrained(name))
