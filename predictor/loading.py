@@ -102,8 +102,27 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+# What Demucs reads from a model dir: bag yamls, safetensors (Hugging Face layout), .th (legacy).
+MODEL_SUFFIXES = (".yaml", ".safetensors", ".th")
+
+
+def model_files(directory: Path) -> list[Path]:
+    """The files of a dir Demucs may read (the manifest aside)."""
+    return sorted(p for p in directory.iterdir()
+                  if p.is_file() and p.suffix in MODEL_SUFFIXES and p.name != MANIFEST)
+
+
 def verify_files(directory: Path, expected: dict[str, str]) -> None:
-    """Check every file the manifest lists against its sha256."""
+    """Check every file the manifest lists against its sha256; where it lists any, a model
+    file it does not list is refused too (it would load unchecked)."""
+    if not isinstance(expected, dict):
+        raise ModelLoadError(f"{MANIFEST}: `files` must map each file name to its sha256")
+    unlisted = [p.name for p in model_files(directory) if p.name not in expected] if expected else []
+    if unlisted:
+        raise ModelLoadError(
+            f"{MANIFEST} in {directory} lists sha256s but not {', '.join(unlisted)}: add them "
+            "(`musicsplit model-manifest` writes every file's) or remove the files"
+        )
     for name, want in expected.items():
         path = directory / name
         if not path.is_file():
@@ -119,9 +138,8 @@ def verify_files(directory: Path, expected: dict[str, str]) -> None:
 def derived_version(directory: Path) -> str:
     """A version for dirs without a manifest: hash of the model files' hashes."""
     digest = hashlib.sha256()
-    for path in sorted(directory.iterdir()):
-        if path.suffix in (".th", ".yaml", ".safetensors") and path.name != MANIFEST:
-            digest.update(path.name.encode() + b"\0" + sha256_file(path).encode())
+    for path in model_files(directory):
+        digest.update(path.name.encode() + b"\0" + sha256_file(path).encode())
     return "sha-" + digest.hexdigest()[:12]
 
 

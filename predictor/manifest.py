@@ -13,15 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from musicsplit.predictor.loading import MANIFEST, ModelLoadError, load, sha256_file
-
-# What Demucs reads from a model dir: bag yamls, safetensors (Hugging Face layout), .th (legacy).
-MODEL_FILES = (".yaml", ".safetensors", ".th")
-
-
-def model_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.iterdir()
-                  if p.is_file() and p.suffix in MODEL_FILES and p.name != MANIFEST)
+from musicsplit.predictor.loading import MANIFEST, ModelLoadError, load, model_files, sha256_file
 
 
 def write_manifest(directory: Path, version: str, name: str | None = None, released: str | None = None,

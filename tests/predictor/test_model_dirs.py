@@ -86,6 +86,16 @@ def test_the_manifest_hashes_safetensors_files_like_any_other(tmp_path):
         load(str(directory), "cpu")
 
 
+def test_a_model_file_the_manifest_does_not_list_is_refused(tmp_path):
+    """Hashes that cover only some files would let the others load unchecked."""
+    directory = make_model_dir(tmp_path / "m", "m", layout="hf", bag=2)
+    doc = yaml.safe_load((directory / "musicsplit.yaml").read_text())
+    del doc["files"]["00000001.safetensors"]
+    (directory / "musicsplit.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(ModelLoadError, match="lists sha256s but not 00000001.safetensors"):
+        load(str(directory), "cpu")
+
+
 def test_the_version_derived_without_a_manifest_covers_safetensors_weights(tmp_path):
     a = make_model_dir(tmp_path / "a", "m", layout="hf", manifest=False, seed=1)
     # a copy, as a bucket sync leaves it (the safetensors writer orders its json header
