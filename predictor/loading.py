@@ -1,42 +1,33 @@
-"""Finding, verifying and loading a model: model dir, pretrained name or builtin.
-
-A model dir holds the files Demucs publishes, in either of its layouts: the
-Hugging Face one of demucs 4.1 (a bag `<name>.yaml` plus one `<sig>.safetensors`
-per model, class and init arguments as json in the safetensors metadata: what
-KServe's `hf://owner/repo` storage initializer leaves at /mnt/models) or the
-legacy one (`<sig>-<sha8>.th` packages and bag yamls, as in demucs/remote/),
-plus an optional `musicsplit.yaml` manifest. Everything here runs before the
-server says ready; any failure is a ModelLoadError with a message an operator
-can act on.
+"""Finding and loading a model: a model dir (modeldir.py: both Demucs layouts and the
+`musicsplit.yaml` manifest), a storage URI (fetched as KServe's storage initializer
+would: `hf://owner/repo` leaves a dir in demucs' Hugging Face layout), a pretrained
+name, or the builtin DSP baseline. Everything here runs before the server says
+ready; any failure is a ModelLoadError with a message an operator can act on.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
-import yaml
 
 from musicsplit.errors import BadRequest
+from musicsplit.predictor.modeldir import (  # noqa: F401 (ModelLoadError, MANIFEST: this module's API too)
+    MANIFEST, Manifest, ModelLoadError, derived_version, load_demucs_dir, verify_files,
+)
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "musicsplit.yaml"
 BUILTIN_BASELINE = "builtin://dsp-baseline"
 # Names Demucs resolves itself (Hugging Face hub first, then the official URLs).
 PRETRAINED = {
     "htdemucs", "htdemucs_ft", "htdemucs_6s", "hdemucs_mmi",
     "mdx", "mdx_extra", "mdx_q", "mdx_extra_q",
 }
-
-
-class ModelLoadError(RuntimeError):
-    """The model could not be loaded; the message says why and what to check."""
 
 
 class Separator(Protocol):
@@ -57,32 +48,6 @@ class Separator(Protocol):
 
 
 @dataclass
-class Manifest:
-    name: str | None = None
-    version: str | None = None
-    released: str | None = None
-    source: str | None = None
-    architecture: str | None = None
-    stems: list[str] | None = None
-    sample_rate: int | None = None
-    files: dict[str, str] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def read(cls, path: Path) -> "Manifest":
-        try:
-            doc = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ModelLoadError(f"{path} is not valid YAML: {exc}") from None
-        if not isinstance(doc, dict):
-            raise ModelLoadError(f"{path} must be a mapping of fields (name, version, files, ...)")
-        known = {k: doc[k] for k in cls.__dataclass_fields__ if k in doc}
-        if "version" in known and known["version"] is not None:
-            known["version"] = str(known["version"])
-        return cls(**known)
-
-
-@dataclass
 class LoadedModel:
     separator: Separator
     name: str
@@ -92,83 +57,6 @@ class LoadedModel:
     manifest: Manifest
     load_seconds: float = 0.0
     precision: str = "fp32"  # what the model runs at (precision.resolve); the DSP baseline: fp32
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-# What Demucs reads from a model dir: bag yamls, safetensors (Hugging Face layout), .th (legacy).
-MODEL_SUFFIXES = (".yaml", ".safetensors", ".th")
-
-
-def model_files(directory: Path) -> list[Path]:
-    """The files of a dir Demucs may read (the manifest aside)."""
-    return sorted(p for p in directory.iterdir()
-                  if p.is_file() and p.suffix in MODEL_SUFFIXES and p.name != MANIFEST)
-
-
-def verify_files(directory: Path, expected: dict[str, str]) -> None:
-    """Check every file the manifest lists against its sha256; where it lists any, a model
-    file it does not list is refused too (it would load unchecked)."""
-    if not isinstance(expected, dict):
-        raise ModelLoadError(f"{MANIFEST}: `files` must map each file name to its sha256")
-    unlisted = [p.name for p in model_files(directory) if p.name not in expected] if expected else []
-    if unlisted:
-        raise ModelLoadError(
-            f"{MANIFEST} in {directory} lists sha256s but not {', '.join(unlisted)}: add them "
-            "(`musicsplit model-manifest` writes every file's) or remove the files"
-        )
-    for name, want in expected.items():
-        path = directory / name
-        if not path.is_file():
-            raise ModelLoadError(f"{MANIFEST} lists {name}, which is missing from {directory}")
-        got = sha256_file(path)
-        if got != want.lower():
-            raise ModelLoadError(
-                f"sha256 mismatch for {path}: manifest says {want}, file has {got}; "
-                "the model dir is corrupt or was changed after release"
-            )
-
-
-def derived_version(directory: Path) -> str:
-    """A version for dirs without a manifest: hash of the model files' hashes."""
-    digest = hashlib.sha256()
-    for path in model_files(directory):
-        digest.update(path.name.encode() + b"\0" + sha256_file(path).encode())
-    return "sha-" + digest.hexdigest()[:12]
-
-
-def _checkpoint_sigs(directory: Path) -> set[str]:
-    """Signatures of the single-model files in a dir, in both Demucs layouts."""
-    return {p.stem for p in directory.glob("*.safetensors")} | {
-        p.stem.rsplit("-", 1)[0] for p in directory.glob("*.th")
-    }
-
-
-def _model_to_load(directory: Path, manifest: Manifest) -> str:
-    """The bag or signature to load from a dir: the manifest's name, or the only one."""
-    bags = sorted(p.stem for p in directory.glob("*.yaml") if p.name != MANIFEST)
-    sigs = sorted(_checkpoint_sigs(directory))
-    if manifest.name and (manifest.name in bags or manifest.name in sigs):
-        return manifest.name
-    if len(bags) == 1:
-        return bags[0]
-    if not bags and len(sigs) == 1:
-        return sigs[0]
-    if not bags and not sigs:
-        raise ModelLoadError(
-            f"{directory} holds no Demucs model (no <sig>.safetensors or <sig>-<sha8>.th "
-            "checkpoint, no bag .yaml)"
-        )
-    raise ModelLoadError(
-        f"{directory} holds several models (bags {bags}, checkpoints {sigs}); "
-        f"set `name` in {MANIFEST} to choose one"
-    )
 
 
 def _pick_device(requested: str) -> str:
@@ -226,70 +114,6 @@ class DemucsSeparator:
                                   segment=segment, device=self.device)[0]
         out = out.float() * std + mean
         return out.cpu().numpy().astype(np.float32, copy=False)
-
-
-def _model_dir_repo(directory: Path):
-    """Demucs' LocalRepo, taught the Hugging Face layout: `<sig>.safetensors` files load
-    through demucs.hf, `<sig>-<sha8>.th` through LocalRepo (checksum included)."""
-    from demucs.hf import load_safetensors_model
-    from demucs.repo import LocalRepo
-
-    class ModelDirRepo(LocalRepo):
-        def scan(self):
-            super().scan()
-            # Where both layouts hold a signature, the safetensors file wins, as demucs 4.1
-            # tries the hub's safetensors before the legacy .th files.
-            for file in self.root.glob("*.safetensors"):
-                self._models[file.stem] = file
-                self._checksums.pop(file.stem, None)
-
-        def get_model(self, sig):
-            file = self._models.get(sig)
-            if file is not None and file.suffix == ".safetensors":
-                return load_safetensors_model(file)
-            return super().get_model(sig)
-
-    return ModelDirRepo(directory)
-
-
-def _check_bag_members(directory: Path, name: str, repo) -> None:
-    """A bag yaml naming a model the dir lacks in both layouts: say which and where we looked."""
-    bag_file = directory / f"{name}.yaml"
-    if repo.has_model(name) or not bag_file.is_file():
-        return
-    try:
-        bag = yaml.safe_load(bag_file.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ModelLoadError(f"{bag_file} is not valid YAML: {exc}") from None
-    sigs = bag.get("models") if isinstance(bag, dict) else None
-    if not isinstance(sigs, list) or not sigs:
-        raise ModelLoadError(f"{bag_file} is not a Demucs bag: it needs a `models:` list of signatures")
-    for sig in sigs:
-        if not repo.has_model(str(sig)):
-            raise ModelLoadError(
-                f"{bag_file.name} in {directory} names model signature {sig}, but the dir holds "
-                f"neither {sig}.safetensors (Hugging Face layout) nor {sig}-<sha8>.th (legacy "
-                "layout); copy every file of the model's release into the dir"
-            )
-
-
-def _load_demucs_dir(directory: Path, manifest: Manifest):
-    from demucs.repo import AnyModelRepo, BagOnlyRepo, ModelLoadingError
-    from safetensors import SafetensorError
-
-    name = _model_to_load(directory, manifest)
-    try:
-        model_repo = _model_dir_repo(directory)  # refuses two .th files for one signature
-    except ModelLoadingError as exc:
-        raise ModelLoadError(f"could not load Demucs model {name!r} from {directory}: {exc}") from exc
-    _check_bag_members(directory, name, model_repo)
-    try:
-        model = AnyModelRepo(model_repo, BagOnlyRepo(directory, model_repo)).get_model(name)
-    except (ModelLoadingError, SafetensorError, KeyError, ValueError, TypeError, RuntimeError,
-            OSError, ImportError, AttributeError) as exc:
-        # a damaged file, metadata naming a class or argument this demucs lacks, a bad state dict
-        raise ModelLoadError(f"could not load Demucs model {name!r} from {directory}: {exc}") from exc
-    return name, model.eval()
 
 
 def _load_pretrained(name: str):
@@ -384,7 +208,7 @@ def load(model_dir: str, device: str = "auto", precision: str = "auto", segment_
             separator, name, arch, dev = _builtin_baseline(), manifest.name or "dsp-baseline", "dsp-baseline", "cpu"
         else:
             dev = _pick_device(device)
-            name, model = _load_demucs_dir(directory, manifest)
+            name, model = load_demucs_dir(directory, manifest)
             separator = demucs(model)
             arch = manifest.architecture or type(model).__name__
         if manifest.stems and list(manifest.stems) != list(separator.sources):

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import yaml
 
-from musicsplit.predictor.loading import MANIFEST, ModelLoadError, load, model_files, sha256_file
+from musicsplit.predictor.loading import load
+from musicsplit.predictor.modeldir import MANIFEST, ModelLoadError, model_files, sha256_file
 
 
 def write_manifest(directory: Path, version: str, name: str | None = None, released: str | None = None,
