@@ -224,8 +224,9 @@ def render() -> str:
         "| lever | effect on compute per track |",
         "|---|---|",
         f"| precision | bf16 takes {ht16.rtf / ht32.rtf:.2f}x fp32's compute on this CPU "
-        f"(htdemucs, {money(ht32.cost_per_track * 1000)} -> {money(ht16.cost_per_track * 1000)} per 1,000 tracks); "
-        "quality in docs/benchmarks.md |",
+        f"(htdemucs, {money(ht32.cost_per_track * 1000)} -> {money(ht16.cost_per_track * 1000)} per 1,000 tracks; "
+        "model_speed.py per audio second, shifts=1: the served comparisons measured 1.82-1.99x, "
+        "docs/benchmarks.md \"Models\" says what each figure is); quality in docs/benchmarks.md |",
         "| cache hit rate | a hit costs no inference: cost x (1 - hit rate); "
         + ", ".join(f"{h:.0%}: {money(ht16.cost_per_track * 1000 * (1 - h))}" for h in HIT_RATES)
         + " per 1,000 tracks |",

@@ -75,7 +75,7 @@ def ab_report(args) -> int:
 def add_commands(sub, serve_group) -> None:
     p = serve_group.add_parser("gateway", help="the user-facing API (uploads, jobs, v2 pass-through)",
                                description="Settings come from MUSICSPLIT_GATEWAY_* environment; flags override.")
-    p.add_argument("--host")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1: loopback only; 0.0.0.0 to be reachable, as in a container)")
     p.add_argument("--port", type=int)
     p.add_argument("--data_dir")
     p.add_argument("--default_model")

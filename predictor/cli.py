@@ -33,6 +33,30 @@ def add_commands(sub, serve) -> None:
                         "$MUSICSPLIT_API_KEY)")
     s.set_defaults(func=separate_file)
 
+    m = sub.add_parser("model-manifest", help="write a model dir's musicsplit.yaml (version, sha256 of each file)",
+                       description="Load a model dir (either Demucs layout) on CPU, then write its "
+                                   "musicsplit.yaml: name, version, stems, sample rate and the sha256 of every "
+                                   ".yaml, .safetensors and .th file, which the predictor checks before loading.")
+    m.add_argument("dir", type=Path, help="the model dir, e.g. a snapshot of hf://adefossez/HTDemucs")
+    m.add_argument("--version", required=True, help="the release's version (a SeparationModel's spec.model.version)")
+    m.add_argument("--name", help="the bag to serve, where the dir holds several")
+    m.add_argument("--released", help="release date, YYYY-MM-DD")
+    m.add_argument("--source", help="where the files came from (URL)")
+    m.set_defaults(func=model_manifest)
+
+
+def model_manifest(args) -> int:
+    from musicsplit.predictor.loading import ModelLoadError
+    from musicsplit.predictor.manifest import write_manifest
+
+    try:
+        doc = write_manifest(args.dir, args.version, args.name, args.released, args.source)
+    except ModelLoadError as exc:
+        print(f"musicsplit model-manifest: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.dir / 'musicsplit.yaml'}: {doc['name']} {doc['version']}, {len(doc['files'])} files hashed")
+    return 0
+
 
 def predictor_parser() -> argparse.ArgumentParser:
     from kserve import model_server
@@ -42,9 +66,12 @@ def predictor_parser() -> argparse.ArgumentParser:
         description="Serve one separation model over KServe v2 (REST + gRPC) with /metrics.",
     )
     parser.add_argument("--model_dir", default=None,
-                        help="model dir (Demucs checkpoints + optional musicsplit.yaml), a pretrained "
-                             "name (htdemucs, htdemucs_ft, htdemucs_6s, mdx_extra...), hf://..., or "
-                             "builtin://dsp-baseline. Default /mnt/models (KServe's mount)")
+                        help="model dir (Demucs' files in its Hugging Face layout, <name>.yaml + "
+                             "<sig>.safetensors, or its legacy <sig>-<sha8>.th one, + optional "
+                             "musicsplit.yaml), a storage URI (hf://owner/repo[:revision], s3://, gs://, "
+                             "...: fetched with kserve-storage), a pretrained name (htdemucs, htdemucs_ft, "
+                             "htdemucs_6s, mdx_extra...) or builtin://dsp-baseline. Default /mnt/models "
+                             "(KServe's mount)")
     parser.add_argument("--storage_uri", default=None, help="alias of --model_dir (KServe's name)")
     parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
     parser.add_argument("--precision", default=None, help="auto (default), fp32, bf16, fp16")

@@ -1,38 +1,33 @@
-"""Finding, verifying and loading a model: model dir, pretrained name or builtin.
-
-A model dir holds what Demucs itself reads (`<sig>-<sha8>.th` packages and
-bag `<name>.yaml` files, as in demucs/remote/) plus an optional
-`musicsplit.yaml` manifest. Everything here runs before the server says
+"""Finding and loading a model: a model dir (modeldir.py: both Demucs layouts and the
+`musicsplit.yaml` manifest), a storage URI (fetched as KServe's storage initializer
+would: `hf://owner/repo` leaves a dir in demucs' Hugging Face layout), a pretrained
+name, or the builtin DSP baseline. Everything here runs before the server says
 ready; any failure is a ModelLoadError with a message an operator can act on.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
-import yaml
 
 from musicsplit.errors import BadRequest
+from musicsplit.predictor.modeldir import (  # noqa: F401 (ModelLoadError, MANIFEST: this module's API too)
+    MANIFEST, Manifest, ModelLoadError, derived_version, load_demucs_dir, verify_files,
+)
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "musicsplit.yaml"
 BUILTIN_BASELINE = "builtin://dsp-baseline"
 # Names Demucs resolves itself (Hugging Face hub first, then the official URLs).
 PRETRAINED = {
     "htdemucs", "htdemucs_ft", "htdemucs_6s", "hdemucs_mmi",
     "mdx", "mdx_extra", "mdx_q", "mdx_extra_q",
 }
-
-
-class ModelLoadError(RuntimeError):
-    """The model could not be loaded; the message says why and what to check."""
 
 
 class Separator(Protocol):
@@ -53,32 +48,6 @@ class Separator(Protocol):
 
 
 @dataclass
-class Manifest:
-    name: str | None = None
-    version: str | None = None
-    released: str | None = None
-    source: str | None = None
-    architecture: str | None = None
-    stems: list[str] | None = None
-    sample_rate: int | None = None
-    files: dict[str, str] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def read(cls, path: Path) -> "Manifest":
-        try:
-            doc = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ModelLoadError(f"{path} is not valid YAML: {exc}") from None
-        if not isinstance(doc, dict):
-            raise ModelLoadError(f"{path} must be a mapping of fields (name, version, files, ...)")
-        known = {k: doc[k] for k in cls.__dataclass_fields__ if k in doc}
-        if "version" in known and known["version"] is not None:
-            known["version"] = str(known["version"])
-        return cls(**known)
-
-
-@dataclass
 class LoadedModel:
     separator: Separator
     name: str
@@ -88,57 +57,6 @@ class LoadedModel:
     manifest: Manifest
     load_seconds: float = 0.0
     precision: str = "fp32"  # what the model runs at (precision.resolve); the DSP baseline: fp32
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def verify_files(directory: Path, expected: dict[str, str]) -> None:
-    """Check every file the manifest lists against its sha256."""
-    for name, want in expected.items():
-        path = directory / name
-        if not path.is_file():
-            raise ModelLoadError(f"{MANIFEST} lists {name}, which is missing from {directory}")
-        got = sha256_file(path)
-        if got != want.lower():
-            raise ModelLoadError(
-                f"sha256 mismatch for {path}: manifest says {want}, file has {got}; "
-                "the model dir is corrupt or was changed after release"
-            )
-
-
-def derived_version(directory: Path) -> str:
-    """A version for dirs without a manifest: hash of the model files' hashes."""
-    digest = hashlib.sha256()
-    for path in sorted(directory.iterdir()):
-        if path.suffix in (".th", ".yaml", ".safetensors") and path.name != MANIFEST:
-            digest.update(path.name.encode() + b"\0" + sha256_file(path).encode())
-    return "sha-" + digest.hexdigest()[:12]
-
-
-def _model_to_load(directory: Path, manifest: Manifest) -> str:
-    """The bag or signature to load from a dir: the manifest's name, or the only one."""
-    bags = sorted(p.stem for p in directory.glob("*.yaml") if p.name != MANIFEST)
-    sigs = sorted(p.stem.rsplit("-", 1)[0] for p in directory.glob("*.th"))
-    if manifest.name and (manifest.name in bags or manifest.name in sigs):
-        return manifest.name
-    if len(bags) == 1:
-        return bags[0]
-    if not bags and len(sigs) == 1:
-        return sigs[0]
-    if not bags and not sigs:
-        raise ModelLoadError(
-            f"{directory} holds no Demucs model (no <sig>.th checkpoint, no bag .yaml)"
-        )
-    raise ModelLoadError(
-        f"{directory} holds several models (bags {bags}, checkpoints {sigs}); "
-        f"set `name` in {MANIFEST} to choose one"
-    )
 
 
 def _pick_device(requested: str) -> str:
@@ -198,17 +116,6 @@ class DemucsSeparator:
         return out.cpu().numpy().astype(np.float32, copy=False)
 
 
-def _load_demucs_dir(directory: Path, manifest: Manifest):
-    from demucs.pretrained import get_model
-    from demucs.repo import ModelLoadingError
-
-    name = _model_to_load(directory, manifest)
-    try:
-        return name, get_model(name, repo=directory)
-    except (ModelLoadingError, KeyError, RuntimeError, OSError) as exc:
-        raise ModelLoadError(f"could not load Demucs model {name!r} from {directory}: {exc}") from exc
-
-
 def _load_pretrained(name: str):
     from demucs.pretrained import get_model
 
@@ -228,7 +135,9 @@ def _builtin_baseline():
     return DSPBaseline()
 
 
-REMOTE_SCHEMES = ("s3://", "gs://", "https://", "http://", "hdfs://", "webhdfs://", "pvc://", "oci://")
+# What KServe's storage initializer fetches. `hf://owner/repo[:revision]` is a Hugging Face
+# repository, as KServe reads it (demucs' own `hf://` names a model, not a repository).
+REMOTE_SCHEMES = ("s3://", "gs://", "https://", "http://", "hdfs://", "webhdfs://", "pvc://", "oci://", "hf://")
 
 
 def _download(uri: str) -> str:
@@ -247,7 +156,8 @@ def _download(uri: str) -> str:
 
 
 def load(model_dir: str, device: str = "auto", precision: str = "auto", segment_batch: int = 0) -> LoadedModel:
-    """Load from a model dir, `builtin://dsp-baseline`, a pretrained name or `hf://...`.
+    """Load from a model dir, a storage URI (`s3://`, `hf://owner/repo`, ...),
+    `builtin://dsp-baseline` or a pretrained name (Demucs fetches it).
 
     `precision` and `segment_batch` are the settings (auto, fp32, bf16, fp16; 0 = auto);
     the DSP baseline ignores both and serves fp32.
@@ -271,12 +181,14 @@ def load(model_dir: str, device: str = "auto", precision: str = "auto", segment_
         return DemucsSeparator(model, dev, served, resolve_segment_batch(segment_batch, dev))
 
     source = model_dir.removeprefix("file://")
+    if source.startswith("hf://") and "/" not in source.removeprefix("hf://"):
+        source = "pretrained://" + source.removeprefix("hf://")  # demucs' `hf://htdemucs`: a model name
     if source.startswith(REMOTE_SCHEMES):
         source = _download(source)
     manifest = Manifest()
     if source == BUILTIN_BASELINE:
         separator, name, version, arch, dev = _builtin_baseline(), "dsp-baseline", "builtin-1", "dsp-baseline", "cpu"
-    elif source.startswith(("pretrained://", "hf://")) or source in PRETRAINED:
+    elif source.startswith("pretrained://") or source in PRETRAINED:
         name = source.removeprefix("pretrained://")
         dev = _pick_device(device)
         separator = demucs(_load_pretrained(name))
@@ -296,7 +208,7 @@ def load(model_dir: str, device: str = "auto", precision: str = "auto", segment_
             separator, name, arch, dev = _builtin_baseline(), manifest.name or "dsp-baseline", "dsp-baseline", "cpu"
         else:
             dev = _pick_device(device)
-            name, model = _load_demucs_dir(directory, manifest)
+            name, model = load_demucs_dir(directory, manifest)
             separator = demucs(model)
             arch = manifest.architecture or type(model).__name__
         if manifest.stems and list(manifest.stems) != list(separator.sources):

@@ -28,6 +28,8 @@ def test_the_models_users_can_serve_have_cards_with_published_sdr_and_measured_c
         assert name in PRETRAINED or name == "dsp-baseline", name  # a name `--model_dir` accepts
         card = (CARDS / f"{name}.md").read_text()
         assert re.search(r"SDR[^\n]*: \*\*", card) and "## Intended use" in card and "## Limitations" in card, name
+        # the runbooks escalate a model's quality to the owner its card names
+        assert re.search(r"^\| owner \| \S", card, re.M), name
         if name != "dsp-baseline":
             assert "| CPU, 1 core | bf16 |" in card, name  # measured speed and cost
     assert "9.00 dB" in (CARDS / "htdemucs.md").read_text()

@@ -55,6 +55,18 @@ def test_notes_say_what_to_do_next(rendered):
     assert "WARNING" not in everything  # PagerDuty and Slack are both set there
 
 
+def test_notes_say_when_the_gateways_state_is_not_durable(chart, rendered):
+    notes = rendered["default"].notes
+    assert ("the gateway keeps its jobs, quota counters and pending callbacks (SQLite) and its uploads and "
+            "results on an emptyDir") in " ".join(notes.split())
+    assert "Not durable" not in rendered["everything"].notes  # PostgreSQL and S3 there
+    assert "Not durable" not in render(chart, {"gateway": {"persistence": {"enabled": True}}}).notes
+    db_only = render(chart, {"gateway": {"database": {"url": {"existingSecret": "db", "key": "url"}}}}).notes
+    assert "keeps its uploads and results on an emptyDir" in " ".join(db_only.split())
+    rotated = render(chart, {"gateway": {"auth": {"tenants": {"existingSecret": "tenants"}}}}).notes
+    assert "kubectl -n musicsplit-system rollout restart deploy/prod-musicsplit-gateway" in rotated
+
+
 def test_notes_point_kube_prometheus_stack_users_at_their_grafana(chart):
     notes = render(chart, {"monitoring": {"serviceMonitors": {"enabled": True},
                                           "prometheusRule": {"enabled": True},

@@ -181,6 +181,27 @@ def test_every_alert_has_a_severity_and_a_runbook(observed):
         assert rule["annotations"]["runbook_url"].endswith(f"/runbooks/{rule['alert']}.md")
 
 
+def test_runbook_links_follow_the_runbook_base_url(chart, observed):
+    """Pages and Slack messages link runbooks where the team serves them: the PrometheusRules
+    and the bundled Prometheus' rule files alike."""
+    base = "https://wiki.example.org/sre/musicsplit-runbooks"
+    moved = render(chart, {"monitoring": {"prometheusRule": {"enabled": True}, "runbookBaseUrl": base + "/"},
+                           "quickstart": {"enabled": True}})
+    alerts = rendered_alerts(moved)
+    assert len(alerts) == len(rendered_alerts(observed)) > 0
+    for rule in alerts:
+        assert rule["annotations"]["runbook_url"] == f"{base}/{rule['alert']}.md"
+    bundled = [rule for text in moved.one("ConfigMap", "prod-musicsplit-rules")["data"].values()
+               for group in yaml.safe_load(text)["groups"] for rule in group["rules"] if "alert" in rule]
+    assert {r["alert"]: r["annotations"]["runbook_url"] for r in bundled} == {
+        r["alert"]: r["annotations"]["runbook_url"] for r in alerts}
+    # the default: the chart's source repository, as the rule files say
+    default = {r["alert"]: r["annotations"]["runbook_url"] for r in rendered_alerts(observed)}
+    from_files = {rule["alert"]: rule["annotations"]["runbook_url"] for path in (ROOT / "alerts").glob("*.rules.yaml")
+                  for group in yaml.safe_load(path.read_text())["groups"] for rule in group["rules"] if "alert" in rule}
+    assert default == from_files
+
+
 def scrape_targets(observed, prometheus_config) -> dict[str, list[dict]]:
     """The `up` series each way of scraping produces, per component: job names
     as prometheus-operator (service or namespace/podmonitor) and the bundled

@@ -112,7 +112,7 @@ def test_settings_that_cannot_work_are_refused_with_what_to_set(chart, values, m
 def test_multi_replica_gateway_renders_with_the_shared_stores(chart):
     shared = {"gateway": {"replicas": 3, "database": {"url": {"existingSecret": "db", "key": "url"}},
                           "storage": {"url": "s3://bucket/prefix"}, "eventsBackend": "redis"},
-              "redis": {"url": "redis://redis.cache:6379/0"}}
+              "redis": {"url": {"existingSecret": "redis", "key": "url"}}}
     out = render(chart, shared)
     assert out.one("Deployment", "prod-musicsplit-gateway")["spec"]["replicas"] == 3
     assert schemas.errors(out.objects) == {}
@@ -137,7 +137,7 @@ def test_every_value_is_commented():
     {"unleash": {"apiToken": {"existingSecret": "unleash-token", "key": "token"},
                  "postgresql": {"enabled": False, "externalUrl": {"existingSecret": "unleash-db", "key": "url"}}}},
     {"unleash": {"enabled": False, "url": "https://unleash.example/api", "apiToken": {"value": "*:production.x"}},
-     "redis": {"url": "rediss://cache.example:6380/0"}, "gateway": {"cacheBackend": "redis"}},
+     "redis": {"url": {"value": "rediss://:pw@cache.example:6380/0"}}, "gateway": {"cacheBackend": "redis"}},
     {"gateway": {"auth": {"tenants": {"existingSecret": "tenants"}}, "persistence": {"enabled": True,
                  "existingClaim": "gateway-data"}, "service": {"type": "LoadBalancer"}}},
     {"quickstart": {"enabled": True, "prometheus": {"enabled": False}, "jaeger": {"enabled": False}},

@@ -127,6 +127,22 @@ def test_secrets_travel_only_in_secrets(rendered):
         assert ref["name"] in users or ref["key"] in rendered_secrets.get(ref["name"], {}), ref
 
 
+@pytest.mark.parametrize("setting", [{"value": "rediss://:s3cret-pw@cache.example:6380/0"},
+                                     {"existingSecret": "cache-credentials", "key": "url"}])
+def test_an_external_redis_url_reaches_the_gateway_only_through_a_secret(chart, setting):
+    out = render(chart, {"redis": {"url": setting}, "gateway": {"cacheBackend": "redis", "eventsBackend": "redis"}})
+    env = {e["name"]: e for e in container_env(out, "gateway")}
+    ref = env["MUSICSPLIT_GATEWAY_REDIS_URL"]["valueFrom"]["secretKeyRef"]
+    assert "value" not in env["MUSICSPLIT_GATEWAY_REDIS_URL"]
+    if "existingSecret" in setting:
+        assert ref == {"name": "cache-credentials", "key": "url"}
+        assert not any("s3cret" in yaml.safe_dump(o) for o in out.objects)
+    else:
+        stored = out.one("Secret", ref["name"])["data"][ref["key"]]
+        assert base64.b64decode(stored).decode() == setting["value"]
+        assert not [o for o in out.objects if o["kind"] != "Secret" and "s3cret-pw" in yaml.safe_dump(o)]
+
+
 def test_tenants_file_is_the_values_mounted_where_the_gateway_reads_it(rendered):
     out = rendered["everything"]
     pod = out.one("Deployment", "prod-musicsplit-gateway")["spec"]["template"]["spec"]

@@ -9,6 +9,7 @@ import json
 
 import yaml
 
+from . import schemas
 from .conftest import CHART_DIR, ROOT, render
 
 MANIFESTS = ROOT / "manifests"
@@ -49,8 +50,11 @@ def test_gateway_reads_separation_models_only_for_shadow_traffic(chart, rendered
 
 
 def test_example_models_are_manifests_examples(chart):
-    out = render(chart, {"examples": {"enabled": True, "namespace": "ml", "models": ["htdemucs", "htdemucs-6s"]}})
-    for name, path in (("htdemucs", "htdemucs.yaml"), ("htdemucs-6s", "htdemucs_6s.yaml")):
+    out = render(chart, {"examples": {"enabled": True, "namespace": "ml",
+                                      "models": ["htdemucs", "htdemucs-6s", "htdemucs-cpu"]}})
+    assert schemas.errors(out.of_kind("SeparationModel")) == {}
+    for name, path in (("htdemucs", "htdemucs.yaml"), ("htdemucs-6s", "htdemucs_6s.yaml"),
+                       ("htdemucs-cpu", "htdemucs-cpu.yaml")):
         example = yaml.safe_load((MANIFESTS / "examples" / path).read_text())
         model = out.one("SeparationModel", name)
         assert model["metadata"]["namespace"] == "ml"

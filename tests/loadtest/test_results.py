@@ -88,3 +88,40 @@ def test_the_report_heads_its_page_with_the_note_on_its_figures(two_levels, tmp_
     assert md[:3] == ["# Load tests", "", f"> **{note}**"]
     assert any(line.startswith("| run |") for line in md)  # the figures the note is about follow it
     assert "> **" not in "\n".join(write_report(tmp_path, tmp_path / "plain").read_text().splitlines()[1:4])
+
+
+def _run_named(folder, name, rows, summary):
+    """A run NAME.json + NAME.csv.gz with k6's summary `metrics` and musicsplit's metadata."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(summary))
+    with gzip.open(folder / f"{name}.csv.gz", "wt", newline="") as f:
+        w = csv.DictWriter(f, COLUMNS)
+        w.writeheader()
+        for metric, ms, value, tags in rows:
+            w.writerow({"metric_name": metric, "timestamp": T0 + ms, "metric_value": value, "extra_tags": tags})
+
+
+def test_the_report_says_plainly_which_thresholds_failed_and_that_goodput_missed_its_goal(tmp_path):
+    """No request failed, yet a latency threshold failed and goodput fell short: the page must
+    say both in words, not leave a bold 0 % failed to speak for the run."""
+    from musicsplit.loadtest.report import write_report
+
+    rows = [(m, s * 1000, v, "api=jobs") for s in range(20)
+            for m, v in (("vus", 5), ("separations_ok", 1), ("separation_seconds", 15.0))]
+    latency = {"separation_seconds{api:jobs}": {"thresholds": {"p(99)<12": {"ok": False}}},
+               "separations_failed": {"thresholds": {"count==0": {"ok": True}}}}
+    runs = tmp_path / "runs"
+    _run_named(runs, "spike", rows, {"metrics": latency, "musicsplit": {"scenario": "spike", "spec": {}}})
+    goal = {"goodput": 0.9, "window_s": [5, 20], "goodput_over_capacity": 0.9, "goal": 0.95, "ok": False}
+    _run_named(runs, "arrival", rows, {"metrics": {"separations_failed": latency["separations_failed"]},
+                                       "musicsplit": {"scenario": "arrival", "spec": {}, "capacity": 1.0,
+                                                      "load_factor": 2, "rate": 2.0, "goodput_goal": goal}})
+    md = write_report(runs, tmp_path / "docs").read_text()
+    verdict = md.split("## Verdict", 1)[1].split("##", 1)[0]
+    assert "**thresholds FAILED** in spike (`separation_seconds{api:jobs}` p(99)<12)" in verdict
+    assert "goodput at 2x capacity 90.0% of capacity, **below its 95% goal**" in verdict
+    assert "0 of 40 requests failed" in verdict
+    spike = next(line for line in md.splitlines() if line.startswith("| spike |"))
+    assert "**1 of 2 FAILED**: `separation_seconds{api:jobs}` p(99)<12" in spike and "| 0 |" in spike
+    assert "**0" not in md  # no bold zero beside a failure
+    assert "(goal >= 95%: **missed**)" in md

@@ -29,6 +29,22 @@ def test_inference_service_runs_the_predictor_with_the_canary_percent():
     assert None not in pred.values()
 
 
+def test_the_cpu_example_asks_for_cores_and_no_gpu_node():
+    """manifests/examples/htdemucs-cpu.yaml schedules on any node: no GPU limit, no GPU
+    Feature Discovery nodeSelector, no toleration Knative would need a feature flag for."""
+    from pathlib import Path
+
+    import yaml
+
+    doc = yaml.safe_load((Path(__file__).resolve().parents[2] / "manifests/examples/htdemucs-cpu.yaml").read_text())
+    spec = parse_spec(doc["spec"])
+    pred = router.inference_service("htdemucs-cpu", "default", spec, Route(spec.model.storage_uri, None))["spec"]["predictor"]
+    assert pred["model"]["resources"] == {"limits": {"cpu": "4", "memory": "8Gi"},
+                                          "requests": {"cpu": "4", "memory": "8Gi"}}
+    assert "nodeSelector" not in pred and "tolerations" not in pred
+    assert pred["model"]["storageUri"] == "hf://adefossez/HTDemucs"
+
+
 def test_promotion_patch_removes_the_canary_percent():
     p = router.patch("htdemucs", SPEC, Route("gs://m/htdemucs/4.0.1", None))
     assert "canaryTrafficPercent" in p["spec"]["predictor"] and p["spec"]["predictor"]["canaryTrafficPercent"] is None

@@ -106,12 +106,18 @@ capabilities: {drop: [ALL]}
 {{- end }}
 
 {{/* URLs of what the chart runs, for the components that talk to it. */}}
-{{- define "musicsplit.redisUrl" -}}
-{{- if .Values.redis.enabled }}
-{{- printf "redis://%s:6379/0" (include "musicsplit.componentName" (dict "root" . "component" "redis")) }}
+{{- /* The gateway's Redis: the bundled one (no password, a plain value), or redis.url, a secret
+setting (the chart's Secret or the user's existingSecret). Call with (dict "root" $ "secretName" NAME). */}}
+{{- define "musicsplit.redisEnv" -}}
+{{- if .root.Values.redis.enabled }}
+- {name: MUSICSPLIT_GATEWAY_REDIS_URL, value: {{ printf "redis://%s:6379/0" (include "musicsplit.componentName" (dict "root" .root "component" "redis")) | quote }}}
 {{- else }}
-{{- .Values.redis.url }}
+{{- include "musicsplit.secretEnv" (dict "name" "MUSICSPLIT_GATEWAY_REDIS_URL" "setting" .root.Values.redis.url "secretName" .secretName) }}
 {{- end }}
+{{- end }}
+
+{{- define "musicsplit.redisSet" -}}
+{{- if or .Values.redis.enabled (include "musicsplit.secretSet" .Values.redis.url) }}true{{ end }}
 {{- end }}
 
 {{- define "musicsplit.unleashUrl" -}}
@@ -205,8 +211,8 @@ backends with no Redis.
 {{- fail "gateway: more than one replica (replicas > 1 or autoscaling) cannot share a ReadWriteOnce data volume: turn gateway.persistence off (the shared stores hold the state)" }}
 {{- end }}
 {{- end }}
-{{- if and $gw.enabled (or (eq $gw.eventsBackend "redis") (eq $gw.cacheBackend "redis")) (not (include "musicsplit.redisUrl" .)) }}
-{{- fail "gateway: eventsBackend or cacheBackend is redis but there is no Redis: set redis.enabled or redis.url" }}
+{{- if and $gw.enabled (or (eq $gw.eventsBackend "redis") (eq $gw.cacheBackend "redis")) (not (include "musicsplit.redisSet" .)) }}
+{{- fail "gateway: eventsBackend or cacheBackend is redis but there is no Redis: set redis.enabled or redis.url (value or existingSecret)" }}
 {{- end }}
 {{- if and .Values.quickstart.enabled .Values.quickstart.grafana.enabled .Values.monitoring.dashboards.namespace (ne .Values.monitoring.dashboards.namespace .Release.Namespace) }}
 {{- fail "monitoring.dashboards.namespace: the bundled Grafana mounts the dashboard ConfigMaps from the release's namespace; leave it empty with quickstart.grafana" }}
