@@ -83,6 +83,9 @@ class QueuePlace(BaseModel):
 def install(app: FastAPI) -> None:
     """The UI's API routes, and the page itself unless `ui_enabled` is off."""
     app.include_router(router)
+    app.openapi_tags = [*(app.openapi_tags or []), {
+        "name": "listening room", "description": "Verdicts of people comparing a rollout's canary with its stable "
+                                                 "by ear (the /ui listening room)"}]
     settings = app.state.settings
     if not settings.ui_enabled:
         return
