@@ -24,7 +24,7 @@ function describe(error) { return error instanceof ApiError ? error.message : `F
 function showTab(name) {
   for (const tab of document.querySelectorAll(".tab")) {
     const on = tab.getAttribute("aria-controls") === name;
-    tab.setAttribute("aria-selected", String(on));
+    tab.setAttribute("aria-current", String(on));
     $(tab.getAttribute("aria-controls")).hidden = !on;
   }
   if (name === "jobs") loadJobs();
@@ -38,14 +38,21 @@ async function checkAccess() {
   try {
     const models = await getJson("/v1/models");
     status.textContent = apiKey() ? "Signed in" : "Open gateway: no key needed";
-    $("signout-button").hidden = !apiKey();
+    signedIn(Boolean(apiKey()));
     fillModels(models);
     return models;
   } catch (e) {
     status.textContent = e.status === 401 ? (apiKey() ? "Key not accepted" : "Sign in with your API key") : describe(e);
+    signedIn(false);
     $("signout-button").hidden = !apiKey();
     return null;
   }
+}
+
+function signedIn(yes) {  // a key in use: only "Sign out" is offered
+  for (const id of ["api-key", "signin-button"]) $(id).hidden = yes;
+  document.querySelector("label[for=api-key]").hidden = yes;
+  $("signout-button").hidden = !yes;
 }
 
 function fillModels(models) {
@@ -241,7 +248,8 @@ async function loadJobs() {
       el("td", {}, j.quality_score == null ? "" : j.quality_score.toFixed(2)),
       el("td", {}, new Date(j.created * 1000).toLocaleString()),
       el("td", {}, el("button", { type: "button", onclick: () => follow(j), "aria-label": `Open ${j.filename || j.id}` }, "Open")))));
-    $("jobs-status").textContent = list.jobs.length ? `${list.jobs.length} jobs` : "No jobs yet";
+    const n = list.jobs.length;
+    $("jobs-status").textContent = n ? `${n} job${n === 1 ? "" : "s"}` : "No jobs yet";
   } catch (e) {
     body.replaceChildren();
     $("jobs-status").textContent = describe(e);

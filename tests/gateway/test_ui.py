@@ -122,7 +122,11 @@ def test_the_page_separates_plays_downloads_refuses_isolates_tenants_and_compare
     assert seen["stems_offered"] == ["drums", "bass", "other", "vocals"]
     # Progress moved: some chunks done before the last, shown as it happened.
     chunks = [s["chunks"] for s in seen["progress_seen"] if s["chunks"] is not None]
-    assert any(0 < c for c in chunks) and any(0 < s["value"] < 1 for s in seen["progress_seen"]), seen["progress_seen"]
+    done = chunks[-1]
+    assert chunks == sorted(chunks) and done >= 8, seen["progress_seen"]  # 20 s in 2 s chunks, in order
+    assert any(f"({done}/{done} chunks)" in s["text"] for s in seen["progress_seen"]), seen["progress_seen"]
+    between = {s["value"] for s in seen["progress_seen"] if 0 < s["value"] < 1}
+    assert len(between) >= 3, seen["progress_seen"]
     assert f"{MODEL} {stable_version}" in seen["facts"] and "Quality estimate" in seen["facts"]
     # Each stem plays, with the track's duration.
     assert sorted(p["stem"] for p in seen["players"]) == ["bass", "drums", "other", "vocals"]
@@ -143,6 +147,7 @@ def test_the_page_separates_plays_downloads_refuses_isolates_tenants_and_compare
     a_jobs = httpx.get(f"{gw.url}/v1/separations", headers=bearer(KEYS["team-a"])).json()["jobs"]
     assert seen["jobs_a"] == [j["id"] for j in a_jobs] and len(seen["jobs_a"]) == 1 and b_job not in seen["jobs_a"]
     assert seen["jobs_b"] == [b_job]
+    assert seen["reopened"] == 4  # a job reopened from the list plays again
     assert not seen["key_in_url"] and seen["key_in_storage"] == KEYS["team-b"]
 
     # The listening room: both versions separated, played, switched at the same position, judged.

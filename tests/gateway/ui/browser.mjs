@@ -48,7 +48,7 @@ async function page(key) {
 
 async function jobsShown(p) {
   await p.locator("#tab-jobs").click();
-  await p.locator("#jobs-status", { hasText: /jobs|No jobs/ }).waitFor(WAIT);
+  await p.locator("#jobs-status", { hasText: /job/ }).waitFor(WAIT);
   return p.$$eval("#jobs-table tbody tr", (rows) => rows.map((r) => r.dataset.job));
 }
 
@@ -100,6 +100,10 @@ try {
 
   out.jobs_a = await jobsShown(a);
   await shot(a, "jobs-desktop.png", 1280, 700);
+  // Reopen the job from the list: its result comes back.
+  await a.locator("#jobs-table tbody tr").first().getByRole("button", { name: /^Open/ }).click();
+  await a.locator("#result .stem").nth(3).waitFor(WAIT);
+  out.reopened = await a.$$eval("#result audio", (xs) => xs.length);
 
   // --- tenant B: its own page, its own jobs
   const b = current = await page(cfg.key_b);
