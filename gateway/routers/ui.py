@@ -89,24 +89,27 @@ def install(app: FastAPI) -> None:
     settings = app.state.settings
     if not settings.ui_enabled:
         return
-    extra = settings.s3_endpoint_url or ""
-    static = StaticFiles(directory=STATIC, html=True)
 
     @app.get("/ui", include_in_schema=False)
     async def _ui_root():
         return RedirectResponse("/ui/", status_code=307)
 
-    @app.middleware("http")
-    async def _ui_headers(request: Request, call_next):
-        response = await call_next(request)
-        if request.url.path.startswith("/ui/"):
-            response.headers["Content-Security-Policy"] = CSP.format(extra=extra).replace("  ", " ")
-            response.headers["X-Content-Type-Options"] = "nosniff"
-            response.headers["Referrer-Policy"] = "no-referrer"
-            response.headers["Cache-Control"] = "no-cache"
-        return response
+    app.mount("/ui/", PageFiles(directory=STATIC, html=True, csp=CSP.format(extra=settings.s3_endpoint_url or "")),
+              name="ui")
 
-    app.mount("/ui/", static, name="ui")
+
+class PageFiles(StaticFiles):
+    """The page's files, with headers that keep it to its own origin (and the bucket of presigned uploads)."""
+
+    def __init__(self, *, csp: str, **kwargs):
+        super().__init__(**kwargs)
+        self.headers = {"Content-Security-Policy": " ".join(csp.split()), "X-Content-Type-Options": "nosniff",
+                        "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
+
+    def file_response(self, *args, **kwargs):
+        response = super().file_response(*args, **kwargs)
+        response.headers.update(self.headers)
+        return response
 
 
 def _rollout(service: SeparationService, model: str) -> Canary | None:

@@ -7,12 +7,11 @@ tests/gateway/test_ui.py."""
 from __future__ import annotations
 
 import httpx
-import pytest
 
 from musicsplit.gateway.canaries import Canary
 from musicsplit.gateway.database import open_engine
 from musicsplit.gateway.verdicts import VerdictIn, VerdictStore
-from musicsplit.v2client import V2Client, encode_request
+from musicsplit.v2client import encode_request
 from tests.gateway.conftest import bearer, submit, tenants_file, tone, wav_bytes
 
 MODEL = "dsp-baseline"
