@@ -1,20 +1,28 @@
 #!/usr/bin/env bash
-# Installs what the web UI's browser test needs; idempotent (skips what is there).
-#   chromium (Debian)        -> tests/gateway/test_ui.py drives it headless
-#   playwright-core (npm)    -> the Node driver (tests/gateway/ui_browser.mjs); no browser download:
-#                               it runs /usr/bin/chromium (executablePath)
+# Installs what the web UI's tests need; idempotent (skips what is there).
+#   chromium (Debian)                   -> tests/gateway/test_ui.py drives it headless
+#   node (Debian nodejs, where missing) -> runs the driver, and tests/gateway/test_ui_js.py
+#   playwright-core (npm)               -> the driver (tests/gateway/ui/browser.mjs); no browser download:
+#                                          it runs /usr/bin/chromium (executablePath)
 # PLAYWRIGHT_DIR (default /opt/musicsplit/playwright) is where npm puts it; the test reads the same variable.
 set -euo pipefail
 pw_dir="${PLAYWRIGHT_DIR:-/opt/musicsplit/playwright}"
 
-if ! command -v chromium >/dev/null; then
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
   for attempt in 1 2 3 4 5; do  # another job may hold the dpkg lock
-    if { apt-get update -qq || true; } && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; then
-      break
+    if { apt-get update -qq || true; } && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; then
+      return 0
     fi
     sleep $((attempt * 5))
   done
-fi
+  return 1
+}
+
+command -v node >/dev/null || apt_install nodejs npm
+command -v chromium >/dev/null || apt_install chromium
 command -v chromium >/dev/null
 
 if [ ! -f "$pw_dir/node_modules/playwright-core/package.json" ]; then
