@@ -90,9 +90,16 @@ export function transport(player, label) {
     play.setAttribute("aria-label", `${player.playing ? "Pause" : "Play"} ${label}`);
     player.onTick && player.onTick(t, d);
   };
-  const loop = () => { update(); requestAnimationFrame(loop); };
+  const root = el("div", { class: "transport" }, play, slider, time);
+  let shown = false;
+  const loop = () => {  // until the controls leave the page (a new result replaced them)
+    shown ||= root.isConnected;
+    if (shown && !root.isConnected) return;
+    update();
+    requestAnimationFrame(loop);
+  };
   requestAnimationFrame(loop);
-  return el("div", { class: "transport" }, play, slider, time);
+  return root;
 }
 
 /** Stems as <audio> elements kept in step: one position, one play state. */
