@@ -39,7 +39,7 @@ PLAYWRIGHT_DIR = Path(os.environ.get("PLAYWRIGHT_DIR", "/opt/musicsplit/playwrig
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 MODEL = "dsp-baseline"
 CANARY_VERSION = "2.0.0-canary"
-SECONDS = 20.0
+SECONDS = 12.0
 RATE = 44100
 KEYS = {"team-a": "key-a-7d1c0f3e", "team-b": "key-b-52aa9e01"}
 MAX_REQUEST_BYTES = 5_000_000
@@ -123,7 +123,7 @@ def test_the_page_separates_plays_downloads_refuses_isolates_tenants_and_compare
     # Progress moved: some chunks done before the last, shown as it happened.
     chunks = [s["chunks"] for s in seen["progress_seen"] if s["chunks"] is not None]
     done = chunks[-1]
-    assert chunks == sorted(chunks) and done >= 8, seen["progress_seen"]  # 20 s in 2 s chunks, in order
+    assert chunks == sorted(chunks) and done >= 5, seen["progress_seen"]  # 12 s in 2 s chunks, in order
     assert any(f"({done}/{done} chunks)" in s["text"] for s in seen["progress_seen"]), seen["progress_seen"]
     between = {s["value"] for s in seen["progress_seen"] if 0 < s["value"] < 1}
     assert len(between) >= 3, seen["progress_seen"]
