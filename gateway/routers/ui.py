@@ -222,33 +222,43 @@ async def _send(http: httpx.AsyncClient, url: str, model: str, body: SpooledBody
 async def _pinned(service: SeparationService, model: str, version: str, body: SpooledBody, fwd: dict[str, str]):
     """(response, its chunks, its head, the version that served) from an endpoint serving `version`."""
     canary = _rollout(service, model)
-    limit = service.settings.v2_max_parsed_response_bytes
+    to_canary = canary is not None and version == canary.canary_version
     served = None
-    for _ in range(PIN_TRIES):
-        if canary is not None and version == canary.canary_version:
-            try:
-                r = await _send(service.router.http, canary.url, model, body, fwd)
-            except V2Error as exc:
-                if is_client_fault(exc.status):
-                    raise client_error(exc.status, exc.message, exc.code) from None
-                raise UpstreamUnavailable(f"the canary {version} of {model} is not answering right now; try again "
-                                          "later", retry_after=exc.retry_after or 5) from None
-            except httpx.TransportError:
-                raise UpstreamUnavailable(f"the canary {version} of {model} is not answering right now; try again "
-                                          "later", retry_after=5) from None
-        else:
-            async def one(state):
-                return await _send(service.router.http, state.url, state.model, body, fwd)
-
-            r = (await service.router.call(model, one, version=version)).value
+    # The canary's own URL serves one version: asking again would not change it.
+    for _ in range(1 if to_canary else PIN_TRIES):
+        r = await (_canary_call(service, canary, body, fwd) if to_canary else _model_call(service, model, version,
+                                                                                            body, fwd))
         chunks = r.aiter_bytes()
-        head = await read_head(r, chunks, limit)
+        head = await read_head(r, chunks, service.settings.v2_max_parsed_response_bytes)
         served = str(head.parameters.get("model_version") or "")
         if served == version:
             return r, chunks, head, served
         await r.aclose()
     raise Conflict(f"no endpoint of {model} answered with version {version!r} (the last answered with "
                    f"{served or 'no version'}); GET /v1/models lists the versions of a rollout")
+
+
+async def _model_call(service: SeparationService, model: str, version: str, body: SpooledBody,
+                      fwd: dict[str, str]) -> httpx.Response:
+    """The model's endpoints, those last seen serving `version` first (retries, breakers: upstream.py)."""
+    async def one(state):
+        return await _send(service.router.http, state.url, state.model, body, fwd)
+
+    return (await service.router.call(model, one, version=version)).value
+
+
+async def _canary_call(service: SeparationService, canary: Canary, body: SpooledBody,
+                       fwd: dict[str, str]) -> httpx.Response:
+    """The canary's own URL (published by the operator): its 400/413 passed on, anything else a 503."""
+    unavailable = f"the canary {canary.canary_version} of {canary.model} is not answering right now; try again later"
+    try:
+        return await _send(service.router.http, canary.url, canary.model, body, fwd)
+    except V2Error as exc:
+        if is_client_fault(exc.status):
+            raise client_error(exc.status, exc.message, exc.code) from None
+        raise UpstreamUnavailable(unavailable, retry_after=exc.retry_after or 5) from None
+    except httpx.TransportError:
+        raise UpstreamUnavailable(unavailable, retry_after=5) from None
 
 
 @router.post("/v1/verdicts", status_code=201, response_model=Verdict, tags=["listening room"],

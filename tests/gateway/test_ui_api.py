@@ -70,6 +70,9 @@ def test_models_list_their_rollout_and_the_pin_picks_the_version_or_says_409(gat
     # The "canary" here is the stable's own URL: it answers builtin-1, never 2.0.
     wrong = httpx.post(f"{gw.url}/v2/models/{MODEL}/versions/2.0/infer", content=body, headers=headers, timeout=30)
     assert wrong.status_code == 409 and "version '2.0'" in wrong.json()["error"]
+    gw.service.shadow.directory = Rollouts(Canary(MODEL, "http://127.0.0.1:9", "2.0", "builtin-1"))  # nobody there
+    down = httpx.post(f"{gw.url}/v2/models/{MODEL}/versions/2.0/infer", content=body, headers=headers, timeout=30)
+    assert down.status_code == 503 and down.headers["retry-after"] and "canary 2.0" in down.json()["error"]
     bad = httpx.post(f"{gw.url}/v2/models/{MODEL}/versions/builtin-1/infer", content=b"{}", timeout=30,
                      headers={**bearer(KEYS["a"]), "Content-Type": "application/json"})
     assert bad.status_code == 400
