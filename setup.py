@@ -23,7 +23,8 @@ COMPONENTS = {
 SUBPACKAGES = {"musicsplit.gateway": ["musicsplit.gateway.routers"]}
 # Alembic reads its environment and revisions as files, not as modules: package data.
 PACKAGE_DATA = {"musicsplit.gateway": ["flags_bootstrap.json", "migrations/*.py", "migrations/*.mako",
-                                       "migrations/versions/*.py"],
+                                       "migrations/versions/*.py", "ui/*.html", "ui/*.js", "ui/*.css",
+                                       "ui/*.svg"],
                 # The price table predictor/cost.py reads at start.
                 "musicsplit.predictor": ["prices.yaml"],
                 # The k6 script and the scenarios it and the runner share.

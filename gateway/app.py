@@ -28,7 +28,7 @@ from musicsplit.gateway import metrics
 from musicsplit.gateway.auth import Authenticator
 from musicsplit.gateway.ingress import FORM_OVERHEAD_BYTES, BodyLimit
 from musicsplit.gateway.notify import report
-from musicsplit.gateway.routers import operations, separations, uploads, v2
+from musicsplit.gateway.routers import operations, separations, ui, uploads, v2
 from musicsplit.gateway.schemas import DESCRIPTION, MALFORMED, TAGS, ErrorBody
 from musicsplit.gateway.service import SeparationService
 from musicsplit.gateway.settings import GatewaySettings
@@ -68,6 +68,7 @@ def create_app(settings: GatewaySettings | None = None, service: SeparationServi
     app.state.settings = settings
     for area in (separations, uploads, v2, operations):
         app.include_router(area.router)
+    ui.install(app)  # the web page at /ui and the API it uses (routers/ui.py)
 
     @app.exception_handler(MusicsplitError)
     async def _musicsplit_error(request: Request, exc: MusicsplitError):

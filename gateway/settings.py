@@ -36,6 +36,7 @@ class GatewaySettings(BaseSettings, InputLimitSettings):
     # uvicorn's default 5 s, an upload sent as the server closes is reset (found by the load test).
     keepalive_s: float = 75.0
     metrics_port: int = 9091  # /metrics is served here (same host), never on the API port; 0: not served
+    ui_enabled: bool = True  # the web page at /ui (gateway/ui/, routers/ui.py); its API routes stay either way
 
     # Who may call (auth.py). Neither a tenants file nor an OIDC issuer: the gateway is open (the local
     # demo), every caller is the tenant "public", and it says so at start.
