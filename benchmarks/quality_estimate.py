@@ -35,8 +35,9 @@ sys.path.insert(0, str(ROOT))
 from musicsplit.golden import STEMS, golden_set, real_item  # noqa: E402
 from musicsplit.quality import assess, consistency_score  # noqa: E402
 from musicsplit.quality.calibration import (  # noqa: E402
-    Observation, auc, fit, observe, ranking, scores, template_samples,
+    Observation, auc, components, fit, observe, ranking, scores, template_samples,
 )
+from musicsplit.quality.estimate import combine  # noqa: E402
 from musicsplit.quality.damage import damaged, separated  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
@@ -208,7 +209,16 @@ def main() -> None:
         plot(test, cal, args.plot)
         print(f"\nscatter plot: {args.plot}")
     if args.write_calibration:
+        sc = scores(test, cal)
+        by_damage = {}
+        for fam in dict.fromkeys(o.damage for o in test):
+            idx = [i for i, o in enumerate(test) if o.damage == fam]
+            est = [combine(components(test[i], cal), cal)[0] for i in idx]
+            by_damage[fam] = {"true_sdr_db": round(float(np.mean([test[i].mean_sdr for i in idx])), 2),
+                              "estimated_sdr_db": round(float(np.mean(est)), 2),
+                              "score": round(float(np.mean(sc[idx])), 3)}
         cal.fit.update({"heldout": {"tracks": [i.name for i in test_items], "separations": held.separations,
+                                    "by_damage": by_damage,
                                     "spearman": round(held.spearman, 3), "auc": round(held.auc, 3),
                                     "real_spearman": round(real.spearman, 3), "real_auc": round(real.auc, 3)},
                         "command": "python benchmarks/quality_estimate.py --write-calibration"})
