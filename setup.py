@@ -21,6 +21,11 @@ COMPONENTS = {
     "musicsplit.loadtest": "loadtest",
 }
 SUBPACKAGES = {"musicsplit.gateway": ["musicsplit.gateway.routers"]}
+# Always built: the shared package, its quality estimate (with the calibration it
+# reads at start) and the real golden-set excerpts.
+SHARED = ["musicsplit", "musicsplit.quality"]
+SHARED_DATA = {"musicsplit": ["golden_audio/*/*.flac", "golden_audio/README.md"],
+               "musicsplit.quality": ["calibration.json"]}
 # Alembic reads its environment and revisions as files, not as modules: package data.
 PACKAGE_DATA = {"musicsplit.gateway": ["flags_bootstrap.json", "migrations/*.py", "migrations/*.mako",
                                        "migrations/versions/*.py", "ui/*.html", "ui/*.js", "ui/*.css",
@@ -33,7 +38,7 @@ PACKAGE_DATA = {"musicsplit.gateway": ["flags_bootstrap.json", "migrations/*.py"
 present = {pkg: folder for pkg, folder in COMPONENTS.items() if (HERE / folder / "__init__.py").is_file()}
 
 setup(
-    packages=["musicsplit", *present, *(sub for pkg in present for sub in SUBPACKAGES.get(pkg, []))],
+    packages=[*SHARED, *present, *(sub for pkg in present for sub in SUBPACKAGES.get(pkg, []))],
     package_dir=present,
-    package_data={pkg: files for pkg, files in PACKAGE_DATA.items() if pkg in present},
+    package_data={**SHARED_DATA, **{pkg: files for pkg, files in PACKAGE_DATA.items() if pkg in present}},
 )

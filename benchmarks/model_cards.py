@@ -83,6 +83,30 @@ def _owner(name: str, facts: dict) -> str:
     return owner
 
 
+def _estimate(name: str) -> list[str]:
+    """The reference-free estimate's calibration (musicsplit/quality/calibration.json)."""
+    from musicsplit.quality import shipped_calibration
+
+    cal = shipped_calibration()
+    held = cal.fit.get("heldout", {})
+    lines = ["### Quality estimate on every request (no ground truth)",
+             f"Every response carries `quality_score` (0..1) and its components (docs/quality.md), from "
+             f"calibration `{cal.version}`: fitted on {cal.fit.get('observations')} separations of graded damage "
+             f"(synthetic golden items and real music), it ranks held-out separations like their true SDR with "
+             f"Spearman {held.get('spearman')} and tells healthy (every stem >= 6 dB) from broken (a stem "
+             f"<= 0 dB) with AUC {held.get('auc')}; on the held-out real-music excerpt alone "
+             f"{held.get('real_spearman')} and {held.get('real_auc')}. A score of 0.73 is an estimated 6 dB "
+             "of SDR, 0.5 is 3 dB. It is calibrated across separators, not for this model: treat a version's own "
+             "first-day distribution as its baseline (alert MusicsplitQualityDrop)."]
+    base = held.get("by_damage", {}).get("dsp baseline")
+    if name == "dsp-baseline" and base:
+        lines.append(f"On the held-out tracks this baseline's true SDR averaged {base['true_sdr_db']:.1f} dB "
+                     f"and its estimate {base['estimated_sdr_db']:.1f} dB (score {base['score']:.2f}): the "
+                     "estimate over-rates it, because its errors (centre-panned instruments in vocals, vocals "
+                     "left in other) look like plausible stems to a reference-free measure.")
+    return lines + [""]
+
+
 def render(name: str, facts: dict, measured: dict, gpu_rows: list) -> str:
     sdr = facts["published_sdr"]
     lines = [
@@ -119,6 +143,7 @@ def render(name: str, facts: dict, measured: dict, gpu_rows: list) -> str:
               "`musicsplit_golden_sdr_db{model_version,stem,role}` (docs/metrics.md) and, for releases named "
               "through MLflow, as tags on the model version (`musicsplit.golden_sdr_db.mean`, "
               "`musicsplit.golden_sdr_db.STEM`; operator/README.md).", ""]
+    lines += _estimate(name)
     lines += ["## Speed and cost"]
     if "speed" in facts:
         lines.append(facts["speed"] + "; priced per core-second as in docs/cost.md.")

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from musicsplit.quality import QUALITY_BUCKETS
+
 PREFIX = "musicsplit_gateway"
 
 JOBS = Counter(f"{PREFIX}_jobs_total", "Separation jobs finished, by outcome",
                ["model", "model_version", "arm", "outcome"])
 JOB_SECONDS = Histogram(f"{PREFIX}_job_seconds", "Job latency from submit to result",
                         ["model", "arm"], buckets=(0.05, 0.25, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800))
-QUALITY = Histogram(f"{PREFIX}_quality_score", "Separation quality proxy (0..1) per finished job",
-                    ["model", "model_version", "arm"], buckets=(0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0))
+QUALITY = Histogram(f"{PREFIX}_quality_score", "Reference-free quality estimate (0..1) per finished job",
+                    ["model", "model_version", "arm"], buckets=QUALITY_BUCKETS)
 V2_REQUESTS = Counter(f"{PREFIX}_v2_requests_total", "v2 pass-through requests, by outcome",
                       ["model", "model_version", "arm", "outcome"])
 V2_SECONDS = Histogram(f"{PREFIX}_v2_request_seconds", "v2 pass-through latency", ["model", "arm"],

@@ -1,4 +1,4 @@
-"""Model quality: the reference-free score and SNR every request gets, the
+"""Model quality: the reference-free estimate, its components and SNR every request gets, the
 golden-set SDR (ground truth) per version, and broken outputs."""
 
 from __future__ import annotations
@@ -10,6 +10,9 @@ from .queries import MODEL, PREDICTOR, RATE, ROLLOUT, USER, VERSION, by, increas
 UID = "musicsplit-quality"
 QUALITY = "audio_separation_quality"
 SNR = "musicsplit_mixture_snr_db"
+COMPONENT = "musicsplit_quality_component"
+ESTIMATED_SDR = "musicsplit_quality_estimated_sdr_db"
+SHARE = "musicsplit_stem_energy_share"
 SDR = "musicsplit_golden_sdr_db"
 ISSUES = "musicsplit_output_issues_total"
 PV = "model, model_version"
@@ -18,15 +21,16 @@ LEGEND = "{{model}} {{model_version}}"
 
 def build():
     b = Board(UID, "musicsplit / Model quality",
-              "Separation quality per model version: the 0..1 quality score and the mixture-consistency SNR "
+              "Separation quality per model version: the 0..1 quality estimate, its components, stable vs canary, "
+              "stem energy shares, the mixture-consistency SNR "
               "measured on every user request (no ground truth), the golden-set SDR the operator measures "
               "(ground truth), and silent or non-finite outputs.",
               [namespace_variable(), model_variable(), version_variable()])
 
     b.row("Quality score (every user request, no ground truth)").add(
         graph("Mean quality score by version",
-              "Mean of the per-request quality score (mixture consistency, stem energy, silence checks mapped "
-              "to 0..1). A drop for one version while the others hold points at the model, not the input mix.",
+              "Mean of the per-request quality estimate (0..1, calibrated to rank like SDR: 0.73 is about 6 dB). "
+              "A drop for one version while the others hold points at the model, not the input mix.",
               [Q(mean(QUALITY, PV, *PREDICTOR, USER), LEGEND)], "percentunit", min_val=0, max_val=1),
         graph("Quality score p10 / p50 / p90 by version",
               "The distribution of the per-request score per version: the worst tenth, the median, the best tenth.",
@@ -45,6 +49,31 @@ def build():
               "Mean quality score of finished gateway jobs and v2 requests per experiment arm.",
               [Q(mean("musicsplit_gateway_quality_score", "model, arm", MODEL, VERSION), "{{model}} {{arm}}")],
               "percentunit", w=24, min_val=0, max_val=1),
+    )
+
+    # Which version is the canary: the operator's golden-SDR role (current = canary during a rollout).
+    roles = f'(0 * max by (model_version, role) ({SDR}{{{", ".join(ROLLOUT)}, stem="mean"}}) + 1)'
+    b.row("Estimate components, stable vs canary, output drift").add(
+        graph("Estimate components by version",
+              "Mean of each component of the estimate (docs/quality.md): consistency (stems add up), leakage "
+              "(stems share content), identity (each stem looks like its name), artefacts (noise, flicker), "
+              "integrity (silent, clipped, NaN). The one that falls says how a version went wrong.",
+              [Q(mean(COMPONENT, f"{PV}, component", *PREDICTOR, USER), "{{model_version}} {{component}}")],
+              "percentunit", min_val=0, max_val=1),
+        graph("Stable vs canary: mean estimate",
+              "Mean estimate per version, labelled with its rollout role from the operator (current: the "
+              "canary during a rollout; previous: stable). Both see the same users' traffic split.",
+              [Q(f"{mean(QUALITY, PV, *PREDICTOR, USER)}\n* on (model_version) group_left (role)\n{roles}",
+                 "{{model}} {{model_version}} ({{role}})")],
+              "percentunit", min_val=0, max_val=1),
+        graph("Estimated SDR p50 by version",
+              "The estimate before its 0..1 mapping, as dB of SDR (calibrated on separations with known stems).",
+              [Q(quantile(0.5, ESTIMATED_SDR, PV, *PREDICTOR, USER), f"p50 {LEGEND}")], "dB"),
+        graph("Median energy share per stem by version",
+              "Each stem's median share of the stems' energy: a shift against a version's first day is output "
+              "drift (MusicsplitOutputDrift).",
+              [Q(quantile(0.5, SHARE, f"{PV}, stem", *PREDICTOR, USER), "{{model_version}} {{stem}}")],
+              "percentunit", min_val=0, max_val=1),
     )
 
     b.row("Mixture-consistency SNR").add(

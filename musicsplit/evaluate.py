@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from musicsplit.golden import GoldenItem, golden_set
+from musicsplit.golden import GoldenItem, builtin_set, golden_set
 from musicsplit.quality import sdr_per_stem
 
 if TYPE_CHECKING:
@@ -57,6 +57,10 @@ class EvalReport:
         values = list(self.per_stem.values())
         return float(np.mean(values)) if values else float("nan")
 
+    def part(self, real: bool) -> EvalReport:
+        """The real-music items (`real-*`) or the synthetic ones alone."""
+        return EvalReport(self.model, [i for i in self.items if i.name.startswith("real-") == real])
+
     def format_table(self) -> str:
         stems = list(self.per_stem)
         width = max([len(i.name) for i in self.items] + [8])
@@ -69,6 +73,10 @@ class EvalReport:
         lines.append("-" * len(head))
         lines.append(f"{'mean':<{width}}" + "".join(f"{v:9.2f}" for v in self.per_stem.values())
                      + f"{self.mean_sdr:9.2f}")
+        for label, part in (("real music", self.part(True)), ("synthetic", self.part(False))):
+            if part.items and len(part.items) < len(self.items):
+                lines.append(f"{label:<{width}}" + "".join(f"{part.per_stem.get(s, float('nan')):9.2f}"
+                                                           for s in stems) + f"{part.mean_sdr:9.2f}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -77,6 +85,8 @@ class EvalReport:
             "model_version": self.model_version,
             "mean_sdr": self.mean_sdr,
             "per_stem": self.per_stem,
+            "real_mean_sdr": self.part(True).mean_sdr if self.part(True).items else None,
+            "synthetic_mean_sdr": self.part(False).mean_sdr if self.part(False).items else None,
             "items": [{"name": i.name, "sdr": i.sdr, "mean": i.mean, "model_version": i.model_version,
                        "quality_score": i.quality_score} for i in self.items],
         }
@@ -105,7 +115,7 @@ def evaluate(client: V2Client, model: str, items: list[GoldenItem] | None = None
     the client does.
     """
     report = EvalReport(model)
-    for item in items if items is not None else golden_set():
+    for item in items if items is not None else builtin_set():
         result = client.separate(model, item.mixture, item.sample_rate, stems=stems, shifts=shifts, source=source)
         report.items.append(ItemResult(item.name, _score(item, result.stems, stems),
                                        result.model_version, result.quality_score))
@@ -115,8 +125,8 @@ def evaluate(client: V2Client, model: str, items: list[GoldenItem] | None = None
 def evaluate_separator(separator, items: list[GoldenItem] | None = None, *,
                        stems: list[str] | None = None) -> EvalReport:
     """The same scores in process, for anything with the predictor's `separate()` (model cards)."""
-    if items is None:
-        items = golden_set(sample_rate=separator.samplerate)
+    if items is None:  # the real excerpts are at 44.1 kHz only
+        items = builtin_set() if separator.samplerate == 44100 else golden_set(sample_rate=separator.samplerate)
     report = EvalReport(getattr(separator, "name", type(separator).__name__))
     for item in items:
         if item.sample_rate != separator.samplerate:

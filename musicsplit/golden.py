@@ -7,11 +7,16 @@ harmonic tone with formants panned centre, other is chords panned wide.
 The same arguments give bit-identical audio on a given platform (and equal
 to float rounding across CPUs, whose sin/exp may differ in the last bit),
 so SDR on it can gate canaries and be compared across model versions.
+
+Beside them, `real_items()`: two 10 s excerpts of a CC0 song with its true
+stems (golden_audio/README.md), so a version's score on real music is
+visible apart from the synthetic items. `builtin_set()` is both.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -21,6 +26,8 @@ LEVELS = {"drums": 0.12, "bass": 0.10, "other": 0.07, "vocals": 0.09}
 PEAK = 0.9
 FORMANTS_HZ = ((700.0, 130.0), (1220.0, 170.0), (2600.0, 250.0))  # an open "a" vowel
 PROGRESSIONS = ((0, 5, 7, 0), (0, 9, 5, 7), (0, 7, 9, 5), (0, 3, 8, 7))  # semitones above the key
+REAL_AUDIO = Path(__file__).resolve().parent / "golden_audio"
+REAL_EXCERPTS = ("lithium-112s", "lithium-196s")
 
 
 @dataclass
@@ -171,3 +178,27 @@ def golden_item(i: int, seconds: float = 6.0, sample_rate: int = 44100, seed: in
 def golden_set(n: int = 4, seconds: float = 6.0, sample_rate: int = 44100, seed: int = 0) -> list[GoldenItem]:
     """`n` synthetic stereo mixtures with known stems (~0.2 s per 6 s item); same arguments, same bits."""
     return [golden_item(i, seconds, sample_rate, seed) for i in range(n)]
+
+
+def real_item(excerpt: str) -> GoldenItem:
+    """One real excerpt (REAL_EXCERPTS) with its true stems; the mixture is their float32 sum."""
+    import soundfile as sf
+
+    if excerpt not in REAL_EXCERPTS:
+        raise KeyError(f"unknown excerpt {excerpt!r}; known: {', '.join(REAL_EXCERPTS)}")
+    stems, rates = {}, set()
+    for stem in STEMS:
+        data, rate = sf.read(REAL_AUDIO / excerpt / f"{stem}.flac", dtype="float32", always_2d=True)
+        stems[stem], rates = np.ascontiguousarray(data.T), rates | {rate}
+    mixture = np.sum([stems[k] for k in STEMS], axis=0, dtype=np.float32)
+    return GoldenItem(f"real-{excerpt}", mixture, stems, rates.pop())
+
+
+def real_items() -> list[GoldenItem]:
+    """The real CC0 excerpts (44.1 kHz stereo, 10 s each)."""
+    return [real_item(e) for e in REAL_EXCERPTS]
+
+
+def builtin_set() -> list[GoldenItem]:
+    """The built-in golden set: the four synthetic items and the real excerpts."""
+    return golden_set() + real_items()

@@ -145,7 +145,8 @@ def separate_file(args) -> int:
     p = result.parameters
     print(f"model {p.get('model')} version {p.get('model_version')} on {p.get('device')}: "
           f"{float(p.get('audio_seconds', 0)):.1f} s of audio in {float(p.get('compute_seconds', 0)):.2f} s, "
-          f"quality {float(p.get('quality_score', 0)):.3f} (mixture SNR {float(p.get('mixture_snr_db', 0)):.1f} dB), "
+          f"quality estimate {float(p.get('quality_score', 0)):.3f} (~{float(p.get('quality_estimated_sdr_db', 0)):.1f} dB SDR; "
+          f"mixture SNR {float(p.get('mixture_snr_db', 0)):.1f} dB), "
           f"cost ${float(p.get('cost_usd', 0)):.6f}")
     if result.warnings:
         print("warnings: " + "; ".join(result.warnings))

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily
 
-from musicsplit.quality import QUALITY_BUCKETS
+from musicsplit.quality import COMPONENTS, QUALITY_BUCKETS, QualityReport
 
 LABELS = ("model", "model_version")
 BY_SOURCE = LABELS + ("source",)
@@ -49,8 +49,23 @@ RTF = Histogram(
 )
 QUALITY = Histogram(
     "audio_separation_quality",
-    "Reference-free separation quality score (0..1) per request",
+    "Reference-free quality estimate (0..1, calibrated to rank like SDR) per request",
     BY_SOURCE, buckets=QUALITY_BUCKETS,
+)
+QUALITY_COMPONENT = Histogram(
+    "musicsplit_quality_component",
+    "Components of the quality estimate (0..1 each): consistency, leakage, identity, artefacts, integrity",
+    BY_SOURCE + ("component",), buckets=QUALITY_BUCKETS,
+)
+ESTIMATED_SDR = Histogram(
+    "musicsplit_quality_estimated_sdr_db",
+    "The quality estimate as an SDR in dB (-10..25), before the 0..1 mapping",
+    BY_SOURCE, buckets=(-10, -5, 0, 3, 6, 9, 12, 15, 20, 25),
+)
+ENERGY_SHARE = Histogram(
+    "musicsplit_stem_energy_share",
+    "Each stem's share of the stems' energy per request (output drift)",
+    BY_SOURCE + ("stem",), buckets=(0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0),
 )
 SNR = Histogram(
     "musicsplit_mixture_snr_db",
@@ -82,6 +97,16 @@ def request_source(headers: Mapping[str, str] | None) -> str:
             value = str(value).strip().lower()
             return value if value in SOURCES else "user"
     return "user"
+
+
+def observe_quality(labels: dict[str, str], report: QualityReport) -> None:
+    """The estimate, its components and the stems' energy shares of one request."""
+    QUALITY.labels(**labels).observe(report.score)
+    ESTIMATED_SDR.labels(**labels).observe(report.estimated_sdr_db)
+    for component in COMPONENTS:
+        QUALITY_COMPONENT.labels(**labels, component=component).observe(report.components.get(component, 0.0))
+    for stem, share in report.energy_share.items():
+        ENERGY_SHARE.labels(**labels, stem=stem).observe(share)
 
 
 def precreate(labels: dict[str, str]) -> None:

@@ -253,7 +253,7 @@ class SeparationModel(kserve.Model):
         ctx = extract(headers)
         sep = self.loaded.separator
         labels = {**self.labels(), "source": job.source}
-        report = quality.assess(job.mixture, job.stems, sep.sources)
+        report = quality.assess(job.mixture, job.stems, sep.sources, sample_rate=sep.samplerate)
         rate = job.parsed.audio.sample_rate
         with tracer.start_as_current_span("encode", context=ctx):
             stems = select_stems(job.stems, sep.sources, job.parsed.params.stems)
@@ -281,7 +281,7 @@ class SeparationModel(kserve.Model):
         metrics.AUDIO_SECONDS.labels(**labels).inc(audio_seconds)
         metrics.COMPUTE_SECONDS.labels(**labels, device=device).inc(job.compute_seconds)
         metrics.RTF.labels(**labels).observe(job.compute_seconds / max(audio_seconds, 1e-6))
-        metrics.QUALITY.labels(**labels).observe(report.score)
+        metrics.observe_quality(labels, report)
         metrics.SNR.labels(**labels).observe(report.snr_db)
         metrics.COST.labels(**labels, device=device).inc(cost)
         metrics.COST_PER_REQUEST.labels(**labels).observe(cost)

@@ -42,7 +42,7 @@ def test_separate_explains_a_refusal(predictor_url, tmp_path):
 
 def test_demo_separates_a_track_end_to_end_and_scores_it(tmp_path):
     """README command (1), minus the install step."""
-    done = musicsplit("demo", "--out", str(tmp_path), "--seconds", "4")
+    done = musicsplit("demo", "--out", str(tmp_path))
     assert done.returncode == 0, done.stdout + done.stderr
     for stem in ("drums", "bass", "other", "vocals"):
         path = tmp_path / "stems" / f"track.{stem}.wav"
@@ -50,6 +50,8 @@ def test_demo_separates_a_track_end_to_end_and_scores_it(tmp_path):
         samples, _ = sf.read(path)
         assert np.abs(samples).max() > 0
     sdrs = [float(line.split("SDR")[1].split("dB")[0]) for line in done.stdout.splitlines() if "SDR " in line and "vs the true" in line]
-    assert len(sdrs) == 4 and min(sdrs) > 0  # the baseline really separates: every stem above 0 dB
-    assert "quality score" in done.stdout and "dsp-baseline version builtin-1" in done.stdout
+    assert len(sdrs) == 4 and max(sdrs) > 0  # real music: the baseline gets some stems right, not all
+    assert "real music (CC0 excerpt lithium-112s)" in done.stdout
+    assert "quality estimate" in done.stdout and "true SDR (mean over stems" in done.stdout
+    assert "dsp-baseline version builtin-1" in done.stdout
     assert "gateway ready" in done.stdout and "uploaded track.wav: job" in done.stdout  # the whole stack

@@ -52,3 +52,17 @@ def test_stems_carry_the_cues_separators_use(items):
         frames = s["drums"].mean(0)[: 441 * 400].reshape(400, 441)
         energy = (frames**2).mean(1)
         assert energy.max() > 20 * np.median(energy)
+
+
+def test_real_excerpts_ship_with_their_true_stems():
+    from musicsplit.golden import REAL_EXCERPTS, builtin_set, real_items
+
+    items = real_items()
+    assert [i.name for i in items] == [f"real-{e}" for e in REAL_EXCERPTS]
+    for item in items:
+        assert item.sample_rate == 44100 and item.mixture.shape == (2, 441000)
+        np.testing.assert_array_equal(item.mixture, np.sum([item.stems[k] for k in STEMS], axis=0,
+                                                           dtype=np.float32))
+        assert all(np.sqrt(np.mean(item.stems[k] ** 2)) > 0.01 for k in STEMS)  # every stem has music
+    names = [i.name for i in builtin_set()]
+    assert names[:4] == [f"golden-0-{i:02d}" for i in range(4)] and names[4:] == [i.name for i in items]

@@ -44,7 +44,11 @@ def test_component_tree_builds_a_wheel_of_its_own_packages(component, tmp_path):
     (wheel,) = (tmp_path / "dist").glob("musicsplit-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     packages = {n.rsplit("/", 1)[0] for n in names if n.endswith("/__init__.py")}
-    assert {p for p in packages if not p.startswith(PACKAGES[component] + "/")} == {"musicsplit", PACKAGES[component]}
+    assert {p for p in packages if not p.startswith(PACKAGES[component] + "/")} == {
+        "musicsplit", "musicsplit/quality", PACKAGES[component]}
+    # Shared package data: the quality estimate's calibration, the golden set's real excerpts.
+    assert "musicsplit/quality/calibration.json" in names
+    assert "musicsplit/golden_audio/lithium-196s/vocals.flac" in names
     if component == "predictor":  # package data: the price table the cost metrics read at start
         assert "musicsplit/predictor/prices.yaml" in names
     if component == "gateway":  # package data: the offline flag defaults, the job store's migrations

@@ -43,7 +43,7 @@ def test_output_shape_and_mixture_consistency(baseline):
     assert stems.shape == (4, 2, mix.shape[-1]) and stems.dtype == np.float32
     np.testing.assert_allclose(stems.sum(0), mix, atol=1e-5)
     report = assess(mix, stems, baseline.sources)
-    assert report.score > 0.99 and not report.nonfinite and report.silent_stems == []
+    assert report.components["consistency"] > 0.99 and not report.nonfinite and report.silent_stems == []
 
 
 def _tone(freqs, seconds=3.0):

@@ -9,7 +9,7 @@ import tritonclient.http as thttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from musicsplit.predictor.metrics import request_source
-from musicsplit.quality import QualityReport
+from musicsplit.quality import COMPONENTS, QualityReport
 
 MODEL = {"model": "tiny", "model_version": "1.0.0"}
 
@@ -58,7 +58,7 @@ def test_output_issues_of_a_report():
 
 SOURCED = ("musicsplit_request_duration_seconds_count", "audio_separation_quality_count",
            "musicsplit_mixture_snr_db_count", "musicsplit_real_time_factor_count",
-           "musicsplit_cost_per_separation_usd_count")
+           "musicsplit_cost_per_separation_usd_count", "musicsplit_quality_estimated_sdr_db_count")
 
 
 def test_probe_and_shadow_requests_are_counted_apart_from_users(predictor_url):
@@ -77,6 +77,10 @@ def test_probe_and_shadow_requests_are_counted_apart_from_users(predictor_url):
     for name in SOURCED:
         assert delta(name, source="probe") == 2, name
         assert delta(name, source="user") == 0, name
+    for component in COMPONENTS:  # every component of the estimate, each its own series
+        assert delta("musicsplit_quality_component_count", source="probe", component=component) == 2, component
+    for stem in ("drums", "bass", "other", "vocals"):  # output drift: each stem's energy share
+        assert delta("musicsplit_stem_energy_share_count", source="probe", stem=stem) == 2, stem
     assert delta("musicsplit_audio_seconds_total", source="probe") == pytest.approx(1.0)
     assert delta("musicsplit_compute_seconds_total", source="shadow", device="cpu") > 0
     assert delta("musicsplit_cost_usd_total", source="shadow", device="cpu") > 0

@@ -15,6 +15,7 @@ from tritonclient.utils import InferenceServerException
 
 from tests.fixtures.checkpoints import make_model_dir
 from musicsplit.localstack import start_predictor
+from musicsplit.quality import COMPONENTS, shipped_calibration
 
 STEMS = ["drums", "bass", "other", "vocals"]
 
@@ -89,6 +90,9 @@ def test_binary_v2_returns_one_tensor_per_stem_with_version_quality_and_cost(pre
     assert params["audio_seconds"] == pytest.approx(3.0)
     assert params["compute_seconds"] > 0 and params["cost_usd"] > 0
     assert 0.0 <= params["quality_score"] <= 1.0 and "mixture_snr_db" in params
+    # The estimate's components, each on its own, and which calibration made it.
+    assert all(0.0 <= params[f"quality_{c}"] <= 1.0 for c in COMPONENTS)
+    assert params["quality_calibration"] == shipped_calibration().version
     # The stems are exactly what Demucs itself computes for this input at that precision.
     reference = Separator(model="tiny", repo=tiny_model_dir, shifts=0, progress=False, device="cpu")
     with autocast("cpu", params["precision"]):

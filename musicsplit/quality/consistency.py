@@ -1,23 +1,20 @@
-"""Separation quality: reference-free proxies on every request, SDR with references.
+"""Mixture consistency (do the stems add back up to the input?), energy shares, and SDR.
 
-Without ground truth the predictor can still check that the stems add back
-up to the input (mixture consistency), that none holds NaN/Inf, and how the
-energy is spread over the stems. With ground truth (the golden set) quality
-is the MDX challenge / Demucs SDR.
+Consistency is one component of the reference-free estimate (estimate.py):
+almost every separator's output adds back up, so on its own it ranks nothing.
+With ground truth (the golden set) quality is the MDX challenge / Demucs SDR.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-# Buckets of the predictor's `audio_separation_quality` histogram.
-QUALITY_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 SNR_CAP_DB = 100.0  # |SNR| is reported within +-cap: "exactly consistent" and "all residual"
 SILENCE_DBFS = -60.0  # a stem whose RMS is below this is silent
-SILENT_STEMS_PENALTY = 0.5  # score factor when every stem but one is silent
+CLIP_LEVEL = 0.999  # |sample| at or above this is clipped (full scale is 1.0)
 _BLOCK = 1 << 18  # samples per channel summed at a time: float64 temporaries stay small
 
 
@@ -30,6 +27,7 @@ class Energies:
     stems: np.ndarray  # [S]
     nonfinite: bool
     samples: int  # channels x samples per stem
+    clipped: np.ndarray  # [S] samples at or above CLIP_LEVEL per stem
 
 
 def energies(mixture: np.ndarray, stems: np.ndarray) -> Energies:
@@ -40,6 +38,7 @@ def energies(mixture: np.ndarray, stems: np.ndarray) -> Energies:
         raise ValueError(f"stems {list(stems.shape)} do not match mixture {list(mixture.shape)} as [S, C, T]")
     e_mix = e_res = 0.0
     e_stems = np.zeros(stems.shape[0])
+    clipped = np.zeros(stems.shape[0], dtype=np.int64)
     nonfinite = False
     for start in range(0, mixture.shape[-1], _BLOCK):
         mix = mixture[..., start:start + _BLOCK].astype(np.float64)
@@ -50,7 +49,8 @@ def energies(mixture: np.ndarray, stems: np.ndarray) -> Energies:
         e_mix += float(np.sum(mix * mix))
         e_res += float(np.sum(np.square(mix - block.sum(0))))
         e_stems += np.einsum("sct,sct->s", block, block)
-    return Energies(e_mix, e_res, e_stems, nonfinite, mixture.size)
+        clipped += np.count_nonzero(np.abs(block) >= CLIP_LEVEL, axis=(1, 2))
+    return Energies(e_mix, e_res, e_stems, nonfinite, mixture.size, clipped)
 
 
 def _snr_db(e_mix: float, e_res: float) -> float:
@@ -81,67 +81,16 @@ def rms_dbfs(energy: float | np.ndarray, samples: int) -> np.ndarray:
     return 10 * np.log10(np.maximum(np.asarray(energy) / max(samples, 1), 1e-20))
 
 
-def quality_score(snr_db: float, *, nonfinite: bool = False, silent_stems: int = 0,
-                  stems: int = 1, silent_input: bool = False) -> float:
-    """Map mixture-consistency SNR to 0..1: `1 - 10**(-snr/20)`, clipped at 0.
+def consistency_score(snr_db: float) -> float:
+    """Mixture-consistency SNR as 0..1: `1 - 10**(-snr/20)`, clipped at 0.
 
-    That is one minus the residual's amplitude relative to the mixture's: the
-    share of the input the stems account for. 0 dB -> 0, 6 dB -> 0.5,
-    10 dB -> 0.68, 20 dB -> 0.90, 30 dB -> 0.97, 40 dB -> 0.99; monotone in SNR.
-    NaN/Inf in any stem -> 0. When the input has sound but every stem but one
-    is silent, the model only copied the input through: the score is halved.
+    One minus the residual's amplitude relative to the mixture's: the share of
+    the input the stems account for. 0 dB -> 0, 6 dB -> 0.5, 20 dB -> 0.90,
+    40 dB -> 0.99; monotone in SNR; NaN -> 0.
     """
-    if nonfinite or not math.isfinite(snr_db):
+    if not math.isfinite(snr_db):
         return 0.0
-    score = max(0.0, 1.0 - 10 ** (-snr_db / 20))
-    if stems > 1 and not silent_input and silent_stems >= stems - 1:
-        score *= SILENT_STEMS_PENALTY
-    return float(min(score, 1.0))
-
-
-@dataclass
-class QualityReport:
-    score: float
-    snr_db: float
-    energy_share: dict[str, float] = field(default_factory=dict)
-    silent_stems: list[str] = field(default_factory=list)
-    nonfinite: bool = False
-    silent_input: bool = False
-
-    def issues(self) -> list[str]:
-        """What is wrong with the output itself: `non_finite`, `silent_stem` (a stem
-        silent while the input is not; silence in, silence out is no issue)."""
-        found = ["non_finite"] if self.nonfinite else []
-        if self.silent_stems and not self.silent_input:
-            found.append("silent_stem")
-        return found
-
-    def as_parameters(self) -> dict[str, float | str | bool]:
-        """Flat scalars for v2 response parameters (gRPC parameters hold no lists or maps)."""
-        params: dict[str, float | str | bool] = {
-            "quality_score": round(self.score, 4),
-            "mixture_snr_db": round(self.snr_db, 2),
-            "silent_stems": ",".join(self.silent_stems),
-            "nonfinite_output": self.nonfinite,
-        }
-        for name, share in self.energy_share.items():
-            params[f"energy_share_{name}"] = round(share, 4)
-        return params
-
-
-def assess(mixture: np.ndarray, stems: np.ndarray, names: list[str]) -> QualityReport:
-    """Reference-free quality of one separation: mixture [C, T], stems [S, C, T]."""
-    if len(names) != len(stems):
-        raise ValueError(f"{len(names)} stem names for {len(stems)} stems")
-    e = energies(mixture, stems)
-    if e.nonfinite:
-        return QualityReport(0.0, -SNR_CAP_DB, {n: 0.0 for n in names}, [], True)
-    snr = _snr_db(e.mixture, e.residual)
-    silent = [n for n, db in zip(names, rms_dbfs(e.stems, e.samples)) if db < SILENCE_DBFS]
-    silent_input = float(rms_dbfs(e.mixture, e.samples)) < SILENCE_DBFS
-    score = quality_score(snr, silent_stems=len(silent), stems=len(names), silent_input=silent_input)
-    shares = {n: float(s) for n, s in zip(names, energy_share(e.stems))}
-    return QualityReport(score, snr, shares, silent, False, silent_input)
+    return float(min(max(0.0, 1.0 - 10 ** (-snr_db / 20)), 1.0))
 
 
 def sdr(reference: np.ndarray, estimate: np.ndarray) -> float:
