@@ -99,6 +99,15 @@ class Replicas(_Model):
     min: int = 1
     max: int = 1
 
+    @model_validator(mode="before")
+    @classmethod
+    def _max_follows_min(cls, data):
+        # `replicas: {min: 2}` alone means at least (and so at most) 2: a default
+        # max of 1 would be refused with a message about a field the user never set.
+        if isinstance(data, dict) and data.get("max") is None and data.get("min") is not None:
+            data = {**data, "max": max(int(data["min"]), 1)}
+        return data
+
     @model_validator(mode="after")
     def _order(self):
         if self.max < self.min:

@@ -3,7 +3,9 @@
 - `CRDEmulator`: kmock's stateful `KubernetesEmulator` plus what a real API
   server does that the operator and `kubectl` rely on: CRDs register their
   resource when applied, custom resources are validated against the CRD's
-  openAPIV3Schema (422 with the field and the reason), server-side Tables
+  openAPIV3Schema (422 with the field and the reason; undeclared fields and
+  bad formats refused as with kubectl's strict field validation; no defaults:
+  tests/kube runs a real API server for those), server-side Tables
   from additionalPrinterColumns (`kubectl get sm`), list kinds, uid /
   creationTimestamp / generation, the status subresource split (status
   is ignored on create and on main-resource patches), and 422 for a JSON
@@ -41,6 +43,7 @@ from kmock._internal import enums
 from kmock._internal.k8s import KubernetesError
 
 from musicsplit.localstack import terminate
+from tests.kube.structural import closed
 from musicsplit.localstack import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,7 +85,8 @@ def _jsonpath(obj: dict, path: str):
 def _field_errors(schema: dict, obj: dict) -> list[tuple[str, str]]:
     """Schema errors as (field, message), worded like the API server's."""
     out = []
-    for e in sorted(jsonschema.Draft4Validator(schema).iter_errors(obj), key=lambda e: list(e.absolute_path)):
+    validator = jsonschema.Draft4Validator(closed(schema), format_checker=jsonschema.FormatChecker())
+    for e in sorted(validator.iter_errors(obj), key=lambda e: list(e.absolute_path)):
         path = ".".join(str(p) for p in e.absolute_path)
         if e.validator == "required":
             missing = e.message.split("'")[1]
