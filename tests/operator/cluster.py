@@ -66,6 +66,14 @@ def merge_patch(base, patch):
     return out
 
 
+def _without_nulls(value):
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
 def _age(ts: str | None) -> str:
     if not ts:
         return "<unknown>"
@@ -350,6 +358,9 @@ class Cluster:
 
     # -- clients
 
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=5.0)
+
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
         cmd = ["kubectl", "--kubeconfig", str(self.kubeconfig), *args]
         p = subprocess.run(cmd, capture_output=True, text=True, input=input, timeout=60)
@@ -458,7 +469,7 @@ class KServeSimulator:
         self.raw_rolled: dict[tuple, str | None] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="kserve-sim")
-        self.http = httpx.Client(base_url=cluster.url, timeout=5.0)
+        self.http = cluster.client()
         self.split: dict[tuple, dict[str, float]] = {}  # (ns, name) -> {url: fraction} (what Knative routes)
 
     def __enter__(self):
@@ -493,7 +504,8 @@ class KServeSimulator:
                 self.revisions.pop((meta["namespace"], meta["name"]), None)
                 self.raw_rolled.pop((meta["namespace"], meta["name"]), None)
                 continue
-            status = self.reconcile(isvc)
+            # Without the nulls a merge patch deletes: what a real server then stores.
+            status = _without_nulls(self.reconcile(isvc))
             if status != isvc.get("status"):
                 self.http.patch(
                     f"/apis/serving.kserve.io/v1beta1/namespaces/{meta['namespace']}/inferenceservices/"
