@@ -95,7 +95,7 @@ def _field_errors(schema: dict, obj: dict) -> list[tuple[str, str]]:
     out = []
     validator = jsonschema.Draft4Validator(closed(schema), format_checker=jsonschema.FormatChecker())
     for e in sorted(validator.iter_errors(obj), key=lambda e: list(e.absolute_path)):
-        path = ".".join(str(p) for p in e.absolute_path)
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e.absolute_path).lstrip(".")
         if e.validator == "required":
             missing = e.message.split("'")[1]
             out.append((f"{path + '.' if path else ''}{missing}", "Required value"))

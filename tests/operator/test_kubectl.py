@@ -119,10 +119,12 @@ def test_examples_apply_and_kubectl_get_shows_the_printer_columns(env):
     assert has_events(cluster, "htdemucs", "Deploying", "Promoted")
 
 
-@pytest.mark.parametrize("mutate, words", [
+# What kubectl apply says about a bad spec: the same words from the emulator and from
+# a real API server (tests/kube/test_kubectl.py runs these against one).
+INVALID_SPECS = [
     (lambda s: s["model"].pop("storageUri"), "spec.model.storageUri: Required value"),
     (lambda s: s["model"].update(storageUri="/local/path"), "spec.model.storageUri: Invalid value"),
-    (lambda s: s["rollout"].update(steps=[10, 150]), "spec.rollout.steps.1: Invalid value: 150"),
+    (lambda s: s["rollout"].update(steps=[10, 150]), "spec.rollout.steps[1]: Invalid value: 150"),
     (lambda s: s.update(deploymentMode="Magic"), 'spec.deploymentMode: Unsupported value: "Magic"'),
     (lambda s: s["rollout"].update(interval="often"), "spec.rollout.interval: Invalid value"),
     (lambda s: s.update(replicaz=3), "spec.replicaz: field not declared in schema"),
@@ -130,14 +132,18 @@ def test_examples_apply_and_kubectl_get_shows_the_printer_columns(env):
     (lambda s: s["analysis"].update(threshold=0), "spec.analysis.threshold: Invalid value: 0"),
     (lambda s: s["rollout"].update(onHoldDeadline="ignore"), 'spec.rollout.onHoldDeadline: Unsupported value: "ignore"'),
     (lambda s: s["analysis"].update(webhooks=[{"name": "a", "type": "pre-promotion", "url": "http://x/"}]),
-     'spec.analysis.webhooks.0.type: Unsupported value: "pre-promotion"'),
+     'spec.analysis.webhooks[0].type: Unsupported value: "pre-promotion"'),
     (lambda s: s["analysis"].update(webhooks=[{"name": "a", "url": "file:///etc/passwd"}]),
-     "spec.analysis.webhooks.0.url: Invalid value"),
+     "spec.analysis.webhooks[0].url: Invalid value"),
     # v1alpha1's boolean goldenSet is an object now (docs/adr/0107): {} is true, {builtin: false} false
     (lambda s: s["analysis"].update(goldenSet=True), "spec.analysis.goldenSet: Invalid value"),
     (lambda s: s["analysis"].update(goldenSet={"configMap": "Not_A_Name"}),
      "spec.analysis.goldenSet.configMap: Invalid value"),
-])
+    (lambda s: s["model"].update(released="2022-13-45"), "spec.model.released: Invalid value"),
+]
+
+
+@pytest.mark.parametrize("mutate, words", INVALID_SPECS)
 def test_invalid_specs_are_refused_by_kubectl_apply_with_a_clear_message(env, mutate, words):
     cluster, _, _ = env
     doc = example("refused")
