@@ -26,7 +26,7 @@ def kube(tmp_path_factory) -> KubeCluster:
     server = KubeAPIServer.start(tmp_path_factory.mktemp("kube-apiserver"))
     try:
         admin = server.kubeconfig(server.root / "admin.kubeconfig")
-        install_crds(server, admin, [MANIFESTS / "crd.yaml", MANIFESTS / "peering-crd.yaml", *upstream_crds()])
+        install_crds(server, [MANIFESTS / "crd.yaml", MANIFESTS / "peering-crd.yaml", *upstream_crds()])
         yield KubeCluster(server, admin)
     finally:
         server.stop()

@@ -9,21 +9,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.fixtures.kube import load_yaml
 from tests.kube.conftest import MANIFESTS, upstream_crds
 from tests.kube.structural import closed, structural_errors
 
 CHART_CRDS = MANIFESTS.parent / "charts" / "musicsplit" / "crds"
 
 
-class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
-    """YAML 1.1's `=` (the "value" type) is a plain string to Kubernetes' YAML parser."""
-
-
-_Loader.add_constructor("tag:yaml.org,2002:value", lambda loader, node: loader.construct_scalar(node))
-
-
 def crds(path: Path) -> list[dict]:
-    return [d for d in yaml.load_all(path.read_text(), Loader=_Loader) if d and d["kind"] == "CustomResourceDefinition"]
+    return [d for d in load_yaml(path) if d["kind"] == "CustomResourceDefinition"]
 
 
 SHIPPED = sorted(MANIFESTS.glob("*crd*.yaml")) + sorted(CHART_CRDS.glob("*.yaml"))
