@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Build (once) the real Kubernetes API server the tests in tests/kube run against.
 #
-#   tests/kube/build.sh            # builds into $MUSICSPLIT_KUBE_DIR (default below)
+#   tests/kube/build.sh     # KUBE_VERSION, MUSICSPLIT_KUBE_ROOT override the defaults below
 #
 # kube-apiserver is compiled from k8s.io/kubernetes at a pinned release, fetched
 # through the Go module proxy; k8s.io/kubernetes' own go.mod points every
 # k8s.io/* staging module at ./staging, so the throw-away module below pins each
-# of them to the matching published v0.X.Y.  etcd is Debian's etcd-server.
+# of them to the matching published v0.X.Y.  etcd is Debian's etcd-server, linked.
 # Both binaries are cached per version under
 #   /opt/musicsplit/kube/<kubernetes version>/bin/{kube-apiserver,etcd}
 # and a rerun with the binaries present does nothing.  Prints the bin dir.
@@ -26,8 +26,8 @@ if [ ! -x "$BIN/kube-apiserver" ]; then
     cd "$work"
     # The staging modules k8s.io/kubernetes requires at v0.0.0 (its go.mod
     # replaces them with ./staging/src/..., which a dependency cannot use).
-    staging=$(curl -fsS "https://proxy.golang.org/k8s.io/kubernetes/@v/$KUBE_VERSION.mod" \
-        | awk '$2 == "v0.0.0" && $1 ~ /^k8s.io\// {print $1}')
+    gomod=$("$GO" mod download -json "k8s.io/kubernetes@$KUBE_VERSION" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",*$/\1/p')
+    staging=$(awk '$2 == "v0.0.0" && $1 ~ /^k8s.io\// {print $1}' "$gomod")
     {
         echo "module musicsplit.local/kube-build"
         echo
@@ -54,13 +54,8 @@ fi
 
 if [ ! -x "$BIN/etcd" ]; then
     if ! command -v etcd >/dev/null; then
-        if [ "$(id -u)" = 0 ]; then
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends etcd-server >&2 \
-                || { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends etcd-server >&2; }
-        else
-            echo "etcd is missing: install Debian's etcd-server" >&2
-            exit 1
-        fi
+        echo "etcd is missing: install Debian's etcd-server (.ci/install-kube.sh does)" >&2
+        exit 1
     fi
     ln -sf "$(command -v etcd)" "$BIN/etcd"
 fi

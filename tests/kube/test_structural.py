@@ -33,7 +33,7 @@ def test_crd_is_structural(path):
             assert errors == [], f"{crd['metadata']['name']} {version['name']}:\n" + "\n".join(errors)
 
 
-@pytest.mark.parametrize("schema, error", [
+NOT_STRUCTURAL = [
     ({"type": "object", "properties": {"spec": {"type": "object", "additionalProperties": False,
                                                 "properties": {"a": {"type": "string"}}}}},
      "openAPIV3Schema.properties[spec].additionalProperties: Forbidden: additionalProperties and properties are "
@@ -46,9 +46,27 @@ def test_crd_is_structural(path):
      "openAPIV3Schema.properties[xs].items: Required value: must be specified"),
     ({"type": "object", "properties": {"n": {"type": "integer", "anyOf": [{"minimum": 1, "description": "x"}]}}},
      "openAPIV3Schema.properties[n].anyOf[0].description: Forbidden: must be empty to be structural"),
-])
+]
+
+
+@pytest.mark.parametrize("schema, error", NOT_STRUCTURAL)
 def test_the_check_finds_what_the_server_refuses(schema, error):
     assert any(e.startswith(error) for e in structural_errors(schema)), structural_errors(schema)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("schema, error", NOT_STRUCTURAL)
+def test_the_real_server_refuses_it_in_the_same_words(kube, schema, error):
+    crd = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+           "metadata": {"name": "widgets.example.test"},
+           "spec": {"group": "example.test", "scope": "Namespaced",
+                    "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+                    "versions": [{"name": "v1", "served": True, "storage": True,
+                                  "schema": {"openAPIV3Schema": schema}}]}}
+    with kube.server.http() as c:
+        r = c.post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", params={"dryRun": "All"}, json=crd)
+    assert r.status_code == 422, r.text
+    assert f"spec.validation.{error}" in r.json()["message"], r.json()["message"]
 
 
 def test_closed_schema_refuses_undeclared_fields_where_the_server_prunes():

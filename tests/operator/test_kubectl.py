@@ -340,4 +340,7 @@ def test_rbac_grants_exactly_what_the_operator_used(env):
     allowed, used = rbac_grants(MANIFESTS / "rbac.yaml"), operator_api_calls(cluster)
     assert used <= allowed, f"used but not granted: {used - allowed}"
     peering = {a for a in allowed if a[1] == "clusterkopfpeerings"}  # exercised by test_peering.py
-    assert allowed - peering <= used, f"granted but never used: {allowed - peering - used}"
+    # No call: OwnerReferencesPermissionEnforcement asks for it to admit blockOwnerDeletion on the
+    # InferenceService (tests/kube/test_operator.py runs the operator with that plugin on).
+    admission = {("musicsplit.io", "separationmodels/finalizers", "update")}
+    assert allowed - peering - admission <= used, f"granted but never used: {allowed - peering - admission - used}"
