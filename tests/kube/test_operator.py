@@ -3,8 +3,8 @@ process holding only its ServiceAccount's token (RBAC from manifests/rbac.yaml),
 OwnerReferencesPermissionEnforcement on, KServe's real InferenceService CRD, and
 tests/operator's KServe simulator playing KServe's controller (and the garbage
 collector) by patching InferenceService status. No Prometheus: analyses hold,
-which is the verdict a canary gets with no evidence (tests/operator/test_e2e.py
-has a real Prometheus)."""
+which is the verdict a canary gets with no evidence, or fail on a webhook
+(tests/operator/test_e2e.py has a real Prometheus and passing canaries)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import re
 import pytest
 
 from tests.fixtures.kube import KubeCluster, table
+from tests.fixtures.recorder import Recorder
 from tests.kube.conftest import MANIFESTS
 from tests.operator.cluster import ISVC, SM, KServeSimulator, Operator
 from tests.operator.test_kubectl import (condition, event_reasons, example, has_events, phase_is,
@@ -107,6 +108,23 @@ def test_a_canary_that_never_becomes_ready_is_rolled_back(env):
     # Serverless: the stable revision takes all traffic back (RawDeployment redeploys it).
     assert cluster.get(ISVC, "broken")["spec"]["predictor"]["canaryTrafficPercent"] == 0
     assert has_events(cluster, "broken", "CanaryNotReady")
+
+
+def test_a_failed_analysis_rolls_the_canary_back(env):
+    """A verdict of `fail` (a pre-rollout webhook answering 500; threshold 1) on the real server."""
+    cluster, _, _ = env
+    with Recorder(lambda req: (500, {"content-type": "text/plain"}, b"smoke test failed")) as smoke:
+        hooks = [{"name": "smoke", "type": "pre-rollout", "url": smoke.url + "/smoke", "timeout": "2s"}]
+        base = example("judged", analysis={"webhooks": hooks})
+        cluster.apply(base)
+        phase_is(cluster, "judged", "Succeeded")
+        cluster.apply(with_version(base, "4.1.0"))
+        st = phase_is(cluster, "judged", "RolledBack")
+    assert st["lastAnalysis"]["result"] == "fail" and st["webhooks"]["smoke"]["outcome"] == "rejected"
+    assert "pre-rollout webhook smoke failed: HTTP 500" in st["history"][-1]["reason"]
+    assert st["stableVersion"] == "4.0.0" and cluster.get(ISVC, "judged")["spec"]["predictor"][
+        "canaryTrafficPercent"] == 0
+    assert has_events(cluster, "judged", "CanaryStarted", "RolledBack")
 
 
 def test_a_deleted_model_goes_once_its_finalizer_is_released(env):
