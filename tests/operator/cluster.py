@@ -74,9 +74,7 @@ def _without_nulls(value):
     return value
 
 
-def _age(ts: str | None) -> str:
-    if not ts:
-        return "<unknown>"
+def _age(ts: str) -> str:
     s = int((datetime.now(timezone.utc) - datetime.fromisoformat(ts.replace("Z", "+00:00"))).total_seconds())
     return f"{s}s" if s < 120 else f"{s // 60}m" if s < 7200 else f"{s // 3600}h"
 
@@ -283,7 +281,8 @@ class CRDEmulator(KubernetesEmulator):
             cells = [obj.get("metadata", {}).get("name")]
             for c in paths:
                 v = _jsonpath(obj, c["jsonPath"])
-                cells.append(_age(v) if c["type"] == "date" else ("<none>" if v is None else v))
+                # A missing value is a null cell (kubectl prints nothing), as from a real API server.
+                cells.append(_age(v) if c["type"] == "date" and v is not None else v)
             rows.append({"cells": cells, "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
                                                     "metadata": obj.get("metadata", {})}})
         return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": "1"},

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.fixtures.kube import table
 from tests.operator.cluster import ISVC, SM, Cluster, KServeSimulator, Operator, operator_api_calls, rbac_grants
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
@@ -105,10 +106,11 @@ def test_examples_apply_and_kubectl_get_shows_the_printer_columns(env):
         assert "created" in out or "configured" in out
     phase_is(cluster, "htdemucs", "Succeeded")
     phase_is(cluster, "htdemucs-6s", "Succeeded")
-    table = cluster.kubectl("get", "sm").stdout.splitlines()
-    assert table[0].split() == ["NAME", "STABLE", "CANARY", "WEIGHT", "PHASE", "AGE"]
-    rows = {line.split()[0]: line.split() for line in table[1:]}
-    assert rows["htdemucs"][1:5] == ["4.0.0", "<none>", "0", "Succeeded"]
+    out = cluster.kubectl("get", "sm").stdout
+    assert out.splitlines()[0].split() == ["NAME", "STABLE", "CANARY", "WEIGHT", "PHASE", "AGE"]
+    rows = {row["NAME"]: row for row in table(out)}
+    # No canary: an empty cell, as a real API server's Table gives kubectl
+    assert [rows["htdemucs"][c] for c in ("STABLE", "CANARY", "WEIGHT", "PHASE")] == ["4.0.0", "", "0", "Succeeded"]
     # the InferenceService is owned (deleting the model deletes it) and serves the predictor
     isvc = cluster.get(ISVC, "htdemucs")
     owner = isvc["metadata"]["ownerReferences"][0]
@@ -226,8 +228,8 @@ def test_canary_holds_when_prometheus_is_unreachable_and_abort_rolls_back(env):
     # the operator's own metrics (alerts/operator.rules.yaml alerts on them)
     assert metric(env[2], 'musicsplit_rollouts_total{name="holdme",namespace="default",outcome="aborted"}') == 1
     assert metric(env[2], 'musicsplit_rollout_phase{name="holdme",namespace="default",phase="RolledBack"}') == 1
-    out = cluster.kubectl("get", "sm", "holdme").stdout.splitlines()[1].split()
-    assert out[1:5] == ["4.0.0", "<none>", "0", "RolledBack"]
+    row = table(cluster.kubectl("get", "sm", "holdme").stdout)[0]
+    assert [row[c] for c in ("STABLE", "CANARY", "WEIGHT", "PHASE")] == ["4.0.0", "", "0", "RolledBack"]
 
 
 def test_pause_resume_and_manual_promote(env):
