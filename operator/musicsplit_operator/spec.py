@@ -29,19 +29,32 @@ def parse_duration(text: str) -> float:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+    # A field's docstring is its documentation: the CRD's `description`
+    # (`kubectl explain`), written by `python -m musicsplit.operator.crd`.
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid",
+                              use_attribute_docstrings=True)
 
 
 REGISTRY_SCHEME = "mlflow://"
 
 
 class ModelRef(_Model):
+    """The model release to serve: which Demucs architecture, which version, where its files are."""
+
     architecture: str
+    """Demucs architecture or pretrained name (htdemucs, htdemucs_ft, htdemucs_6s, mdx_extra, ...)."""
     # Required unless storageUri names a registry model, whose version the
     # operator resolves (registry.py); then, if set, it must match.
     version: str | None = None
+    """Release version; must equal the model_version label the predictor exports (musicsplit.yaml).
+    With an mlflow:// storageUri it comes from the model version's tag musicsplit.version, and if
+    set here must match it."""
     storage_uri: str
+    """Where KServe's storage initializer fetches the model dir; or an MLflow registered model
+    (mlflow://models/NAME/VERSION, mlflow://models/NAME@ALIAS, mlflow://models/NAME/STAGE) the
+    operator resolves to its storage URI."""
     released: str | None = None
+    """Release date (YYYY-MM-DD), kept in status.history."""
     # The MLflow model version this release was resolved from (set by the
     # operator, never read from the spec): history and write-back name it.
     _registry: dict | None = PrivateAttr(default=None)
@@ -77,27 +90,56 @@ class ModelRef(_Model):
 
 
 class GPU(_Model):
+    """GPUs per predictor replica."""
+
     count: int = 0
+    """nvidia.com/gpu requested and limited per replica (0 - CPU only)."""
     type: str | None = None
+    """Node label nvidia.com/gpu.product the replicas are scheduled on, e.g. NVIDIA-L4."""
 
 
 class Resources(_Model):
+    """Compute per predictor replica."""
+
     gpu: GPU = GPU()
+    """GPUs per replica."""
     cpu: str | None = None
+    """CPU request per replica (Kubernetes quantity, e.g. 2 or 500m)."""
     memory: str | None = None
+    """Memory request and limit per replica (Kubernetes quantity, e.g. 8Gi)."""
 
 
 class PredictorSpec(_Model):
+    """The KServe predictor serving the model."""
+
     image: str | None = None
+    """Custom predictor image (default - the musicsplit ServingRuntime's)."""
     runtime: str | None = "musicsplit"
+    """KServe ServingRuntime name."""
     resources: Resources = Resources()
+    """Compute per replica."""
     node_selector: dict[str, str] = {}
+    """Node labels the predictor's pods must match (Kubernetes' pod nodeSelector)."""
     tolerations: list[dict] = []
+    """Taints the predictor's pods tolerate (Kubernetes' pod tolerations), e.g. GPU nodes' nvidia.com/gpu."""
 
 
 class Replicas(_Model):
+    """How many predictor replicas KServe's autoscaler may run."""
+
     min: int = 1
+    """Fewest replicas (0 - scale to zero when idle, Serverless only); default 1."""
     max: int = 1
+    """Most replicas; default - min (or 1)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _max_follows_min(cls, data):
+        # `replicas: {min: 2}` alone means at least (and so at most) 2: a default
+        # max of 1 would be refused with a message about a field the user never set.
+        if isinstance(data, dict) and data.get("max") is None and data.get("min") is not None:
+            data = {**data, "max": max(int(data["min"]), 1)}
+        return data
 
     @model_validator(mode="after")
     def _order(self):
@@ -107,17 +149,27 @@ class Replicas(_Model):
 
 
 class RolloutSpec(_Model):
+    """How a new version's canary takes traffic, step by step, and when it gives up."""
+
     steps: list[int] | None = None
+    """Canary traffic percentages in order, strictly increasing; passing the last one promotes.
+    Default - stepWeight up to maxWeight, else 10, 25, 50."""
     step_weight: int | None = None
+    """Traffic percent added per step (Flagger's stepWeight), when steps is not set."""
     max_weight: int | None = None
+    """Highest canary percent before promotion with stepWeight (default 50)."""
     interval: str = "1m"
+    """Time between analyses, and so between steps (e.g. 30s, 5m)."""
     progress_deadline: str = "10m"
+    """How long a new revision may take to become ready before the rollout is rolled back."""
     paused: bool = False
-    # How long a canary may stay at one weight once an analysis first failed to
-    # move it on (no evidence, a closed confirm gate, a failed check below the
-    # threshold); None: as long as it takes.
+    """True - the canary stays at its weight, analyses stop, until set back to false."""
     hold_deadline: str | None = None
+    """How long a canary may stay at one weight once an analysis first failed to move it on (no
+    evidence, a closed confirm gate, a failed check below the threshold); unset - no limit."""
     on_hold_deadline: Literal["rollback", "escalate"] = "rollback"
+    """rollback - send all traffic back to the stable version; escalate - keep the canary's
+    traffic, set condition HoldDeadlineExceeded and raise the MusicsplitRolloutHoldDeadlineExceeded alert."""
 
     @model_validator(mode="after")
     def _weights(self):
@@ -163,10 +215,15 @@ class Webhook(_Model):
     """A webhook at one of Flagger's points (its `type`); 2xx passes."""
 
     name: str = Field(min_length=1, max_length=63)
+    """Unique within the model: its last call is kept in status.webhooks under this name."""
     type: HookType = "rollout"  # Flagger's default
+    """Flagger's point of the rollout it is called at; confirm-* gates hold until it passes."""
     url: str
+    """Where the JSON POST goes; only URLs in the operator's MUSICSPLIT_OPERATOR_WEBHOOK_URL_ALLOWLIST when it has one."""
     timeout: str = "10s"  # Flagger's default
+    """How long to wait for an answer, at most 5m."""
     metadata: dict[str, str] = {}
+    """Strings sent along in the POST's metadata."""
 
     @field_validator("url")
     @classmethod
@@ -191,12 +248,20 @@ class GoldenSetSpec(_Model):
     """Which reference tracks the golden-set probe separates, and the gate on
     their SDR. Sets named together are pooled: one mean SDR over all tracks."""
 
-    # None: the built-in synthetic set unless a configMap or storageUri is named.
     builtin: bool | None = None
-    config_map: str | None = None  # binaryData TRACK.mixture.wav, TRACK.STEM.wav (1 MiB in all)
-    storage_uri: str | None = None  # one folder per track: mixture.wav and STEM.wav (MUSDB-style)
-    max_sdr_drop_db: float | None = None  # default: analysis.maxSdrDropDb, else 1.0
-    min_sdr_db: float | None = None  # the canary's mean SDR floor (dB), none by default
+    """The built-in synthetic set (default - true unless configMap or storageUri is set)."""
+    config_map: str | None = None
+    """A ConfigMap in this namespace, binaryData keys TRACK.mixture.wav and TRACK.STEM.wav (wav or
+    flac). ConfigMaps hold at most 1 MiB (a few seconds of audio): use storageUri for more; create it
+    with kubectl create configmap --from-file (kubectl apply would also copy it into an annotation,
+    capped at 256 KiB)."""
+    storage_uri: str | None = None
+    """One folder per track holding mixture.wav and one STEM.wav per stem (MUSDB layout), fetched
+    with KServe's storage code; only under a prefix in the operator's MUSICSPLIT_OPERATOR_GOLDEN_STORAGE_ALLOWLIST."""
+    max_sdr_drop_db: float | None = None
+    """Roll back when the canary's mean SDR is this much below the stable's (default - analysis.maxSdrDropDb, else 1.0)."""
+    min_sdr_db: float | None = None
+    """Roll back when the canary's mean SDR is below this (dB); none by default."""
 
     @field_validator("storage_uri")
     @classmethod
@@ -223,24 +288,41 @@ class GoldenSetSpec(_Model):
 
 
 class AnalysisSpec(_Model):
-    # None: the operator's own Prometheus; another URL only if the operator allows it.
+    """What a canary must show, at every step, to take more traffic: users' requests
+    (Prometheus), the golden-set probe, webhooks, shadow agreement."""
+
     prometheus_url: str | None = None
-    window: str | None = None  # PromQL range; default: the rollout interval
+    """Prometheus to query instead of the operator's own; only one in the operator's allowlist
+    (MUSICSPLIT_OPERATOR_PROMETHEUS_URL_ALLOWLIST), else the rollout holds with AnalysisConfigured=False."""
+    window: str | None = None
+    """PromQL range each analysis looks back over (default - the rollout interval, at least 10s)."""
     min_requests: int = 20
+    """Users' requests the canary must have served in the window before it is judged; fewer hold."""
     max_error_rate: float = 0.01
+    """Highest fraction of the canary's requests that may fail (0..1)."""
     max_p99_latency_seconds: float = 60.0
+    """Highest 99th percentile of the canary's request latency, in seconds."""
     min_quality_score: float = 0.7
+    """Lowest mean output quality score (0..1) the canary may have."""
     max_quality_drop: float = 0.05
+    """Most the canary's mean quality score may be below the stable's."""
     golden_set: GoldenSetSpec = GoldenSetSpec()
-    max_sdr_drop_db: float | None = None  # before goldenSet was an object; goldenSet.maxSdrDropDb wins
-    # Failed analyses before a rollback (Flagger's `threshold`, and its default):
-    # counted over the whole rollout of a version, not reset when a step advances.
+    """The reference tracks the canary's golden-set probe separates (sets named together are
+    pooled). Default {}: the built-in synthetic set. Before v1alpha1 objects it was a boolean: true
+    is {}, false is {builtin: false} (no golden-set gate)."""
+    max_sdr_drop_db: float | None = None
+    """Deprecated - goldenSet.maxSdrDropDb wins."""
     threshold: int = Field(1, ge=1, le=100)
+    """Failed analyses before a rollback (Flagger's threshold; default 1), counted over the whole
+    rollout of a version, not reset when a step advances."""
     webhooks: list[Webhook] = Field([], max_length=20)
-    # Shadow agreement (ADR 0108): SDR of the canary's stems against the stable's on
-    # users' requests the gateway mirrored. None: not required.
+    """Flagger's webhooks - called with a JSON POST at their point of the rollout; 2xx passes."""
     min_shadow_agreement_db: float | None = None
+    """Require this mean SDR (dB, the lowest stem's) of the canary's stems against the stable's on
+    users' requests the gateway mirrored (shadow traffic); unset: not required. Serverless only:
+    RawDeployment runs one version at a time, and a step at 100 % serves users no stable output to compare."""
     min_shadow_comparisons: int = 10
+    """Mirrored requests compared in the window before shadowAgreement is judged (default 10); fewer hold."""
 
     @field_validator("webhooks")
     @classmethod
@@ -270,14 +352,24 @@ class AnalysisSpec(_Model):
 
 
 class SeparationModelSpec(_Model):
+    """A separation model served by KServe, and how new versions of it are rolled out."""
+
     model: ModelRef
+    """The release to serve; changing it starts a canary rollout of the new release."""
     predictor: PredictorSpec = PredictorSpec()
+    """The KServe predictor: runtime, image, compute, scheduling."""
     replicas: Replicas = Replicas()
+    """Predictor replicas (KServe's minReplicas and maxReplicas)."""
     stems: list[str] = []
+    """Stems the predictor returns (its MUSICSPLIT_STEMS); default - every stem the model outputs."""
     cost_per_gpu_second: float | None = None
+    """Price of one GPU-second (the predictor's MUSICSPLIT_GPU_PRICE_PER_SECOND), for the cost per separation it reports."""
     deployment_mode: Literal["Serverless", "RawDeployment"] = "Serverless"
+    """KServe deployment mode; RawDeployment has no traffic split (kserve#4074)."""
     rollout: RolloutSpec = RolloutSpec()
+    """Canary steps, their pace and deadlines."""
     analysis: AnalysisSpec = AnalysisSpec()
+    """The checks a canary passes at each step."""
 
     @property
     def raw(self) -> bool:

@@ -26,6 +26,8 @@ import kubernetes_validate
 import yaml
 from kubernetes_validate.utils import SchemaNotFoundError
 
+from tests.kube.structural import closed
+
 from .conftest import CHART_DIR
 
 KUBE_VERSION = "1.32"
@@ -43,19 +45,6 @@ def builtin_error(obj: dict) -> str | None:
     return None
 
 
-def _structural(schema: dict) -> dict:
-    """The API server prunes (or, strictly, refuses) fields a structural schema
-    does not declare: make that explicit for jsonschema."""
-    if not isinstance(schema, dict):
-        return schema
-    out = {k: (_structural(v) if k in ("items", "additionalProperties") else v) for k, v in schema.items()}
-    if "properties" in schema:
-        out["properties"] = {k: _structural(v) for k, v in schema["properties"].items()}
-        if "additionalProperties" not in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
-            out["additionalProperties"] = False
-    return out
-
-
 @functools.cache
 def _crd_validators() -> dict[tuple[str, str], jsonschema.Validator]:
     out = {}
@@ -63,7 +52,7 @@ def _crd_validators() -> dict[tuple[str, str], jsonschema.Validator]:
         crd = yaml.safe_load(path.read_text())
         group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
         for version in crd["spec"]["versions"]:
-            schema = _structural(version["schema"]["openAPIV3Schema"])
+            schema = closed(version["schema"]["openAPIV3Schema"])
             # OpenAPI v3.0 schemas: draft 4 semantics (boolean exclusiveMinimum).
             out[(f"{group}/{version['name']}", kind)] = jsonschema.Draft4Validator(
                 schema, format_checker=jsonschema.FormatChecker())

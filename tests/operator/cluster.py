@@ -3,7 +3,9 @@
 - `CRDEmulator`: kmock's stateful `KubernetesEmulator` plus what a real API
   server does that the operator and `kubectl` rely on: CRDs register their
   resource when applied, custom resources are validated against the CRD's
-  openAPIV3Schema (422 with the field and the reason), server-side Tables
+  openAPIV3Schema (422 with the field and the reason; undeclared fields and
+  bad formats refused as with kubectl's strict field validation; no defaults:
+  tests/kube runs a real API server for those), server-side Tables
   from additionalPrinterColumns (`kubectl get sm`), list kinds, uid /
   creationTimestamp / generation, the status subresource split (status
   is ignored on create and on main-resource patches), and 422 for a JSON
@@ -41,6 +43,7 @@ from kmock._internal import enums
 from kmock._internal.k8s import KubernetesError
 
 from musicsplit.localstack import terminate
+from tests.kube.structural import closed
 from musicsplit.localstack import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -63,9 +66,15 @@ def merge_patch(base, patch):
     return out
 
 
-def _age(ts: str | None) -> str:
-    if not ts:
-        return "<unknown>"
+def _without_nulls(value):
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
+def _age(ts: str) -> str:
     s = int((datetime.now(timezone.utc) - datetime.fromisoformat(ts.replace("Z", "+00:00"))).total_seconds())
     return f"{s}s" if s < 120 else f"{s // 60}m" if s < 7200 else f"{s // 3600}h"
 
@@ -82,8 +91,9 @@ def _jsonpath(obj: dict, path: str):
 def _field_errors(schema: dict, obj: dict) -> list[tuple[str, str]]:
     """Schema errors as (field, message), worded like the API server's."""
     out = []
-    for e in sorted(jsonschema.Draft4Validator(schema).iter_errors(obj), key=lambda e: list(e.absolute_path)):
-        path = ".".join(str(p) for p in e.absolute_path)
+    validator = jsonschema.Draft4Validator(closed(schema), format_checker=jsonschema.FormatChecker())
+    for e in sorted(validator.iter_errors(obj), key=lambda e: list(e.absolute_path)):
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e.absolute_path).lstrip(".")
         if e.validator == "required":
             missing = e.message.split("'")[1]
             out.append((f"{path + '.' if path else ''}{missing}", "Required value"))
@@ -271,7 +281,8 @@ class CRDEmulator(KubernetesEmulator):
             cells = [obj.get("metadata", {}).get("name")]
             for c in paths:
                 v = _jsonpath(obj, c["jsonPath"])
-                cells.append(_age(v) if c["type"] == "date" else ("<none>" if v is None else v))
+                # A missing value is a null cell (kubectl prints nothing), as from a real API server.
+                cells.append(_age(v) if c["type"] == "date" and v is not None else v)
             rows.append({"cells": cells, "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
                                                     "metadata": obj.get("metadata", {})}})
         return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": "1"},
@@ -345,6 +356,9 @@ class Cluster:
         self._thread.join(10)
 
     # -- clients
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=5.0)
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
         cmd = ["kubectl", "--kubeconfig", str(self.kubeconfig), *args]
@@ -454,7 +468,7 @@ class KServeSimulator:
         self.raw_rolled: dict[tuple, str | None] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="kserve-sim")
-        self.http = httpx.Client(base_url=cluster.url, timeout=5.0)
+        self.http = cluster.client()
         self.split: dict[tuple, dict[str, float]] = {}  # (ns, name) -> {url: fraction} (what Knative routes)
 
     def __enter__(self):
@@ -489,7 +503,8 @@ class KServeSimulator:
                 self.revisions.pop((meta["namespace"], meta["name"]), None)
                 self.raw_rolled.pop((meta["namespace"], meta["name"]), None)
                 continue
-            status = self.reconcile(isvc)
+            # Without the nulls a merge patch deletes: what a real server then stores.
+            status = _without_nulls(self.reconcile(isvc))
             if status != isvc.get("status"):
                 self.http.patch(
                     f"/apis/serving.kserve.io/v1beta1/namespaces/{meta['namespace']}/inferenceservices/"
