@@ -31,8 +31,10 @@
 #     made from a debootstrapped Debian bookworm with Debian's Python 3.11 (the
 #     script says so on every run; published images must use the real base);
 #   - --format docker keeps HEALTHCHECK.
-# Builds are cached (image layers, the local bases); MUSICSPLIT_IMAGES_PRUNE=1
-# removes dangling layers afterwards.
+# Builds are cached: an image whose inputs (Dockerfile, copied sources, build
+# arguments, base) are unchanged is not rebuilt (MUSICSPLIT_IMAGES_REBUILD=1
+# forces it); otherwise the layer cache and the local bases are reused.
+# MUSICSPLIT_IMAGES_PRUNE=1 removes dangling images afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$(pwd)"
@@ -155,6 +157,20 @@ for base in "${stand_ins[@]}"; do
   echo "!!! These images are for testing on this machine; publish images built on the pinned base."
 done
 
+# What a build reads: its Dockerfile and the files its COPY lines take (less
+# what .dockerignore drops), the build's arguments and the base's ID. An image
+# labelled with the same digest is up to date: no build at all (buildah's layer
+# cache alone still reads every layer a COPY --from copies, 5 GB for the predictor).
+inputs_digest() {
+  local c="$1"; shift
+  {
+    printf '%s\n' "$@"
+    "$engine" image inspect --format '{{.Id}}' "$(sed -n 's/^FROM \([^ ]*\).*/\1/p' "${dockerfile[$c]}" | head -1)" 2>/dev/null || true
+    find "${dockerfile[$c]}" .dockerignore pyproject.toml setup.py README.md musicsplit "${dockerfile[$c]%/Dockerfile}" \
+      -type f ! -path '*/__pycache__/*' ! -name '*.pyc' ! -path '*.egg-info/*' -print0 | sort -z | xargs -0 sha256sum
+  } | sha256sum | cut -c1-64
+}
+
 built=()
 for c in "${components[@]}"; do
   name="localhost/musicsplit-${tag[$c]}"
@@ -162,12 +178,20 @@ for c in "${components[@]}"; do
   [ -n "${target[$c]}" ] && args+=(--target "${target[$c]}")
   case "$c" in predictor-cpu) args+=("${torch_cpu_args[@]}") ;; predictor-cuda) args+=("${torch_cuda_args[@]}") ;; esac
   [ -n "$registry" ] && args+=(-t "$registry/${tag[$c]}")
-  echo "== $c: $engine build ${args[*]} ."
-  start=$(date +%s)
-  "$engine" build "${engine_args[@]}" "${build_args[@]}" "${args[@]}" . > "${state:-/tmp}/build-$c.log" 2>&1 \
-    || { tail -40 "${state:-/tmp}/build-$c.log" >&2; echo "build-images.sh: $c failed (log: ${state:-/tmp}/build-$c.log)" >&2; exit 1; }
-  echo "   built $name in $(( $(date +%s) - start )) s"
+  digest="$(inputs_digest "$c" "$engine" "${args[@]}")"
   built+=("$name")
+  if [ "$("$engine" image inspect --format '{{index .Labels "io.musicsplit.inputs"}}' "$name" 2>/dev/null)" = "$digest" ] \
+     && [ "${MUSICSPLIT_IMAGES_REBUILD:-0}" != 1 ]; then
+    echo "== $c: $name is up to date (same Dockerfile, sources, arguments and base)"
+    if [ -n "$registry" ]; then "$engine" tag "$name" "$registry/${tag[$c]}"; fi
+  else
+    echo "== $c: $engine build ${args[*]} ."
+    start=$(date +%s)
+    "$engine" build "${engine_args[@]}" "${build_args[@]}" --label "io.musicsplit.inputs=$digest" "${args[@]}" . \
+      > "${state:-/tmp}/build-$c.log" 2>&1 \
+      || { tail -40 "${state:-/tmp}/build-$c.log" >&2; echo "build-images.sh: $c failed (log: ${state:-/tmp}/build-$c.log)" >&2; exit 1; }
+    echo "   built $name in $(( $(date +%s) - start )) s"
+  fi
   if [ "$push" = 1 ]; then "$engine" push "$registry/${tag[$c]}"; fi
 done
 
