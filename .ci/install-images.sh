@@ -35,7 +35,7 @@ echo "image build tools ready ($(podman --version), $(runc --version | head -1))
 wheels="${MUSICSPLIT_TORCH_WHEELS:-/opt/musicsplit/wheels/torch-2.13.0}"
 if [ ! -f "$wheels/.complete" ]; then
   mkdir -p "$wheels"
-  if curl -sSf --max-time 20 -o /dev/null https://download.pytorch.org/whl/cpu/torch/; then
+  if curl -sf --max-time 20 -o /dev/null https://download.pytorch.org/whl/cpu/torch/; then
     pip download -q --dest "$wheels" --index-url https://download.pytorch.org/whl/cpu \
       --extra-index-url https://pypi.org/simple torch==2.13.0+cpu
   else
