@@ -14,9 +14,10 @@
 #   --torch-index URL     index for the cpu target's torch (default PyTorch's CPU
 #                         index, https://download.pytorch.org/whl/cpu)
 #   --torch-wheels DIR    a folder of wheels holding torch and its dependencies
-#                         (`pip download torch==X -d DIR`), used offline for the
-#                         torch of both predictor targets; podman only (mounted
-#                         into the build, never copied into an image)
+#                         (`pip download torch==X -d DIR`), installed offline:
+#                         CPU wheels (+cpu) for the cpu target only, PyPI's torch
+#                         for both targets; podman only (mounted into the build,
+#                         never copied into an image)
 #   --engine docker|podman  default: docker where an engine answers, else podman
 #
 # With podman (no Docker engine, e.g. CI VMs and sandboxes):
@@ -33,8 +34,10 @@
 #   - --format docker keeps HEALTHCHECK.
 # Builds are cached: an image whose inputs (Dockerfile, copied sources, build
 # arguments, base) are unchanged is not rebuilt (MUSICSPLIT_IMAGES_REBUILD=1
-# forces it); otherwise the layer cache and the local bases are reused.
-# MUSICSPLIT_IMAGES_PRUNE=1 removes dangling images afterwards.
+# forces it); otherwise the layer cache and the local bases are reused, and
+# the image a rebuild replaces is removed. MUSICSPLIT_IMAGES_PRUNE=1 also
+# removes every dangling image afterwards: that includes the cached
+# dependency stages, so the next build is a cold one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$(pwd)"
@@ -186,11 +189,16 @@ for c in "${components[@]}"; do
     if [ -n "$registry" ]; then "$engine" tag "$name" "$registry/${tag[$c]}"; fi
   else
     echo "== $c: $engine build ${args[*]} ."
+    previous="$("$engine" image inspect --format '{{.Id}}' "$name" 2>/dev/null || true)"
     start=$(date +%s)
     "$engine" build "${engine_args[@]}" "${build_args[@]}" --label "io.musicsplit.inputs=$digest" "${args[@]}" . \
       > "${state:-/tmp}/build-$c.log" 2>&1 \
       || { tail -40 "${state:-/tmp}/build-$c.log" >&2; echo "build-images.sh: $c failed (log: ${state:-/tmp}/build-$c.log)" >&2; exit 1; }
     echo "   built $name in $(( $(date +%s) - start )) s"
+    # The image this one replaces, unless something still uses it (the layer cache keeps the rest).
+    if [ -n "$previous" ] && [ "$previous" != "$("$engine" image inspect --format '{{.Id}}' "$name")" ]; then
+      "$engine" rmi "$previous" >/dev/null 2>&1 || true
+    fi
   fi
   if [ "$push" = 1 ]; then "$engine" push "$registry/${tag[$c]}"; fi
 done
