@@ -78,6 +78,7 @@ if [ "$engine" = podman ]; then
   state="${MUSICSPLIT_IMAGES_STATE:-/var/tmp/musicsplit-images}"
   mkdir -p "$state"
   build_args+=(--format docker --pull=never --layers)
+  command -v buildah >/dev/null && build_args+=(--rm=false)
   if [ -f "$ca" ]; then
     # Only pip's config and the CA: every build step sees them, no image keeps them.
     printf '[global]\ncert = /run/musicsplit-build/ca.crt\n' > "$state/pip.conf"
@@ -174,6 +175,16 @@ inputs_digest() {
   } | sha256sum | cut -c1-64
 }
 
+# podman build --rm=false, then buildah rm of the working containers this build
+# made: the same cleanup, 45 s faster for the predictor than podman's own (measured).
+working_containers() { [ "$engine" = podman ] && command -v buildah >/dev/null && buildah containers -q | sort || true; }
+remove_working_containers() {
+  [ "$engine" = podman ] && command -v buildah >/dev/null || return 0
+  local made
+  made="$(comm -13 <(printf '%s\n' "$1") <(working_containers) | grep . || true)"
+  if [ -n "$made" ]; then buildah rm $made >/dev/null; fi
+}
+
 built=()
 for c in "${components[@]}"; do
   name="localhost/musicsplit-${tag[$c]}"
@@ -191,9 +202,11 @@ for c in "${components[@]}"; do
     echo "== $c: $engine build ${args[*]} ."
     previous="$("$engine" image inspect --format '{{.Id}}' "$name" 2>/dev/null || true)"
     start=$(date +%s)
+    before="$(working_containers)"
     "$engine" build "${engine_args[@]}" "${build_args[@]}" --label "io.musicsplit.inputs=$digest" "${args[@]}" . \
       > "${state:-/tmp}/build-$c.log" 2>&1 \
       || { tail -40 "${state:-/tmp}/build-$c.log" >&2; echo "build-images.sh: $c failed (log: ${state:-/tmp}/build-$c.log)" >&2; exit 1; }
+    remove_working_containers "$before"
     echo "   built $name in $(( $(date +%s) - start )) s"
     # The image this one replaces, unless something still uses it (the layer cache keeps the rest).
     if [ -n "$previous" ] && [ "$previous" != "$("$engine" image inspect --format '{{.Id}}' "$name")" ]; then
