@@ -6,11 +6,12 @@ Import this module to register the handlers (`musicsplit serve operator` does).
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from contextlib import contextmanager, nullcontext
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import kopf
 from kubernetes import client as k8s
@@ -18,22 +19,26 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from . import (analysis, goldenset, metrics, policy, probe, prometheus, registry, reporting, router,
+from . import (analysis, goldenset, kserve, metrics, policy, probe, prometheus, registry, reporting, router,
                scheduler, shadow, webhooks)
 from .goldenstore import GoldenStore
 from .settings import OperatorSettings
 from .spec import GROUP, ISVC_GROUP, ISVC_PLURAL, ISVC_VERSION, PLURAL, VERSION, parse_spec
-from .status import FAILED, set_condition
+from .status import ACTIVE, FAILED, parse_time, set_condition
 
 ACTION_ANNOTATION = "musicsplit.io/action"
 RESOLVE = "resolve"  # musicsplit.io/action=resolve: ask the registry again now
 REGISTRY_RETRY_S = 30.0  # at least this long between two failed registry resolutions
+APPLY_RETRY = "applyRetry"  # status key: refused InferenceService writes, and when to try again
+APPLY_BACKOFF_MAX_S = 300.0
 SETTINGS = OperatorSettings()
 # Started with the operator (configure):
 PROBES: probe.ProbeWorker | None = None
 GOLDEN_STORE: GoldenStore | None = None
 REPORTS: reporting.ReportWorker | None = None  # only with a registry
 HOOKS: webhooks.WebhookWorker | None = None
+KSERVE: router.KServeAPI = router.LEGACY  # what the installed KServe understands (read at start)
+KSERVE_HOW = "not read yet"
 
 
 @kopf.on.startup()
@@ -58,7 +63,9 @@ def configure(settings: kopf.OperatorSettings, logger, **_) -> None:
         k8s_config.load_incluster_config()
     except k8s_config.ConfigException:
         k8s_config.load_kube_config()
-    global PROBES, GOLDEN_STORE, REPORTS, HOOKS
+    global PROBES, GOLDEN_STORE, REPORTS, HOOKS, KSERVE, KSERVE_HOW
+    KSERVE, KSERVE_HOW = kserve.detect(SETTINGS.kserve_api)
+    logger.info("KServe: %s", KSERVE_HOW)
     GOLDEN_STORE = GoldenStore(
         SETTINGS.golden_cache_dir or tempfile.mkdtemp(prefix="musicsplit-golden-"),
         allowlist=SETTINGS.golden_storage_allowlist, max_set_bytes=SETTINGS.golden_set_max_bytes,
@@ -123,9 +130,10 @@ def get_isvc(namespace: str, name: str) -> dict | None:
         raise
 
 
-def write_route(body, name: str, namespace: str, spec, route: router.Route, create: bool) -> None:
+def write_route(body, name: str, namespace: str, spec, route: router.Route, create: bool,
+                mode: router.TrafficMode) -> None:
     if create:
-        isvc = router.inference_service(name, namespace, spec, route)
+        isvc = router.inference_service(name, namespace, spec, route, mode)
         kopf.adopt(isvc, owner=body)  # ownerReferences: deleting the SeparationModel deletes it
         try:
             _api().create_namespaced_custom_object(ISVC_GROUP, ISVC_VERSION, namespace, ISVC_PLURAL, isvc)
@@ -134,7 +142,7 @@ def write_route(body, name: str, namespace: str, spec, route: router.Route, crea
             if e.status != 409:  # created meanwhile: fall through to patch it
                 raise
     _api().patch_namespaced_custom_object(
-        ISVC_GROUP, ISVC_VERSION, namespace, ISVC_PLURAL, name, router.patch(name, spec, route),
+        ISVC_GROUP, ISVC_VERSION, namespace, ISVC_PLURAL, name, router.patch(name, spec, route, mode),
         _content_type="application/merge-patch+json")
 
 
@@ -218,6 +226,9 @@ def reconcile(body, name, namespace, patch, logger, **_) -> None:
         _forget(namespace, name)
         return  # being deleted: the garbage collector takes the InferenceService
     now = datetime.now(timezone.utc)
+    retry_at = parse_time(((status or {}).get(APPLY_RETRY) or {}).get("nextAttemptAt"))
+    if retry_at is not None and now < retry_at:
+        return  # backing off after a refused write
     old = dict(status or {})
     generation = meta.get("generation")
     action = (meta.get("annotations") or {}).get(ACTION_ANNOTATION)
@@ -247,8 +258,9 @@ def reconcile(body, name, namespace, patch, logger, **_) -> None:
             return
     ref = sm.analysis.golden_set.ref
     isvc = get_isvc(namespace, name)
-    obs = router.observe(isvc)
-    plan = scheduler.schedule(sm, old, obs, now, generation=generation, action=action)
+    obs = router.observe(isvc, SETTINGS.cluster_domain)
+    mode = router.traffic_mode(sm, KSERVE, isvc=name, namespace=namespace, domain=SETTINGS.cluster_domain)
+    plan = scheduler.schedule(sm, old, obs, now, generation=generation, action=action, mode=mode)
     route, events, create = plan.route, list(plan.events), plan.create
     new = plan.status
     if plan.verdict:  # judged by the scheduler from status alone (the pre-rollout hooks)
@@ -271,37 +283,39 @@ def reconcile(body, name, namespace, patch, logger, **_) -> None:
                 timeout_s=SETTINGS.prometheus_timeout_seconds)
         if sm.analysis.golden_set.enabled:
             m = replace(m, **analysis.golden_measurements(new, ref))
-        mirrored = shadow.required(sm, new)
+        mirrored = shadow.required(sm, new, mode)
         if mirrored and prometheus_url is not None and not m.prometheus_error:
             m = replace(m, **shadow.measure(
                 prometheus_url=prometheus_url, model=name, namespace=namespace,
                 canary_version=new["canaryVersion"], stable_version=new.get("stableVersion") or "",
                 window_s=sm.window_s(), timeout_s=SETTINGS.prometheus_timeout_seconds))
         m = replace(m, webhooks=policy.rollout_checks(sm, new))
-        verdict = analysis.judge(m, sm, compare_stable=not sm.raw, compare_shadow=mirrored)
+        verdict = analysis.judge(m, sm, compare_stable=mode.splits, compare_shadow=mirrored)
         metrics.analysed(namespace, name, verdict.result)
         logger.info("analysis of %s at %s %%: %s (%s)", new.get("canaryVersion"), new.get("canaryWeight"),
                     verdict.result, verdict.message)
-        after = scheduler.after_analysis(sm, new, verdict, now, generation=generation)
+        after = scheduler.after_analysis(sm, new, verdict, now, generation=generation, mode=mode)
         new = after.status
         route = after.route or route
         events += after.events
     # A tick that moves the traffic observed KServe before the move: its URLs
     # may still lead to the previous version. Probes are planned on the next.
-    job = scheduler.probe_due(sm, new, obs, now, namespace, name, meta.get("uid")) if route is None else None
+    job = scheduler.probe_due(sm, new, obs, now, namespace, name, meta.get("uid"), mode) if route is None else None
     if job is not None and PROBES is not None and PROBES.submit(job):
         logger.info("golden-set probe queued: %s", ", ".join(f"{t.role} {t.version}" for t in job.targets))
     # Where the gateway mirrors users' requests (only while both versions serve them).
-    mirror = shadow.published(sm, new, obs) if route is None else None
+    mirror = shadow.published(sm, new, obs, mode) if route is None else None
     if mirror:
         new["shadow"] = mirror
+    urls = router.endpoints(mode, obs, new, new.get("phase") in ACTIVE) if route is None else old.get("endpoints")
+    if urls:
+        new["endpoints"] = urls
     # Webhooks run in the background too; the same care about URLs that may
     # still lead to the previous revision (the canary "serves" only on a tick
     # that moves no traffic).
     serving = obs.latest_ready and route is None
-    canary_url = None if not serving or (sm.raw and new.get("stepIndex") == -1) else (
-        obs.url if sm.raw else obs.urls.get("latest"))
-    calls = (policy.due_calls(sm, new, now, namespace, name, ready=serving, canary_url=canary_url)
+    canary_url = mode.canary_url(obs, new) if serving and mode.deployed(new) else None
+    calls = (policy.due_calls(sm, new, now, namespace, name, ready=serving, canary_url=canary_url, mode=mode)
              + policy.notifications(sm, old, new, events, namespace, name, now))
     if calls and HOOKS is not None:
         HOOKS.submit(policy.HookJob(namespace, name, tuple(calls), meta.get("uid")))
@@ -313,7 +327,17 @@ def reconcile(body, name, namespace, patch, logger, **_) -> None:
     new["conditions"] = set_condition(new.get("conditions") or [], "SpecValid", True, "Valid",
                                               "spec accepted", now, generation)
     if route is not None:
-        write_route(body, name, namespace, sm, route, create)
+        try:
+            write_route(body, name, namespace, sm, route, create, mode)
+        except ApiException as e:
+            if e.status == 404 or (e.status or 0) < 400:
+                raise
+            _apply_failed(body, old, e, now, generation, create, patch)
+            return
+    new.pop(APPLY_RETRY, None)
+    if (next((c for c in old.get("conditions") or [] if c.get("type") == "Degraded"), {})).get("status") == "True":
+        new["conditions"] = set_condition(new.get("conditions") or [], "Degraded", False, "Applied",
+                                          "the InferenceService was written", now, generation)
     for type_, reason, message in events:
         kopf.event(body, type=type_, reason=reason, message=message)
     patch.status.update(_status_patch(old, new))
@@ -321,6 +345,29 @@ def reconcile(body, name, namespace, patch, logger, **_) -> None:
     metrics.posted(namespace, name, events)
     if action:
         patch.metadata.setdefault("annotations", {})[ACTION_ANNOTATION] = None
+
+
+def _apply_failed(body, old: dict, e: ApiException, now: datetime, generation, create: bool, patch) -> None:
+    """The API server refused the InferenceService write (RBAC, admission, a
+    conflict, an outage): nothing decided at this tick is saved (the next
+    attempt decides again), but the SeparationModel says why, a Warning Event
+    too, and the write is tried again with exponential backoff."""
+    verb = "create" if create else "patch"
+    detail = e.reason or ""
+    try:
+        detail = json.loads(e.body or "{}").get("message") or detail
+    except (TypeError, ValueError):
+        pass
+    failures = int((old.get(APPLY_RETRY) or {}).get("failures") or 0) + 1
+    delay = min(SETTINGS.tick_seconds * 2 ** (failures - 1), APPLY_BACKOFF_MAX_S)
+    msg = f"could not {verb} the InferenceService: HTTP {e.status}: {detail}"[:1000]
+    new = dict(old)
+    new[APPLY_RETRY] = {"failures": failures,
+                        "nextAttemptAt": (now + timedelta(seconds=delay)).isoformat(timespec="milliseconds")}
+    new["conditions"] = set_condition(old.get("conditions") or [], "Degraded", True, "ApplyFailed",
+                                      f"{msg} (attempt {failures}; next in {delay:g}s)", now, generation)
+    kopf.warn(body, reason="ApplyFailed", message=msg)
+    patch.status.update(_status_patch(old, new))
 
 
 def _report(status: dict, namespace: str, name: str, prometheus_url: str | None, ref: str, logger) -> None:

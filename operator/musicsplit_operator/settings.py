@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from pydantic import field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -59,6 +60,14 @@ class OperatorSettings(BaseSettings):
     mlflow_tracking_uri: str | None = None
     # Per MLflow request (no retries: a resolution that fails is tried again later).
     mlflow_timeout_seconds: float = 10.0
+    # Which KServe the InferenceServices are written for: auto (read the
+    # InferenceService schema from the API server at start: spec.canary means
+    # v0.20+, with Standard-mode canaries and the Standard/Knative mode names),
+    # v0.20, or legacy (0.15-0.19: RawDeployment/Serverless, no Standard split).
+    kserve_api: Literal["auto", "v0.20", "legacy"] = "auto"
+    # The cluster's DNS domain: Standard-mode predictor Services answer at
+    # http://<isvc>-<predictor>-predictor.<namespace>.svc.<domain>.
+    cluster_domain: str = "cluster.local"
     # The operator's own /metrics (rollout phase, canary weight, holds, outcomes); 0: off.
     metrics_port: int = 8081
     metrics_address: str = "0.0.0.0"

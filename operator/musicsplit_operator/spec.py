@@ -15,6 +15,8 @@ from pydantic.alias_generators import to_camel
 
 GROUP, VERSION, PLURAL, KIND = "musicsplit.io", "v1alpha1", "separationmodels", "SeparationModel"
 ISVC_GROUP, ISVC_VERSION, ISVC_PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
+STANDARD_MODES = ("Standard", "RawDeployment")  # KServe v0.20's name, and the one before it
+KNATIVE_MODES = ("Knative", "Serverless")
 
 _DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)(ms|s|m|h))+$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -87,12 +89,35 @@ class Resources(_Model):
     memory: str | None = None
 
 
+DEFAULT_MAX_AUDIO_SECONDS = 20 * 60.0  # the predictor's own default (musicsplit.validation)
+TIMEOUT_MARGIN_S = 60.0  # decoding, queueing and encoding around the separation itself
+
+
 class PredictorSpec(_Model):
     image: str | None = None
     runtime: str | None = "musicsplit"
     resources: Resources = Resources()
     node_selector: dict[str, str] = {}
     tolerations: list[dict] = []
+    # The longest track one request may carry (the predictor refuses longer ones);
+    # None: the predictor's default, 20 minutes.
+    max_audio_seconds: float | None = Field(None, gt=0)
+    # KServe's per-request timeout (spec.predictor.timeout); None: long enough
+    # for the longest track at real time on the slowest device, plus a margin
+    # (Standard mode otherwise cuts every route at 60 s).
+    timeout: str | None = None
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_duration(v)
+        return v
+
+    def timeout_s(self) -> int:
+        if self.timeout is not None:
+            return max(1, int(parse_duration(self.timeout)))
+        return int((self.max_audio_seconds or DEFAULT_MAX_AUDIO_SECONDS) + TIMEOUT_MARGIN_S)
 
 
 class Replicas(_Model):
@@ -275,13 +300,16 @@ class SeparationModelSpec(_Model):
     replicas: Replicas = Replicas()
     stems: list[str] = []
     cost_per_gpu_second: float | None = None
-    deployment_mode: Literal["Serverless", "RawDeployment"] = "Serverless"
+    # Both of KServe's vocabularies: v0.20 renamed RawDeployment to Standard and
+    # Serverless to Knative; either name means the same mode here.
+    deployment_mode: Literal["Serverless", "RawDeployment", "Knative", "Standard"] = "Serverless"
     rollout: RolloutSpec = RolloutSpec()
     analysis: AnalysisSpec = AnalysisSpec()
 
     @property
-    def raw(self) -> bool:
-        return self.deployment_mode == "RawDeployment"
+    def standard(self) -> bool:
+        """KServe's Standard (formerly RawDeployment) mode: Deployments, no Knative revisions."""
+        return self.deployment_mode in STANDARD_MODES
 
     def window_s(self) -> float:
         return parse_duration(self.analysis.window) if self.analysis.window else max(self.rollout.interval_s, 10.0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from .router import TrafficMode, traffic_mode
 from .spec import SeparationModelSpec
 
 HISTORY_LIMIT = 50
@@ -116,19 +117,16 @@ class StatusEditor:
     """A status being edited: a copy of the old one's rollout keys, plus helpers
     for conditions, Events and history. `d` is the whole new status."""
 
-    def __init__(self, status: dict, spec: SeparationModelSpec, now: datetime, generation: int | None):
+    def __init__(self, status: dict, spec: SeparationModelSpec, now: datetime, generation: int | None,
+                 mode: TrafficMode | None = None):
         self.d = {k: status.get(k) for k in KEEP if status.get(k) is not None}
         self.d.setdefault("history", [])
         self.d.setdefault("conditions", [])
         self.d["observedGeneration"] = generation
         self.spec, self.now, self.gen = spec, now, generation
+        self.mode = mode or traffic_mode(spec)
         self.events: list[tuple[str, str, str]] = []
-        mode_ok = not spec.raw
-        self.cond("TrafficSplit", mode_ok, "Serverless" if mode_ok else "RawDeploymentMode",
-                  "canaryTrafficPercent splits traffic between the previous and the latest revision (Knative)"
-                  if mode_ok else
-                  "KServe RawDeployment mode has no traffic split (kserve#4074): a new version takes 100 % of "
-                  "traffic at once and is analysed there; rollback redeploys the stable storageUri")
+        self.cond("TrafficSplit", *self.mode.split_condition())
 
     def cond(self, type_, ok, reason, message):
         self.d["conditions"] = set_condition(self.d["conditions"], type_, ok, reason, message, self.now, self.gen)
