@@ -24,7 +24,7 @@ from . import (analysis, goldenset, kserve, metrics, policy, probe, prometheus, 
 from .goldenstore import GoldenStore
 from .settings import OperatorSettings
 from .spec import GROUP, ISVC_GROUP, ISVC_PLURAL, ISVC_VERSION, PLURAL, VERSION, parse_spec
-from .status import ACTIVE, FAILED, parse_time, set_condition
+from .status import ACTIVE, FAILED, parse_time, set_condition, without_nulls
 
 ACTION_ANNOTATION = "musicsplit.io/action"
 RESOLVE = "resolve"  # musicsplit.io/action=resolve: ask the registry again now
@@ -151,7 +151,8 @@ def write_worker_fields(namespace: str, name: str, fields: dict) -> None:
     reporter's state, webhook answers): its own keys only, so a tick's status
     patch (which carries them unchanged) and this one never undo each other."""
     try:
-        _api().patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": fields},
+        _api().patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name,
+                                                     {"status": without_nulls(fields)},
                                                      _content_type="application/merge-patch+json")
     except ApiException as e:
         if e.status != 404:  # deleted meanwhile: nothing to record
@@ -161,6 +162,7 @@ def write_worker_fields(namespace: str, name: str, fields: dict) -> None:
 def _status_patch(old: dict, new: dict) -> dict:
     """A merge patch from `old` to `new`: changed keys only (keys gone from `new`
     are deleted), so a tick that decides nothing writes nothing."""
+    new = without_nulls(new)
     out = {k: None for k in old if k not in new}
     out.update({k: v for k, v in new.items() if old.get(k) != v})
     return out

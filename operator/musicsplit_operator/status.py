@@ -47,6 +47,17 @@ def parse_time(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+def without_nulls(value, in_list: bool = False):
+    """`value` with no null inside list items: a merge patch deletes keys set
+    to null in objects, but inside a list the API server stores the item
+    without them, and what kopf then reads back differs from what it wrote."""
+    if isinstance(value, list):
+        return [without_nulls(v, True) for v in value]
+    if isinstance(value, dict):
+        return {k: without_nulls(v, in_list) for k, v in value.items() if not (in_list and v is None)}
+    return value
+
+
 def set_condition(conditions: list[dict], type_: str, status: bool, reason: str, message: str, now: datetime,
                   generation: int | None = None) -> list[dict]:
     """Upsert a condition; lastTransitionTime moves only when the status flips."""
@@ -72,8 +83,10 @@ def condition(status: dict, type_: str) -> dict | None:
 def history_entry(model: dict, outcome: str, reason: str, now: datetime, golden: dict | None = None) -> dict:
     """One line of the version registry; `golden` is the release's golden-set
     result, when it has one."""
-    out = {"version": model["version"], "storageUri": model["storageUri"], "released": model.get("released"),
-           "outcome": outcome, "at": iso(now), "reason": reason}
+    out = {"version": model["version"], "storageUri": model["storageUri"], "outcome": outcome, "at": iso(now),
+           "reason": reason}
+    if model.get("released"):
+        out["released"] = model["released"]
     if model.get("startedAt"):
         out["startedAt"] = model["startedAt"]
     if model.get("registry"):

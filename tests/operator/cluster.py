@@ -99,8 +99,27 @@ def kserve_crd(version: str = "0.20", strict_fields: bool = True) -> dict:
     return crd
 
 
+def _stored(value):
+    """A list as the API server stores it: no null-valued keys in its items."""
+    if isinstance(value, list):
+        return [_stored(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _stored(v) for k, v in value.items() if v is not None}
+    return value
+
+
+def _keep_nulls_outside_lists(patch, stored):
+    """`stored`'s lists in `patch`, whose nulls outside lists (deletions) stay."""
+    if isinstance(patch, dict):
+        return {k: (None if v is None else _keep_nulls_outside_lists(v, stored.get(k))) for k, v in patch.items()}
+    return stored if isinstance(patch, list) else patch
+
+
 def merge_patch(base, patch):
-    """RFC 7386 JSON merge patch."""
+    """RFC 7386 JSON merge patch, as the API server applies it (lists replaced
+    whole, their items stored without null-valued keys)."""
+    if isinstance(patch, list):
+        return _stored(patch)
     if not isinstance(patch, dict):
         return copy.deepcopy(patch)
     out = dict(base) if isinstance(base, dict) else {}
@@ -309,6 +328,9 @@ class CRDEmulator(KubernetesEmulator):
                 return
             current = dict(current.raw)
             patch = request.data
+            for k, v in _stored(patch).items():  # stored as a real server stores them
+                if isinstance(v, (list, dict)):
+                    patch[k] = _keep_nulls_outside_lists(patch[k], v)
             meta = patch.setdefault("metadata", {}) if request.subresource != "status" else None
             if crd is not None and "status" in (crd["version"].get("subresources") or {}):
                 if request.subresource == "status":

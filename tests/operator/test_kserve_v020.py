@@ -27,6 +27,8 @@ def env(tmp_path_factory):
         finally:
             op.stop()
         assert "Traceback" not in op.log(), op.log()[-5000:]
+        # What the operator writes is what it reads back (no nulls in list items).
+        assert "inconsistencies" not in op.log(), op.log()[-5000:]
 
 
 def annotate(cluster, name: str, action: str) -> None:
