@@ -74,11 +74,11 @@ def configure(settings: kopf.OperatorSettings, logger, **_) -> None:
     PROBES = probe.ProbeWorker(write_worker_fields, workers=SETTINGS.probe_workers,
                                timeout_s=SETTINGS.probe_timeout_seconds, load_set=load_golden_set)
     if SETTINGS.mlflow_tracking_uri:
+        registry.preload()
         REPORTS = reporting.ReportWorker(
             write_worker_fields, lambda: registry.client(SETTINGS.mlflow_tracking_uri, SETTINGS.mlflow_timeout_seconds),
             prometheus_timeout_s=SETTINGS.prometheus_timeout_seconds)
-    HOOKS = webhooks.WebhookWorker(write_worker_fields, workers=SETTINGS.webhook_workers,
-                                   allowlist=SETTINGS.webhook_url_allowlist)
+    HOOKS = webhooks.WebhookWorker(write_worker_fields, workers=SETTINGS.webhook_workers, rule=_webhook_rule())
     logger.info("musicsplit operator: tick %.1fs, %d golden-set probe workers, %d webhook workers",
                 SETTINGS.tick_seconds, SETTINGS.probe_workers, SETTINGS.webhook_workers)
 
@@ -146,6 +146,14 @@ def write_route(body, name: str, namespace: str, spec, route: router.Route, crea
         _content_type="application/merge-patch+json")
 
 
+def write_status(namespace: str, name: str, fields: dict) -> None:
+    """A tick's status merge patch, written now (not after the handler, as
+    kopf's `patch` would): what follows it may rely on it being saved."""
+    if fields:
+        _api().patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": fields},
+                                                     _content_type="application/merge-patch+json")
+
+
 def write_worker_fields(namespace: str, name: str, fields: dict) -> None:
     """A background worker's write (the probe's results, the registry
     reporter's state, webhook answers): its own keys only, so a tick's status
@@ -175,14 +183,19 @@ def _forget(namespace: str, name: str) -> None:
             worker.forget(namespace, name)
 
 
+def _webhook_rule():
+    return webhooks.policy(SETTINGS.webhook_url_allowlist, SETTINGS.egress_allowed_networks)
+
+
 def _webhooks_condition(sm, conditions: list[dict], now, generation) -> list[dict]:
     """WebhooksConfigured: whether the operator may call every hook's URL."""
     if not sm.analysis.webhooks:
         return conditions
-    refused = [h.name for h in sm.analysis.webhooks if not webhooks.allowed(h.url, SETTINGS.webhook_url_allowlist)]
-    why = (f"webhooks {', '.join(refused)} name URLs outside the operator's allowlist "
-           "(MUSICSPLIT_OPERATOR_WEBHOOK_URL_ALLOWLIST): they are never called, so their gates stay closed and "
-           "their checks hold" if refused else "the operator may call every webhook's URL")
+    rule = _webhook_rule()
+    refused = {h.name: why for h in sm.analysis.webhooks if (why := rule.refusal(h.url))}
+    why = (f"webhooks the operator never calls, so their gates stay closed and their checks hold: "
+           + "; ".join(f"{n}: {w}" for n, w in refused.items()) if refused
+           else "the operator may call every webhook's URL")
     return set_condition(conditions, "WebhooksConfigured", not refused,
                          "WebhookUrlNotAllowed" if refused else "Configured", why, now, generation)
 
@@ -319,8 +332,6 @@ def reconcile(body, name, namespace, patch, logger, **_) -> None:
     canary_url = mode.canary_url(obs, new) if serving and mode.deployed(new) else None
     calls = (policy.due_calls(sm, new, now, namespace, name, ready=serving, canary_url=canary_url, mode=mode)
              + policy.notifications(sm, old, new, events, namespace, name, now))
-    if calls and HOOKS is not None:
-        HOOKS.submit(policy.HookJob(namespace, name, tuple(calls), meta.get("uid")))
     if REPORTS is not None:
         _report(old, namespace, name, prometheus_url, ref, logger)
     _registry_status(new, res, now, generation)
@@ -340,9 +351,20 @@ def reconcile(body, name, namespace, patch, logger, **_) -> None:
     if (next((c for c in old.get("conditions") or [] if c.get("type") == "Degraded"), {})).get("status") == "True":
         new["conditions"] = set_condition(new.get("conditions") or [], "Degraded", False, "Applied",
                                           "the InferenceService was written", now, generation)
+    # Saved before anyone hears of it: a notification never announces a
+    # decision that a refused status write then undoes.
+    try:
+        write_status(namespace, name, _status_patch(old, new))
+    except ApiException as e:
+        if e.status == 404:
+            return
+        # Nothing of this tick happened: the next one decides again.
+        kopf.warn(body, reason="StatusWriteFailed", message=f"could not save the status: HTTP {e.status}")
+        return
+    if calls and HOOKS is not None:
+        HOOKS.submit(policy.HookJob(namespace, name, tuple(calls), meta.get("uid")))
     for type_, reason, message in events:
         kopf.event(body, type=type_, reason=reason, message=message)
-    patch.status.update(_status_patch(old, new))
     metrics.record(namespace, name, old, new, ref)
     metrics.posted(namespace, name, events)
     if action:

@@ -66,6 +66,16 @@ def schedule(spec: SeparationModelSpec, status: dict, obs: Observed, now: dateti
         s.event("Normal", "Deploying", s.d["message"])
         return plan_of(s, route=Route(target["storageUri"], None, target["version"]), create=True)
 
+    if phase is None and not stable_uri:
+        # An InferenceService but no status: the first tick's status write was
+        # refused after its InferenceService was created. Deploying, as then.
+        s.set_canary(target, phase=INITIALIZING, canaryWeight=100, stepStartedAt=iso(now),
+                     message=f"deploying {target['version']} (first version: no stable to compare)")
+        s.cond("Ready", False, "Initializing", s.d["message"])
+        s.event("Normal", "Deploying", s.d["message"])
+        serving_it = obs.storage_uri == target["storageUri"]
+        return plan_of(s, route=None if serving_it else Route(target["storageUri"], None, target["version"]))
+
     if phase == INITIALIZING:
         if s.d.get("canaryStorageUri") != target["storageUri"]:
             s.clear_canary()

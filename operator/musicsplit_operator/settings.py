@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Literal
 
@@ -40,6 +41,10 @@ class OperatorSettings(BaseSettings):
     # may call; [] (the default): any http(s) URL, as Flagger does. A hook
     # outside it is never called: its gate stays closed, its check holds.
     webhook_url_allowlist: list[str] = []
+    # JSON list of networks (CIDRs, e.g. ["10.20.0.0/16"]) webhooks may reach
+    # although they are loopback, link-local, private or reserved (egress.py);
+    # [] (the default): none, only public addresses or the allowlist's URLs.
+    egress_allowed_networks: list[str] = []
     # Golden sets a SeparationModel names by storage URI (spec.analysis.goldenSet.storageUri)
     # are fetched only from under these URI prefixes (JSON list); [] refuses all of them
     # (ConfigMaps and the built-in set need nothing here).
@@ -94,6 +99,16 @@ class OperatorSettings(BaseSettings):
         bad = [u for u in v if not re.match(r"^https?://[^/?#]+", u)]
         if bad:
             raise ValueError(f"webhook_url_allowlist entries must be http(s) URLs, not {bad}")
+        return v
+
+    @field_validator("egress_allowed_networks")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for n in v:
+            try:
+                ipaddress.ip_network(n, strict=False)
+            except ValueError as e:
+                raise ValueError(f"egress_allowed_networks: {e}") from None
         return v
 
     @model_validator(mode="after")

@@ -17,6 +17,7 @@ import logging
 
 import httpx
 
+from . import egress
 from .prometheus import PrometheusUnavailable, _esc, _growth, query_vector
 from .router import Observed, TrafficMode, traffic_mode
 from .spec import SeparationModelSpec
@@ -77,7 +78,7 @@ def measure(*, prometheus_url: str, model: str, namespace: str, canary_version: 
             agreement = query_vector(client, prometheus_url, q["agreement"], "stem")
             counts = query_vector(client, prometheus_url, q["comparisons"], "stem")
     except PrometheusUnavailable as e:
-        log.warning("Prometheus at %s: %s", prometheus_url, e)
+        log.warning("Prometheus at %s: %s", egress.redact(prometheus_url), e)
         return {"prometheus_error": str(e), "prometheus_reason": e.reason}
     # A request mirrored with a subset of stems compares only those: every comparison counts once.
     return {"shadow_agreement": agreement or None, "shadow_comparisons": max(counts.values(), default=0.0)}

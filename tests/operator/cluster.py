@@ -192,8 +192,8 @@ class CRDEmulator(KubernetesEmulator):
         super().__attrs_post_init__()
         self.crds: dict[str, dict] = {}  # resource key 'group/version/plural' -> CRD version entry + names
         self.kserve_defaulting = False  # v0.20's webhook: deploymentMode annotations in the new names
-        # What no real server can be made to do on demand: (resource key, name) -> (status, reason, message),
-        # answered to every create or patch of that object; and when each refused request came.
+        # What no real server can be made to do on demand: (resource key[/subresource], name) -> (status,
+        # reason, message), answered to every create or patch of that object; and when each refused request came.
         self.refuse: dict[tuple[str, str], tuple[int, str, str]] = {}
         self.refused: list[tuple[float, str]] = []
         # OpenAPI v3 that says "PATCH takes fieldValidation": kubectl then leaves
@@ -264,7 +264,9 @@ class CRDEmulator(KubernetesEmulator):
             key = f"{request.resource.group}/{request.resource.version}/{request.resource.plural}".lstrip("/")
             data = request.data if isinstance(request.data, dict) else {}
             name = request.name or (data.get("metadata") or {}).get("name")
-            refusal = self.refuse.get((key, name)) if not request.subresource else None
+            if request.subresource:
+                key = f"{key}/{request.subresource}"
+            refusal = self.refuse.get((key, name))
             if refusal is not None:
                 self.refused.append((time.monotonic(), request.action.name))
                 raise KubernetesError(status=refusal[0], reason=refusal[1], message=refusal[2])

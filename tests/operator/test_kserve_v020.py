@@ -6,10 +6,12 @@ test_kubectl.py runs the same operator against a KServe before v0.20."""
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 
 from musicsplit.operator.router import predictor_name, service_url
+from tests.fixtures.recorder import Recorder
 from tests.operator.cluster import ISVC, SM, Cluster, KServeSimulator, Operator
 from tests.operator.test_kubectl import MANIFESTS, condition, example, has_events, phase_is, status, with_version
 
@@ -21,7 +23,8 @@ def env(tmp_path_factory):
     d = tmp_path_factory.mktemp("kserve020")
     with Cluster(d, kserve="0.20") as cluster, KServeSimulator(cluster, broken={BROKEN}) as sim:
         cluster.kubectl("apply", "-f", str(MANIFESTS / "crd.yaml"))
-        op = Operator(cluster, d / "operator.log", tick=0.5)
+        op = Operator(cluster, d / "operator.log", tick=0.5,
+                      env={"MUSICSPLIT_OPERATOR_EGRESS_ALLOWED_NETWORKS": '["127.0.0.0/8"]'})  # the receivers
         try:
             yield cluster, sim, op
         finally:
@@ -149,3 +152,22 @@ def test_a_refused_write_leaves_a_condition_and_an_event_and_is_retried_with_bac
         cluster.emu.refuse.clear()
     st = phase_is(cluster, "denied", "Succeeded")
     assert condition(st, "Degraded")["status"] == "False" and "applyRetry" not in st
+
+
+def test_a_notification_goes_out_only_once_the_status_it_announces_is_saved(env):
+    cluster, _, _ = env
+    with Recorder(lambda req: (200, {"content-type": "text/plain"}, b"")) as rx:
+        doc = example("noted")
+        doc["spec"]["analysis"]["webhooks"] = [{"name": "chat", "type": "event", "url": rx.url + "/events"}]
+        cluster.emu.refused.clear()
+        cluster.emu.refuse[(SM + "/status", "noted")] = (500, "InternalError", "etcd is unavailable")
+        try:
+            cluster.apply(doc)
+            # Ticks decided to deploy (and to announce it) and could not save it, three times.
+            cluster.wait(lambda: len(cluster.emu.refused) >= 3, 20, message="three refused status writes")
+            assert rx.requests == []
+        finally:
+            cluster.emu.refuse.clear()
+        phase_is(cluster, "noted", "Succeeded")
+        cluster.wait(lambda: rx.requests, 10, message="the notification")
+        assert json.loads(rx.requests[0].body)["phase"] in ("Initializing", "Succeeded")
