@@ -16,9 +16,7 @@ hook's timeout (at most 5 minutes, spec.py).
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
@@ -27,6 +25,7 @@ import httpx
 from . import egress, metrics
 from .egress import EgressPolicy, Resolver
 from .policy import ERROR, NOT_ALLOWED, OK, REJECTED, TIMEOUT, HookCall, HookJob, record
+from .workers import KeyedPool
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +86,9 @@ class WebhookWorker:
                  clock: Callable[[], float] = time.monotonic):
         self._write, self._rule = write, rule or policy()
         self._clock = clock
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="webhook")
+        self._pool = KeyedPool(workers, "webhook")
+        self._lock = self._pool.lock
         self._http = httpx.Client(follow_redirects=False, limits=httpx.Limits(max_connections=workers))
-        self._lock = threading.Lock()
-        self._running: set[tuple[str, str, str]] = set()
         self._last: dict[tuple[str, str, str], _Last] = {}
         self._notifications: dict[tuple[str, str], int] = {}
 
@@ -99,11 +97,11 @@ class WebhookWorker:
         queued = 0
         for c in job.calls:
             if self._admit(job, c):
-                try:
-                    self._pool.submit(self._run, job, c)
+                key = None if c.key is None else (job.namespace, job.name, c.hook.name)
+                if self._pool.submit(key, self._run, job, c, admitted=True):
                     queued += 1
-                except RuntimeError:  # shut down
-                    self._release(job, c)
+                elif c.key is None:
+                    self._notified(job)
         return queued
 
     def _admit(self, job: HookJob, c: HookCall) -> bool:
@@ -121,18 +119,13 @@ class WebhookWorker:
             last = self._last.get(hook_key)
             recent = last is not None and last.key == c.key and (
                 c.repeat_after_s is None or self._clock() - last.finished < c.repeat_after_s)
-            if hook_key in self._running or recent:
-                return False
-            self._running.add(hook_key)
-            return True
+            return not recent and self._pool.claim(hook_key)
 
-    def _release(self, job: HookJob, c: HookCall) -> None:
+    def _notified(self, job: HookJob) -> None:
+        """One queued notification less for the object."""
         with self._lock:
-            if c.key is None:
-                obj = (job.namespace, job.name)
-                self._notifications[obj] = max(self._notifications.get(obj, 1) - 1, 0)
-            else:
-                self._running.discard((job.namespace, job.name, c.hook.name))
+            obj = (job.namespace, job.name)
+            self._notifications[obj] = max(self._notifications.get(obj, 1) - 1, 0)
 
     def _run(self, job: HookJob, c: HookCall) -> None:
         try:
@@ -148,7 +141,8 @@ class WebhookWorker:
                 with self._lock:
                     self._last[(job.namespace, job.name, c.hook.name)] = _Last(c.key, self._clock())
         finally:
-            self._release(job, c)
+            if c.key is None:
+                self._notified(job)
 
     def forget(self, namespace: str, name: str) -> None:
         """A deleted SeparationModel's memory goes (bounded by the live objects)."""
@@ -158,6 +152,6 @@ class WebhookWorker:
             self._notifications.pop((namespace, name), None)
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown()
         # Calls still running end with an error they record themselves; the
         # client goes with the process.
