@@ -49,7 +49,7 @@ def _nulls_in_list_items(value, in_list=False, path="status") -> list[str]:
 def test_the_status_written_has_no_nulls_in_list_items():
     """A real API server stores list items without null-valued keys: what kopf
     reads back would differ from what it wrote ("inconsistencies"), every tick."""
-    from musicsplit.operator import handlers, scheduler
+    from musicsplit.operator import reconcile, scheduler
     from musicsplit.operator.analysis import Measurements, judge
     from tests.operator.builders import V2, serving, start_canary
 
@@ -58,6 +58,6 @@ def test_the_status_written_has_no_nulls_in_list_items():
     st = scheduler.after_analysis(sp, plan.status, held, T0 + timedelta(seconds=61)).status
     st = scheduler.schedule(sp, st, serving(V2["storageUri"], 10), T0, action="abort").status
     assert any(c.get("value") is None for c in st["lastAnalysis"]["checks"])
-    written = handlers._status_patch({}, st)
+    written = reconcile._status_patch({}, st)
     assert "released" not in written["history"][-1] and written["history"][-1]["outcome"] == "aborted"
     assert _nulls_in_list_items(written) == []
