@@ -305,6 +305,8 @@ def write(op: Operator, tick: Tick, new: dict, calls: list, patch) -> None:
     """The status saved first: a notification never announces a decision that
     a refused status write then undoes."""
     ns, name, old = tick.namespace, tick.name, tick.old
+    # The metrics first: whoever reads the saved status finds them up to date.
+    metrics.record(ns, name, old, new, tick.spec.analysis.golden_set.ref)
     try:
         api.write_status(ns, name, _status_patch(old, new))
     except ApiException as e:
@@ -317,7 +319,6 @@ def write(op: Operator, tick: Tick, new: dict, calls: list, patch) -> None:
         op.hooks.submit(policy.HookJob(ns, name, tuple(calls), tick.meta.get("uid")))
     for type_, reason, message in tick.events:
         kopf.event(tick.body, type=type_, reason=reason, message=message)
-    metrics.record(ns, name, old, new, tick.spec.analysis.golden_set.ref)
     metrics.posted(ns, name, tick.events)
     if tick.action:
         patch.metadata.setdefault("annotations", {})[ACTION_ANNOTATION] = None

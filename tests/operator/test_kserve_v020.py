@@ -16,6 +16,7 @@ from tests.operator.cluster import ISVC, SM, Cluster, KServeSimulator, Operator
 from tests.operator.test_kubectl import MANIFESTS, condition, example, has_events, phase_is, status, with_version
 
 BROKEN = "gs://models/broken/9.9.9"
+pytestmark = pytest.mark.slow  # an operator process against kmock and the KServe simulator
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +46,13 @@ def canary_entry(cluster, name: str) -> dict | None:
 def test_standard_mode_canary_steps_through_spec_canary_and_promotes_by_name(env):
     cluster, sim, _ = env
     base = example("std", deploymentMode="RawDeployment")  # the old name in the spec: still Standard mode
-    cluster.apply(base)
+    cluster.apply([base, example("kn")])  # kn: Serverless (the default), i.e. Knative
     st = phase_is(cluster, "std", "Succeeded")
+    kn = phase_is(cluster, "kn", "Succeeded")
+    isvc = cluster.get(ISVC, "kn")
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Knative"
+    assert isvc["status"]["deploymentMode"] == "Knative" and "canary" not in isvc["spec"]
+    assert condition(kn, "TrafficSplit")["reason"] == "Serverless" and kn["endpoints"]["stable"]["version"] == "4.0.0"
     isvc = cluster.get(ISVC, "std")
     # The names the installed KServe expects, and what its controller reports back.
     assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
@@ -115,17 +121,6 @@ def test_a_canary_that_never_becomes_ready_is_rolled_back_with_its_load_failure(
     cluster.wait(lambda: not canary_entry(cluster, "stdbroken"), 10, message="the canary entry dropped")
 
 
-def test_knative_mode_is_written_in_the_new_vocabulary(env):
-    cluster, _, _ = env
-    cluster.apply(example("kn"))  # spec says Serverless (the default)
-    st = phase_is(cluster, "kn", "Succeeded")
-    isvc = cluster.get(ISVC, "kn")
-    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Knative"
-    assert isvc["status"]["deploymentMode"] == "Knative" and "canary" not in isvc["spec"]
-    assert condition(st, "TrafficSplit")["reason"] == "Serverless"
-    assert cluster.get(SM, "kn")["status"]["endpoints"]["stable"]["version"] == "4.0.0"
-
-
 def test_a_refused_write_leaves_a_condition_and_an_event_and_is_retried_with_backoff(env):
     """kmock answers 403 to the InferenceService's create (as OwnerReferencesPermissionEnforcement
     does without RBAC on separationmodels/finalizers), then lets it through."""
@@ -142,10 +137,10 @@ def test_a_refused_write_leaves_a_condition_and_an_event_and_is_retried_with_bac
         assert cond["reason"] == "ApplyFailed" and "HTTP 403" in cond["message"] and "blockOwnerDeletion" in cond["message"]
         assert has_events(cluster, "denied", "ApplyFailed")
         assert "phase" not in st  # nothing decided at a refused tick is saved
-        # Retried, each time after twice the wait before (tick 0.5 s: 0.5, 1, 2, 4 s), never sooner
+        # Retried, each time after twice the wait before (tick 0.5 s: 0.5, 1, 2 s), never sooner
         # (a tick may come later than that on a busy machine, not earlier).
-        cluster.wait(lambda: len(cluster.emu.refused) >= 5, 30, message="five refused attempts")
-        at = [t for t, _ in cluster.emu.refused[:5]]
+        cluster.wait(lambda: len(cluster.emu.refused) >= 4, 30, message="four refused attempts")
+        at = [t for t, _ in cluster.emu.refused[:4]]
         gaps = [b - a for a, b in zip(at, at[1:])]
         assert all(gap >= 0.9 * 0.5 * 2 ** i for i, gap in enumerate(gaps)), gaps
     finally:
