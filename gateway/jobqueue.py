@@ -69,7 +69,7 @@ class ChunkPlan:
 class JobQueue(Protocol):
     async def claim(self, owner: str, lease_s: float) -> Claimed | None: ...
 
-    async def renew(self, owner: str, lease_s: float) -> set[str]: ...
+    async def renew(self, owner: str, lease_s: float, job_ids: set[str]) -> set[str]: ...
 
     async def release(self, job_id: str, owner: str) -> None: ...
 
@@ -139,11 +139,16 @@ class SqlJobQueue:
                                                           set_={"last_claimed": now}))
         return Claimed(_job(claimed), row.lease_owner if row.status == "running" else None)
 
-    async def renew(self, owner: str, lease_s: float) -> set[str]:
-        """Extend the leases `owner` holds on running jobs; the ids it still holds."""
+    async def renew(self, owner: str, lease_s: float, job_ids: set[str]) -> set[str]:
+        """Extend the leases `owner` holds on the running jobs `job_ids` (the ones it is still running:
+        a row whose task ended without its terminal write is not renewed, so its lease expires and
+        another replica takes it over); the ids it still holds."""
+        if not job_ids:
+            return set()
         async with self.engine.begin() as conn:
             rows = await conn.execute(
-                sa.update(jobs).where(jobs.c.lease_owner == owner, jobs.c.status == "running")
+                sa.update(jobs).where(jobs.c.id.in_(sorted(job_ids)), jobs.c.lease_owner == owner,
+                                      jobs.c.status == "running")
                 .values(lease_expires=db_now(self.dialect) + lease_s).returning(jobs.c.id))
             return {r.id for r in rows}
 

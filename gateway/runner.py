@@ -48,6 +48,13 @@ log = logging.getLogger(__name__)
 tracer = trace.get_tracer("musicsplit.gateway")
 
 
+TERMINAL_WRITE_TRIES = 3
+
+
+class TerminalWriteFailed(Exception):
+    """A job's terminal state could not be written (the job store failed on every try)."""
+
+
 @dataclass
 class _Leader:
     future: asyncio.Future
@@ -138,11 +145,10 @@ class JobRunner:
                 return False
             await self.results.put_stems(job, hit.files)
         now = time.time()
-        guard = {"held_by": self.replica} if held else {}
-        done = await self.store.transition(job.id, ("running",) if held else ("queued",), **guard, status="succeeded",
-                                           cached=True, result={**job.result, **hit.meta, "cached": True},
-                                           model_version=hit.meta.get("model_version"), finished=now,
-                                           started=job.started or now)
+        fields = dict(status="succeeded", cached=True, result={**job.result, **hit.meta, "cached": True},
+                      model_version=hit.meta.get("model_version"), finished=now, started=job.started or now)
+        done = (await self._terminal(job.id, **fields) if held
+                else await self.store.transition(job.id, ("queued",), **fields))
         if done is None:
             if held:
                 raise LeaseLost(job.id)  # cancelled, or no longer this replica's
@@ -201,7 +207,7 @@ class JobRunner:
                 continue
             asked = time.monotonic()
             try:
-                held = await self.queue.renew(self.replica, self.settings.lease_seconds)
+                held = await self.queue.renew(self.replica, self.settings.lease_seconds, set(self._running))
             except Exception as exc:  # the store is down: leases may expire; renewed when it is back
                 log.warning("could not renew leases (%s)", exc)
                 continue
@@ -217,7 +223,22 @@ class JobRunner:
         # The job's spans continue the trace of the request that submitted it (when submitted here).
         ctx = extract(self._trace_carriers.pop(claimed.job.id, None))
         with tracer.start_as_current_span("job", context=ctx, attributes={"job.id": claimed.job.id}):
-            await self._run_job(claimed)
+            try:
+                await self._run_job(claimed)
+            except TerminalWriteFailed as exc:
+                await self._give_up(claimed.job.id, exc)
+
+    async def _give_up(self, job_id: str, exc: "TerminalWriteFailed") -> None:
+        """The terminal write failed on every try: hand the job to whichever replica claims it next
+        (it runs again from its checkpoints). If even that fails, its lease is no longer renewed
+        (renew covers only the jobs running here) and expires instead."""
+        log.error("job %s: %s; giving it up for another run", job_id, exc)
+        try:
+            await self.queue.release(job_id, self.replica)
+        except Exception as release_exc:
+            log.warning("could not give up job %s (%s); its lease expires in %.0f s", job_id, release_exc,
+                        self.settings.lease_seconds)
+        self._wake.set()
 
     async def _run_job(self, claimed: Claimed) -> None:
         job = claimed.job
@@ -267,6 +288,8 @@ class JobRunner:
             raise  # shutdown: given up in stop(), resumed by another replica (or this one's next start)
         except LeaseLost:
             await self._stopped(job.id)
+        except TerminalWriteFailed:
+            raise  # not the job's failure: the store's (_run gives the job up)
         except MusicsplitError as exc:
             await self._fail(job, exc.code, exc.message)
         except Exception as exc:
@@ -301,9 +324,8 @@ class JobRunner:
         result = {**job.result, **outcome.result}
         result.pop("input_warnings", None)
         chunks = result.get("chunks", 0) or 0
-        done = await self.store.transition(job.id, ("running",), held_by=self.replica, status="succeeded",
-                                           result=result, finished=time.time(), model_version=outcome.version,
-                                           chunks_done=chunks, chunks_total=chunks)
+        done = await self._terminal(job.id, status="succeeded", result=result, finished=time.time(),
+                                    model_version=outcome.version, chunks_done=chunks, chunks_total=chunks)
         if done is None:
             await self._stopped(job.id)  # cancelled meanwhile, or no longer ours
             return
@@ -313,8 +335,8 @@ class JobRunner:
         await self.publish(done)
 
     async def _fail(self, job: SeparationJob, code: str, message: str) -> None:
-        failed = await self.store.transition(job.id, ("running",), held_by=self.replica, status="failed",
-                                             error_code=code, error=message, finished=time.time())
+        failed = await self._terminal(job.id, status="failed", error_code=code, error=message,
+                                      finished=time.time())
         if failed is None:
             await self._stopped(job.id)
             return
@@ -322,6 +344,22 @@ class JobRunner:
         await self.queue.forget(job.id)
         await self.observations.job_finished(failed, "failure")
         await self.publish(failed)
+
+    async def _terminal(self, job_id: str, **fields) -> SeparationJob | None:
+        """Write a running job's terminal state (None: no longer this replica's). A store error is
+        tried again, within a third of the lease; TerminalWriteFailed if every try failed."""
+        tries = TERMINAL_WRITE_TRIES
+        pause = self.settings.lease_seconds / 3 / (2 ** tries)
+        for attempt in range(tries):
+            try:
+                return await self.store.transition(job_id, ("running",), held_by=self.replica, **fields)
+            except Exception as exc:
+                if attempt == tries - 1:
+                    raise TerminalWriteFailed(f"could not write its {fields['status']} state "
+                                              f"after {tries} tries ({exc})") from exc
+                log.warning("job %s: writing its %s state failed (%s); trying again", job_id, fields["status"], exc)
+                await asyncio.sleep(pause * 2 ** attempt)
+        raise AssertionError("unreachable")
 
     async def _cancelled(self, job: SeparationJob) -> None:
         await self.results.delete(job)

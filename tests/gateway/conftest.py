@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import socket
 import threading
 import time
 from pathlib import Path
@@ -182,3 +183,13 @@ async def job_store(job_store_url):
     s = await SqlJobStore.open(job_store_url)
     yield s
     await s.close()
+
+
+@pytest.fixture
+def black_hole():
+    """A port that accepts connections and never answers (a hung predictor)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(64)
+    yield f"http://127.0.0.1:{s.getsockname()[1]}"
+    s.close()

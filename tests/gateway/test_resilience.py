@@ -4,7 +4,6 @@ a full queue. Real predictor processes; the dead ones are really dead."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -52,16 +51,6 @@ def test_breaker_opens_half_opens_and_closes():
 
 def dead_url() -> str:
     return f"http://127.0.0.1:{free_port()}"  # nothing listens there
-
-
-@pytest.fixture
-def black_hole():
-    """A port that accepts connections and never answers (a hung predictor)."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    s.listen(64)
-    yield f"http://127.0.0.1:{s.getsockname()[1]}"
-    s.close()
 
 
 def test_region_down_costs_no_request(baseline_url, gateway_factory):
