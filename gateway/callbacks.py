@@ -32,7 +32,6 @@ import logging
 import random
 import socket
 import time
-import uuid
 from urllib.parse import urlsplit
 
 import httpx
@@ -41,28 +40,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from musicsplit.errors import BadRequest
 from musicsplit.gateway import metrics
-from musicsplit.gateway.jobstore import TERMINAL, SeparationJob, jobs
+from musicsplit.gateway.jobstore import TERMINAL, SeparationJob
+from musicsplit.gateway.schema import callbacks, jobs
 from musicsplit.gateway.schemas import job_view
 from musicsplit.gateway.settings import GatewaySettings
 from musicsplit.gateway.tenants import Tenant
 
 log = logging.getLogger(__name__)
 
-callbacks = sa.Table(
-    "callbacks", sa.MetaData(),
-    sa.Column("id", sa.Text, primary_key=True),
-    sa.Column("job_id", sa.Text, nullable=False),
-    sa.Column("tenant", sa.Text, nullable=False),
-    sa.Column("url", sa.Text, nullable=False),
-    sa.Column("state", sa.Text, nullable=False),
-    sa.Column("attempts", sa.Integer, nullable=False),
-    sa.Column("next_attempt", sa.Double, nullable=False),
-    sa.Column("claimed_until", sa.Double),
-    sa.Column("payload", sa.Text),
-    sa.Column("last_error", sa.Text),
-    sa.Column("created", sa.Double, nullable=False),
-    sa.Column("updated", sa.Double, nullable=False),
-)
 
 ID_HEADER = "X-Musicsplit-Webhook-Id"
 TIMESTAMP_HEADER = "X-Musicsplit-Webhook-Timestamp"
@@ -103,6 +88,10 @@ def check_callback_url(url: str, tenant: Tenant | None, tenant_name: str, *, all
     parts = urlsplit(url)
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise BadRequest("callback_url must be an absolute http(s) URL, e.g. https://hooks.example.com/musicsplit")
+    try:
+        parts.port
+    except ValueError:
+        raise BadRequest(f"callback_url has an invalid port: {parts.netloc!r}") from None
     if parts.username or parts.password:
         raise BadRequest("callback_url must not carry credentials; callbacks are signed instead "
                          f"({SIGNATURE_HEADER})")
@@ -139,16 +128,6 @@ class CallbackDeliverer:
         for outcome in ("delivered", "retried", "failed", "refused"):
             metrics.CALLBACKS.labels(outcome=outcome)
 
-    async def register(self, job_id: str, tenant: str, url: str) -> str:
-        """Keep a job's callback; the delivery id the receiver will see."""
-        now = time.time()
-        delivery = uuid.uuid4().hex
-        async with self.engine.begin() as conn:
-            await conn.execute(sa.insert(callbacks).values(
-                id=delivery, job_id=job_id, tenant=tenant, url=url, state="waiting", attempts=0, next_attempt=now,
-                created=now, updated=now))
-        return delivery
-
     def wake(self) -> None:
         """A job finished here: look for due deliveries now rather than at the next poll."""
         self._wake.set()
@@ -184,8 +163,17 @@ class CallbackDeliverer:
                     sa.or_(callbacks.c.claimed_until.is_(None), callbacks.c.claimed_until < now))
                 .order_by(callbacks.c.next_attempt).limit(BATCH))).all()
         mine = [row for row in rows if await self._claim(row.id, now)]
-        await asyncio.gather(*(self._deliver(row) for row in mine))
+        # Each delivery on its own: one that fails in an unforeseen way counts as a failed try of that
+        # delivery (retried with backoff, then failed), and never holds up or fails the others.
+        await asyncio.gather(*(self._attempt(row) for row in mine), return_exceptions=True)
         return len(mine)
+
+    async def _attempt(self, row) -> None:
+        try:
+            await self._deliver(row)
+        except Exception as exc:
+            log.exception("callback %s for job %s: delivery failed unexpectedly", row.id, row.job_id)
+            await self._retry(row, row.payload, f"internal error: {type(exc).__name__}: {exc}")
 
     async def _claim(self, delivery: str, now: float) -> bool:
         # The lease covers one attempt; a replica that dies mid-attempt leaves it to another after that.
@@ -244,7 +232,7 @@ class CallbackDeliverer:
             row = (await conn.execute(sa.select(jobs).where(jobs.c.id == job_id))).one()
         return job_view(SeparationJob.from_dict(dict(row._mapping)), self.settings.results_ttl_s).model_dump_json()
 
-    async def _retry(self, row, payload: str, error: str) -> None:
+    async def _retry(self, row, payload: str | None, error: str) -> None:
         attempts = row.attempts + 1
         if attempts >= self.settings.callback_max_attempts:
             log.warning("callback %s for job %s failed after %d attempts: %s", row.id, row.job_id, attempts, error)
@@ -257,7 +245,7 @@ class CallbackDeliverer:
         await self._update(row.id, attempts=attempts, next_attempt=time.time() + wait, claimed_until=None,
                            payload=payload, last_error=error)
 
-    async def _finish(self, row, state: str, payload: str, error: str | None) -> None:
+    async def _finish(self, row, state: str, payload: str | None, error: str | None) -> None:
         metrics.CALLBACKS.labels(outcome=state).inc()
         if state != "delivered":
             log.warning("callback %s for job %s %s: %s", row.id, row.job_id, state, error)

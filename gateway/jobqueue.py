@@ -29,29 +29,11 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from musicsplit.gateway.jobstore import SeparationJob, _job, jobs, metadata
+from musicsplit.gateway.jobstore import SeparationJob, _job
+from musicsplit.gateway.schema import chunk_checkpoints, chunk_plans, jobs, queue_turns
 
-queue_turns = sa.Table(
-    "queue_turns", metadata,
-    sa.Column("tenant", sa.Text, primary_key=True),
-    sa.Column("user_key", sa.Text, primary_key=True),  # the user id, "" for the tenant's anonymous callers
-    sa.Column("last_claimed", sa.Double, nullable=False),
-)
 
-chunk_plans = sa.Table(
-    "chunk_plans", metadata,
-    sa.Column("job_id", sa.Text, primary_key=True),
-    sa.Column("chunks", sa.JSON, nullable=False),  # [[start, end], ...] in frames
-    sa.Column("forced", sa.Text),
-)
 
-chunk_checkpoints = sa.Table(
-    "chunk_checkpoints", metadata,
-    sa.Column("job_id", sa.Text, primary_key=True),
-    sa.Column("idx", sa.Integer, primary_key=True),
-    sa.Column("meta", sa.JSON, nullable=False),
-    sa.Column("created", sa.Double, nullable=False),
-)
 
 
 @dataclass(frozen=True)

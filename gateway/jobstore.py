@@ -29,60 +29,13 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from musicsplit.gateway.database import open_engine, settings_database_url
+from musicsplit.gateway.schema import ab_observations, callbacks, jobs, submissions
 
 TERMINAL = ("succeeded", "failed", "cancelled", "expired")
 ACTIVE = ("queued", "running")
 
-metadata = sa.MetaData()
 
-jobs = sa.Table(
-    "jobs", metadata,
-    sa.Column("id", sa.Text, primary_key=True),
-    sa.Column("tenant", sa.Text, nullable=False),
-    sa.Column("batch_id", sa.Text),
-    sa.Column("user_id", sa.Text),
-    sa.Column("status", sa.Text, nullable=False),
-    sa.Column("model", sa.Text, nullable=False),
-    sa.Column("model_version", sa.Text),
-    sa.Column("arm", sa.Text),
-    sa.Column("params", sa.JSON, nullable=False),
-    sa.Column("filename", sa.Text),
-    sa.Column("audio_sha", sa.Text),
-    sa.Column("idempotency_key", sa.Text),
-    sa.Column("created", sa.Double, nullable=False),
-    sa.Column("updated", sa.Double, nullable=False),
-    sa.Column("started", sa.Double),
-    sa.Column("finished", sa.Double),
-    sa.Column("chunks_done", sa.Integer, nullable=False),
-    sa.Column("chunks_total", sa.Integer, nullable=False),
-    sa.Column("error", sa.Text),
-    sa.Column("error_code", sa.Text),
-    sa.Column("result", sa.JSON),
-    sa.Column("cached", sa.Boolean, nullable=False),
-    sa.Column("attempts", sa.Integer, nullable=False),
-    sa.Column("lease_owner", sa.Text),
-    sa.Column("lease_expires", sa.Double),
-)
 
-submissions = sa.Table(
-    "submissions", metadata,
-    sa.Column("tenant", sa.Text, nullable=False),
-    sa.Column("user_id", sa.Text, nullable=False),
-    sa.Column("audio_sha", sa.Text, nullable=False),
-    sa.Column("model", sa.Text, nullable=False),
-    sa.Column("created", sa.Double, nullable=False),
-)
-
-ab_observations = sa.Table(
-    "ab_observations", metadata,
-    sa.Column("ts", sa.Double, nullable=False),
-    sa.Column("arm", sa.Text, nullable=False),
-    sa.Column("model", sa.Text, nullable=False),
-    sa.Column("model_version", sa.Text),
-    sa.Column("outcome", sa.Text, nullable=False),
-    sa.Column("quality", sa.Double),
-    sa.Column("latency_s", sa.Double),
-)
 
 
 @dataclass
@@ -154,7 +107,7 @@ class JobStore(Protocol):
                      filename: str | None, audio_sha: str | None, batch_id: str | None = None,
                      idempotency_key: str | None = None, model_version: str | None = None,
                      job_id: str | None = None, result: dict | None = None,
-                     max_active: int | None = None) -> SeparationJob: ...
+                     max_active: int | None = None, callback_url: str | None = None) -> SeparationJob: ...
 
     async def get(self, job_id: str, *, tenant: str | None) -> SeparationJob | None: ...
 
@@ -224,9 +177,11 @@ class SqlJobStore:
                      filename: str | None, audio_sha: str | None, batch_id: str | None = None,
                      idempotency_key: str | None = None, model_version: str | None = None,
                      job_id: str | None = None, result: dict | None = None,
-                     max_active: int | None = None) -> SeparationJob:
+                     max_active: int | None = None, callback_url: str | None = None) -> SeparationJob:
         """A new queued job; DuplicateIdempotencyKey when (tenant, user, key) already has one,
         ActiveJobLimit when `max_active` is given and the tenant has that many jobs queued or running.
+        With `callback_url`, its completion callback (callbacks.py) is stored in the same transaction:
+        no job without the callback it was submitted with.
 
         `job_id` (from `new_job_id()`): an id chosen before the row exists, so the job's input can be
         stored first and no replica ever claims a job whose input is not there yet."""
@@ -240,6 +195,10 @@ class SqlJobStore:
                 if max_active is not None:
                     await self._admit(conn, tenant, max_active)
                 await conn.execute(sa.insert(jobs).values(**job.to_dict()))
+                if callback_url:
+                    await conn.execute(sa.insert(callbacks).values(
+                        id=uuid.uuid4().hex, job_id=job.id, tenant=tenant, url=callback_url, state="waiting",
+                        attempts=0, next_attempt=now, created=now, updated=now))
         except sa.exc.IntegrityError:
             if idempotency_key is None:
                 raise

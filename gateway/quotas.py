@@ -23,15 +23,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from musicsplit.errors import QuotaExceeded
 from musicsplit.gateway import metrics
+from musicsplit.gateway.schema import quota_usage
 from musicsplit.gateway.tenants import Quota, Tenant
 
-quota_usage = sa.Table(
-    "quota_usage", sa.MetaData(),
-    sa.Column("tenant", sa.Text, primary_key=True),
-    sa.Column("quota", sa.Text, primary_key=True),
-    sa.Column("period", sa.BigInteger, primary_key=True),
-    sa.Column("used", sa.Double, nullable=False),
-)
 
 MINUTE, DAY = 60, 86400
 ACTIVE_RETRY_S = 10.0  # when a place frees up is unknown: a short wait, then try again

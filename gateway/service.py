@@ -224,7 +224,8 @@ class SeparationService:
                                      idempotency_key=req.idempotency_key, model_version=self.pool.version(choice.model),
                                      job_id=job_id, result={"input_warnings": intake.warnings,
                                                             "audio_seconds": round(intake.seconds, 3)},
-                                     max_active=self.quotas.max_active(caller.tenant))
+                                     max_active=self.quotas.max_active(caller.tenant),
+                                     callback_url=req.callback_url)
         except (DuplicateIdempotencyKey, ActiveJobLimit) as exc:
             await self.results.delete(draft)
             await self.quotas.give_back_audio(caller.tenant, intake.seconds)
@@ -239,8 +240,6 @@ class SeparationService:
             intake.path.unlink(missing_ok=True)
             await asyncio.shield(self._undo_submit(draft, caller.tenant, intake.seconds))
             raise
-        if req.callback_url:  # kept until the job is terminal, however soon that is (callbacks.py)
-            await self.callbacks.register(job.id, caller.tenant, req.callback_url)
         if upload_id:  # used: its job keeps the validated input (a leftover goes with the uploads sweep)
             try:
                 await self.uploads.delete(caller.tenant, upload_id)

@@ -28,6 +28,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from musicsplit.errors import Unauthorized
+from musicsplit.gateway.schema import progress_tickets
 from musicsplit.gateway.tenants import PUBLIC_TENANT
 
 __all__ = ["PUBLIC_TENANT", "Caller", "ProgressTickets", "caller", "websocket_caller"]
@@ -85,13 +86,6 @@ async def websocket_caller(service, headers, ticket: str | None, job_id: str) ->
     return Caller(tenant, headers.get("x-user-id") or None)
 
 
-progress_tickets = sa.Table(
-    "progress_tickets", sa.MetaData(),
-    sa.Column("ticket_sha256", sa.Text, primary_key=True),
-    sa.Column("tenant", sa.Text, nullable=False),
-    sa.Column("job_id", sa.Text, nullable=False),
-    sa.Column("expires", sa.Double, nullable=False),
-)
 
 
 class ProgressTickets:
