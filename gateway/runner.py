@@ -114,10 +114,16 @@ class JobRunner:
         """A job stored as queued: wake a worker here (other replicas find it when they poll);
         its spans join the caller's trace if it runs here."""
         self._trace_carriers[job.id] = inject({})
+        # Bounded however the jobs end: the queue holds at most max_queued_jobs, so older carriers
+        # are of jobs another replica ran (their terminal state never passes through here).
+        while len(self._trace_carriers) > max(1, self.settings.max_queued_jobs):
+            self._trace_carriers.pop(next(iter(self._trace_carriers)))
         self._wake.set()
 
     async def publish(self, job: SeparationJob | None) -> None:
         if job is not None:
+            if job.terminal:
+                self._trace_carriers.pop(job.id, None)
             await self.events.publish(job)
 
     # -- cache ---------------------------------------------------------------------------
@@ -256,8 +262,13 @@ class JobRunner:
             key = (self.cache_key(job, self.pool.version(job.model))
                    or f"{job.tenant}:{job.audio_sha}:{job.model}:{job.params}")
             while (leader := self._leaders.get(key)) is not None:
-                # An identical job is running here: wait for its result instead of computing twice.
-                await asyncio.wait([leader.future])
+                # An identical job is running here: wait for its result instead of computing twice,
+                # for a while; a leader that takes longer (a hung predictor) is not waited on forever.
+                done, _ = await asyncio.wait([leader.future], timeout=self.settings.single_flight_wait_s)
+                if not done:
+                    log.warning("job %s: the identical job %s it waited on is still running after %.0f s; "
+                                "separating it on its own", job.id, leader.job.id, self.settings.single_flight_wait_s)
+                    break
                 if not leader.future.cancelled() and leader.future.exception() is None:
                     outcome: Outcome = leader.future.result()
                     await self.results.copy_stems(leader.job, job, outcome.stems, outcome.result["output_format"])

@@ -17,6 +17,7 @@ never mixing stems of two models or versions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -86,6 +87,31 @@ def plan(settings: GatewaySettings, info: InputInfo, chunked: bool) -> Plan:
                         f"here), so it was separated in {len(chunks)} chunks")
 
 
+class BusyClock:
+    """The wall time during which at least one of a job's chunks waited for a busy (429) predictor:
+    the job's saturation wait, bounded as a whole (chunks waiting together count once)."""
+
+    def __init__(self):
+        self._total = 0.0
+        self._waiting = 0
+        self._since = 0.0
+
+    def elapsed(self) -> float:
+        return self._total + (time.monotonic() - self._since if self._waiting else 0.0)
+
+    @contextlib.asynccontextmanager
+    async def waiting(self):
+        if not self._waiting:
+            self._since = time.monotonic()
+        self._waiting += 1
+        try:
+            yield
+        finally:
+            self._waiting -= 1
+            if not self._waiting:
+                self._total += time.monotonic() - self._since
+
+
 @dataclass
 class _Totals:
     quality: float = 0.0
@@ -149,6 +175,7 @@ class ChunkedSeparation:
         self.stem_names: set[str] | None = None
         self.finished: set[int] = set()  # chunks kept and recorded (checkpointed)
         self.resumed = 0  # chunks a takeover reloaded instead of separating
+        self.busy = BusyClock()  # how long this run waited for a place at a saturated predictor
 
     async def _plan(self, info: InputInfo) -> tuple[list[Chunk], str | None]:
         stored = await self.lease.plan()
@@ -237,7 +264,6 @@ class ChunkedSeparation:
             with tracer.start_as_current_span("chunk", attributes={"chunk.index": chunk.index,
                                                                    "chunk.total": total}):
                 outages = mismatches = 0
-                saturated_since = None
                 while True:
                     pin = self.pin
                     try:
@@ -248,13 +274,15 @@ class ChunkedSeparation:
                     except UpstreamUnavailable as exc:
                         # Only this chunk waits and tries again; the chunks already done stay done.
                         metrics.CHUNKS.labels(model=self.job.model, outcome="retried").inc()
-                        if exc.saturated:  # alive but busy: wait for a place, bounded in time, not in tries
-                            saturated_since = saturated_since or time.monotonic()
-                            waited = time.monotonic() - saturated_since
-                        else:
-                            saturated_since, waited = None, 0.0
-                            outages += 1
-                        if outages > settings.chunk_retries or waited > settings.chunk_saturated_wait_s:
+                        # Alive but busy: wait for a place, bounded in time (the job's, whatever else
+                        # fails meanwhile), not in tries; anything else counts as an outage of this chunk.
+                        outages += not exc.saturated
+                        if exc.saturated and self.busy.elapsed() > settings.chunk_saturated_wait_s:
+                            raise UpstreamUnavailable(
+                                f"every predictor of model {self.job.model} stayed busy for "
+                                f"{self.busy.elapsed():.0f} s while this job waited for a place; submit it again "
+                                "later", retry_after=exc.retry_after, saturated=True) from None
+                        if outages > settings.chunk_retries:
                             if self.pin is not None:
                                 raise UpstreamUnavailable(
                                     f"model {self.pin.model} ({self.pin.version or 'unknown version'}), which "
@@ -262,7 +290,12 @@ class ChunkedSeparation:
                                     "finished by another model or version: submit it again later",
                                     retry_after=exc.retry_after) from None
                             raise
-                        await asyncio.sleep(min(exc.retry_after or 1.0, settings.chunk_retry_max_wait_s))
+                        pause = min(exc.retry_after or 1.0, settings.chunk_retry_max_wait_s)
+                        if exc.saturated:
+                            async with self.busy.waiting():
+                                await asyncio.sleep(pause)
+                        else:
+                            await asyncio.sleep(pause)
                         continue
                     served = _served(routed)
                     if self.pin is None:

@@ -90,6 +90,9 @@ class GatewaySettings(BaseSettings, InputLimitSettings):
     # whose lease expired (its replica died) is taken over by another replica from its last
     # checkpointed chunk. Idle replicas look for queued jobs every queue_poll_s.
     lease_seconds: float = 30.0
+    # A job identical to one running here waits for that one's result (single flight) for up to this
+    # long, then separates on its own.
+    single_flight_wait_s: float = 300.0
     queue_poll_s: float = 1.0
 
     # Jobs: workers per replica (0: this replica serves the API and runs no jobs), a queue bound
@@ -110,8 +113,9 @@ class GatewaySettings(BaseSettings, InputLimitSettings):
     chunk_retries: int = 2  # a chunk whose routed call failed is tried again this often, after Retry-After
     chunk_retry_max_wait_s: float = 15.0
     # A chunk whose predictors all answered 429 (alive, busy with other work) waits for a place, after
-    # Retry-After, for up to this long in all, without using up chunk_retries: an accepted job is not
-    # failed for the platform being busy.
+    # Retry-After, without using up chunk_retries: an accepted job is not failed for the platform being
+    # busy. A job waits so for up to this long in all (its chunks together, other errors in between
+    # included), then fails saying so.
     chunk_saturated_wait_s: float = 600.0
     # A chunk answered by another model version than the job's first chunk (a rollout under way)
     # is sent again this often, the job's version preferred, before the job fails (model_changed).

@@ -4,6 +4,7 @@ a full queue. Real predictor processes; the dead ones are really dead."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -205,14 +206,17 @@ def test_saturated_predictor_429s_are_waited_out_not_failed(gateway_factory, tmp
 
 @pytest.fixture
 def failing_predictor():
-    """A server that is ready but answers every infer with a given status (a crashing or misnamed replica)."""
+    """A server that is ready but answers every infer with a given status (a crashing or misnamed replica),
+    or with each of a list of statuses in turn."""
     import json
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     servers = []
 
-    def start(status: int, headers: dict[str, str] | None = None, body: dict | None = None) -> str:
+    def start(status: int | list[int], headers: dict[str, str] | None = None, body: dict | None = None) -> str:
+        statuses = itertools.cycle(status if isinstance(status, list) else [status])
+
         class Handler(BaseHTTPRequestHandler):
             def _answer(self, code: int, body: dict, extra: dict[str, str] | None = None):
                 data = json.dumps(body).encode()
@@ -229,7 +233,8 @@ def failing_predictor():
 
             def do_POST(self):
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                self._answer(status, body or {"error": f"injected {status}"}, headers)
+                code = next(statuses)
+                self._answer(code, body or {"error": f"injected {code}"}, headers)
 
             def log_message(self, *args):
                 pass
@@ -355,3 +360,14 @@ def test_a_busy_predictor_makes_a_job_wait_for_a_place_not_fail(baseline_url, ga
         proxy.busy_until = time.monotonic() + 3600
         doc = wait_job(gw.url, submit(gw.url, wav_bytes(tone(1.0, seed=95))).json()["id"], timeout=60)
         assert doc["status"] == "failed" and doc["error"]["code"] == "upstream_unavailable", doc
+
+
+def test_a_jobs_wait_for_a_busy_predictor_is_bounded_whatever_fails_in_between(failing_predictor, gateway_factory):
+    """429s (busy) interleaved with 503s (an outage): the saturation wait is the job's, not reset by
+    the other errors, so the job fails once it has waited chunk_saturated_wait_s in all."""
+    url = failing_predictor([429, 503], headers={"Retry-After": "1"})
+    gw = gateway_factory([("dsp-baseline", url, "eu")], retry_attempts=1, breaker_failures=10_000,
+                         chunk_retries=10_000, chunk_retry_max_wait_s=0.05, chunk_saturated_wait_s=1.0,
+                         health_interval_s=60)
+    doc = wait_job(gw.url, submit(gw.url, wav_bytes(tone(1.0, seed=93))).json()["id"], timeout=20)
+    assert doc["status"] == "failed" and "stayed busy" in doc["error"]["error"], doc
