@@ -33,6 +33,7 @@ class EndpointState:
     healthy: bool = True  # optimistic until the first probe says otherwise
     inflight: int = 0
     version: str | None = None
+    stems: frozenset[str] | None = None  # the model's outputs, as its metadata lists them (None: not known yet)
     last_error: str | None = None
     checked_at: float = 0.0
     not_ready_since: float | None = None
@@ -99,6 +100,12 @@ class EndpointPool:
                 return s.version
         return None
 
+    def stems(self, model: str) -> frozenset[str] | None:
+        """The stems `model` produces, as its ready endpoints' metadata says (None while none has said)."""
+        known = [s.stems for s in self.for_model(model) if s.stems is not None and s.healthy]
+        known = known or [s.stems for s in self.for_model(model) if s.stems is not None]
+        return frozenset().union(*known) if known else None
+
     # -- health ----------------------------------------------------------------
 
     async def probe(self, client: httpx.AsyncClient, state: EndpointState) -> None:
@@ -113,6 +120,8 @@ class EndpointPool:
                                         timeout=2.0)
                 if why.status_code == 503:
                     state.last_error = f"HTTP 503: {why.text[:300]}"
+            if ready:
+                await self._read_stems(client, state)
         except httpx.HTTPError as exc:
             ready = False
             state.last_error = f"{type(exc).__name__}: {exc}"
@@ -125,6 +134,17 @@ class EndpointPool:
         if not ready and state.last_error and "failed to load" in state.last_error:
             if self.on_not_ready:
                 self.on_not_ready(state)
+
+    @staticmethod
+    async def _read_stems(client: httpx.AsyncClient, state: EndpointState) -> None:
+        """The model's metadata (`GET /v2/models/{name}`) lists one output per stem."""
+        r = await client.get(f"{state.url}/v2/models/{state.model}", timeout=2.0)
+        try:
+            names = [o["name"] for o in r.json().get("outputs") or []] if r.status_code == 200 else []
+        except (ValueError, TypeError, KeyError, AttributeError):
+            names = []
+        if names:
+            state.stems = frozenset(names)
 
     async def probe_all(self, client: httpx.AsyncClient) -> None:
         await asyncio.gather(*(self.probe(client, s) for s in self.states))

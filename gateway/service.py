@@ -168,6 +168,16 @@ class SeparationService:
         self.observations.assigned(choice)
         return choice
 
+    def _check_stems(self, model: str, stems: list[str] | None) -> None:
+        """Refuse stems the model does not produce before the upload is taken (and counted)."""
+        known = self.pool.stems(model)
+        if not stems or known is None:
+            return  # all stems, or the model's not known yet: the predictor checks
+        unknown = sorted(set(stems) - known)
+        if unknown:
+            raise BadRequest(f"model {model} has no stem {', '.join(map(repr, unknown))}: ask for one or more "
+                             f"of {sorted(known)} (comma-separated), or leave stems out for all of them")
+
     def fallback_for(self, caller: Caller) -> str | None:
         return self.flags.fallback_model(caller.flag_user)
 
@@ -204,6 +214,7 @@ class SeparationService:
             if existing:
                 return existing
         choice = self.resolve(req.model, caller)
+        self._check_stems(choice.model, req.stems)
         if reserve and await self.queue.queued() >= self.settings.max_queued_jobs:
             raise self._queue_full(1)
         intake = await self._intake(upload, upload_id, caller)
