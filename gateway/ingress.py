@@ -16,10 +16,14 @@ for up to DRAIN_SECONDS, as nginx's lingering close does, before the refusal
 goes out on a connection that stays open.
 
 `read_form`: multipart/form-data parsed as it streams (python-multipart's
-push parser), after the route's credentials and quotas were checked. Text
+push parser), after the route's credentials and quotas were checked. Parts
+are counted (text fields and files each bounded, a repeated name counting
+each time), and so are each part's headers and all header bytes. Text
 fields are small and bounded; each file is written to a staging file with
 its SHA-256 computed on the way and refused as soon as it passes the
-per-file limit. Nothing is buffered whole in memory.
+per-file limit. Only the part being read is held; nothing of an ended part
+is kept but its field's value or its staged file's name. Nothing is
+buffered whole in memory.
 """
 
 from __future__ import annotations
@@ -43,7 +47,10 @@ from musicsplit.gateway import metrics
 
 FORM_OVERHEAD_BYTES = 1024 * 1024  # a form's boundaries, headers and text fields, beyond its files
 MAX_FIELD_BYTES = 8192
-MAX_FIELDS = 16
+MAX_FIELDS = 16  # text parts, whatever their names (one name repeated counts each time)
+MAX_PART_HEADERS = 8  # per part (python-multipart's parser enforces it, and the line length)
+MAX_HEADER_LINE_BYTES = 4096
+MAX_HEADER_BYTES = 16384  # all parts' header lines together
 DRAIN_STATUSES = (429, 503)  # refusals a client retries: it must be able to read them
 DRAIN_SECONDS = 30.0
 
@@ -176,28 +183,40 @@ async def read_form(request: Request, staging: Callable[[], Path], *, max_file_b
     if content_type != b"multipart/form-data" or b"boundary" not in options:
         raise BadRequest(expected)
     form = Form()
-    parts: list[_Part] = []
-    pending: list[tuple[_Part, bytes]] = []
+    current: list[_Part] = []  # the part being read, if any: nothing of an ended part is kept
+    pending: list[tuple[_Part, bytes | None]] = []  # file data to write off the loop; None: the part ended
     header_name = bytearray()
     header_value = bytearray()
+    count = {"fields": 0, "header_bytes": 0}
 
     def part_begin() -> None:
-        parts.append(_Part())
+        if count["fields"] + len(form.files) >= MAX_FIELDS + max_files:
+            raise BadRequest(f"more than {MAX_FIELDS + max_files} parts in the form; send the file(s) and at "
+                             f"most {MAX_FIELDS} fields")
+        current[:] = [_Part()]
+
+    def header_bytes(n: int) -> None:
+        count["header_bytes"] += n
+        if count["header_bytes"] > MAX_HEADER_BYTES:
+            raise BadRequest(f"the form's part headers are longer than {MAX_HEADER_BYTES} bytes in all")
 
     def header_field(data: bytes, start: int, end: int) -> None:
+        header_bytes(end - start)
         header_name.extend(data[start:end])
 
     def header_val(data: bytes, start: int, end: int) -> None:
+        header_bytes(end - start)
         header_value.extend(data[start:end])
 
     def header_end() -> None:
-        parts[-1].headers[bytes(header_name).lower()] = bytes(header_value)
+        current[0].headers[bytes(header_name).lower()] = bytes(header_value)
         header_name.clear()
         header_value.clear()
 
     def headers_finished() -> None:
-        part = parts[-1]
+        part = current[0]
         _, disposition = parse_options_header(part.headers.get(b"content-disposition", b""))
+        part.headers = {}
         if b"name" not in disposition:
             raise BadRequest("a form part has no name (Content-Disposition: form-data; name=...)")
         part.name = disposition[b"name"].decode("utf-8", "replace")
@@ -210,11 +229,13 @@ async def read_form(request: Request, staging: Callable[[], Path], *, max_file_b
                                        path, 0, "")
             form.files.append(part.upload)
             part.file = open(path, "wb")  # noqa: SIM115 - closed at the part's end or on any error
-        elif len(form.fields) >= MAX_FIELDS:
-            raise BadRequest(f"more than {MAX_FIELDS} form fields")
+        else:
+            count["fields"] += 1
+            if count["fields"] > MAX_FIELDS:
+                raise BadRequest(f"more than {MAX_FIELDS} form fields")
 
     def part_data(data: bytes, start: int, end: int) -> None:
-        part = parts[-1]
+        part = current[0]
         if part.upload is None:
             if len(part.data) + end - start > MAX_FIELD_BYTES:
                 raise BadRequest(f"form field {part.name!r} is longer than {MAX_FIELD_BYTES} bytes")
@@ -228,14 +249,17 @@ async def read_form(request: Request, staging: Callable[[], Path], *, max_file_b
         pending.append((part, data[start:end]))
 
     def part_end() -> None:
-        part = parts[-1]
+        part = current.pop()
         if part.upload is None:
             form.fields[part.name] = part.data.decode("utf-8", "replace")
+        else:
+            pending.append((part, None))  # closed, and its hash kept, once its data is written
 
     parser = MultipartParser(options[b"boundary"], {
         "on_part_begin": part_begin, "on_part_data": part_data, "on_part_end": part_end,
         "on_header_field": header_field, "on_header_value": header_val, "on_header_end": header_end,
-        "on_headers_finished": headers_finished})
+        "on_headers_finished": headers_finished},
+        max_header_count=MAX_PART_HEADERS, max_header_size=MAX_HEADER_LINE_BYTES)
     try:
         async for chunk in request.stream():
             parser.write(chunk)
@@ -243,16 +267,18 @@ async def read_form(request: Request, staging: Callable[[], Path], *, max_file_b
                 await asyncio.to_thread(_write, list(pending))
                 pending.clear()
         parser.finalize()
-    except FormParserError:
-        _abort(parts, form)
-        raise BadRequest("the multipart/form-data body is malformed") from None
+        if pending:
+            await asyncio.to_thread(_write, list(pending))
+            pending.clear()
+        if current:
+            raise BadRequest("the multipart/form-data body ends inside a part")
+    except FormParserError as exc:  # its messages name the bound passed, e.g. "Maximum header count exceeded"
+        _abort(current + [p for p, _ in pending], form)
+        raise BadRequest(f"the multipart/form-data body is malformed: {exc} (at most {MAX_PART_HEADERS} headers "
+                         f"per part, {MAX_HEADER_LINE_BYTES} bytes per header line)") from None
     except BaseException:
-        _abort(parts, form)
+        _abort(current + [p for p, _ in pending], form)
         raise
-    for part in parts:
-        if part.file is not None:
-            part.file.close()
-            part.upload.sha256 = part.hash.hexdigest()  # type: ignore[union-attr]
     return form
 
 
@@ -273,14 +299,19 @@ async def _read_urlencoded(request: Request) -> Form:
     return Form(fields=dict(pairs))
 
 
-def _write(pending: list[tuple[_Part, bytes]]) -> None:
+def _write(pending: list[tuple[_Part, bytes | None]]) -> None:
     for part, data in pending:
+        if data is None:  # the part ended: its file is whole
+            part.file.close()  # type: ignore[union-attr]
+            part.upload.sha256 = part.hash.hexdigest()  # type: ignore[union-attr]
+            continue
         part.hash.update(data)
         part.file.write(data)  # type: ignore[union-attr]
 
 
 def _abort(parts: list[_Part], form: Form) -> None:
+    """Close the files still open (deleted with the form's staged files)."""
     for part in parts:
-        if part.file is not None:
+        if part.file is not None and not part.file.closed:
             part.file.close()
     form.discard()

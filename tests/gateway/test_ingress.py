@@ -186,6 +186,27 @@ def test_bad_form_fields_are_a_400_that_names_them(gw, form, fragment):
     assert r.status_code == 400 and fragment in r.json()["error"], r.text
 
 
+def _part(name: str, value: bytes, *headers: str) -> bytes:
+    lines = [f"--{BOUNDARY}", f'Content-Disposition: form-data; name="{name}"', *headers, "", ""]
+    return "\r\n".join(lines).encode() + value + b"\r\n"
+
+
+@pytest.mark.parametrize("parts,fragment", [
+    # One name repeated: every part counts (a name count let 200,000 of them through).
+    ([_part("stems", b"vocals")] * 17, "parts in the form; send the file(s) and at most 16 fields"),
+    ([_part("model", b"default", *(f"X-Pad-{i}: 1" for i in range(8)))], "Maximum header count exceeded (at most 8 headers per part"),
+    ([_part(f"f{i}", b"1", f"X-Pad: {'p' * 4000}") for i in range(5)], "longer than 16384 bytes in all"),
+])
+def test_form_parts_their_headers_and_header_bytes_are_bounded(gw, parts, fragment):
+    audio = _part("file", wav_bytes(tone(0.5)), "Content-Type: audio/wav").replace(
+        b'name="file"', b'name="file"; filename="a.wav"')
+    body = audio + b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
+    r = httpx.post(f"{gw.url}/v1/separations", content=body, timeout=30,
+                   headers={**KEY, "content-type": f"multipart/form-data; boundary={BOUNDARY}"})
+    assert r.status_code == 400 and fragment in r.json()["error"], r.text
+    assert not list((gw.settings.data_dir / "staging").glob("*")), "the staged file was deleted"
+
+
 def test_the_v2_pass_through_bounds_requests_in_flight_and_streams_answers(gw):
     mix = tone(2.0, seed=802)
     body, headers = encode_request(mix, 44100)
