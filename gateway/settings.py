@@ -159,6 +159,9 @@ class GatewaySettings(BaseSettings, InputLimitSettings):
     shadow_enabled: bool = False
     shadow_sample_rate: float = Field(0.05, ge=0.0, le=1.0)  # share of eligible separations mirrored
     shadow_max_concurrent: int = Field(2, ge=1)  # mirrored calls in flight; beyond, dropped (counted `skipped`)
+    # What one mirror may hold in memory: its request, the user's answer and the canary's. A larger
+    # separation is not mirrored (counted `skipped`): memory for mirrors <= max_concurrent x this.
+    shadow_max_bytes: int = Field(64 * 1024 * 1024, ge=1)
     shadow_namespace: str | None = None  # empty: the gateway's own (in a cluster), else the kubeconfig context's
     shadow_refresh_s: float = Field(10.0, gt=0)
     # Outside a cluster: this kubeconfig (empty: $KUBECONFIG, then ~/.kube/config).

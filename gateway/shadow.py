@@ -78,8 +78,9 @@ def agreements(stable: dict[str, np.ndarray], canary: dict[str, np.ndarray]) -> 
 class V2Mirror:
     """A v2 pass-through's mirror, waiting for its user's answer to have been sent."""
 
-    def __init__(self, ready: asyncio.Future):
+    def __init__(self, ready: asyncio.Future, request_bytes: int):
         self._ready = ready
+        self._request_bytes = request_bytes
 
     def send(self, request: Callable[[], tuple[bytes, dict[str, str]]], stable: Callable[[], dict[str, np.ndarray]],
              answer_bytes: int, done: Callable[[], None]) -> None:
@@ -88,7 +89,7 @@ class V2Mirror:
         if self._ready.done():  # the gateway is stopping: the mirror was cancelled
             done()
         else:
-            self._ready.set_result((request, stable, answer_bytes + HEADER_SLACK, done))
+            self._ready.set_result((request, stable, answer_bytes + HEADER_SLACK, done, self._request_bytes))
 
     def abandon(self) -> None:
         self._ready.cancel()
@@ -102,6 +103,7 @@ class ShadowMirror:
         self.enabled = settings.shadow_enabled
         self.sample_rate = settings.shadow_sample_rate
         self.max_concurrent = settings.shadow_max_concurrent
+        self.max_bytes = settings.shadow_max_bytes
         self.directory = directory
         if self.enabled and directory is None:
             self.directory = CanaryDirectory(settings.shadow_namespace, settings.shadow_refresh_s,
@@ -139,23 +141,27 @@ class ShadowMirror:
 
     # -- what users' requests offer ---------------------------------------------------------
 
-    def offer_v2(self, model: str, served_version: str | None) -> V2Mirror | None:
+    def offer_v2(self, model: str, served_version: str | None, request_bytes: int) -> V2Mirror | None:
         """A v2 pass-through whose answer is about to stream to the user: None, or its mirror, which
         takes the request and that answer (`V2Mirror.send`) once the answer has gone by. Its place
-        under `shadow_max_concurrent` is taken now, so the bound holds while answers stream."""
-        canary = self._admit(model, served_version)
+        under `shadow_max_concurrent` is taken now, so the bound holds while answers stream; its size
+        is checked against `shadow_max_bytes` now (the request) and when sent (the answers too)."""
+        canary = self._admit(model, served_version, request_bytes)
         if canary is None:
             return None
         ready: asyncio.Future = asyncio.get_running_loop().create_future()
         self._launch(self._compare_when_sent(canary, served_version, ready))
-        return V2Mirror(ready)
+        return V2Mirror(ready, request_bytes)
 
     async def _compare_when_sent(self, canary: Canary, served_version: str, ready: asyncio.Future) -> None:
         try:
-            request, stable, size, done = await ready
+            request, stable, size, done, request_bytes = await ready
         except asyncio.CancelledError:  # the user's answer did not go through whole: nothing to compare
             return
         try:
+            if request_bytes + 2 * size > self.max_bytes:  # the answer made it too large to hold
+                metrics.SHADOW_REQUESTS.labels(model=canary.model, outcome="skipped").inc()
+                return
             await self._compare(canary, served_version, request, stable, size)
         finally:
             done()
@@ -164,19 +170,19 @@ class ShadowMirror:
                     stems: dict[str, np.ndarray], *, stem_names: list[str] | None = None,
                     shifts: int | None = None) -> None:
         """A job's chunk, separated into `stems` for the user: the same chunk goes to the canary."""
-        canary = self._admit(model, served_version)
+        size = sum(np.asarray(s).nbytes for s in stems.values()) + HEADER_SLACK
+        canary = self._admit(model, served_version, samples.nbytes + 2 * size)
         if canary is None:
             return
 
         def request() -> tuple[bytes, dict[str, str]]:
             return encode_request(samples, sample_rate, stems=stem_names, shifts=shifts, output_format="fp32")
 
-        size = sum(np.asarray(s).nbytes for s in stems.values()) + HEADER_SLACK
         self._launch(self._compare(canary, served_version, request, lambda: stems, size))
 
-    def _admit(self, model: str, served_version: str | None) -> Canary | None:
-        """The canary to mirror this separation to, or None. Counted `skipped` only
-        when it was sampled and the bound is full."""
+    def _admit(self, model: str, served_version: str | None, size: int) -> Canary | None:
+        """The canary to mirror this separation (`size` bytes to hold) to, or None. Counted `skipped`
+        only when it was sampled and a bound (in flight, bytes) leaves no room."""
         if not self.enabled:
             return None
         canary = self.directory.get(model)
@@ -185,7 +191,7 @@ class ShadowMirror:
             return None
         if self._rng() >= self.sample_rate:
             return None
-        if len(self._inflight) >= self.max_concurrent:
+        if len(self._inflight) >= self.max_concurrent or size > self.max_bytes:
             metrics.SHADOW_REQUESTS.labels(model=model, outcome="skipped").inc()
             return None
         return canary

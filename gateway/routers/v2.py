@@ -65,7 +65,7 @@ async def v2_infer(request: Request, service: Service, who: Calling, name: str):
         service.v2_slots.give()
         raise
     # The user's answer is ready: a sample of answers is mirrored to a canary once they have gone by.
-    mirror = service.shadow.offer_v2(routed.model, params.get("model_version"))
+    mirror = service.shadow.offer_v2(routed.model, params.get("model_version"), body.length)
     answer = SpooledBody(service.settings.data_dir / "staging") if mirror else None
     if mirror is None:
         body.close()
