@@ -122,7 +122,8 @@ def create_app(settings: GatewaySettings | None = None, service: SeparationServi
             return response
 
     # Outermost: a body is counted (and refused) before anything else reads it.
-    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes + FORM_OVERHEAD_BYTES)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes + FORM_OVERHEAD_BYTES,
+                       max_drains=settings.max_refusal_drains)
 
     def openapi() -> dict:
         if app.openapi_schema is None:

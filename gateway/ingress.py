@@ -13,7 +13,9 @@ body before reading and report a broken pipe, not the 429, when the server
 closes under them (the load test saw 19 of ~1,900 uploads fail so). So the
 rest of the body, within the limit, is read and discarded (never buffered)
 for up to DRAIN_SECONDS, as nginx's lingering close does, before the refusal
-goes out on a connection that stays open.
+goes out on a connection that stays open. At most `max_drains` refusals
+drain at once; beyond that a refusal closes the connection like a 413 (a
+flood of refused uploads must not hold the gateway's sockets and time).
 
 `read_form`: multipart/form-data parsed as it streams (python-multipart's
 push parser), after the route's credentials and quotas were checked. Parts
@@ -64,9 +66,11 @@ def too_large(received: int, limit: int, *, so_far: bool) -> str:
 class BodyLimit:
     """Refuse request bodies over `max_bytes` (JSON 413), counting what streams in."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
+    def __init__(self, app: ASGIApp, max_bytes: int, max_drains: int = 16):
         self.app = app
         self.max_bytes = max_bytes
+        self.max_drains = max_drains
+        self.draining = 0  # refusals reading the rest of their bodies now
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -116,8 +120,12 @@ class BodyLimit:
             nonlocal started, unread
             if message["type"] == "http.response.start":
                 started = True
-                if unread and message["status"] in DRAIN_STATUSES:
-                    unread = not await drain()
+                if unread and message["status"] in DRAIN_STATUSES and self.draining < self.max_drains:
+                    self.draining += 1
+                    try:
+                        unread = not await drain()
+                    finally:
+                        self.draining -= 1
                 if unread:  # answered before the body was read (refused): do not read the rest
                     message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
             await send(message)

@@ -130,6 +130,9 @@ class GatewaySettings(BaseSettings, InputLimitSettings):
     # request is chunked, and no chunk is bigger.
     predictor_max_request_bytes: int = 200 * 1024 * 1024
     max_batch_files: int = 32
+    # Refused (429/503) uploads whose rest is read and dropped at once, so clients can read the
+    # refusal (ingress.py); beyond, a refusal closes the connection.
+    max_refusal_drains: int = Field(16, ge=0)
     # v2 pass-through requests in flight per replica (each may hold a spooled body); 429 beyond.
     v2_max_concurrent: int = 8
     # A v2 JSON response up to this size is read to say its model version and quality; a bigger one

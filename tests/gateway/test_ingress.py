@@ -5,6 +5,7 @@ pass-through has a bound on requests in flight and streams its answers."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import select
@@ -281,3 +282,41 @@ def test_a_retryable_refusal_is_read_by_the_client_on_a_connection_that_stays_op
             assert status_of(reader.readline()) == 200, "the same connection serves the next request"
     finally:
         gateway.stop()
+
+
+async def test_refusals_that_drain_their_bodies_are_bounded_in_number():
+    """Past max_drains refusals reading the rest of their bodies at once, a refusal closes instead."""
+    from musicsplit.gateway.ingress import BodyLimit
+
+    async def refuse(scope, receive, send):
+        await send({"type": "http.response.start", "status": 429, "headers": [(b"retry-after", b"1")]})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    limit = BodyLimit(refuse, max_bytes=MiB, max_drains=1)
+    scope = {"type": "http", "headers": [(b"content-length", b"1000")]}
+    stalled = asyncio.Event()  # the first client sends nothing of its body until the end of the test
+
+    async def trickle():
+        await stalled.wait()
+        return {"type": "http.disconnect"}
+
+    async def whole_body():
+        return {"type": "http.request", "body": b"\0" * 1000, "more_body": False}
+
+    answers: dict[str, list] = {"first": [], "second": []}
+
+    def sender(name):
+        async def send(message):
+            answers[name].append(message)
+        return send
+
+    first = asyncio.create_task(limit(scope, trickle, sender("first")))
+    async with asyncio.timeout(5):
+        while limit.draining == 0:  # the first refusal is draining its body
+            await asyncio.sleep(0.01)
+    await limit(scope, whole_body, sender("second"))
+    assert (b"connection", b"close") in answers["second"][0]["headers"], "not drained: closed"
+    assert answers["first"] == [], "the first still drains"
+    stalled.set()
+    await first
+    assert limit.draining == 0
