@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 tracer = trace.get_tracer("musicsplit.gateway")
 
 
-HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 408: "request_timeout", 413: "payload_too_large"}
 
 
 def create_app(settings: GatewaySettings | None = None, service: SeparationService | None = None) -> FastAPI:
@@ -123,7 +123,7 @@ def create_app(settings: GatewaySettings | None = None, service: SeparationServi
 
     # Outermost: a body is counted (and refused) before anything else reads it.
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes + FORM_OVERHEAD_BYTES,
-                       max_drains=settings.max_refusal_drains)
+                       max_drains=settings.max_refusal_drains, body_timeout_s=settings.body_timeout_s)
 
     def openapi() -> dict:
         if app.openapi_schema is None:

@@ -66,9 +66,10 @@ def too_large(received: int, limit: int, *, so_far: bool) -> str:
 class BodyLimit:
     """Refuse request bodies over `max_bytes` (JSON 413), counting what streams in."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, max_drains: int = 16):
+    def __init__(self, app: ASGIApp, max_bytes: int, max_drains: int = 16, body_timeout_s: float = 30.0):
         self.app = app
         self.max_bytes = max_bytes
+        self.body_timeout_s = body_timeout_s
         self.max_drains = max_drains
         self.draining = 0  # refusals reading the rest of their bodies now
 
@@ -80,15 +81,28 @@ class BodyLimit:
         length = headers.get(b"content-length", b"")
         if length.isdigit() and int(length) > self.max_bytes:
             metrics.REJECTED.labels(reason="payload_too_large").inc()
-            await _send_413(send, too_large(int(length), self.max_bytes, so_far=False))
+            await _send_refusal(send, too_large(int(length), self.max_bytes, so_far=False))
             return
         received = 0
         unread = (length.isdigit() and int(length) > 0) or b"transfer-encoding" in headers
         started = False
+        timed_out = False
 
         async def counted() -> Message:
             nonlocal received, unread
-            message = await receive()
+            if not unread:  # after the body (e.g. waiting for a disconnect): no deadline
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.body_timeout_s)
+            except TimeoutError:
+                # Answered here, at once; the app sees the client gone and whatever it answers is dropped.
+                nonlocal timed_out
+                if not started:
+                    timed_out = True
+                    await _send_refusal(send, f"the request body stalled: nothing arrived for {self.body_timeout_s:g} "
+                                              "s; send it without pauses (or use a presigned upload: POST /v1/uploads)",
+                                        408)
+                return {"type": "http.disconnect"}
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 unread = message.get("more_body", False)
@@ -118,6 +132,8 @@ class BodyLimit:
 
         async def sending(message: Message) -> None:
             nonlocal started, unread
+            if timed_out:
+                return
             if message["type"] == "http.response.start":
                 started = True
                 if unread and message["status"] in DRAIN_STATUSES and self.draining < self.max_drains:
@@ -135,12 +151,13 @@ class BodyLimit:
         except HTTPException as exc:  # not answered inside (no handler saw it): answer here
             if exc.status_code != 413 or started:
                 raise
-            await _send_413(send, str(exc.detail))
+            await _send_refusal(send, str(exc.detail))
 
 
-async def _send_413(send: Send, message: str) -> None:
-    body = json.dumps({"error": message, "code": PayloadTooLarge.code}).encode()
-    await send({"type": "http.response.start", "status": 413,
+async def _send_refusal(send: Send, message: str, status: int = 413) -> None:
+    code = PayloadTooLarge.code if status == 413 else "request_timeout"
+    body = json.dumps({"error": message, "code": code}).encode()
+    await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body})

@@ -15,6 +15,7 @@ Retry-After and a message naming the quota.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import sqlalchemy as sa
@@ -129,6 +130,33 @@ class Quotas:
             await conn.execute(sa.delete(quota_usage).where(sa.or_(
                 sa.and_(quota_usage.c.quota == "requests_per_minute", quota_usage.c.period < int(now // MINUTE) - 1),
                 sa.and_(quota_usage.c.quota == "audio_minutes_per_day", quota_usage.c.period < int(now // DAY) - 1))))
+
+
+class UploadSlots:
+    """Uploads each tenant streams into this replica at once, capped: one tenant's slow (or many)
+    uploads must not take every connection and staging byte from the others."""
+
+    RETRY_AFTER_S = 5.0
+
+    def __init__(self, per_tenant: int):
+        self.per_tenant = per_tenant
+        self.held: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def hold(self, tenant: str):
+        held = self.held.get(tenant, 0)
+        if held >= self.per_tenant:
+            raise refuse(tenant, "concurrent_uploads",
+                         f"tenant {tenant!r} already has {held} uploads in progress here (at most "
+                         f"{self.per_tenant} at once); send the next one when one has finished",
+                         self.RETRY_AFTER_S)
+        self.held[tenant] = held + 1
+        try:
+            yield
+        finally:
+            self.held[tenant] -= 1
+            if not self.held[tenant]:
+                del self.held[tenant]
 
 
 def refuse(tenant: str, quota: str, message: str, retry_after: float) -> QuotaExceeded:

@@ -35,6 +35,13 @@ class GatewaySettings(BaseSettings, InputLimitSettings):
     # front (load balancers: 60 s), so the client side closes an idle connection first: at
     # uvicorn's default 5 s, an upload sent as the server closes is reset (found by the load test).
     keepalive_s: float = 75.0
+    # Slow clients: a request's headers must be in within header_timeout_s (serving.py), and its body
+    # may pause at most body_timeout_s between reads (ingress.py); 408 and the connection closed.
+    header_timeout_s: float = Field(15.0, gt=0)
+    body_timeout_s: float = Field(30.0, gt=0)
+    # Uploads one tenant may stream into this replica at once; 429 beyond (one tenant's slow uploads
+    # must not take every connection and staging byte).
+    max_uploads_per_tenant: int = Field(8, ge=1)
     metrics_port: int = 9091  # /metrics is served here (same host), never on the API port; 0: not served
 
     # Who may call (auth.py). Neither a tenants file nor an OIDC issuer: the gateway is open (the local

@@ -79,6 +79,12 @@ async def create_separation(
     Credentials and quotas are checked before the upload is read; the upload streams to disk. Send
     either `file` or `upload_id` (404 if the upload is not there: not PUT yet, expired or used)."""
     await service.admit(who, idempotency_key=idempotency_key)
+    with service.upload_slots.hold(who.tenant):
+        return await _create_separation(request, service, who, response, idempotency_key)
+
+
+async def _create_separation(request: Request, service: SeparationService, who: Caller, response: Response,
+                             idempotency_key: str | None) -> JobView:
     form = await read_form(request, service.results.staging_path, max_file_bytes=service.limits.max_bytes,
                            max_files=1, expected=f"{SEND_FILE}, or the upload_id of a presigned upload "
                                                  "(POST /v1/uploads) as a form field")
@@ -104,6 +110,11 @@ async def create_batch(request: Request, service: Service, who: Calling) -> Batc
     """Files are validated one by one: a bad file is listed under `rejected` with its reason and the
     others still run. Jobs of a batch are scheduled fairly with other users' jobs."""
     await service.admit(who)
+    with service.upload_slots.hold(who.tenant):
+        return await _create_batch(request, service, who)
+
+
+async def _create_batch(request: Request, service: SeparationService, who: Caller) -> BatchView:
     limit = service.settings.max_batch_files
     form = await read_form(request, service.results.staging_path, max_file_bytes=service.limits.max_bytes,
                            max_files=limit)

@@ -38,7 +38,8 @@ async def v2_infer(request: Request, service: Service, who: Calling, name: str):
     body = SpooledBody(service.settings.data_dir / "staging")
     upstream = None
     try:
-        await body.fill(request, service.limits.max_bytes)
+        with service.upload_slots.hold(who.tenant):
+            await body.fill(request, service.limits.max_bytes)
         fwd = {k: v for k, v in request.headers.items() if k.lower() in FORWARDED}
         start = time.perf_counter()
         try:

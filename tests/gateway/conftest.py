@@ -25,6 +25,7 @@ from musicsplit.gateway.app import create_app
 from musicsplit.gateway.auth import key_hash
 from musicsplit.gateway.database import database_url
 from musicsplit.gateway.jobstore import SeparationJob, SqlJobStore, open_job_store
+from musicsplit.gateway.serving import uvicorn_config
 from musicsplit.gateway.settings import Endpoint, GatewaySettings
 from musicsplit.localstack import free_port
 from tests.fixtures.redis import RedisServer
@@ -42,8 +43,8 @@ class GatewayThread:
         self.url = f"http://127.0.0.1:{self.port}"
         self.metrics_url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
         self.app = create_app(settings)
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
-                                ws="websockets-sansio", lifespan="on")
+        config = uvicorn_config(self.app, settings, host="127.0.0.1", port=self.port, log_level="warning",
+                                lifespan="on")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -320,3 +320,44 @@ async def test_refusals_that_drain_their_bodies_are_bounded_in_number():
     stalled.set()
     await first
     assert limit.draining == 0
+
+
+def _answer(sock: socket.socket, timeout: float = 10.0) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    sock.settimeout(timeout)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_slow_clients_are_cut_off_with_408_and_a_tenants_uploads_are_capped(baseline_url, tmp_path):
+    keys = tenants_file(tmp_path / "tenants.yaml", {"slow": {}}, {"slow": "slow-tenant-key"})
+    with GatewayThread(make_settings(tmp_path, [("dsp-baseline", baseline_url, "eu")], api_keys_file=keys,
+                                     header_timeout_s=1.0, body_timeout_s=1.0, max_uploads_per_tenant=1)) as gw:
+        host, port = gw.url.removeprefix("http://").split(":")
+        auth = bearer("slow-tenant-key")
+        # Headers trickled, never finished.
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(f"POST /v1/separations HTTP/1.1\r\nHost: {host}\r\n".encode())
+            answer = _answer(sock)
+        assert status_of(answer) == 408 and b"headers did not arrive within 1 s" in answer, answer
+        # A body that stops half way: 408 once it has been silent for body_timeout_s.
+        body = multipart_body(wav_bytes(tone(1.0)))
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall((f"POST /v1/separations HTTP/1.1\r\nHost: {host}\r\nAuthorization: {auth['Authorization']}"
+                          f"\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+                          f"Content-Length: {len(body)}\r\n\r\n").encode() + body[:1000])
+            answer = _answer(sock)
+        assert status_of(answer) == 408 and b"request_timeout" in answer and b"connection: close" in answer.lower()
+        # While one upload of the tenant streams (stalled here), its next one is refused, not queued.
+        slow = ChunkedUpload(gw.url, headers=auth)
+        try:
+            wait_until(lambda: gw.service.upload_slots.held.get("slow") == 1, 10, "the first upload in progress")
+            r = submit(gw.url, wav_bytes(tone(1.0)), headers=auth)
+            assert r.status_code == 429 and "uploads in progress" in r.json()["error"], r.text
+            assert int(r.headers["retry-after"]) >= 1
+        finally:
+            slow.close()
+        wait_until(lambda: "slow" not in gw.service.upload_slots.held, 10, "the stalled upload's slot back")
+        assert submit(gw.url, wav_bytes(tone(1.0)), headers=auth).status_code == 202
