@@ -159,6 +159,37 @@ class UploadSlots:
                 del self.held[tenant]
 
 
+class SocketSlots:
+    """Progress WebSockets open on this replica, capped per tenant and per job: each holds a
+    connection and a subscription for as long as its job runs."""
+
+    RETRY_AFTER_S = 10.0
+
+    def __init__(self, per_tenant: int, per_job: int):
+        self.per_tenant = per_tenant
+        self.per_job = per_job
+        self.tenants: dict[str, int] = {}
+        self.jobs: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def hold(self, tenant: str, job_id: str):
+        if self.jobs.get(job_id, 0) >= self.per_job:
+            raise refuse(tenant, "progress_sockets", f"job {job_id} already has {self.per_job} progress WebSockets "
+                         "open; close one, or poll GET /v1/separations/{id}", self.RETRY_AFTER_S)
+        if self.tenants.get(tenant, 0) >= self.per_tenant:
+            raise refuse(tenant, "progress_sockets", f"tenant {tenant!r} already has {self.per_tenant} progress "
+                         "WebSockets open here; close some first", self.RETRY_AFTER_S)
+        self.jobs[job_id] = self.jobs.get(job_id, 0) + 1
+        self.tenants[tenant] = self.tenants.get(tenant, 0) + 1
+        try:
+            yield
+        finally:
+            for counts, key in ((self.jobs, job_id), (self.tenants, tenant)):
+                counts[key] -= 1
+                if not counts[key]:
+                    del counts[key]
+
+
 def refuse(tenant: str, quota: str, message: str, retry_after: float) -> QuotaExceeded:
     metrics.QUOTA_REJECTIONS.labels(tenant=tenant, quota=quota).inc()
     return QuotaExceeded(message, quota=quota, retry_after=max(1.0, retry_after))

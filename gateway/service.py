@@ -43,7 +43,7 @@ from musicsplit.gateway.jobstore import (ActiveJobLimit, DuplicateIdempotencyKey
 from musicsplit.gateway.notify import Notifier
 from musicsplit.gateway.observations import EXPLICIT_ARM, Observations
 from musicsplit.gateway.passthrough import Slots
-from musicsplit.gateway.quotas import Quotas, UploadSlots
+from musicsplit.gateway.quotas import Quotas, SocketSlots, UploadSlots
 from musicsplit.gateway.regions import EndpointPool
 from musicsplit.gateway.results import Download, ResultStore, make_result_store
 from musicsplit.gateway.runner import JobRunner
@@ -88,6 +88,7 @@ class SeparationService:
         self.auth = auth or Authenticator(settings)
         self.v2_slots = Slots(settings.v2_max_concurrent)
         self.upload_slots = UploadSlots(settings.max_uploads_per_tenant)
+        self.socket_slots = SocketSlots(settings.max_progress_sockets_per_tenant, settings.max_progress_sockets_per_job)
         self.notifier = Notifier(settings)
         self.pool = EndpointPool(settings.endpoints, settings.region_order, failures=settings.breaker_failures,
                                  reset_s=settings.breaker_reset_s, on_breaker_change=self.notifier.breaker_changed,

@@ -42,6 +42,9 @@ class GatewaySettings(BaseSettings, InputLimitSettings):
     # Uploads one tenant may stream into this replica at once; 429 beyond (one tenant's slow uploads
     # must not take every connection and staging byte).
     max_uploads_per_tenant: int = Field(8, ge=1)
+    # Progress WebSockets open at once on this replica; 429 at the handshake beyond.
+    max_progress_sockets_per_tenant: int = Field(64, ge=1)
+    max_progress_sockets_per_job: int = Field(4, ge=1)
     metrics_port: int = 9091  # /metrics is served here (same host), never on the API port; 0: not served
 
     # Who may call (auth.py). Neither a tenants file nor an OIDC issuer: the gateway is open (the local

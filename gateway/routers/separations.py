@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
 import time
 import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, WebSocket, WebSocketDisconnect
-from fastapi.responses import FileResponse, RedirectResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from pydantic import ValidationError
 from starlette.websockets import WebSocketState
 
-from musicsplit.errors import BadRequest, MusicsplitError, NotFound
+from musicsplit.errors import BadRequest, MusicsplitError, NotFound, http_payload
 from musicsplit.gateway.ingress import SEND_FILE, Form, read_form
 from musicsplit.gateway.jobstore import ACTIVE, TERMINAL
 from musicsplit.gateway.results import Download
@@ -224,18 +226,41 @@ async def progress(ws: WebSocket, job_id: str, ticket: str | None = None):
     """Messages `{"id", "status", "chunks_done", "chunks_total", "progress", ...}` on every change,
     until the job succeeds, fails or is cancelled; then the server closes (code 1000)."""
     service = service_of(ws)
-    await ws.accept()
+    # Refused at the handshake, as an HTTP answer (401, 404, 429), before anything is accepted or held.
+    slot = contextlib.ExitStack()
     try:
         who = await websocket_caller(service, ws.headers, ticket, job_id)
+        job = await service.store.get(job_id, tenant=who.tenant)
+        if job is None:
+            raise NotFound(f"no separation job {job_id}")
+        slot.enter_context(service.socket_slots.hold(who.tenant, job_id))
     except MusicsplitError as exc:
-        await ws.send_json({"error": exc.message, "code": exc.code})
-        await ws.close(code=4000 + exc.status)
+        status, body, headers = http_payload(exc)
+        await ws.send_denial_response(JSONResponse(body, status_code=status, headers=headers))
         return
-    job = await service.store.get(job_id, tenant=who.tenant)
-    if job is None:
-        await ws.send_json({"error": f"no separation job {job_id}", "code": "not_found"})
-        await ws.close(code=4404)
-        return
+    with slot:
+        await ws.accept()
+        # The client leaving frees its place at once, not at the next message sent to it.
+        streaming = asyncio.create_task(_stream_progress(ws, service, who, job))
+        closed = asyncio.create_task(_until_closed(ws))
+        try:
+            await asyncio.wait({streaming, closed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (streaming, closed):
+                task.cancel()
+            await asyncio.gather(streaming, closed, return_exceptions=True)
+        if streaming.done() and not streaming.cancelled() and streaming.exception() is not None:
+            raise streaming.exception()
+
+
+async def _until_closed(ws: WebSocket) -> None:
+    """Wait for the client to close (what it sends otherwise means nothing here)."""
+    while (await ws.receive())["type"] != "websocket.disconnect":
+        pass
+
+
+async def _stream_progress(ws: WebSocket, service: SeparationService, who: Caller, job) -> None:
+    job_id = job.id
     try:
         async with service.events.subscribe(job_id) as updates:
             job = await service.store.get(job_id, tenant=who.tenant) or job  # what changed while subscribing

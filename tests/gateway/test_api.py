@@ -13,6 +13,7 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from musicsplit.localstack import wait_until
@@ -83,9 +84,10 @@ def test_websocket_streams_per_chunk_progress_to_completion(gw):
 
 
 def test_websocket_for_unknown_job_says_so(gw):
-    with connect(gw.url.replace("http", "ws") + "/v1/separations/nope/progress") as ws:
-        msg = json.loads(ws.recv())
-        assert msg["code"] == "not_found"
+    with pytest.raises(InvalidStatus) as refused:
+        connect(gw.url.replace("http", "ws") + "/v1/separations/nope/progress")
+    assert refused.value.response.status_code == 404
+    assert json.loads(refused.value.response.body)["code"] == "not_found"
 
 
 def test_delete_cancels_a_running_job(gw):
