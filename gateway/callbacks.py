@@ -17,7 +17,8 @@ schedule lives in the database, not in a process's retry loop.
 Server-side request forgery: the URL's host must be on the tenant's
 `callback_hosts`; at delivery the host is resolved, every address must be
 public (no loopback, private, link-local, shared, multicast or reserved
-range, IPv4-mapped or NAT64 forms included) unless `callback_allow_private`,
+range; IPv4-mapped, NAT64, 6to4 and IPv4-compatible forms unwrapped, NAT64
+local-use and Teredo refused) unless `callback_allow_private`,
 and the POST goes to the address that was checked (no second lookup), with
 no redirects followed.
 """
@@ -53,7 +54,9 @@ ID_HEADER = "X-Musicsplit-Webhook-Id"
 TIMESTAMP_HEADER = "X-Musicsplit-Webhook-Timestamp"
 SIGNATURE_HEADER = "X-Musicsplit-Webhook-Signature"
 BATCH = 32  # deliveries claimed per round
-NAT64 = ipaddress.ip_network("64:ff9b::/96")
+NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052 well-known prefix: the IPv4 address is the last 32 bits
+NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215 local-use: a translator's own, refused
+IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated ::a.b.c.d (and ::, ::1)
 
 
 class Refused(Exception):
@@ -67,12 +70,19 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
 
 
 def is_public(address: str) -> bool:
+    """A public unicast address, whatever IPv6 form carries an IPv4 one: IPv4-mapped, NAT64, 6to4 and
+    IPv4-compatible literals are unwrapped and their IPv4 address checked; NAT64 local-use and Teredo
+    (which reach wherever their operator routes them) are refused."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if ip.version == 6:
+        if ip in NAT64_LOCAL or ip.teredo is not None:
+            return False
         if ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
-        elif ip in NAT64:
+        elif ip in NAT64 or ip in IPV4_COMPATIBLE:
             ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        elif ip.sixtofour is not None:
+            ip = ip.sixtofour
     return ip.is_global and not ip.is_multicast
 
 

@@ -34,9 +34,11 @@ NO_QUOTA = Quota()
 
 
 class Quotas:
-    def __init__(self, engine: AsyncEngine, tenants: dict[str, Tenant]):
+    def __init__(self, engine: AsyncEngine, tenants: dict[str, Tenant], default: Quota = NO_QUOTA):
+        """default: the quota of a tenant `tenants` does not list (an OIDC token's)."""
         self.engine = engine
         self.tenants = tenants
+        self.default = default
         for name, tenant in tenants.items():  # series exist at 0 from the start, for rate() and alerts
             for outcome in metrics.TENANT_OUTCOMES:
                 metrics.TENANT_REQUESTS.labels(tenant=name, outcome=outcome)
@@ -46,7 +48,7 @@ class Quotas:
 
     def of(self, tenant: str) -> Quota:
         t = self.tenants.get(tenant)
-        return t.quota if t else NO_QUOTA
+        return t.quota if t else self.default
 
     # -- requests per minute -----------------------------------------------------------
 

@@ -43,7 +43,7 @@ from musicsplit.gateway.jobstore import (ActiveJobLimit, DuplicateIdempotencyKey
 from musicsplit.gateway.notify import Notifier
 from musicsplit.gateway.observations import EXPLICIT_ARM, Observations
 from musicsplit.gateway.passthrough import Slots
-from musicsplit.gateway.quotas import Quotas, SocketSlots, UploadSlots
+from musicsplit.gateway.quotas import NO_QUOTA, Quotas, SocketSlots, UploadSlots
 from musicsplit.gateway.regions import EndpointPool
 from musicsplit.gateway.results import Download, ResultStore, make_result_store
 from musicsplit.gateway.runner import JobRunner
@@ -118,7 +118,8 @@ class SeparationService:
         queue = SqlJobQueue(self.store.engine)
         self.queue = queue
         engine = self.store.engine  # quotas, callbacks and tickets keep their rows in the job store's database
-        self.quotas = Quotas(engine, self.auth.tenants)
+        # An open gateway (the local demo) has no quota; a tenant the file does not list has the default.
+        self.quotas = Quotas(engine, self.auth.tenants, NO_QUOTA if self.auth.open else self.settings.default_quota)
         self.callbacks = CallbackDeliverer(engine, self.auth.tenants, self.settings)
         self.tickets = ProgressTickets(engine, self.settings.progress_ticket_ttl_s)
         self.observations = Observations(self.store, self.settings.reseparation_window_s,

@@ -11,6 +11,7 @@ body's own idle timeout is the ingress middleware's (ingress.BodyLimit: 408).
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import h11
@@ -63,6 +64,25 @@ class SlowHeadersProtocol(H11Protocol):
         self.transport.close()
 
 
+class RedactQuery(logging.Filter):
+    """Access-log lines without query strings: they carry progress tickets (and, from careless
+    clients, API keys), which a log must not keep. The path stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        # uvicorn's access line: (client, method, path with query, HTTP version, status)
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str) and "?" in args[2]:
+            record.args = (*args[:2], args[2].split("?", 1)[0] + "?<redacted>", *args[3:])
+        return True
+
+
+def redact_access_log() -> None:
+    """Install RedactQuery on uvicorn's access logger (once)."""
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactQuery) for f in access.filters):
+        access.addFilter(RedactQuery())
+
+
 def protocol(header_timeout_s: float) -> type[SlowHeadersProtocol]:
     return type("GatewayHTTPProtocol", (SlowHeadersProtocol,), {"header_timeout_s": header_timeout_s})
 
@@ -71,4 +91,6 @@ def uvicorn_config(app: Any, settings: GatewaySettings, **overrides: Any) -> uvi
     """The server for `app` as the gateway runs it (the CLI and the tests alike)."""
     options = dict(host=settings.host, port=settings.port, log_level="info", ws="websockets-sansio",
                    timeout_keep_alive=settings.keepalive_s, http=protocol(settings.header_timeout_s))
-    return uvicorn.Config(app, **{**options, **overrides})
+    config = uvicorn.Config(app, **{**options, **overrides})  # configures uvicorn's loggers
+    redact_access_log()
+    return config

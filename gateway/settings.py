@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from musicsplit.gateway.tenants import Quota
 from musicsplit.validation import InputLimitSettings
 
 
@@ -54,6 +55,11 @@ class GatewaySettings(BaseSettings, InputLimitSettings):
     oidc_audience: str | None = None
     oidc_jwks_url: str | None = None
     oidc_tenant_claim: str = "tenant"
+    # The quota of a tenant the tenants file does not list (an OIDC token's tenant claim, with OIDC
+    # alone or beside a file): bounded, so a new tenant cannot take the whole gateway. JSON in the
+    # environment, e.g. MUSICSPLIT_GATEWAY_DEFAULT_QUOTA='{"concurrent_jobs": 4}'. An open gateway
+    # (no credentials at all: the local demo) has no quota.
+    default_quota: Quota = Quota(concurrent_jobs=4, requests_per_minute=300, audio_minutes_per_day=600)
     oidc_jwks_cache_s: int = 300
     progress_ticket_ttl_s: float = 60.0  # a WebSocket progress ticket is good once, for this long
 

@@ -153,6 +153,18 @@ def test_a_bad_token_is_a_401_that_says_why(gw, jwks, case, description):
     assert _failures("invalid_token") == before + 1
 
 
+def test_a_tenant_known_only_by_its_oidc_token_gets_the_default_quota(baseline_url, jwks, tmp_path):
+    settings = make_settings(tmp_path, [("dsp-baseline", baseline_url, "eu")], oidc_issuer=ISSUER,
+                             oidc_audience=AUDIENCE, oidc_jwks_url=jwks.url,
+                             default_quota={"requests_per_minute": 2})
+    with GatewayThread(settings) as gateway:
+        while time.time() % 60 > 50:  # the three requests in one quota minute
+            time.sleep(0.5)
+        token = bearer(jwks.token(tenant="oidc-only"))
+        assert [_list(gateway, token).status_code for _ in range(3)] == [200, 200, 429]
+        assert "requests_per_minute (2)" in _list(gateway, token).json()["error"]
+
+
 def test_a_token_for_a_tenant_not_served_here_is_a_403(gw, jwks):
     r = _list(gw, bearer(jwks.token(tenant="initech")))
     assert r.status_code == 403 and r.json()["code"] == "forbidden" and "'initech'" in r.json()["error"]

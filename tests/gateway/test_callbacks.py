@@ -133,6 +133,10 @@ def test_callback_urls_outside_the_tenants_hosts_or_private_are_refused(baseline
     ("169.254.169.254", False), ("100.64.0.1", False), ("0.0.0.0", False), ("224.0.0.1", False),
     ("::1", False), ("fe80::1", False), ("fd00::1", False), ("::ffff:127.0.0.1", False),
     ("::ffff:10.0.0.1", False), ("64:ff9b::a00:1", False), ("64:ff9b::808:808", True),
+    # NAT64 local-use, 6to4 and IPv4-compatible literals carrying private addresses; Teredo.
+    ("64:ff9b:1::a00:1", False), ("64:ff9b:1::808:808", False), ("2002:7f00:1::", False),
+    ("2002:a9fe:a9fe::1", False), ("2002:808:808::1", True), ("::127.0.0.1", False), ("::a9fe:a9fe", False),
+    ("::808:808", True), ("2001:0:4136:e378:8000:63bf:3fff:fdd2", False),
 ])
 def test_only_public_addresses_are_called_back(address, public):
     assert is_public(address) is public
