@@ -1,9 +1,16 @@
-"""Which models have a canary step under way, and where the canary answers.
+"""Which models have a canary step under way, and where each version answers on its own.
 
 The operator publishes it in each SeparationModel's `status.shadow`
 (`canaryUrl`, `canaryVersion`, `stableVersion`) while a canary step serves
 users both versions, and removes it otherwise; the SeparationModel's name is
-the model name the gateway routes. `CanaryDirectory` lists them in one
+the model name the gateway routes. Shadow traffic goes to the canary's URL.
+
+A job's chunks go to the version its first chunk pinned (`version_url`):
+the canary's URL above (KServe Knative's `latest` tag: that revision alone),
+and, where the operator publishes them, `status.endpoints.{stable,canary}`
+(`{version, url}`: a per-revision tag URL in Knative mode, each predictor's
+own Service in Standard mode). Behind the shared URL a split answers either
+version; a pinned URL answers one. `CanaryDirectory` lists them in one
 namespace through the Kubernetes API (the gateway imports nothing of the
 operator): RBAC `list` on `separationmodels.musicsplit.io` there.
 
@@ -49,6 +56,24 @@ def canaries_from(items: list[dict]) -> dict[str, Canary]:
     return out
 
 
+def version_urls_from(items: list[dict]) -> dict[tuple[str, str], str]:
+    """SeparationModels -> {(model name, version): the URL where that version alone answers}."""
+    out: dict[tuple[str, str], str] = {}
+    for sm in items:
+        name = (sm.get("metadata") or {}).get("name")
+        status = sm.get("status") or {}
+        shadow = status.get("shadow") or {}
+        published = [(shadow.get("canaryVersion"), shadow.get("canaryUrl"))]
+        endpoints = status.get("endpoints") or {}
+        if isinstance(endpoints, dict):
+            published += [((e or {}).get("version"), (e or {}).get("url")) for e in endpoints.values()
+                          if isinstance(e, dict)]
+        for version, url in published:
+            if name and version and isinstance(url, str) and url.startswith(("http://", "https://")):
+                out[(name, str(version))] = url.rstrip("/")
+    return out
+
+
 def _api_client(kubeconfig: Path | None):
     """An ApiClient of its own (the process-wide default configuration is left alone):
     the given kubeconfig, else the pod's service account, else $KUBECONFIG / ~/.kube/config."""
@@ -90,16 +115,26 @@ class CanaryDirectory:
         self.kubeconfig = kubeconfig
         self.timeout_s = timeout_s
         self._canaries: dict[str, Canary] = {}
+        self._version_urls: dict[tuple[str, str], str] = {}
         self._confirmed = 0.0  # monotonic time of the last successful list
         self._api = None
         self._task: asyncio.Task | None = None
 
     def get(self, model: str) -> Canary | None:
-        if self._canaries and time.monotonic() - self._confirmed > STALE_AFTER_REFRESHES * self.refresh_s:
-            log.warning("shadow traffic: SeparationModels in %s unread for %.0f s; mirroring stops until they are",
-                        self.namespace, time.monotonic() - self._confirmed)
-            self._canaries = {}
+        self._forget_if_stale()
         return self._canaries.get(model)
+
+    def version_url(self, model: str, version: str) -> str | None:
+        """Where `version` of `model` answers on its own, if the operator publishes it."""
+        self._forget_if_stale()
+        return self._version_urls.get((model, version))
+
+    def _forget_if_stale(self) -> None:
+        if ((self._canaries or self._version_urls)
+                and time.monotonic() - self._confirmed > STALE_AFTER_REFRESHES * self.refresh_s):
+            log.warning("SeparationModels in %s unread for %.0f s; no mirroring or version pinning until they are",
+                        self.namespace, time.monotonic() - self._confirmed)
+            self._canaries, self._version_urls = {}, {}
 
     def _list(self) -> list[dict]:
         from kubernetes import client
@@ -118,7 +153,9 @@ class CanaryDirectory:
 
     async def refresh(self) -> None:
         """One read of the namespace's SeparationModels (raises what the API client raises)."""
-        canaries = canaries_from(await asyncio.to_thread(self._list))
+        items = await asyncio.to_thread(self._list)
+        canaries = canaries_from(items)
+        self._version_urls = version_urls_from(items)
         if canaries.keys() != self._canaries.keys():
             log.info("shadow traffic: canaries in %s: %s", self.namespace,
                      ", ".join(f"{c.model} {c.canary_version} at {c.url}" for c in canaries.values()) or "none")
@@ -146,4 +183,5 @@ class CanaryDirectory:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         if self._api is not None:
-            await asyncio.to_thread(self._api.close)
+            api, self._api = self._api, None
+            await asyncio.to_thread(api.close)

@@ -66,6 +66,11 @@ class EndpointPool:
             self.states.append(state)
             metrics.ENDPOINT_UP.labels(model=ep.model, region=ep.region).set(1)
         self._task: asyncio.Task | None = None
+        self._failures, self._reset_s, self._on_breaker_change = failures, reset_s, on_breaker_change
+        # Where one version of a model answers on its own (canaries.py: the SeparationModels' status),
+        # so a job's chunks all reach the version it pinned, whatever split a shared URL does.
+        self.version_url: Callable[[str, str], str | None] = lambda model, version: None
+        self._pinned: dict[tuple[str, str, str], EndpointState] = {}
 
     def _breaker_changed(self, state: EndpointState, callback):
         def changed(breaker, old, new):
@@ -84,10 +89,30 @@ class EndpointPool:
     def for_model(self, model: str) -> list[EndpointState]:
         return [s for s in self.states if s.model == model]
 
-    def candidates(self, model: str) -> list[EndpointState]:
-        """Endpoints of `model`, best first; endpoints with an open breaker are left out."""
-        usable = [s for s in self.for_model(model) if s.breaker.available()]
-        return sorted(usable, key=lambda s: (not s.healthy, s.rank, s.inflight))
+    def candidates(self, model: str, version: str | None = None) -> list[EndpointState]:
+        """Endpoints of `model`, best first; endpoints with an open breaker are left out. With a
+        `version` published at a URL of its own, that URL comes first."""
+        usable = sorted((s for s in self.for_model(model) if s.breaker.available()),
+                        key=lambda s: (not s.healthy, s.rank, s.inflight))
+        pinned = self.pinned(model, version) if version else None
+        return [pinned, *usable] if pinned is not None and pinned.breaker.available() else usable
+
+    def pinned(self, model: str, version: str) -> EndpointState | None:
+        """The endpoint of one version of `model` alone (a per-revision / per-predictor URL), if published."""
+        url = self.version_url(model, version)
+        if not url:
+            return None
+        key = (model, version, url)
+        if key not in self._pinned:
+            shared = self.for_model(model)
+            region = shared[0].region if shared else "local"  # the revision runs where the model does
+            ep = Endpoint(model=model, url=url, region=region)
+            state = EndpointState(ep, None, -1, version=version)  # type: ignore[arg-type]
+            state.breaker = CircuitBreaker(f"{region}/{model}@{url} ({version})", self._failures, self._reset_s,
+                                           on_change=self._breaker_changed(state, self._on_breaker_change))
+            self._pinned = {k: v for k, v in self._pinned.items() if k[:2] != (model, version)}
+            self._pinned[key] = state
+        return self._pinned[key]
 
     def retry_after(self, model: str) -> float:
         """Seconds until some endpoint of `model` may take requests again."""

@@ -175,7 +175,8 @@ class ChunkedSeparation:
         self.stem_names: set[str] | None = None
         self.finished: set[int] = set()  # chunks kept and recorded (checkpointed)
         self.resumed = 0  # chunks a takeover reloaded instead of separating
-        self.busy = BusyClock()  # how long this run waited for a place at a saturated predictor
+        self.busy = BusyClock()
+        self._pinning = asyncio.Lock()  # held by the chunk whose answer will pin the job  # how long this run waited for a place at a saturated predictor
 
     async def _plan(self, info: InputInfo) -> tuple[list[Chunk], str | None]:
         stored = await self.lease.plan()
@@ -265,12 +266,18 @@ class ChunkedSeparation:
                                                                    "chunk.total": total}):
                 outages = mismatches = 0
                 while True:
-                    pin = self.pin
                     try:
-                        routed = await self.router.separate(
-                            pin.model if pin else self.job.model, samples, info.sample_rate,
-                            stems=params.get("stems"), shifts=params.get("shifts"),
-                            fallback=None if pin else self.fallback, version=pin.version if pin else None)
+                        # Until the first answer pins the job, one chunk at a time: the others then
+                        # go to the pinned version (its own URL, where published) instead of meeting
+                        # the other side of a canary split.
+                        async with self._pinning if self.pin is None else contextlib.nullcontext():
+                            pin = self.pin
+                            routed = await self.router.separate(
+                                pin.model if pin else self.job.model, samples, info.sample_rate,
+                                stems=params.get("stems"), shifts=params.get("shifts"),
+                                fallback=None if pin else self.fallback, version=pin.version if pin else None)
+                            if self.pin is None:
+                                self.pin = _served(routed)
                     except UpstreamUnavailable as exc:
                         # Only this chunk waits and tries again; the chunks already done stay done.
                         metrics.CHUNKS.labels(model=self.job.model, outcome="retried").inc()
@@ -298,8 +305,6 @@ class ChunkedSeparation:
                             await asyncio.sleep(pause)
                         continue
                     served = _served(routed)
-                    if self.pin is None:
-                        self.pin = served
                     if served == self.pin:
                         break
                     # Another version (a rollout under way) or, for a chunk sent before the pin,

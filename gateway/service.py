@@ -31,6 +31,7 @@ from musicsplit.errors import BadRequest, Conflict, MusicsplitError, NotFound, S
 from musicsplit.gateway import metrics
 from musicsplit.gateway.auth import Authenticator
 from musicsplit.gateway.cache import make_cache
+from musicsplit.gateway.canaries import CanaryDirectory
 from musicsplit.gateway.callbacks import CallbackDeliverer, check_callback_url
 from musicsplit.gateway.events import EventBus, make_event_bus
 from musicsplit.gateway.flags import Choice, Flags
@@ -100,7 +101,13 @@ class SeparationService:
         self.results: ResultStore = make_result_store(settings)
         self.uploads = Uploads(self.results, settings.max_upload_bytes)
         self.events: EventBus = make_event_bus(settings, self.replica)
-        self.shadow = ShadowMirror(settings)
+        # The SeparationModels' status: canaries for shadow traffic, per-version URLs for pinning.
+        self.directory = (CanaryDirectory(settings.shadow_namespace, settings.shadow_refresh_s,
+                                          settings.shadow_kubeconfig)
+                          if settings.shadow_enabled or settings.pin_versions else None)
+        self.shadow = ShadowMirror(settings, directory=self.directory)
+        if self.directory is not None and settings.pin_versions:
+            self.pool.version_url = self.directory.version_url
         self.store: JobStore
         self.queue: JobQueue
         self.observations: Observations
@@ -132,6 +139,8 @@ class SeparationService:
         await self.events.start()
         self.pool.start(self.settings.health_interval_s)
         await self.shadow.start(self.pool.models())
+        if self.directory is not None:
+            self.directory.start()
         await self.runner.start(sole_replica=queue.dialect == "sqlite")
         self.callbacks.start()
         self.health.start(self.settings.health_interval_s)
@@ -147,6 +156,8 @@ class SeparationService:
         await self.runner.stop()
         await self.callbacks.stop()
         await self.shadow.stop()
+        if self.directory is not None:
+            await self.directory.stop()
         await self.pool.stop()
         await self.router.close()
         await self.cache.close()

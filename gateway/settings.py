@@ -176,6 +176,10 @@ class GatewaySettings(BaseSettings, InputLimitSettings):
     # a canary, and where: SeparationModels' status.shadow in `shadow_namespace`, read through the
     # Kubernetes API (list on separationmodels.musicsplit.io) every `shadow_refresh_s`.
     shadow_enabled: bool = False
+    # A job's chunks go to the version its first chunk was served by, at the per-version URLs the
+    # SeparationModels' status publishes (canaries.py; read like shadow traffic's, from
+    # shadow_namespace): a long job during a canary split finishes with one version.
+    pin_versions: bool = False
     shadow_sample_rate: float = Field(0.05, ge=0.0, le=1.0)  # share of eligible separations mirrored
     shadow_max_concurrent: int = Field(2, ge=1)  # mirrored calls in flight; beyond, dropped (counted `skipped`)
     # What one mirror may hold in memory: its request, the user's answer and the canary's. A larger

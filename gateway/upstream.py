@@ -87,8 +87,9 @@ class Router:
                    fallback: str | None = None, version: str | None = None) -> Routed:
         """Run fn on an endpoint of `model` (retrying elsewhere), then of `fallback`.
 
-        `version`: endpoints last seen serving it go first (a job's later chunks), then those
-        not seen yet, then the rest (one URL may serve two versions during a rollout).
+        `version`: its own URL first where one is published (regions.EndpointPool.pinned), then
+        endpoints seen serving it or not seen yet, then the rest (one URL may serve two versions
+        during a rollout).
         """
         models = [model] + ([fallback] if fallback and fallback != model and self.pool.for_model(fallback) else [])
         if not self.pool.for_model(model) and not models[1:]:
@@ -124,11 +125,13 @@ class Router:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _attempt(self, model: str, fn, tried: set[str], version: str | None = None):
-        candidates = self.pool.candidates(model)
+        candidates = self.pool.candidates(model, version)
         if not candidates:
             raise NoEndpoint(model, self.pool.retry_after(model))
         if version is not None:  # stable: the pool's order within each group
-            candidates.sort(key=lambda s: 0 if s.version == version else 1 if s.version is None else 2)
+            # Endpoints not seen yet share the front with those seen serving it (the first chunk of a
+            # job runs alone, so its other chunks must be free to reach replicas not tried yet).
+            candidates.sort(key=lambda s: 1 if s.version not in (None, version) else 0)
         fresh = [c for c in candidates if c.url not in tried]
         state = (fresh or candidates)[0]
         tried.add(state.url)
