@@ -154,14 +154,3 @@ def write_chunk(stems: dict[str, np.ndarray], path: Path) -> None:
 def decode_chunk(data: bytes) -> dict[str, np.ndarray]:
     with np.load(io.BytesIO(data), allow_pickle=False) as z:
         return {name: z[name] for name in z.files}
-
-
-def make_result_store(settings) -> ResultStore:
-    """The store `storage_url` names: an s3:// bucket, or when empty the local data dir."""
-    if settings.storage_url:
-        from musicsplit.gateway.results_s3 import S3ResultStore
-
-        return S3ResultStore.from_settings(settings)
-    from musicsplit.gateway.results_local import LocalResultStore
-
-    return LocalResultStore(Path(settings.data_dir))

@@ -71,10 +71,10 @@ class LocalStemWriter:
 class LocalResultStore:
     backend = "local"
 
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, staging_dir: Path):
         self.jobs_dir = Path(data_dir) / "jobs"
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
-        self.staging = Staging(Path(data_dir) / "staging")
+        self.staging = Staging(staging_dir)
         self._zip_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     def job_dir(self, job_id: str) -> Path:

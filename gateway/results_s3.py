@@ -88,11 +88,11 @@ class S3StemWriter(LocalStemWriter):
 class S3ResultStore:
     backend = "s3"
 
-    def __init__(self, client, bucket: str, prefix: str, data_dir: Path, *, url_expiry_s: float = 900.0):
+    def __init__(self, client, bucket: str, prefix: str, staging_dir: Path, *, url_expiry_s: float = 900.0):
         self.client = client
         self.bucket = bucket
         self.prefix = prefix
-        self.staging = Staging(Path(data_dir) / "staging")
+        self.staging = Staging(staging_dir)
         self.url_expiry_s = int(url_expiry_s)
         self._zip_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
@@ -108,7 +108,7 @@ class S3ResultStore:
                         s3={"addressing_style": "path"} if settings.s3_endpoint_url else None)
         client = boto3.client("s3", endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region,
                               config=config)
-        return cls(client, bucket, prefix, Path(settings.data_dir), url_expiry_s=settings.presigned_url_expiry_s)
+        return cls(client, bucket, prefix, settings.staging_dir, url_expiry_s=settings.presigned_url_expiry_s)
 
     # -- keys --------------------------------------------------------------------------
 

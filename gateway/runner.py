@@ -141,7 +141,7 @@ class JobRunner:
         key = self.cache_key(job, self.pool.version(job.model))
         if key is None:
             return False
-        staging = Path(self.settings.data_dir) / "staging"
+        staging = self.settings.staging_dir
         staging.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=staging) as scratch, \
                 tracer.start_as_current_span("cache.lookup", attributes={"cache.backend": self.cache.backend}) as span:

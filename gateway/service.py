@@ -46,7 +46,8 @@ from musicsplit.gateway.observations import EXPLICIT_ARM, Observations
 from musicsplit.gateway.passthrough import Slots
 from musicsplit.gateway.quotas import NO_QUOTA, Quotas, SocketSlots, UploadSlots
 from musicsplit.gateway.regions import EndpointPool
-from musicsplit.gateway.results import Download, ResultStore, make_result_store
+from musicsplit.gateway.result_store import make_result_store
+from musicsplit.gateway.results import Download, ResultStore
 from musicsplit.gateway.runner import JobRunner
 from musicsplit.gateway.settings import GatewaySettings
 from musicsplit.gateway.shadow import ShadowMirror

@@ -205,6 +205,12 @@ class GatewaySettings(BaseSettings, InputLimitSettings):
         return value
 
     @property
+    def staging_dir(self) -> Path:
+        """Local scratch for bodies being read, validated or compared (uploads, v2 bodies, cache hits):
+        swept of files older than an hour."""
+        return self.data_dir / "staging"
+
+    @property
     def db_path(self) -> Path:
         """The SQLite job store's file (used when database_url is empty)."""
         return self.data_dir / "jobs.sqlite3"

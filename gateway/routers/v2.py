@@ -35,7 +35,7 @@ async def v2_infer(request: Request, service: Service, who: Calling, name: str):
     await service.quotas.audio_left(who.tenant)
     choice = service.resolve(name, who)
     service.v2_slots.take()
-    body = SpooledBody(service.settings.data_dir / "staging")
+    body = SpooledBody(service.settings.staging_dir)
     upstream = None
     try:
         with service.upload_slots.hold(who.tenant):
@@ -67,7 +67,7 @@ async def v2_infer(request: Request, service: Service, who: Calling, name: str):
         raise
     # The user's answer is ready: a sample of answers is mirrored to a canary once they have gone by.
     mirror = service.shadow.offer_v2(routed.model, params.get("model_version"), body.length)
-    answer = SpooledBody(service.settings.data_dir / "staging") if mirror else None
+    answer = SpooledBody(service.settings.staging_dir) if mirror else None
     if mirror is None:
         body.close()
     headers = {k: v for k, v in upstream.headers.items() if k.lower() in FORWARDED}

@@ -15,7 +15,7 @@ import soundfile as sf
 
 from musicsplit.errors import BadRequest, NotFound, PayloadTooLarge, Unsupported
 from musicsplit.gateway.jobstore import SeparationJob
-from musicsplit.gateway.results import make_result_store
+from musicsplit.gateway.result_store import make_result_store
 from musicsplit.gateway.settings import GatewaySettings
 from musicsplit.gateway.uploads import Uploads
 
