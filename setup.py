@@ -20,10 +20,13 @@ COMPONENTS = {
     "musicsplit.operator": "operator/musicsplit_operator",
     "musicsplit.loadtest": "loadtest",
 }
-SUBPACKAGES = {"musicsplit.gateway": ["musicsplit.gateway.routers"]}
+# The gateway's rooms (shared/STYLE.md): one sub-package per concern.
+SUBPACKAGES = {"musicsplit.gateway": [f"musicsplit.gateway.{sub}" for sub in (
+    "api", "api.routers", "jobs", "storage", "upstream", "tenancy", "experiments")]}
 # Alembic reads its environment and revisions as files, not as modules: package data.
-PACKAGE_DATA = {"musicsplit.gateway": ["flags_bootstrap.json", "migrations/*.py", "migrations/*.mako",
-                                       "migrations/versions/*.py"],
+PACKAGE_DATA = {"musicsplit.gateway.storage": ["migrations/*.py", "migrations/*.mako", "migrations/versions/*.py"],
+                # Flag defaults when Unleash is unreachable.
+                "musicsplit.gateway.experiments": ["flags_bootstrap.json"],
                 # The price table predictor/cost.py reads at start.
                 "musicsplit.predictor": ["prices.yaml"],
                 # The k6 script and the scenarios it and the runner share.
@@ -34,5 +37,5 @@ present = {pkg: folder for pkg, folder in COMPONENTS.items() if (HERE / folder /
 setup(
     packages=["musicsplit", *present, *(sub for pkg in present for sub in SUBPACKAGES.get(pkg, []))],
     package_dir=present,
-    package_data={pkg: files for pkg, files in PACKAGE_DATA.items() if pkg in present},
+    package_data={pkg: files for pkg, files in PACKAGE_DATA.items() if pkg.rsplit(".", 1)[0] in present or pkg in present},
 )

@@ -1,4 +1,4 @@
-"""The gateway's FastAPI app: the routers (routers/), error mapping, tracing, body limit, metrics port,
+"""The gateway's FastAPI app: the routers (api/routers/), error mapping, tracing, body limit, metrics port,
 the OpenAPI document.
 
 Every response about a separation says the model, version and arm (in the
@@ -25,11 +25,11 @@ from starlette.requests import ClientDisconnect
 
 from musicsplit.errors import MusicsplitError, http_payload
 from musicsplit.gateway import metrics
-from musicsplit.gateway.auth import Authenticator
-from musicsplit.gateway.ingress import FORM_OVERHEAD_BYTES, BodyLimit
+from musicsplit.gateway.tenancy.auth import Authenticator
+from musicsplit.gateway.api.ingress import FORM_OVERHEAD_BYTES, BodyLimit
 from musicsplit.gateway.notify import report
-from musicsplit.gateway.routers import operations, separations, uploads, v2
-from musicsplit.gateway.schemas import DESCRIPTION, MALFORMED, TAGS, ErrorBody
+from musicsplit.gateway.api.routers import AREAS
+from musicsplit.gateway.api.schemas import DESCRIPTION, MALFORMED, TAGS, ErrorBody
 from musicsplit.gateway.service import SeparationService
 from musicsplit.gateway.settings import GatewaySettings
 from musicsplit.telemetry import extract
@@ -66,7 +66,7 @@ def create_app(settings: GatewaySettings | None = None, service: SeparationServi
     app = FastAPI(title="musicsplit gateway", version="1.0.0", description=DESCRIPTION, lifespan=lifespan,
                   openapi_tags=TAGS)
     app.state.settings = settings
-    for area in (separations, uploads, v2, operations):
+    for area in AREAS:
         app.include_router(area.router)
 
     @app.exception_handler(MusicsplitError)

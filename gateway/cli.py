@@ -23,7 +23,7 @@ def serve(args) -> int:
 
     from musicsplit.gateway.app import create_app
     from musicsplit.gateway.notify import init_sentry
-    from musicsplit.gateway.serving import uvicorn_config
+    from musicsplit.gateway.api.serving import uvicorn_config
     from musicsplit.gateway.settings import GatewaySettings
     from musicsplit.telemetry import setup_tracing
 
@@ -50,9 +50,9 @@ def ab_report(args) -> int:
     import asyncio
     import time
 
-    from musicsplit.gateway.abtest import report
-    from musicsplit.gateway.database import database_url, settings_database_url
-    from musicsplit.gateway.jobstore import SqlJobStore
+    from musicsplit.gateway.experiments.abtest import report
+    from musicsplit.gateway.storage.database import database_url, settings_database_url
+    from musicsplit.gateway.storage.jobstore import SqlJobStore
     from musicsplit.gateway.settings import GatewaySettings
 
     if args.db:  # a URL, or the path of a SQLite file

@@ -29,31 +29,31 @@ from starlette.requests import HTTPConnection
 from musicsplit.audio import ENCODINGS
 from musicsplit.errors import BadRequest, Conflict, MusicsplitError, NotFound, Saturated
 from musicsplit.gateway import metrics
-from musicsplit.gateway.auth import Authenticator
-from musicsplit.gateway.cache import make_cache
-from musicsplit.gateway.canaries import CanaryDirectory
-from musicsplit.gateway.callbacks import CallbackDeliverer, check_callback_url
-from musicsplit.gateway.events import EventBus, make_event_bus
-from musicsplit.gateway.flags import Choice, Flags
-from musicsplit.gateway.health import Health
-from musicsplit.gateway.ingress import UploadedFile
-from musicsplit.gateway.intake import take, take_file
-from musicsplit.gateway.jobqueue import JobQueue, SqlJobQueue
-from musicsplit.gateway.jobstore import (ActiveJobLimit, DuplicateIdempotencyKey, JobStore, SeparationJob, new_job_id,
+from musicsplit.gateway.tenancy.auth import Authenticator
+from musicsplit.gateway.storage.cache import make_cache
+from musicsplit.gateway.upstream.canaries import CanaryDirectory
+from musicsplit.gateway.tenancy.callbacks import CallbackDeliverer, check_callback_url
+from musicsplit.gateway.jobs.events import EventBus, make_event_bus
+from musicsplit.gateway.experiments.flags import Choice, Flags
+from musicsplit.gateway.upstream.health import Health
+from musicsplit.gateway.api.ingress import UploadedFile
+from musicsplit.gateway.jobs.intake import take, take_file
+from musicsplit.gateway.jobs.jobqueue import JobQueue, SqlJobQueue
+from musicsplit.gateway.storage.jobstore import (ActiveJobLimit, DuplicateIdempotencyKey, JobStore, SeparationJob, new_job_id,
                                          open_job_store)
 from musicsplit.gateway.notify import Notifier
-from musicsplit.gateway.observations import EXPLICIT_ARM, Observations
-from musicsplit.gateway.passthrough import Slots
-from musicsplit.gateway.quotas import NO_QUOTA, Quotas, SocketSlots, UploadSlots
-from musicsplit.gateway.regions import EndpointPool
-from musicsplit.gateway.result_store import make_result_store
-from musicsplit.gateway.results import Download, ResultStore
-from musicsplit.gateway.runner import JobRunner
+from musicsplit.gateway.jobs.observations import EXPLICIT_ARM, Observations
+from musicsplit.gateway.upstream.passthrough import Slots
+from musicsplit.gateway.tenancy.quotas import NO_QUOTA, Quotas, SocketSlots, UploadSlots
+from musicsplit.gateway.upstream.regions import EndpointPool
+from musicsplit.gateway.storage.result_store import make_result_store
+from musicsplit.gateway.storage.results import Download, ResultStore
+from musicsplit.gateway.jobs.runner import JobRunner
 from musicsplit.gateway.settings import GatewaySettings
-from musicsplit.gateway.shadow import ShadowMirror
-from musicsplit.gateway.tenancy import Caller, ProgressTickets
-from musicsplit.gateway.uploads import Uploads
-from musicsplit.gateway.upstream import Router
+from musicsplit.gateway.upstream.shadow import ShadowMirror
+from musicsplit.gateway.tenancy.callers import Caller, ProgressTickets
+from musicsplit.gateway.jobs.uploads import Uploads
+from musicsplit.gateway.upstream.routing import Router
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("musicsplit.gateway")

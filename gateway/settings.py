@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from musicsplit.gateway.tenants import Quota
+from musicsplit.gateway.tenancy.tenants import Quota
 from musicsplit.validation import InputLimitSettings
 
 
@@ -168,9 +168,9 @@ class GatewaySettings(BaseSettings, InputLimitSettings):
     unleash_app_name: str = "musicsplit-gateway"
     unleash_environment: str = "default"
     unleash_refresh_s: int = 15
-    flags_bootstrap: Path | None = None  # default: gateway/flags_bootstrap.json
+    flags_bootstrap: Path | None = None  # default: gateway/experiments/flags_bootstrap.json
 
-    # Shadow traffic (gateway/shadow.py, ADR 0108): while a model has a canary step, a sample of
+    # Shadow traffic (gateway/upstream/shadow.py, ADR 0108): while a model has a canary step, a sample of
     # users' successful separations (v2 requests, job chunks) is sent again to the canary, never
     # answered to anyone, and its stems compared with the stable ones the user got. Which model has
     # a canary, and where: SeparationModels' status.shadow in `shadow_namespace`, read through the

@@ -22,10 +22,10 @@ import uvicorn
 import yaml
 
 from musicsplit.gateway.app import create_app
-from musicsplit.gateway.auth import key_hash
-from musicsplit.gateway.database import database_url
-from musicsplit.gateway.jobstore import SeparationJob, SqlJobStore, open_job_store
-from musicsplit.gateway.serving import uvicorn_config
+from musicsplit.gateway.tenancy.auth import key_hash
+from musicsplit.gateway.storage.database import database_url
+from musicsplit.gateway.storage.jobstore import SeparationJob, SqlJobStore, open_job_store
+from musicsplit.gateway.api.serving import uvicorn_config
 from musicsplit.gateway.settings import Endpoint, GatewaySettings
 from musicsplit.localstack import free_port
 from tests.fixtures.redis import RedisServer

@@ -18,9 +18,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from prometheus_client import REGISTRY
 
-from musicsplit.gateway.auth import Authenticator, key_hash
+from musicsplit.gateway.tenancy.auth import Authenticator, key_hash
 from musicsplit.gateway.settings import GatewaySettings
-from musicsplit.gateway.tenants import TenantsFileError, load_tenants
+from musicsplit.gateway.tenancy.tenants import TenantsFileError, load_tenants
 
 from .conftest import GatewayThread, bearer, make_settings, tenants_file, tone, wav_bytes
 

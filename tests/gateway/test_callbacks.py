@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 from prometheus_client import REGISTRY
 
-from musicsplit.gateway.callbacks import callbacks, is_public, sign
+from musicsplit.gateway.tenancy.callbacks import callbacks, is_public, sign
 from musicsplit.localstack import free_port, wait_until
 
 from .conftest import GatewayThread, _read, bearer, make_settings, tenants_file, tone, wait_job, wav_bytes
@@ -151,9 +151,9 @@ def test_the_signature_is_hmac_sha256_of_timestamp_and_body():
 async def test_one_broken_delivery_is_counted_and_fails_alone(tmp_path):
     """A delivery that fails in an unforeseen way (here a job row whose view cannot be built) is a
     failed try of its own, retried and then failed; the other deliveries of its round go out."""
-    from musicsplit.gateway.callbacks import CallbackDeliverer
-    from musicsplit.gateway.jobstore import SqlJobStore
-    from musicsplit.gateway.tenants import Tenant
+    from musicsplit.gateway.tenancy.callbacks import CallbackDeliverer
+    from musicsplit.gateway.storage.jobstore import SqlJobStore
+    from musicsplit.gateway.tenancy.tenants import Tenant
 
     settings = make_settings(tmp_path, [], callback_allow_private=True, callback_max_attempts=3,
                              callback_retry_initial_s=0.0, callback_retry_max_wait_s=0.0)
@@ -184,8 +184,8 @@ async def test_one_broken_delivery_is_counted_and_fails_alone(tmp_path):
 
 
 async def test_a_job_and_its_callback_are_stored_together_or_not_at_all(tmp_path):
-    from musicsplit.gateway.jobstore import SqlJobStore
-    from musicsplit.gateway.schema import jobs
+    from musicsplit.gateway.storage.jobstore import SqlJobStore
+    from musicsplit.gateway.storage.schema import jobs
 
     store = await SqlJobStore.open(f"sqlite+aiosqlite:///{tmp_path / 'jobs.sqlite3'}")
     try:

@@ -286,7 +286,7 @@ def test_a_retryable_refusal_is_read_by_the_client_on_a_connection_that_stays_op
 
 async def test_refusals_that_drain_their_bodies_are_bounded_in_number():
     """Past max_drains refusals reading the rest of their bodies at once, a refusal closes instead."""
-    from musicsplit.gateway.ingress import BodyLimit
+    from musicsplit.gateway.api.ingress import BodyLimit
 
     async def refuse(scope, receive, send):
         await send({"type": "http.response.start", "status": 429, "headers": [(b"retry-after", b"1")]})

@@ -8,8 +8,8 @@ import asyncio
 
 import pytest
 
-from musicsplit.gateway.jobqueue import ChunkPlan, SqlJobQueue
-from musicsplit.gateway.jobstore import SqlJobStore
+from musicsplit.gateway.jobs.jobqueue import ChunkPlan, SqlJobQueue
+from musicsplit.gateway.storage.jobstore import SqlJobStore
 
 
 @pytest.fixture

@@ -60,8 +60,8 @@ def test_job_survives_a_gateway_killed_mid_job(baseline_url, tmp_path):
 
 
 async def _stored_job(data_dir, job_id):
-    from musicsplit.gateway.database import database_url
-    from musicsplit.gateway.jobstore import SqlJobStore
+    from musicsplit.gateway.storage.database import database_url
+    from musicsplit.gateway.storage.jobstore import SqlJobStore
 
     store = await SqlJobStore.open(database_url(f"sqlite:///{data_dir / 'jobs.sqlite3'}"))
     try:
@@ -90,9 +90,9 @@ def test_a_job_run_again_never_writes_into_stem_files_it_shares(baseline_url, tm
     import hashlib
     import os
 
-    from musicsplit.gateway.intake import take
-    from musicsplit.gateway.jobstore import open_job_store
-    from musicsplit.gateway.results_local import LocalResultStore
+    from musicsplit.gateway.jobs.intake import take
+    from musicsplit.gateway.storage.jobstore import open_job_store
+    from musicsplit.gateway.storage.results_local import LocalResultStore
 
     from .conftest import GatewayThread, make_settings
 

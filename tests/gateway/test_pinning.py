@@ -13,7 +13,7 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
-from musicsplit.gateway.canaries import version_urls_from
+from musicsplit.gateway.upstream.canaries import version_urls_from
 from musicsplit.localstack import start_predictor
 from musicsplit.v2client import V2Client
 from tests.fixtures.recorder import HOP_BY_HOP, Recorder

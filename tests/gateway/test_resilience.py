@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from musicsplit.gateway.resilience import CircuitBreaker, CircuitOpen
+from musicsplit.gateway.upstream.resilience import CircuitBreaker, CircuitOpen
 from musicsplit.v2client import V2Client
 from musicsplit.localstack import start_predictor
 
@@ -315,8 +315,8 @@ def test_breaker_trial_is_released_when_the_call_is_cancelled_or_crashes():
 
 @pytest.mark.parametrize("exc", [ValueError("malformed answer"), asyncio.CancelledError()])
 def test_router_never_leaves_a_half_open_trial_taken(exc, tmp_path):
-    from musicsplit.gateway.regions import EndpointPool
-    from musicsplit.gateway.upstream import Router
+    from musicsplit.gateway.upstream.regions import EndpointPool
+    from musicsplit.gateway.upstream.routing import Router
 
     from .conftest import make_settings
 

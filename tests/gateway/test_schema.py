@@ -8,7 +8,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from musicsplit.gateway.schema import metadata
+from musicsplit.gateway.storage.schema import metadata
 
 
 # SQLite's reflection cannot see the COALESCE index; PostgreSQL's run compares it.

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from musicsplit.gateway.canaries import Canary, CanaryDirectory, canaries_from
+from musicsplit.gateway.upstream.canaries import Canary, CanaryDirectory, canaries_from
 from musicsplit.gateway.settings import GatewaySettings
-from musicsplit.gateway.shadow import AGREEMENT_CAP_DB, ShadowMirror, agreement_db, agreements
+from musicsplit.gateway.upstream.shadow import AGREEMENT_CAP_DB, ShadowMirror, agreement_db, agreements
 from musicsplit.localstack import start_predictor, wait_until
 from musicsplit.v2client import SOURCE_HEADER, V2Client, encode_request
 from tests.fixtures.recorder import Recorder

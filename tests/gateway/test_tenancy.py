@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from musicsplit.gateway.tenancy import Caller
+from musicsplit.gateway.tenancy.callers import Caller
 from musicsplit.localstack import wait_until
 
 from .conftest import GatewayThread, bearer, make_settings, tenants_file, tone, wait_job, wav_bytes
