@@ -270,14 +270,14 @@ class ChunkedSeparation:
                         # Until the first answer pins the job, one chunk at a time: the others then
                         # go to the pinned version (its own URL, where published) instead of meeting
                         # the other side of a canary split.
-                        async with self._pinning if self.pin is None else contextlib.nullcontext():
-                            pin = self.pin
-                            routed = await self.router.separate(
-                                pin.model if pin else self.job.model, samples, info.sample_rate,
-                                stems=params.get("stems"), shifts=params.get("shifts"),
-                                fallback=None if pin else self.fallback, version=pin.version if pin else None)
-                            if self.pin is None:
-                                self.pin = _served(routed)
+                        routed = None
+                        if self.pin is None:
+                            async with self._pinning:
+                                if self.pin is None:  # still: this chunk's answer pins the job
+                                    routed = await self._route(samples, info.sample_rate)
+                                    self.pin = _served(routed)
+                        if routed is None:
+                            routed = await self._route(samples, info.sample_rate)
                     except UpstreamUnavailable as exc:
                         # Only this chunk waits and tries again; the chunks already done stay done.
                         metrics.CHUNKS.labels(model=self.job.model, outcome="retried").inc()
@@ -328,6 +328,15 @@ class ChunkedSeparation:
             self.finished.add(chunk.index)
             await self.lease.checkpoint(chunk.index, meta, len(self.finished), total)
         return chunk, stems, meta
+
+    async def _route(self, samples: np.ndarray, sample_rate: int) -> Routed:
+        """One chunk to the pinned model and version (their own URL first), or, before the pin, to
+        the job's model (its fallback allowed)."""
+        pin, params = self.pin, self.job.params
+        return await self.router.separate(
+            pin.model if pin else self.job.model, samples, sample_rate, stems=params.get("stems"),
+            shifts=params.get("shifts"), fallback=None if pin else self.fallback,
+            version=pin.version if pin else None)
 
     def _check_stems(self, chunk: Chunk, source: str, stems: dict[str, np.ndarray]) -> None:
         wanted = self.job.params.get("stems")

@@ -10,10 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
 from musicsplit.gateway.upstream.resilience import CircuitBreaker, CircuitOpen
 from musicsplit.v2client import V2Client
-from musicsplit.localstack import start_predictor
+from musicsplit.localstack import start_predictor, wait_until
 
 from .conftest import free_port, submit, tone, wait_job, wav_bytes
 from .receivers import Receiver
@@ -50,6 +51,12 @@ def test_breaker_opens_half_opens_and_closes():
     assert b.state == "closed" and changes == ["open", "half_open", "open", "half_open", "closed"]
 
 
+def upstream(region: str, outcome: str, model: str = "dsp-baseline") -> float:
+    """This process's count of requests to `region`'s predictors with `outcome` (read by label)."""
+    return REGISTRY.get_sample_value("musicsplit_gateway_upstream_requests_total",
+                                     {"model": model, "region": region, "outcome": outcome}) or 0.0
+
+
 def dead_url() -> str:
     return f"http://127.0.0.1:{free_port()}"  # nothing listens there
 
@@ -59,13 +66,15 @@ def test_region_down_costs_no_request(baseline_url, gateway_factory):
     gw = gateway_factory([("dsp-baseline", dead_url(), "near"), ("dsp-baseline", baseline_url, "far")],
                          region_order=["near", "far"])
     mix = tone(1.0)
+    far = upstream("far", "success")
     with V2Client(gw.url) as client:
         for _ in range(10):
             assert set(client.separate("default", mix, 44100).stems) == {"drums", "bass", "other", "vocals"}
     docs = [wait_job(gw.url, submit(gw.url, wav_bytes(tone(1.0, seed=i))).json()["id"]) for i in range(3)]
     assert all(d["status"] == "succeeded" for d in docs)
+    assert upstream("far", "success") == far + 13, "10 v2 calls and 3 one-chunk jobs, each answered once by far"
     near = next(s for s in gw.service.pool.states if s.region == "near")
-    assert near.breaker.state == "open" or not near.healthy
+    wait_until(lambda: not near.healthy, 10, "the dead region marked unhealthy")
 
 
 def test_failover_when_a_region_dies_under_load(baseline_url, gateway_factory, tmp_path):
@@ -82,11 +91,16 @@ def test_failover_when_a_region_dies_under_load(baseline_url, gateway_factory, t
                 r = client.separate("default", mix, 44100)
             return r.model_version
 
+        near, far = upstream("near", "success"), upstream("far", "success")
         with ThreadPoolExecutor(4) as pool:
             results = list(pool.map(call, range(30)))  # bounded: 30 requests
         assert len(results) == 30 and all(results), "no failed user request"
+        served_near, served_far = upstream("near", "success") - near, upstream("far", "success") - far
+        assert served_near + served_far == 30, "each request answered exactly once"
+        # Of the 22 requests from the kill on, at most 3 had started before it: the rest went far.
+        assert served_far >= 19, (served_near, served_far)
         regions = {s.region: s for s in gw.service.pool.states}
-        assert not regions["near"].healthy or regions["near"].breaker.state != "closed"
+        wait_until(lambda: not regions["near"].healthy, 10, "the dead region marked unhealthy")
     finally:
         near_proc.stop()
 
@@ -107,7 +121,7 @@ def test_predictor_killed_mid_job_completes_on_the_other_replica(gateway_factory
         assert doc["status"] == "succeeded", doc
         assert doc["progress"]["chunks_done"] == doc["progress"]["chunks_total"] == 24
         failed = [s for s in gw.service.pool.states if s.url == a.url][0]
-        assert not failed.healthy or failed.breaker.failures or failed.breaker.state != "closed"
+        wait_until(lambda: not failed.healthy, 10, "the killed replica marked unhealthy")
     finally:
         a.stop()
         b.stop()
@@ -254,12 +268,13 @@ def failing_predictor():
 def test_a_crashing_or_misnamed_replica_fails_over(status, failing_predictor, baseline_url, gateway_factory):
     gw = gateway_factory([("dsp-baseline", failing_predictor(status), "near"), ("dsp-baseline", baseline_url, "far")],
                          region_order=["near", "far"])
+    refused, far = upstream("near", f"http_{status}"), upstream("far", "success")
     r = httpx.post(f"{gw.url}/v2/models/default/infer", timeout=30, content=_v2_body(tone(0.5)))
     assert r.status_code == 200, r.text
     doc = wait_job(gw.url, submit(gw.url, wav_bytes(tone(1.0, seed=91))).json()["id"])
     assert doc["status"] == "succeeded", doc
-    near = next(s for s in gw.service.pool.states if s.region == "near")
-    assert near.breaker.failures > 0 or near.breaker.state != "closed"
+    assert upstream("near", f"http_{status}") > refused, "the near replica was tried and its error seen"
+    assert upstream("far", "success") == far + 2, "then far answered the call and the job's one chunk"
 
 
 @pytest.mark.parametrize("status", [500, 404])
