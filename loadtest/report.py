@@ -167,6 +167,34 @@ def _seed_table(sets: list[tuple[str, dict[str, Run]]]) -> list[str]:
     return lines
 
 
+def _what_failed(sets: list[tuple[str, dict[str, Run]]]) -> list[str]:
+    """What fell short, said first and plainly: every threshold that failed, and at the top of the
+    ramp the share served, refused and failed side by side against the seed's failure figure."""
+    lines = []
+    for label, runs in sets:
+        failed: dict[str, list[str]] = {}
+        for r in runs.values():
+            for name, expr, ok in _thresholds(r):
+                if not ok:
+                    failed.setdefault(f"`{name}` {expr}", []).append(r.name)
+        for threshold, scenarios in failed.items():
+            lines.append(f"- `{label}`: threshold {threshold} **failed** in {', '.join(scenarios)}")
+        ramp = runs.get("ramp")
+        top = [b for b in by_users(ramp) if b.vus > 90] if ramp is not None else []
+        answered = sum((b.ok + b.refused + b.failed) * b.seconds for b in top)
+        if answered:
+            share = {o: sum(getattr(b, o) * b.seconds for b in top) / answered for o in ("ok", "refused", "failed")}
+            lines.append(
+                f"- `{label}` at {SEED['users'] * 2} users: **{share['ok']:.0%} served, {share['refused']:.0%} "
+                f"refused** (429/503 with Retry-After), {share['failed']:.1%} failed, against the seed's "
+                f"{SEED['failure_rate_100_users']:.0%} failures. The seed counted only failures; here a request "
+                "the bounded queue cannot take is refused at once and loses nothing, but its user was not served "
+                "either: the refused share is the demand this stack turned away.")
+    if not lines:
+        return ["Every threshold passed; nothing was refused or failed at the top of a ramp.", ""]
+    return lines + [""]
+
+
 def _cpu_table(runs: list[Run]) -> list[str]:
     """CPU seconds per successful separation and each process's busy share of the run: what
     overload costs, and whether the predictor idled while requests were refused."""
@@ -298,6 +326,7 @@ def write_report(runs_dirs: Path | list[Path], docs: Path, note: str | None = No
     md += ["", "Outcomes: **ok** = separated (a job succeeded and its stem downloaded, or a v2 answer); "
            "**refused** = 429/503 with `Retry-After` (correct under overload); **failed** = anything else. "
            "Latency: upload to stem in hand (jobs), the request (v2). Goodput = ok separations per second.", ""]
+    md += ["## What failed", ""] + _what_failed(sets)
     if any("ramp" in runs for _, runs in sets):
         md += ["## Against the seed's figures", ""] + _seed_table(sets)
         md += ["", "The seed served Demucs on a T4; this stack serves the DSP baseline on a shared CPU, so "

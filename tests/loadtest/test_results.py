@@ -88,3 +88,16 @@ def test_the_report_heads_its_page_with_the_note_on_its_figures(two_levels, tmp_
     assert md[:3] == ["# Load tests", "", f"> **{note}**"]
     assert any(line.startswith("| run |") for line in md)  # the figures the note is about follow it
     assert "> **" not in "\n".join(write_report(tmp_path, tmp_path / "plain").read_text().splitlines()[1:4])
+
+
+def test_the_report_says_first_which_thresholds_failed(two_levels, tmp_path):
+    from musicsplit.loadtest.report import write_report
+
+    summary = json.loads((tmp_path / "run.json").read_text())
+    summary["metrics"] = {"separation_seconds{api:jobs}": {"thresholds": {"p(99)<12": {"ok": False}}},
+                          "separations_failed": {"thresholds": {"count==0": {"ok": True}}}}
+    (tmp_path / "run.json").write_text(json.dumps(summary))
+    md = write_report(tmp_path, tmp_path / "docs").read_text()
+    section = md.split("## What failed\n", 1)[1].split("\n## ", 1)[0]
+    assert f"- `{tmp_path.name}`: threshold `separation_seconds{{api:jobs}}` p(99)<12 **failed** in run" in section
+    assert "separations_failed" not in section, "a threshold that held is not listed as failed"
