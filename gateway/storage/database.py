@@ -9,6 +9,8 @@ take turns (a PostgreSQL advisory lock, SQLite's write lock).
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -65,7 +67,7 @@ def _engine(url: str) -> AsyncEngine:
         # First: switching a new file to WAL waits for a lock another opener (ab-report, a second
         # gateway, one upgrading the schema) may hold.
         cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _switch_to_wal(cursor)
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
@@ -87,3 +89,20 @@ def _upgrade(connection: sa.Connection) -> None:
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
     command.upgrade(config, "head")
+
+
+def _switch_to_wal(cursor, within_s: float = 30.0) -> None:
+    """PRAGMA journal_mode=WAL, tried again while another opener holds the lock: SQLite can answer
+    "database is locked" at once here without calling its busy handler (replicas opening one new
+    file together), so busy_timeout alone does not cover it."""
+    deadline = time.monotonic() + within_s
+    delay = 0.01
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)  # the driver's own thread, not the event loop
+            delay = min(delay * 2, 0.5)
