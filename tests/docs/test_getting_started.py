@@ -304,6 +304,12 @@ def workdir(tmp_path_factory) -> Path:
 def test_the_guide_runs_against_a_real_api_server_chart_and_cli(kube, workdir):
     import helm_python as helm
 
+    from musicsplit.localstack import wait_until
+
+    # kube-apiserver publishes a new CRD's OpenAPI (what `kubectl explain` reads) a
+    # moment after serving it; a cluster the reader installed KServe on long ago has it.
+    wait_until(lambda: kube.kubectl("explain", "inferenceservice", check=False).returncode == 0, 60,
+               "InferenceService in the API server's OpenAPI", interval=0.5)
     failures = []
     with helm.Chart.load(CHART) as chart:
         run_helm = Helm(chart, workdir, kube)
