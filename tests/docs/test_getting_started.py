@@ -9,7 +9,8 @@ files and whatever the guide itself writes there (my-values.yaml, tenants.yaml):
 - `kubectl` against the real kube-apiserver of tests/conftest.py: get, explain
   and auth as written; apply for real when it applies only SeparationModels
   (later commands patch them), else as a server-side dry run, as are create,
-  patch, annotate, label and delete;
+  patch, annotate, label and delete; a tenants file put in a Secret is first
+  loaded as the gateway loads it;
 - `musicsplit`: the real CLI's parser; `curl`: the path and method in the
   gateway's OpenAPI; `docker build`: the Dockerfile and its target stage;
   `scripts/build-images.sh`: the script and each flag in its --help;
@@ -185,6 +186,14 @@ def applied_kinds(args: list[str], stdin: str | None, cwd: Path) -> set[str]:
 
 def kubectl(kube, args: list[str], stdin: str | None, cwd: Path) -> str:
     verb = kubectl_verb(args)
+    for a in args:
+        if a.startswith("--from-file=tenants.yaml="):  # the gateway's tenants file: as the gateway reads it
+            from musicsplit.gateway.tenants import TenantsFileError, load_tenants
+
+            try:
+                load_tenants(cwd / a.split("=", 2)[2])
+            except TenantsFileError as e:
+                raise AssertionError(f"the gateway refuses the guide's tenants file: {e}") from None
     args = [a for a in args if a not in ("-w", "--watch")]
     if verb == "apply" and not any(a.startswith("--dry-run") for a in args):
         if applied_kinds(args, stdin, cwd) != {"SeparationModel"}:
