@@ -11,7 +11,8 @@ files and whatever the guide itself writes there (my-values.yaml, tenants.yaml):
   (later commands patch them), else as a server-side dry run, as are create,
   patch, annotate, label and delete; a tenants file put in a Secret is first
   loaded as the gateway loads it;
-- `musicsplit`: the real CLI's parser; `curl`: the path and method in the
+- `musicsplit`: the real CLI's parser, and `model-manifest` runs (on a small
+  model dir in the layout the guide downloads); `curl`: the path and method in the
   gateway's OpenAPI; `docker build`: the Dockerfile and its target stage;
   `scripts/build-images.sh`: the script and each flag in its --help;
 - plain shell (mkdir, cat > file, printf | sha256sum, python -c, openssl):
@@ -28,11 +29,13 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.fixtures.checkpoints import make_model_dir
 from tests.docs.guide import NEEDS, Command, guide
 from tests.docs.guide import commands as guide_commands
 
@@ -45,6 +48,7 @@ SHELL = {"mkdir", "cat", "echo", "printf", "sha256sum", "cut", "openssl", "pytho
 KUBECTL_AS_WRITTEN = {"get", "explain", "auth", "api-resources", "version"}
 KUBECTL_DRY_RUN = {"create", "patch", "annotate", "label", "delete", "replace", "scale"}
 HELM_RENDERS = {"install", "upgrade", "template"}
+RUN_HERE = {"model-manifest"}  # musicsplit commands that run here (the rest need the cluster's gateway)
 GATEWAY = "http://127.0.0.1:8080"  # the guide's port-forward
 
 
@@ -219,6 +223,12 @@ def musicsplit(args: list[str]) -> None:
     assert not extra or getattr(parsed, "passthrough", False), f"musicsplit: unrecognized arguments {extra}"
 
 
+def run_cli(args: list[str], cwd: Path) -> None:
+    p = subprocess.run([sys.executable, "-m", "musicsplit.cli", *args], cwd=cwd, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, f"musicsplit {' '.join(args)} -> {p.returncode}: {p.stderr.strip()[-800:]}"
+
+
 def curl(args: list[str]) -> None:
     url = next(a for a in args if a.startswith("http"))
     if not url.startswith(GATEWAY):
@@ -319,6 +329,10 @@ def test_the_guide_runs_against_a_real_api_server_chart_and_cli(kube, workdir):
     # moment after serving it; a cluster the reader installed KServe on long ago has it.
     wait_until(lambda: kube.kubectl("explain", "inferenceservice", check=False).returncode == 0, 60,
                "InferenceService in the API server's OpenAPI", interval=0.5)
+    # What the guide downloads (marked `network`): a small model dir in the same
+    # (Hugging Face) layout, made with Demucs' own classes, so `musicsplit
+    # model-manifest` really runs on it.
+    make_model_dir(workdir / "models" / "htdemucs", "htdemucs", layout="hf", manifest=False)
     failures = []
     with helm.Chart.load(CHART) as chart:
         run_helm = Helm(chart, workdir, kube)
@@ -343,6 +357,8 @@ def run(cmd: Command, run_helm: Helm, kube, cwd: Path) -> None:
             stdin = run_helm(args, render=not cmd.needs)
         elif prog == "musicsplit":
             musicsplit(args)
+            if args[0] in RUN_HERE and not cmd.needs:
+                run_cli(args, cwd)
         elif prog == "curl":
             curl(args)
         elif prog == "docker":
