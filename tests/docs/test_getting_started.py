@@ -113,23 +113,22 @@ class Helm:
 
         sub, rest = args[0], args[1:]
         positional, files, sets, namespace, reuse, create_ns = [], [], [], "default", False, False
-        i = 0
-        while i < len(rest):
-            a = rest[i]
+        args = iter(rest)
+        for a in args:
             if a in ("-n", "--namespace"):
-                namespace, i = rest[i + 1], i + 2
+                namespace = next(args)
             elif a in ("-f", "--values"):
-                files.append(rest[i + 1]); i += 2
+                files.append(next(args))
             elif a in ("--set", "--set-string"):
-                sets.append((a, rest[i + 1])); i += 2
+                sets.append((a, next(args)))
             elif a == "--reuse-values":
-                reuse, i = True, i + 1
+                reuse = True
             elif a == "--create-namespace":
-                create_ns, i = True, i + 1
+                create_ns = True
             elif a.startswith("-"):
                 raise AssertionError(f"helm flag {a} is not one the test knows: teach it")
             else:
-                positional.append(a); i += 1
+                positional.append(a)
         assert len(positional) == 2, f"helm {sub} takes a release and a chart, got {positional}"
         release, chart_path = positional
         assert (self.cwd / chart_path).resolve() == CHART.resolve(), f"{chart_path} is not this repository's chart"
