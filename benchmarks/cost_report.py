@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from musicsplit.gateway.chunking import plan_chunks  # noqa: E402
+from musicsplit.gateway.jobs.chunking import plan_chunks  # noqa: E402
 from musicsplit.predictor.cost import load_prices, separation_cost  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"

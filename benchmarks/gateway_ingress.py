@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from musicsplit.audio import encode  # noqa: E402
-from musicsplit.gateway.auth import key_hash  # noqa: E402
+from musicsplit.gateway.tenancy.auth import key_hash  # noqa: E402
 from musicsplit.localstack import start_gateway, start_predictor  # noqa: E402
 from musicsplit.v2client import encode_request  # noqa: E402
 

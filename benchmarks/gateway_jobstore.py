@@ -27,8 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from musicsplit.gateway.database import database_url  # noqa: E402
-from musicsplit.gateway.jobstore import SqlJobStore  # noqa: E402
+from musicsplit.gateway.storage.database import database_url  # noqa: E402
+from musicsplit.gateway.storage.jobstore import SqlJobStore  # noqa: E402
 
 
 async def lifecycle_async(store: SqlJobStore, chunks: int) -> float:

@@ -31,7 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from musicsplit.gateway.shadow import agreements  # noqa: E402
+from musicsplit.gateway.upstream.shadow import agreements  # noqa: E402
 from musicsplit.golden import golden_set  # noqa: E402
 from musicsplit.localstack import start_gateway, start_predictor  # noqa: E402
 from musicsplit.v2client import V2Client, decode_response, encode_request  # noqa: E402

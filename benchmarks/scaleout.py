@@ -43,7 +43,7 @@ from websockets.sync.client import connect
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from musicsplit.gateway.chunking import plan_chunks  # noqa: E402
+from musicsplit.gateway.jobs.chunking import plan_chunks  # noqa: E402
 from musicsplit.golden import golden_set  # noqa: E402
 from musicsplit.localstack import start_gateway, start_predictor  # noqa: E402
 from musicsplit.loadtest.stack import cpu_seconds  # noqa: E402

@@ -1,4 +1,4 @@
-"""The gateway's FastAPI app: the routers (routers/), error mapping, tracing, body limit, metrics port,
+"""The gateway's FastAPI app: the routers (api/routers/), error mapping, tracing, body limit, metrics port,
 the OpenAPI document.
 
 Every response about a separation says the model, version and arm (in the
@@ -25,11 +25,11 @@ from starlette.requests import ClientDisconnect
 
 from musicsplit.errors import MusicsplitError, http_payload
 from musicsplit.gateway import metrics
-from musicsplit.gateway.auth import Authenticator
-from musicsplit.gateway.ingress import FORM_OVERHEAD_BYTES, BodyLimit
+from musicsplit.gateway.tenancy.auth import Authenticator
+from musicsplit.gateway.api.ingress import FORM_OVERHEAD_BYTES, BodyLimit
 from musicsplit.gateway.notify import report
-from musicsplit.gateway.routers import operations, separations, ui, uploads, v2
-from musicsplit.gateway.schemas import DESCRIPTION, MALFORMED, TAGS, ErrorBody
+from musicsplit.gateway.api.routers import AREAS, ui
+from musicsplit.gateway.api.schemas import DESCRIPTION, MALFORMED, TAGS, ErrorBody
 from musicsplit.gateway.service import SeparationService
 from musicsplit.gateway.settings import GatewaySettings
 from musicsplit.telemetry import extract
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 tracer = trace.get_tracer("musicsplit.gateway")
 
 
-HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 408: "request_timeout", 413: "payload_too_large"}
 
 
 def create_app(settings: GatewaySettings | None = None, service: SeparationService | None = None) -> FastAPI:
@@ -66,9 +66,9 @@ def create_app(settings: GatewaySettings | None = None, service: SeparationServi
     app = FastAPI(title="musicsplit gateway", version="1.0.0", description=DESCRIPTION, lifespan=lifespan,
                   openapi_tags=TAGS)
     app.state.settings = settings
-    for area in (separations, uploads, v2, operations):
+    for area in AREAS:
         app.include_router(area.router)
-    ui.install(app)  # the web page at /ui and the API it uses (routers/ui.py)
+    ui.install(app)  # the web page at /ui and the API it uses (api/routers/ui.py)
 
     @app.exception_handler(MusicsplitError)
     async def _musicsplit_error(request: Request, exc: MusicsplitError):
@@ -123,7 +123,8 @@ def create_app(settings: GatewaySettings | None = None, service: SeparationServi
             return response
 
     # Outermost: a body is counted (and refused) before anything else reads it.
-    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes + FORM_OVERHEAD_BYTES)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes + FORM_OVERHEAD_BYTES,
+                       max_drains=settings.max_refusal_drains, body_timeout_s=settings.body_timeout_s)
 
     def openapi() -> dict:
         if app.openapi_schema is None:

@@ -23,6 +23,7 @@ def serve(args) -> int:
 
     from musicsplit.gateway.app import create_app
     from musicsplit.gateway.notify import init_sentry
+    from musicsplit.gateway.api.serving import uvicorn_config
     from musicsplit.gateway.settings import GatewaySettings
     from musicsplit.telemetry import setup_tracing
 
@@ -41,8 +42,7 @@ def serve(args) -> int:
     except ValueError as exc:  # a bad tenants file or OIDC setting: say what, not a traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", ws="websockets-sansio",
-                timeout_keep_alive=settings.keepalive_s)
+    uvicorn.Server(uvicorn_config(app, settings)).run()
     return 0
 
 
@@ -50,9 +50,9 @@ def ab_report(args) -> int:
     import asyncio
     import time
 
-    from musicsplit.gateway.abtest import report
-    from musicsplit.gateway.database import database_url, settings_database_url
-    from musicsplit.gateway.jobstore import SqlJobStore
+    from musicsplit.gateway.experiments.abtest import report
+    from musicsplit.gateway.storage.database import database_url, settings_database_url
+    from musicsplit.gateway.storage.jobstore import SqlJobStore
     from musicsplit.gateway.settings import GatewaySettings
 
     if args.db:  # a URL, or the path of a SQLite file

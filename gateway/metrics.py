@@ -66,7 +66,7 @@ CALLBACKS = Counter(f"{PREFIX}_callbacks_total", "Completion callback attempts, 
 SHADOW_REQUESTS = Counter(f"{PREFIX}_shadow_requests_total",
                           "Separations mirrored to a canary (shadow traffic), by outcome: compared, "
                           "skipped (sampled while the concurrency bound was full), failed", ["model", "outcome"])
-# SDR of the canary's stems against the stable's, within 0..100 dB (gateway/shadow.py says why).
+# SDR of the canary's stems against the stable's, within 0..100 dB (gateway/upstream/shadow.py says why).
 SHADOW_AGREEMENT = Histogram(f"{PREFIX}_shadow_agreement_db",
                              "Per-stem SDR (dB) of a canary's answer to a mirrored user request against the "
                              "stable answer the user got; model_namespace: the SeparationModels' namespace",

@@ -29,29 +29,31 @@ from starlette.requests import HTTPConnection
 from musicsplit.audio import ENCODINGS
 from musicsplit.errors import BadRequest, Conflict, MusicsplitError, NotFound, Saturated
 from musicsplit.gateway import metrics
-from musicsplit.gateway.auth import Authenticator
-from musicsplit.gateway.cache import make_cache
-from musicsplit.gateway.callbacks import CallbackDeliverer, check_callback_url
-from musicsplit.gateway.events import EventBus, make_event_bus
-from musicsplit.gateway.flags import Choice, Flags
-from musicsplit.gateway.health import Health
-from musicsplit.gateway.ingress import UploadedFile
-from musicsplit.gateway.intake import take, take_file
-from musicsplit.gateway.jobqueue import JobQueue, SqlJobQueue
-from musicsplit.gateway.jobstore import (ActiveJobLimit, DuplicateIdempotencyKey, JobStore, SeparationJob, new_job_id,
+from musicsplit.gateway.tenancy.auth import Authenticator
+from musicsplit.gateway.storage.cache import make_cache
+from musicsplit.gateway.upstream.canaries import CanaryDirectory
+from musicsplit.gateway.tenancy.callbacks import CallbackDeliverer, check_callback_url
+from musicsplit.gateway.jobs.events import EventBus, make_event_bus
+from musicsplit.gateway.experiments.flags import Choice, Flags
+from musicsplit.gateway.upstream.health import Health
+from musicsplit.gateway.api.ingress import UploadedFile
+from musicsplit.gateway.jobs.intake import take, take_file
+from musicsplit.gateway.jobs.jobqueue import JobQueue, SqlJobQueue
+from musicsplit.gateway.storage.jobstore import (ActiveJobLimit, DuplicateIdempotencyKey, JobStore, SeparationJob, new_job_id,
                                          open_job_store)
 from musicsplit.gateway.notify import Notifier
-from musicsplit.gateway.observations import EXPLICIT_ARM, Observations
-from musicsplit.gateway.passthrough import Slots
-from musicsplit.gateway.quotas import Quotas
-from musicsplit.gateway.regions import EndpointPool
-from musicsplit.gateway.results import Download, ResultStore, make_result_store
-from musicsplit.gateway.runner import JobRunner
+from musicsplit.gateway.jobs.observations import EXPLICIT_ARM, Observations
+from musicsplit.gateway.upstream.passthrough import Slots
+from musicsplit.gateway.tenancy.quotas import NO_QUOTA, Quotas, SocketSlots, UploadSlots
+from musicsplit.gateway.upstream.regions import EndpointPool
+from musicsplit.gateway.storage.result_store import make_result_store
+from musicsplit.gateway.storage.results import Download, ResultStore
+from musicsplit.gateway.jobs.runner import JobRunner
 from musicsplit.gateway.settings import GatewaySettings
-from musicsplit.gateway.shadow import ShadowMirror
-from musicsplit.gateway.tenancy import Caller, ProgressTickets
-from musicsplit.gateway.uploads import Uploads
-from musicsplit.gateway.upstream import Router
+from musicsplit.gateway.upstream.shadow import ShadowMirror
+from musicsplit.gateway.tenancy.callers import Caller, ProgressTickets
+from musicsplit.gateway.jobs.uploads import Uploads
+from musicsplit.gateway.upstream.routing import Router
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("musicsplit.gateway")
@@ -87,6 +89,8 @@ class SeparationService:
         self.limits = settings.limits()
         self.auth = auth or Authenticator(settings)
         self.v2_slots = Slots(settings.v2_max_concurrent)
+        self.upload_slots = UploadSlots(settings.max_uploads_per_tenant)
+        self.socket_slots = SocketSlots(settings.max_progress_sockets_per_tenant, settings.max_progress_sockets_per_job)
         self.notifier = Notifier(settings)
         self.pool = EndpointPool(settings.endpoints, settings.region_order, failures=settings.breaker_failures,
                                  reset_s=settings.breaker_reset_s, on_breaker_change=self.notifier.breaker_changed,
@@ -98,7 +102,13 @@ class SeparationService:
         self.results: ResultStore = make_result_store(settings)
         self.uploads = Uploads(self.results, settings.max_upload_bytes)
         self.events: EventBus = make_event_bus(settings, self.replica)
-        self.shadow = ShadowMirror(settings)
+        # The SeparationModels' status: canaries for shadow traffic, per-version URLs for pinning.
+        self.directory = (CanaryDirectory(settings.shadow_namespace, settings.shadow_refresh_s,
+                                          settings.shadow_kubeconfig)
+                          if settings.shadow_enabled or settings.pin_versions else None)
+        self.shadow = ShadowMirror(settings, directory=self.directory)
+        if self.directory is not None and settings.pin_versions:
+            self.pool.version_url = self.directory.version_url
         self.store: JobStore
         self.queue: JobQueue
         self.observations: Observations
@@ -116,7 +126,8 @@ class SeparationService:
         queue = SqlJobQueue(self.store.engine)
         self.queue = queue
         engine = self.store.engine  # quotas, callbacks and tickets keep their rows in the job store's database
-        self.quotas = Quotas(engine, self.auth.tenants)
+        # An open gateway (the local demo) has no quota; a tenant the file does not list has the default.
+        self.quotas = Quotas(engine, self.auth.tenants, NO_QUOTA if self.auth.open else self.settings.default_quota)
         self.callbacks = CallbackDeliverer(engine, self.auth.tenants, self.settings)
         self.tickets = ProgressTickets(engine, self.settings.progress_ticket_ttl_s)
         self.observations = Observations(self.store, self.settings.reseparation_window_s,
@@ -129,6 +140,8 @@ class SeparationService:
         await self.events.start()
         self.pool.start(self.settings.health_interval_s)
         await self.shadow.start(self.pool.models())
+        if self.directory is not None:
+            self.directory.start()
         await self.runner.start(sole_replica=queue.dialect == "sqlite")
         self.callbacks.start()
         self.health.start(self.settings.health_interval_s)
@@ -144,6 +157,8 @@ class SeparationService:
         await self.runner.stop()
         await self.callbacks.stop()
         await self.shadow.stop()
+        if self.directory is not None:
+            await self.directory.stop()
         await self.pool.stop()
         await self.router.close()
         await self.cache.close()
@@ -167,6 +182,16 @@ class SeparationService:
             raise BadRequest(f"unknown model {name!r}: use one of {known}")
         self.observations.assigned(choice)
         return choice
+
+    def _check_stems(self, model: str, stems: list[str] | None) -> None:
+        """Refuse stems the model does not produce before the upload is taken (and counted)."""
+        known = self.pool.stems(model)
+        if not stems or known is None:
+            return  # all stems, or the model's not known yet: the predictor checks
+        unknown = sorted(set(stems) - known)
+        if unknown:
+            raise BadRequest(f"model {model} has no stem {', '.join(map(repr, unknown))}: ask for one or more "
+                             f"of {sorted(known)} (comma-separated), or leave stems out for all of them")
 
     def fallback_for(self, caller: Caller) -> str | None:
         return self.flags.fallback_model(caller.flag_user)
@@ -204,6 +229,7 @@ class SeparationService:
             if existing:
                 return existing
         choice = self.resolve(req.model, caller)
+        self._check_stems(choice.model, req.stems)
         if reserve and await self.queue.queued() >= self.settings.max_queued_jobs:
             raise self._queue_full(1)
         intake = await self._intake(upload, upload_id, caller)
@@ -224,7 +250,8 @@ class SeparationService:
                                      idempotency_key=req.idempotency_key, model_version=self.pool.version(choice.model),
                                      job_id=job_id, result={"input_warnings": intake.warnings,
                                                             "audio_seconds": round(intake.seconds, 3)},
-                                     max_active=self.quotas.max_active(caller.tenant))
+                                     max_active=self.quotas.max_active(caller.tenant),
+                                     callback_url=req.callback_url)
         except (DuplicateIdempotencyKey, ActiveJobLimit) as exc:
             await self.results.delete(draft)
             await self.quotas.give_back_audio(caller.tenant, intake.seconds)
@@ -239,8 +266,6 @@ class SeparationService:
             intake.path.unlink(missing_ok=True)
             await asyncio.shield(self._undo_submit(draft, caller.tenant, intake.seconds))
             raise
-        if req.callback_url:  # kept until the job is terminal, however soon that is (callbacks.py)
-            await self.callbacks.register(job.id, caller.tenant, req.callback_url)
         if upload_id:  # used: its job keeps the validated input (a leftover goes with the uploads sweep)
             try:
                 await self.uploads.delete(caller.tenant, upload_id)

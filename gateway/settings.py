@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from musicsplit.gateway.tenancy.tenants import Quota
 from musicsplit.validation import InputLimitSettings
 
 
@@ -35,8 +36,18 @@ class GatewaySettings(BaseSettings, InputLimitSettings):
     # front (load balancers: 60 s), so the client side closes an idle connection first: at
     # uvicorn's default 5 s, an upload sent as the server closes is reset (found by the load test).
     keepalive_s: float = 75.0
+    # Slow clients: a request's headers must be in within header_timeout_s (serving.py), and its body
+    # may pause at most body_timeout_s between reads (ingress.py); 408 and the connection closed.
+    header_timeout_s: float = Field(15.0, gt=0)
+    body_timeout_s: float = Field(30.0, gt=0)
+    # Uploads one tenant may stream into this replica at once; 429 beyond (one tenant's slow uploads
+    # must not take every connection and staging byte).
+    max_uploads_per_tenant: int = Field(8, ge=1)
+    # Progress WebSockets open at once on this replica; 429 at the handshake beyond.
+    max_progress_sockets_per_tenant: int = Field(64, ge=1)
+    max_progress_sockets_per_job: int = Field(4, ge=1)
     metrics_port: int = 9091  # /metrics is served here (same host), never on the API port; 0: not served
-    ui_enabled: bool = True  # the web page at /ui (gateway/ui/, routers/ui.py); its API routes stay either way
+    ui_enabled: bool = True  # the web page at /ui (gateway/ui/, api/routers/ui.py); its API routes stay either way
 
     # Who may call (auth.py). Neither a tenants file nor an OIDC issuer: the gateway is open (the local
     # demo), every caller is the tenant "public", and it says so at start.
@@ -45,6 +56,11 @@ class GatewaySettings(BaseSettings, InputLimitSettings):
     oidc_audience: str | None = None
     oidc_jwks_url: str | None = None
     oidc_tenant_claim: str = "tenant"
+    # The quota of a tenant the tenants file does not list (an OIDC token's tenant claim, with OIDC
+    # alone or beside a file): bounded, so a new tenant cannot take the whole gateway. JSON in the
+    # environment, e.g. MUSICSPLIT_GATEWAY_DEFAULT_QUOTA='{"concurrent_jobs": 4}'. An open gateway
+    # (no credentials at all: the local demo) has no quota.
+    default_quota: Quota = Quota(concurrent_jobs=4, requests_per_minute=300, audio_minutes_per_day=600)
     oidc_jwks_cache_s: int = 300
     progress_ticket_ttl_s: float = 60.0  # a WebSocket progress ticket is good once, for this long
 
@@ -91,6 +107,9 @@ class GatewaySettings(BaseSettings, InputLimitSettings):
     # whose lease expired (its replica died) is taken over by another replica from its last
     # checkpointed chunk. Idle replicas look for queued jobs every queue_poll_s.
     lease_seconds: float = 30.0
+    # A job identical to one running here waits for that one's result (single flight) for up to this
+    # long, then separates on its own.
+    single_flight_wait_s: float = 300.0
     queue_poll_s: float = 1.0
 
     # Jobs: workers per replica (0: this replica serves the API and runs no jobs), a queue bound
@@ -111,8 +130,9 @@ class GatewaySettings(BaseSettings, InputLimitSettings):
     chunk_retries: int = 2  # a chunk whose routed call failed is tried again this often, after Retry-After
     chunk_retry_max_wait_s: float = 15.0
     # A chunk whose predictors all answered 429 (alive, busy with other work) waits for a place, after
-    # Retry-After, for up to this long in all, without using up chunk_retries: an accepted job is not
-    # failed for the platform being busy.
+    # Retry-After, without using up chunk_retries: an accepted job is not failed for the platform being
+    # busy. A job waits so for up to this long in all (its chunks together, other errors in between
+    # included), then fails saying so.
     chunk_saturated_wait_s: float = 600.0
     # A chunk answered by another model version than the job's first chunk (a rollout under way)
     # is sent again this often, the job's version preferred, before the job fails (model_changed).
@@ -127,6 +147,9 @@ class GatewaySettings(BaseSettings, InputLimitSettings):
     # request is chunked, and no chunk is bigger.
     predictor_max_request_bytes: int = 200 * 1024 * 1024
     max_batch_files: int = 32
+    # Refused (429/503) uploads whose rest is read and dropped at once, so clients can read the
+    # refusal (ingress.py); beyond, a refusal closes the connection.
+    max_refusal_drains: int = Field(16, ge=0)
     # v2 pass-through requests in flight per replica (each may hold a spooled body); 429 beyond.
     v2_max_concurrent: int = 8
     # A v2 JSON response up to this size is read to say its model version and quality; a bigger one
@@ -146,16 +169,23 @@ class GatewaySettings(BaseSettings, InputLimitSettings):
     unleash_app_name: str = "musicsplit-gateway"
     unleash_environment: str = "default"
     unleash_refresh_s: int = 15
-    flags_bootstrap: Path | None = None  # default: gateway/flags_bootstrap.json
+    flags_bootstrap: Path | None = None  # default: gateway/experiments/flags_bootstrap.json
 
-    # Shadow traffic (gateway/shadow.py, ADR 0108): while a model has a canary step, a sample of
+    # Shadow traffic (gateway/upstream/shadow.py, ADR 0108): while a model has a canary step, a sample of
     # users' successful separations (v2 requests, job chunks) is sent again to the canary, never
     # answered to anyone, and its stems compared with the stable ones the user got. Which model has
     # a canary, and where: SeparationModels' status.shadow in `shadow_namespace`, read through the
     # Kubernetes API (list on separationmodels.musicsplit.io) every `shadow_refresh_s`.
     shadow_enabled: bool = False
+    # A job's chunks go to the version its first chunk was served by, at the per-version URLs the
+    # SeparationModels' status publishes (canaries.py; read like shadow traffic's, from
+    # shadow_namespace): a long job during a canary split finishes with one version.
+    pin_versions: bool = False
     shadow_sample_rate: float = Field(0.05, ge=0.0, le=1.0)  # share of eligible separations mirrored
     shadow_max_concurrent: int = Field(2, ge=1)  # mirrored calls in flight; beyond, dropped (counted `skipped`)
+    # What one mirror may hold in memory: its request, the user's answer and the canary's. A larger
+    # separation is not mirrored (counted `skipped`): memory for mirrors <= max_concurrent x this.
+    shadow_max_bytes: int = Field(64 * 1024 * 1024, ge=1)
     shadow_namespace: str | None = None  # empty: the gateway's own (in a cluster), else the kubeconfig context's
     shadow_refresh_s: float = Field(10.0, gt=0)
     # Outside a cluster: this kubeconfig (empty: $KUBECONFIG, then ~/.kube/config).
@@ -174,6 +204,12 @@ class GatewaySettings(BaseSettings, InputLimitSettings):
         if value and not (value.startswith("s3://") and value[5:].split("/", 1)[0]):
             raise ValueError(f"storage_url must be empty (the data dir) or s3://bucket[/prefix], not {value!r}")
         return value
+
+    @property
+    def staging_dir(self) -> Path:
+        """Local scratch for bodies being read, validated or compared (uploads, v2 bodies, cache hits):
+        swept of files older than an hour."""
+        return self.data_dir / "staging"
 
     @property
     def db_path(self) -> Path:

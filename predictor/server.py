@@ -141,6 +141,19 @@ def v2_infer_route(dataplane):
     return infer
 
 
+def v2_ready_route(model):
+    """GET /v2/health/ready, the readiness probe's path: ready once the model is.
+    KServe's own answers true as soon as the server runs, so a pod still loading
+    (or failing to load) its weights would be sent traffic."""
+
+    async def ready():
+        if not model.ready:
+            raise model.not_ready_error()
+        return {"ready": True}
+
+    return ready
+
+
 def serve(settings: PredictorSettings, server_kwargs: dict) -> None:
     """Start KServe's ModelServer; the model loads in the background meanwhile."""
     import kserve
@@ -156,6 +169,7 @@ def serve(settings: PredictorSettings, server_kwargs: dict) -> None:
     route = v2_infer_route(server.dataplane)
     app.add_api_route("/v2/models/{model_name}/infer", route, methods=["POST"], tags=["V2"])
     app.add_api_route("/v2/models/{model_name}/versions/{model_version}/infer", route, methods=["POST"], tags=["V2"])
+    app.add_api_route("/v2/health/ready", v2_ready_route(model), methods=["GET"], tags=["V2"])
     # Register before loading so /v2/models/{name}/ready answers 503 (not 404)
     # while the weights load, and a failed load is reported instead of crashing.
     server.register_model(model)

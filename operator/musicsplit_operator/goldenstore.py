@@ -29,6 +29,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from . import egress
 from .goldenset import INVALID, NOT_ALLOWED, UNAVAILABLE, GoldenSetError
 
 log = logging.getLogger(__name__)
@@ -39,15 +40,9 @@ _POLL_S = 0.1
 
 
 def allowed(uri: str, allowlist: list[str]) -> bool:
-    """Under one of the allowlisted prefixes, at a path boundary; no `..` segments
-    (kserve-storage hands file:// paths to the filesystem as they are)."""
-    if any(seg == ".." for seg in uri.split("/")):
-        return False
-    for prefix in allowlist:
-        p = prefix.strip()
-        if p and (uri == p.rstrip("/") or uri.startswith(p if p.endswith("/") else p + "/")):
-            return True
-    return False
+    """Under one of the allowlisted prefixes (egress.py's rule; no `..` segments:
+    kserve-storage hands file:// paths to the filesystem as they are)."""
+    return egress.listed(uri, allowlist)
 
 
 def _files(root: Path):

@@ -1,5 +1,5 @@
-"""kopf handlers: read the SeparationModel and its InferenceService, call the
-pure decision functions, write the result. No rollout state in memory.
+"""kopf handlers: start and stop the operator's workers (kept in kopf's
+memo), and run one reconcile tick per SeparationModel (reconcile.py).
 
 Import this module to register the handlers (`musicsplit serve operator` does).
 """
@@ -9,35 +9,22 @@ from __future__ import annotations
 import logging
 import tempfile
 from contextlib import contextmanager, nullcontext
-from dataclasses import replace
-from datetime import datetime, timezone
 
 import kopf
-from kubernetes import client as k8s
 from kubernetes import config as k8s_config
-from kubernetes.client.exceptions import ApiException
-from pydantic import ValidationError
 
-from . import (analysis, goldenset, metrics, policy, probe, prometheus, registry, reporting, router,
-               scheduler, shadow, webhooks)
+from . import api, goldenset, kserve, metrics, probe, registry, reconcile, reporting, webhooks
 from .goldenstore import GoldenStore
+from .scheduler import ProbeJob
 from .settings import OperatorSettings
-from .spec import GROUP, ISVC_GROUP, ISVC_PLURAL, ISVC_VERSION, PLURAL, VERSION, parse_spec
-from .status import FAILED, set_condition
+from .spec import GROUP, PLURAL, VERSION
 
-ACTION_ANNOTATION = "musicsplit.io/action"
-RESOLVE = "resolve"  # musicsplit.io/action=resolve: ask the registry again now
-REGISTRY_RETRY_S = 30.0  # at least this long between two failed registry resolutions
+# Read once at import: the timer's interval is fixed when the handler registers.
 SETTINGS = OperatorSettings()
-# Started with the operator (configure):
-PROBES: probe.ProbeWorker | None = None
-GOLDEN_STORE: GoldenStore | None = None
-REPORTS: reporting.ReportWorker | None = None  # only with a registry
-HOOKS: webhooks.WebhookWorker | None = None
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, logger, **_) -> None:
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_) -> None:
     settings.persistence.finalizer = "musicsplit.io/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="musicsplit.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -58,278 +45,43 @@ def configure(settings: kopf.OperatorSettings, logger, **_) -> None:
         k8s_config.load_incluster_config()
     except k8s_config.ConfigException:
         k8s_config.load_kube_config()
-    global PROBES, GOLDEN_STORE, REPORTS, HOOKS
-    GOLDEN_STORE = GoldenStore(
-        SETTINGS.golden_cache_dir or tempfile.mkdtemp(prefix="musicsplit-golden-"),
-        allowlist=SETTINGS.golden_storage_allowlist, max_set_bytes=SETTINGS.golden_set_max_bytes,
-        max_cache_bytes=SETTINGS.golden_cache_max_bytes, timeout_s=SETTINGS.golden_fetch_timeout_seconds,
-        ttl_s=SETTINGS.golden_cache_ttl_seconds)
-    PROBES = probe.ProbeWorker(write_worker_fields, workers=SETTINGS.probe_workers,
-                               timeout_s=SETTINGS.probe_timeout_seconds, load_set=load_golden_set)
-    if SETTINGS.mlflow_tracking_uri:
-        REPORTS = reporting.ReportWorker(
-            write_worker_fields, lambda: registry.client(SETTINGS.mlflow_tracking_uri, SETTINGS.mlflow_timeout_seconds),
-            prometheus_timeout_s=SETTINGS.prometheus_timeout_seconds)
-    HOOKS = webhooks.WebhookWorker(write_worker_fields, workers=SETTINGS.webhook_workers,
-                                   allowlist=SETTINGS.webhook_url_allowlist)
+    s = SETTINGS
+    op = reconcile.Operator(settings=s)
+    op.kserve, how = kserve.detect(s.kserve_api)
+    logger.info("KServe: %s", how)
+    op.golden_store = GoldenStore(
+        s.golden_cache_dir or tempfile.mkdtemp(prefix="musicsplit-golden-"),
+        allowlist=s.golden_storage_allowlist, max_set_bytes=s.golden_set_max_bytes,
+        max_cache_bytes=s.golden_cache_max_bytes, timeout_s=s.golden_fetch_timeout_seconds,
+        ttl_s=s.golden_cache_ttl_seconds)
+    op.probes = probe.ProbeWorker(api.write_worker_fields, workers=s.probe_workers, timeout_s=s.probe_timeout_seconds,
+                                  load_set=lambda job: load_golden_set(job, op.golden_store, s.golden_set_max_seconds))
+    if s.mlflow_tracking_uri:
+        registry.preload()
+        op.reports = reporting.ReportWorker(
+            api.write_worker_fields, lambda: registry.client(s.mlflow_tracking_uri, s.mlflow_timeout_seconds),
+            prometheus_timeout_s=s.prometheus_timeout_seconds)
+    op.hooks = webhooks.WebhookWorker(api.write_worker_fields, workers=s.webhook_workers, rule=op.webhook_rule())
+    memo.operator = op
     logger.info("musicsplit operator: tick %.1fs, %d golden-set probe workers, %d webhook workers",
-                SETTINGS.tick_seconds, SETTINGS.probe_workers, SETTINGS.webhook_workers)
+                s.tick_seconds, s.probe_workers, s.webhook_workers)
 
 
 @kopf.on.cleanup()
-def stop_workers(**_) -> None:
-    for worker in (PROBES, REPORTS, HOOKS):
-        if worker is not None:
-            worker.shutdown()
-
-
-def read_configmap(namespace: str, name: str) -> tuple[dict | None, dict | None]:
-    """A golden set's ConfigMap (binaryData, data); errors say what to fix, never what it holds."""
-    where = f"ConfigMap {namespace}/{name}"
-    try:
-        cm = k8s.CoreV1Api().read_namespaced_config_map(name, namespace)
-    except ApiException as e:
-        if e.status == 404:
-            raise goldenset.GoldenSetError(f"{where} (spec.analysis.goldenSet.configMap) not found",
-                                           goldenset.UNAVAILABLE) from None
-        if e.status == 403:
-            raise goldenset.GoldenSetError(f"the operator may not read {where} (its RBAC: get configmaps)",
-                                           goldenset.UNAVAILABLE) from None
-        raise goldenset.GoldenSetError(f"{where}: HTTP {e.status} from the Kubernetes API",
-                                       goldenset.UNAVAILABLE) from None
-    except Exception as e:  # noqa: BLE001 - connection errors: the set is unavailable for now
-        raise goldenset.GoldenSetError(f"{where}: {type(e).__name__} reading it", goldenset.UNAVAILABLE) from None
-    return cm.binary_data, cm.data
+def stop_workers(memo: kopf.Memo, **_) -> None:
+    op = getattr(memo, "operator", None)
+    for worker in op.workers() if op is not None else ():
+        worker.shutdown()
 
 
 @contextmanager
-def load_golden_set(job: scheduler.ProbeJob):
+def load_golden_set(job: ProbeJob, store: GoldenStore | None, max_seconds: float):
     """The probe job's golden set, its fetched files kept until the job ends."""
-    with (GOLDEN_STORE.pinned() if GOLDEN_STORE is not None else nullcontext(None)) as fetch:
-        yield goldenset.load(job.golden_set, job.namespace, read_configmap=read_configmap, fetch=fetch,
-                             max_seconds=SETTINGS.golden_set_max_seconds)
+    with (store.pinned() if store is not None else nullcontext(None)) as fetch:
+        yield goldenset.load(job.golden_set, job.namespace, read_configmap=api.read_configmap, fetch=fetch,
+                             max_seconds=max_seconds)
 
 
-def _api() -> k8s.CustomObjectsApi:
-    return k8s.CustomObjectsApi()
-
-
-def get_isvc(namespace: str, name: str) -> dict | None:
-    try:
-        return _api().get_namespaced_custom_object(ISVC_GROUP, ISVC_VERSION, namespace, ISVC_PLURAL, name)
-    except ApiException as e:
-        if e.status == 404:
-            return None
-        raise
-
-
-def write_route(body, name: str, namespace: str, spec, route: router.Route, create: bool) -> None:
-    if create:
-        isvc = router.inference_service(name, namespace, spec, route)
-        kopf.adopt(isvc, owner=body)  # ownerReferences: deleting the SeparationModel deletes it
-        try:
-            _api().create_namespaced_custom_object(ISVC_GROUP, ISVC_VERSION, namespace, ISVC_PLURAL, isvc)
-            return
-        except ApiException as e:
-            if e.status != 409:  # created meanwhile: fall through to patch it
-                raise
-    _api().patch_namespaced_custom_object(
-        ISVC_GROUP, ISVC_VERSION, namespace, ISVC_PLURAL, name, router.patch(name, spec, route),
-        _content_type="application/merge-patch+json")
-
-
-def write_worker_fields(namespace: str, name: str, fields: dict) -> None:
-    """A background worker's write (the probe's results, the registry
-    reporter's state, webhook answers): its own keys only, so a tick's status
-    patch (which carries them unchanged) and this one never undo each other."""
-    try:
-        _api().patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": fields},
-                                                     _content_type="application/merge-patch+json")
-    except ApiException as e:
-        if e.status != 404:  # deleted meanwhile: nothing to record
-            raise
-
-
-def _status_patch(old: dict, new: dict) -> dict:
-    """A merge patch from `old` to `new`: changed keys only (keys gone from `new`
-    are deleted), so a tick that decides nothing writes nothing."""
-    out = {k: None for k in old if k not in new}
-    out.update({k: v for k, v in new.items() if old.get(k) != v})
-    return out
-
-
-def _forget(namespace: str, name: str) -> None:
-    metrics.forget(namespace, name)
-    for worker in (PROBES, REPORTS, HOOKS):
-        if worker is not None:
-            worker.forget(namespace, name)
-
-
-def _webhooks_condition(sm, conditions: list[dict], now, generation) -> list[dict]:
-    """WebhooksConfigured: whether the operator may call every hook's URL."""
-    if not sm.analysis.webhooks:
-        return conditions
-    refused = [h.name for h in sm.analysis.webhooks if not webhooks.allowed(h.url, SETTINGS.webhook_url_allowlist)]
-    why = (f"webhooks {', '.join(refused)} name URLs outside the operator's allowlist "
-           "(MUSICSPLIT_OPERATOR_WEBHOOK_URL_ALLOWLIST): they are never called, so their gates stay closed and "
-           "their checks hold" if refused else "the operator may call every webhook's URL")
-    return set_condition(conditions, "WebhooksConfigured", not refused,
-                         "WebhookUrlNotAllowed" if refused else "Configured", why, now, generation)
-
-
-def _resolve_release(sm, old: dict, now: datetime, generation, action, body):
-    """spec.model with an mlflow:// reference resolved (registry.py): the spec
-    to roll out, or None while nothing is resolved, and status.registry."""
-    res = registry.resolve_for_tick(
-        sm.model, old.get("registry"), now, generation=generation, tracking_uri=SETTINGS.mlflow_tracking_uri,
-        timeout_s=SETTINGS.mlflow_timeout_seconds, retry_s=max(sm.rollout.interval_s, REGISTRY_RETRY_S),
-        force=action == RESOLVE)
-    was = next((c for c in old.get("conditions") or [] if c.get("type") == "RegistryResolved"), {})
-    if not res.ok and was.get("message") != res.message:
-        kopf.warn(body, reason=res.reason, message=res.message)
-    effective = sm.model_copy(update={"model": res.model}) if res.model is not None else None
-    return effective, res
-
-
-def _registry_status(new: dict, res, now: datetime, generation) -> None:
-    if res is None:  # no registry reference (any more)
-        new.pop("registry", None)
-        new["conditions"] = [c for c in new.get("conditions") or [] if c.get("type") != "RegistryResolved"]
-        return
-    new["registry"] = res.status
-    new["conditions"] = set_condition(new.get("conditions") or [], "RegistryResolved", res.ok, res.reason,
-                                      res.message, now, generation)
-
-
-@kopf.timer(GROUP, VERSION, PLURAL, interval=SETTINGS.tick_seconds, initial_delay=0.0, sharp=False)
-def reconcile(body, name, namespace, patch, logger, **_) -> None:
-    # Read the object fresh rather than from the watch stream: the previous tick's
-    # status patch may not have come back through the watch yet, and deciding on
-    # a stale status would repeat its decision (and its Events).
-    try:
-        fresh = _api().get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-    except ApiException as e:
-        if e.status == 404:
-            _forget(namespace, name)
-            return
-        raise
-    spec, status, meta = fresh.get("spec") or {}, fresh.get("status") or {}, fresh.get("metadata") or {}
-    if meta.get("deletionTimestamp"):
-        _forget(namespace, name)
-        return  # being deleted: the garbage collector takes the InferenceService
-    now = datetime.now(timezone.utc)
-    old = dict(status or {})
-    generation = meta.get("generation")
-    action = (meta.get("annotations") or {}).get(ACTION_ANNOTATION)
-
-    try:
-        sm = parse_spec(dict(spec))
-    except ValidationError as e:
-        msg = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-        new = dict(old, phase=FAILED, message=f"invalid spec: {msg}", observedGeneration=generation)
-        new["conditions"] = set_condition(old.get("conditions") or [], "SpecValid", False, "InvalidSpec",
-                                                  msg, now, generation)
-        if old.get("message") != new["message"]:
-            kopf.warn(body, reason="InvalidSpec", message=msg)
-        patch.status.update(_status_patch(old, new))
-        metrics.record(namespace, name, old, new)
-        return
-
-    res = None
-    if sm.model.from_registry:
-        sm, res = _resolve_release(sm, old, now, generation, action, body)
-        if sm is None:  # nothing resolved yet: nothing to deploy or roll out
-            new = dict(old, observedGeneration=generation, message=f"waiting for the model registry: {res.message}")
-            _registry_status(new, res, now, generation)
-            patch.status.update(_status_patch(old, new))
-            if action:
-                patch.metadata.setdefault("annotations", {})[ACTION_ANNOTATION] = None
-            return
-    ref = sm.analysis.golden_set.ref
-    isvc = get_isvc(namespace, name)
-    obs = router.observe(isvc)
-    plan = scheduler.schedule(sm, old, obs, now, generation=generation, action=action)
-    route, events, create = plan.route, list(plan.events), plan.create
-    new = plan.status
-    if plan.verdict:  # judged by the scheduler from status alone (the pre-rollout hooks)
-        metrics.analysed(namespace, name, plan.verdict)
-    prometheus_url, why = prometheus.resolve_url(sm.analysis.prometheus_url, SETTINGS.prometheus_url,
-                                                 SETTINGS.prometheus_url_allowlist)
-    new["conditions"] = set_condition(new.get("conditions") or [], "AnalysisConfigured", prometheus_url is not None,
-                                      "Configured" if prometheus_url else prometheus.NOT_ALLOWED, why, now,
-                                      generation)
-    if plan.analyze:
-        # The tick only reads the golden-set results the probe worker wrote to
-        # status; it never waits for a probe.
-        if prometheus_url is None:
-            m = analysis.Measurements(prometheus_error=why, prometheus_reason=prometheus.NOT_ALLOWED)
-        else:
-            m = prometheus.measure(
-                prometheus_url=prometheus_url, model=name, namespace=namespace,
-                namespace_label=SETTINGS.namespace_label, canary_version=new["canaryVersion"],
-                stable_version=new.get("stableVersion"), window_s=sm.window_s(),
-                timeout_s=SETTINGS.prometheus_timeout_seconds)
-        if sm.analysis.golden_set.enabled:
-            m = replace(m, **analysis.golden_measurements(new, ref))
-        mirrored = shadow.required(sm, new)
-        if mirrored and prometheus_url is not None and not m.prometheus_error:
-            m = replace(m, **shadow.measure(
-                prometheus_url=prometheus_url, model=name, namespace=namespace,
-                canary_version=new["canaryVersion"], stable_version=new.get("stableVersion") or "",
-                window_s=sm.window_s(), timeout_s=SETTINGS.prometheus_timeout_seconds))
-        m = replace(m, webhooks=policy.rollout_checks(sm, new))
-        verdict = analysis.judge(m, sm, compare_stable=not sm.raw, compare_shadow=mirrored)
-        metrics.analysed(namespace, name, verdict.result)
-        logger.info("analysis of %s at %s %%: %s (%s)", new.get("canaryVersion"), new.get("canaryWeight"),
-                    verdict.result, verdict.message)
-        after = scheduler.after_analysis(sm, new, verdict, now, generation=generation)
-        new = after.status
-        route = after.route or route
-        events += after.events
-    # A tick that moves the traffic observed KServe before the move: its URLs
-    # may still lead to the previous version. Probes are planned on the next.
-    job = scheduler.probe_due(sm, new, obs, now, namespace, name, meta.get("uid")) if route is None else None
-    if job is not None and PROBES is not None and PROBES.submit(job):
-        logger.info("golden-set probe queued: %s", ", ".join(f"{t.role} {t.version}" for t in job.targets))
-    # Where the gateway mirrors users' requests (only while both versions serve them).
-    mirror = shadow.published(sm, new, obs) if route is None else None
-    if mirror:
-        new["shadow"] = mirror
-    # Webhooks run in the background too; the same care about URLs that may
-    # still lead to the previous revision (the canary "serves" only on a tick
-    # that moves no traffic).
-    serving = obs.latest_ready and route is None
-    canary_url = None if not serving or (sm.raw and new.get("stepIndex") == -1) else (
-        obs.url if sm.raw else obs.urls.get("latest"))
-    calls = (policy.due_calls(sm, new, now, namespace, name, ready=serving, canary_url=canary_url)
-             + policy.notifications(sm, old, new, events, namespace, name, now))
-    if calls and HOOKS is not None:
-        HOOKS.submit(policy.HookJob(namespace, name, tuple(calls), meta.get("uid")))
-    if REPORTS is not None:
-        _report(old, namespace, name, prometheus_url, ref, logger)
-    _registry_status(new, res, now, generation)
-
-    new["conditions"] = _webhooks_condition(sm, new.get("conditions") or [], now, generation)
-    new["conditions"] = set_condition(new.get("conditions") or [], "SpecValid", True, "Valid",
-                                              "spec accepted", now, generation)
-    if route is not None:
-        write_route(body, name, namespace, sm, route, create)
-    for type_, reason, message in events:
-        kopf.event(body, type=type_, reason=reason, message=message)
-    patch.status.update(_status_patch(old, new))
-    metrics.record(namespace, name, old, new, ref)
-    metrics.posted(namespace, name, events)
-    if action:
-        patch.metadata.setdefault("annotations", {})[ACTION_ANNOTATION] = None
-
-
-def _report(status: dict, namespace: str, name: str, prometheus_url: str | None, ref: str, logger) -> None:
-    """Tell MLflow what status knows and it does not (reporting.py), in the background."""
-    due = reporting.reports_due(status, namespace, name, ref)
-    if not due:
-        return
-    done = (status.get(reporting.STATUS_KEY) or {}).get("done") or {}
-    job = reporting.ReportJob(namespace, name, tuple(due), tuple(sorted(done, key=lambda k: done[k] or "")),
-                              prometheus_url, SETTINGS.namespace_label)
-    if REPORTS.submit(job):
-        logger.info("registry write-back queued: %s", ", ".join(r.key for r in due))
+@kopf.timer(GROUP, VERSION, PLURAL, id="reconcile", interval=SETTINGS.tick_seconds, initial_delay=0.0, sharp=False)
+def tick(body, name, namespace, patch, memo: kopf.Memo, logger, **_) -> None:
+    reconcile.run(memo.operator, body, name, namespace, patch, logger)

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from .analysis import FAIL, HOLD, PASS, Check, Verdict
+from .router import TrafficMode, traffic_mode
 from .spec import SeparationModelSpec, Webhook
 from .status import INITIALIZING, PROGRESSING, WAITING, WAITING_PROMOTION, history_added, iso, parse_time
 
@@ -78,10 +79,10 @@ def rollback_key(status: dict) -> str:
     return f"{attempt(status)}/rollback"
 
 
-def next_gate(spec: SeparationModelSpec, status: dict) -> tuple[str, str]:
+def next_gate(spec: SeparationModelSpec, status: dict, mode: TrafficMode | None = None) -> tuple[str, str]:
     """The gate before the canary's next move, and the key its answers carry."""
     i = int(status.get("stepIndex") or 0)
-    if i >= 0 and (spec.raw or i + 1 >= len(spec.rollout.weights())):
+    if i >= 0 and i + 1 >= len((mode or traffic_mode(spec)).weights(spec)):
         return "confirm-promotion", f"{attempt(status)}/promotion"
     return "confirm-traffic-increase", f"{attempt(status)}/step-{i + 1}"
 
@@ -214,7 +215,7 @@ def _age(rec: dict, now: datetime) -> float:
 
 
 def due_calls(spec: SeparationModelSpec, status: dict, now: datetime, namespace: str, name: str, *,
-              ready: bool, canary_url: str | None = None) -> list[HookCall]:
+              ready: bool, canary_url: str | None = None, mode: TrafficMode | None = None) -> list[HookCall]:
     """The hooks to call now for the rollout in `status` (the tick submits them;
     the worker drops what it is already doing). `ready`: the canary revision
     serves (its pre-rollout and rollout hooks need it)."""
@@ -244,7 +245,7 @@ def due_calls(spec: SeparationModelSpec, status: dict, now: datetime, namespace:
         return calls
     step = int(status.get("stepIndex") or 0)
     if moving_on(status):
-        add(*next_gate(spec, status), poll=True)
+        add(*next_gate(spec, status, mode), poll=True)
     elif step == -1:
         since = parse_time(status.get("stepStartedAt"))
         # The first try as soon as the revision serves; after a failure, an interval later.

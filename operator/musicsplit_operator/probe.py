@@ -20,9 +20,7 @@ storage URI fetched) and its tracks decoded one by one as they are sent.
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -32,6 +30,7 @@ from . import goldenset
 from .goldenset import GoldenSet
 from .scheduler import ProbeJob, ProbeTarget
 from .status import iso
+from .workers import KeyedPool
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +153,8 @@ class ProbeWorker:
     def __init__(self, write: StatusWriter, *, workers: int = 2, timeout_s: float = 300.0,
                  load_set: SetLoader = builtin_only):
         self._write, self._timeout, self._load_set = write, timeout_s, load_set
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="golden-probe")
-        self._lock = threading.Lock()
-        self._running: set[tuple[str, str]] = set()
+        self._pool = KeyedPool(workers, "golden-probe")
+        self._lock = self._pool.lock
         # (namespace, name, role) -> ((uid, version, storageUri, golden set), measuredAt)
         # last measured: a tick that read status just before the result landed
         # would ask again. The uid tells a SeparationModel deleted and created
@@ -175,17 +173,9 @@ class ProbeWorker:
 
         with self._lock:
             targets = tuple(t for t in job.targets if wanted(t))
-            if key in self._running or not targets:
+            if not targets or not self._pool.claim(key):
                 return False
-            self._running.add(key)
-        job = replace(job, targets=targets)
-        try:
-            self._pool.submit(self._run, job)
-        except RuntimeError:  # shut down
-            with self._lock:
-                self._running.discard(key)
-            return False
-        return True
+        return self._pool.submit(key, self._run, replace(job, targets=targets), admitted=True)
 
     def forget(self, namespace: str, name: str) -> None:
         """A deleted SeparationModel's memory goes (bounded by the live objects)."""
@@ -195,7 +185,7 @@ class ProbeWorker:
 
     def busy(self, namespace: str, name: str) -> bool:
         with self._lock:
-            return (namespace, name) in self._running
+            return self._pool.running((namespace, name))
 
     def _run(self, job: ProbeJob) -> None:
         try:
@@ -208,9 +198,6 @@ class ProbeWorker:
                 self._record(job, target, failed_load(target, job.golden_set.ref, e))
         except Exception:  # noqa: BLE001 - a bug must not kill the worker thread silently
             log.exception("golden-set probe of %s/%s failed", job.namespace, job.name)
-        finally:
-            with self._lock:
-                self._running.discard((job.namespace, job.name))
 
     def _record(self, job: ProbeJob, target: ProbeTarget, rec: dict) -> None:
         log.info("golden-set probe of %s/%s %s %s: %s", job.namespace, job.name, target.role,
@@ -229,4 +216,4 @@ class ProbeWorker:
                     (job.uid, target.version, target.storage_uri, job.golden_set.ref), rec["measuredAt"])
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown()

@@ -16,6 +16,7 @@ import math
 
 import httpx
 
+from . import egress
 from .analysis import Measurements, VersionMetrics
 
 log = logging.getLogger(__name__)
@@ -41,11 +42,13 @@ def resolve_url(spec_url: str | None, operator_url: str, allowlist: list[str]) -
     when its spec names one the operator does not allow (never requested: a
     SeparationModel author must not make the operator call arbitrary URLs)."""
     norm = lambda u: u.strip().rstrip("/")  # noqa: E731
+    # Messages go into every SeparationModel's conditions: never with credentials.
     if not spec_url or norm(spec_url) == norm(operator_url):
-        return operator_url, f"analysis queries the operator's Prometheus {operator_url}"
-    if norm(spec_url) in {norm(u) for u in allowlist}:
-        return spec_url, f"analysis queries {spec_url} (spec.analysis.prometheusUrl, in the operator's allowlist)"
-    return None, (f"spec.analysis.prometheusUrl {spec_url} is not in the operator's allowlist "
+        return operator_url, f"analysis queries the operator's Prometheus {egress.redact(operator_url)}"
+    if egress.listed(spec_url, allowlist):
+        return spec_url, (f"analysis queries {egress.redact(spec_url)} (spec.analysis.prometheusUrl, in the "
+                          "operator's allowlist)")
+    return None, (f"spec.analysis.prometheusUrl {egress.redact(spec_url)} is not in the operator's allowlist "
                   "(MUSICSPLIT_OPERATOR_PROMETHEUS_URL_ALLOWLIST): nothing is queried there; remove the field "
                   "to use the operator's Prometheus, or ask the operator's admin to allow it")
 
@@ -195,7 +198,7 @@ def measure(*, prometheus_url: str, model: str, namespace: str, canary_version: 
                                          namespace_label)
         except PrometheusUnavailable as e:
             prom_err, reason = str(e), e.reason
-            log.warning("Prometheus at %s: %s", prometheus_url, e)
+            log.warning("Prometheus at %s: %s", egress.redact(prometheus_url), e)
     return Measurements(canary=canary, stable=stable, prometheus_error=prom_err,
                         prometheus_reason=reason if prom_err else None)
 

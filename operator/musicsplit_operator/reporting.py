@@ -27,9 +27,7 @@ report.
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
@@ -38,6 +36,7 @@ from . import prometheus
 from .analysis import canary_record, stable_record
 from .registry import RegistryError, registry_failure
 from .status import iso, parse_time
+from .workers import KeyedPool
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +131,8 @@ class ReportWorker:
                  prometheus_timeout_s: float = 10.0):
         self._write, self._connect = write, connect
         self._retry_s, self._prom_timeout = retry_s, prometheus_timeout_s
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry-report")
-        self._lock = threading.Lock()
-        self._running: set[tuple[str, str]] = set()
+        self._pool = KeyedPool(1, "registry-report")
+        self._lock = self._pool.lock
         self._failed_at: dict[tuple[str, str], float] = {}
         # Keys written, per object: a tick that read status before they landed asks again.
         self._written: dict[tuple[str, str], set[str]] = {}
@@ -144,18 +142,12 @@ class ReportWorker:
         with self._lock:
             reports = tuple(r for r in job.reports if r.key not in self._written.get(key, set()))
             failed = self._failed_at.get(key)
-            if (key in self._running or not reports
-                    or (failed is not None and time.monotonic() - failed < self._retry_s)):
+            if not reports or (failed is not None and time.monotonic() - failed < self._retry_s):
                 return False
-            self._running.add(key)
-        try:
-            self._pool.submit(self._run, ReportJob(job.namespace, job.name, reports, job.done, job.prometheus_url,
-                                                   job.namespace_label))
-        except RuntimeError:  # shut down
-            with self._lock:
-                self._running.discard(key)
-            return False
-        return True
+            if not self._pool.claim(key):
+                return False
+        return self._pool.submit(key, self._run, ReportJob(job.namespace, job.name, reports, job.done,
+                                                           job.prometheus_url, job.namespace_label), admitted=True)
 
     def forget(self, namespace: str, name: str) -> None:
         with self._lock:
@@ -204,7 +196,6 @@ class ReportWorker:
             error = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
         finally:
             with self._lock:
-                self._running.discard(key)
                 self._written.setdefault(key, set()).update(written)
                 if error:
                     self._failed_at[key] = time.monotonic()
@@ -222,4 +213,4 @@ class ReportWorker:
             log.warning("registry write-back state of %s/%s not recorded: %s", job.namespace, job.name, e)
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown()

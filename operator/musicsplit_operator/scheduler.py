@@ -19,7 +19,7 @@ from datetime import datetime
 
 from . import policy
 from .analysis import Verdict, canary_record, golden_stale, stable_record
-from .router import Observed, Route
+from .router import Observed, Route, TrafficMode, traffic_mode
 from .spec import GoldenSetSpec, SeparationModelSpec
 from .status import (ACTIVE, FAILED, INITIALIZING, PAUSED, PROGRESSING, PROMOTING, ROLLED_BACK, SUCCEEDED, WAITING,
                      StatusEditor, iso, parse_time, rejected)
@@ -35,10 +35,12 @@ def _target(spec: SeparationModelSpec) -> dict:
 
 
 def schedule(spec: SeparationModelSpec, status: dict, obs: Observed, now: datetime, *,
-             generation: int | None = None, action: str | None = None) -> Plan:
+             generation: int | None = None, action: str | None = None, mode: TrafficMode | None = None) -> Plan:
     """The scheduler: what to do at this tick. Returns `Plan(analyze=True)` when
-    an analysis is due; the caller then measures and calls `after_analysis`."""
-    s = StatusEditor(status or {}, spec, now, generation)
+    an analysis is due; the caller then measures and calls `after_analysis`.
+    `mode`: how the InferenceService carries a canary (default: the spec's mode
+    on a KServe before v0.20)."""
+    s = StatusEditor(status or {}, spec, now, generation, mode)
     target = _target(spec)
     phase = s.d.get("phase")
     stable_v, stable_uri = s.d.get("stableVersion"), s.d.get("stableStorageUri")
@@ -56,20 +58,30 @@ def schedule(spec: SeparationModelSpec, status: dict, obs: Observed, now: dateti
             s.event("Warning", "InferenceServiceRecreated",
                     f"InferenceService was missing; recreated serving stable {stable_v}"
                     + (f" (canary {was} restarts from the first step)" if was else ""))
-            return plan_of(s, route=Route(stable_uri, None), create=True)
+            return plan_of(s, route=Route(stable_uri, None, stable_v), create=True)
         s.clear_canary()
         s.set_canary(target, phase=INITIALIZING, canaryWeight=100, stepStartedAt=iso(now),
                      message=f"deploying {target['version']} (first version: no stable to compare)")
         s.cond("Ready", False, "Initializing", s.d["message"])
         s.event("Normal", "Deploying", s.d["message"])
-        return plan_of(s, route=Route(target["storageUri"], None), create=True)
+        return plan_of(s, route=Route(target["storageUri"], None, target["version"]), create=True)
+
+    if phase is None and not stable_uri:
+        # An InferenceService but no status: the first tick's status write was
+        # refused after its InferenceService was created. Deploying, as then.
+        s.set_canary(target, phase=INITIALIZING, canaryWeight=100, stepStartedAt=iso(now),
+                     message=f"deploying {target['version']} (first version: no stable to compare)")
+        s.cond("Ready", False, "Initializing", s.d["message"])
+        s.event("Normal", "Deploying", s.d["message"])
+        serving_it = obs.storage_uri == target["storageUri"]
+        return plan_of(s, route=None if serving_it else Route(target["storageUri"], None, target["version"]))
 
     if phase == INITIALIZING:
         if s.d.get("canaryStorageUri") != target["storageUri"]:
             s.clear_canary()
             s.set_canary(target, phase=INITIALIZING, canaryWeight=100, stepStartedAt=iso(now),
                          message=f"deploying {target['version']}")
-            return plan_of(s, route=Route(target["storageUri"], None))
+            return plan_of(s, route=Route(target["storageUri"], None, target["version"]))
         if obs.ready and obs.latest_ready and obs.storage_uri == target["storageUri"]:
             s.d["message"] = "first version deployed"
             return finish_promotion(s)
@@ -90,7 +102,7 @@ def schedule(spec: SeparationModelSpec, status: dict, obs: Observed, now: dateti
             s.set_canary(target, phase=INITIALIZING, canaryWeight=100, stepStartedAt=iso(now),
                          message=f"deploying {target['version']}")
             s.event("Normal", "Deploying", s.d["message"])
-            return plan_of(s, route=Route(target["storageUri"], None))
+            return plan_of(s, route=Route(target["storageUri"], None, target["version"]))
         return plan_of(s)
 
     if phase == WAITING:
@@ -102,9 +114,12 @@ def schedule(spec: SeparationModelSpec, status: dict, obs: Observed, now: dateti
     if phase == PROMOTING:
         if action == ABORT:
             return rollback(s, "aborted", "Aborted", "aborted by user during promotion")
-        if spec.raw or (obs.latest_ready and obs.canary_percent is None and obs.latest_percent in (None, 100)):
+        if s.mode.promotes_at_once or (obs.latest_ready and obs.canary_percent is None
+                                       and obs.latest_percent in (None, 100)
+                                       and obs.storage_uri == s.d.get("canaryStorageUri")):
             return finish_promotion(s)
-        return plan_of(s, route=Route(s.d["canaryStorageUri"], None))
+        want = s.mode.promotion(s.d)
+        return plan_of(s, route=want if obs.route != s.mode.seen(want) else None)
 
     # (Paused before its first step, a rollout has no canary yet: idle below.)
     if phase in ACTIVE and s.d.get("canaryVersion"):
@@ -146,7 +161,7 @@ def schedule(spec: SeparationModelSpec, status: dict, obs: Observed, now: dateti
         started = parse_time(s.d.get("stepStartedAt")) or now
         elapsed = (now - started).total_seconds()
         want = route_of(s)
-        route = want if (obs.storage_uri, obs.canary_percent) != (want.storage_uri, want.canary_percent) else None
+        route = want if obs.route != s.mode.seen(want) else None
         if not obs.latest_ready:
             if obs.failure or elapsed > spec.rollout.progress_deadline_s:
                 why = obs.failure or f"canary revision not ready within progressDeadline {spec.rollout.progress_deadline}"
@@ -154,7 +169,7 @@ def schedule(spec: SeparationModelSpec, status: dict, obs: Observed, now: dateti
             return plan_of(s, route=route)
         if policy.moving_on(s.d):
             # Passed at this weight: only a gate held it, and it may be open now.
-            if not policy.gate(spec, s.d, *policy.next_gate(spec, s.d)):
+            if not policy.gate(spec, s.d, *policy.next_gate(spec, s.d, s.mode)):
                 plan = move(s)
                 return replace(plan, route=plan.route or route)
         elif s.d.get("stepIndex") == -1:
@@ -174,7 +189,7 @@ def schedule(spec: SeparationModelSpec, status: dict, obs: Observed, now: dateti
         if phase != SUCCEEDED or obs.storage_uri != stable_uri or obs.canary_percent is not None:
             s.d.update(phase=SUCCEEDED, message=f"{stable_v} serves 100 % of traffic")
             s.cond("Ready", True, "StableServing", s.d["message"])
-            return plan_of(s, route=Route(stable_uri, None))
+            return plan_of(s, route=Route(stable_uri, None, stable_v))
         if obs.ready:
             s.cond("Ready", True, "StableServing", s.d["message"] if s.d.get("message") else "stable serving")
         else:
@@ -206,10 +221,10 @@ def schedule(spec: SeparationModelSpec, status: dict, obs: Observed, now: dateti
 
 
 def after_analysis(spec: SeparationModelSpec, status: dict, verdict: Verdict, now: datetime, *,
-                   generation: int | None = None) -> Plan:
+                   generation: int | None = None, mode: TrafficMode | None = None) -> Plan:
     """The verdict's consequence: next step, promotion, a failure counted
     toward the threshold, rollback, or hold."""
-    return judged(StatusEditor(status, spec, now, generation), verdict)
+    return judged(StatusEditor(status, spec, now, generation, mode), verdict)
 
 
 # ---------------------------------------------------------------- golden-set probe
@@ -253,9 +268,10 @@ def _due(record: dict | None, now: datetime, retry_s: float, stale: bool) -> boo
 
 
 def probe_due(spec: SeparationModelSpec, status: dict, obs: Observed, now: datetime, namespace: str,
-              name: str, uid: str | None = None) -> ProbeJob | None:
+              name: str, uid: str | None = None, mode: TrafficMode | None = None) -> ProbeJob | None:
     """The golden-set probes to run now (in the background; the tick only reads
     their results from status), or None."""
+    mode = mode or traffic_mode(spec)
     golden = spec.analysis.golden_set
     if not golden.enabled:
         return None
@@ -268,38 +284,28 @@ def probe_due(spec: SeparationModelSpec, status: dict, obs: Observed, now: datet
     replaces = lambda rec: rec.get("measuredAt") if rec else None  # noqa: E731
     targets = []
     baseline = None
-    # Serverless: only once KServe routes the canary's share to it. Right after
-    # a route change, status still describes the previous revisions, and the
-    # `latest` tag would send the probe to the stable one.
-    routed = spec.raw or obs.latest_percent == status.get("canaryWeight")
-    # A RawDeployment canary before its first step is not deployed: the URL serves the stable.
-    deployed = not (spec.raw and status.get("stepIndex") == -1)
-    if phase in ACTIVE and obs.latest_ready and routed and deployed:
+    # Only once KServe routes the canary its share: right after a route change,
+    # status still describes the previous revisions, and the `latest` tag would
+    # send the probe to the stable one (and a Standard canary before its first
+    # step is not deployed: the URL serves the stable).
+    if phase in ACTIVE and obs.latest_ready and mode.routed(obs, status):
         canary_v, canary_uri = status.get("canaryVersion"), status.get("canaryStorageUri")
         if canary_v and _due(canary_rec, now, retry_s, stale == "canary"):
-            url = obs.url if spec.raw else obs.urls.get("latest")
+            url = mode.canary_url(obs, status)
             targets.append(ProbeTarget("canary", canary_v, canary_uri, url, None if url else
-                                       "KServe reports no URL for the latest revision (tag 'latest')",
+                                       mode.no_canary_url(),
                                        replaces(canary_rec)))
             if stable_rec is not None and stable_rec is status.get("probe"):
                 baseline = stable_rec
         if stable_due:
-            if spec.raw:
-                targets.append(ProbeTarget("stable", stable_v, stable_uri, None,
-                                           "RawDeployment keeps no previous revision to probe, and the stable "
-                                           "version's baseline on this golden set was not measured while it served",
-                                           replaces(stable_rec)))
-            else:
-                url = obs.urls.get("prev")
-                targets.append(ProbeTarget("stable", stable_v, stable_uri, url, None if url else
-                                           "KServe reports no URL for the previous revision (tag 'prev')",
-                                           replaces(stable_rec)))
+            url = mode.stable_url(obs, status)
+            targets.append(ProbeTarget("stable", stable_v, stable_uri, url, None if url else mode.no_stable_url(),
+                                       replaces(stable_rec)))
     elif phase == SUCCEEDED and stable_due and obs.ready and obs.storage_uri == stable_uri:
         # The version serving alone: measured now, so dashboards and the
         # registry have its golden SDR, and the next rollout its baseline
-        # (RawDeployment keeps no previous revision to probe then).
-        url = obs.url if spec.raw else (obs.urls.get("latest") if obs.latest_ready and obs.canary_percent is None
-                                        and obs.latest_percent in (None, 100) else None)
+        # (Standard mode without canaries keeps no previous revision to probe then).
+        url = mode.serving_url(obs)
         if url:
             targets.append(ProbeTarget("stable", stable_v, stable_uri, url, None, replaces(stable_rec)))
     return ProbeJob(namespace, name, tuple(targets), uid, golden, baseline) if targets else None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
+from typing import Literal
 
 from pydantic import field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -39,6 +41,10 @@ class OperatorSettings(BaseSettings):
     # may call; [] (the default): any http(s) URL, as Flagger does. A hook
     # outside it is never called: its gate stays closed, its check holds.
     webhook_url_allowlist: list[str] = []
+    # JSON list of networks (CIDRs, e.g. ["10.20.0.0/16"]) webhooks may reach
+    # although they are loopback, link-local, private or reserved (egress.py);
+    # [] (the default): none, only public addresses or the allowlist's URLs.
+    egress_allowed_networks: list[str] = []
     # Golden sets a SeparationModel names by storage URI (spec.analysis.goldenSet.storageUri)
     # are fetched only from under these URI prefixes (JSON list); [] refuses all of them
     # (ConfigMaps and the built-in set need nothing here).
@@ -59,6 +65,14 @@ class OperatorSettings(BaseSettings):
     mlflow_tracking_uri: str | None = None
     # Per MLflow request (no retries: a resolution that fails is tried again later).
     mlflow_timeout_seconds: float = 10.0
+    # Which KServe the InferenceServices are written for: auto (read the
+    # InferenceService schema from the API server at start: spec.canary means
+    # v0.20+, with Standard-mode canaries and the Standard/Knative mode names),
+    # v0.20, or legacy (0.15-0.19: RawDeployment/Serverless, no Standard split).
+    kserve_api: Literal["auto", "v0.20", "legacy"] = "auto"
+    # The cluster's DNS domain: Standard-mode predictor Services answer at
+    # http://<isvc>-<predictor>-predictor.<namespace>.svc.<domain>.
+    cluster_domain: str = "cluster.local"
     # The operator's own /metrics (rollout phase, canary weight, holds, outcomes); 0: off.
     metrics_port: int = 8081
     metrics_address: str = "0.0.0.0"
@@ -85,6 +99,16 @@ class OperatorSettings(BaseSettings):
         bad = [u for u in v if not re.match(r"^https?://[^/?#]+", u)]
         if bad:
             raise ValueError(f"webhook_url_allowlist entries must be http(s) URLs, not {bad}")
+        return v
+
+    @field_validator("egress_allowed_networks")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for n in v:
+            try:
+                ipaddress.ip_network(n, strict=False)
+            except ValueError as e:
+                raise ValueError(f"egress_allowed_networks: {e}") from None
         return v
 
     @model_validator(mode="after")

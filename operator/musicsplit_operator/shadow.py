@@ -17,8 +17,9 @@ import logging
 
 import httpx
 
+from . import egress
 from .prometheus import PrometheusUnavailable, _esc, _growth, query_vector
-from .router import Observed
+from .router import Observed, TrafficMode, traffic_mode
 from .spec import SeparationModelSpec
 from .status import ACTIVE
 
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 METRIC = "musicsplit_gateway_shadow_agreement_db"
 
 
-def published(spec: SeparationModelSpec, status: dict, obs: Observed) -> dict | None:
+def published(spec: SeparationModelSpec, status: dict, obs: Observed, mode: TrafficMode | None = None) -> dict | None:
     """`status.shadow` for this tick, or None (the key is then removed).
 
     Only while a Serverless canary step serves users both versions: KServe's
@@ -36,12 +37,13 @@ def published(spec: SeparationModelSpec, status: dict, obs: Observed) -> dict | 
     change the tag may still lead to the stable). RawDeployment runs one
     version at a time, and at 100 % users get no stable answer to compare.
     """
-    if spec.raw or status.get("phase") not in ACTIVE:
+    mode = mode or traffic_mode(spec)
+    if not mode.splits or status.get("phase") not in ACTIVE:
         return None
     weight = status.get("canaryWeight") or 0
-    url = obs.urls.get("latest")
-    if not (0 < weight < 100 and url and obs.latest_ready and obs.latest_percent == weight
-            and obs.storage_uri == status.get("canaryStorageUri")):
+    url = mode.canary_url(obs, status)
+    if not (0 < weight < 100 and url and obs.latest_ready and mode.routed(obs, status)
+            and obs.route[0] == status.get("canaryStorageUri")):
         return None
     canary, stable = status.get("canaryVersion"), status.get("stableVersion")
     if not canary or not stable:
@@ -49,11 +51,12 @@ def published(spec: SeparationModelSpec, status: dict, obs: Observed) -> dict | 
     return {"canaryUrl": url, "canaryVersion": canary, "stableVersion": stable}
 
 
-def required(spec: SeparationModelSpec, status: dict) -> bool:
+def required(spec: SeparationModelSpec, status: dict, mode: TrafficMode | None = None) -> bool:
     """Whether the analysis judges shadow agreement at this step: asked for,
     and users get stable answers to compare with (see `published`)."""
     weight = status.get("canaryWeight") or 0
-    return spec.analysis.min_shadow_agreement_db is not None and not spec.raw and 0 < weight < 100
+    return (spec.analysis.min_shadow_agreement_db is not None and (mode or traffic_mode(spec)).splits
+            and 0 < weight < 100)
 
 
 def queries(model: str, namespace: str, canary_version: str, stable_version: str, window_s: float) -> dict[str, str]:
@@ -75,7 +78,7 @@ def measure(*, prometheus_url: str, model: str, namespace: str, canary_version: 
             agreement = query_vector(client, prometheus_url, q["agreement"], "stem")
             counts = query_vector(client, prometheus_url, q["comparisons"], "stem")
     except PrometheusUnavailable as e:
-        log.warning("Prometheus at %s: %s", prometheus_url, e)
+        log.warning("Prometheus at %s: %s", egress.redact(prometheus_url), e)
         return {"prometheus_error": str(e), "prometheus_reason": e.reason}
     # A request mirrored with a subset of stems compares only those: every comparison counts once.
     return {"shadow_agreement": agreement or None, "shadow_comparisons": max(counts.values(), default=0.0)}

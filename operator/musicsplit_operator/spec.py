@@ -15,6 +15,8 @@ from pydantic.alias_generators import to_camel
 
 GROUP, VERSION, PLURAL, KIND = "musicsplit.io", "v1alpha1", "separationmodels", "SeparationModel"
 ISVC_GROUP, ISVC_VERSION, ISVC_PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
+STANDARD_MODES = ("Standard", "RawDeployment")  # KServe v0.20's name, and the one before it
+KNATIVE_MODES = ("Knative", "Serverless")
 
 _DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)(ms|s|m|h))+$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -109,6 +111,10 @@ class Resources(_Model):
     """Memory request and limit per replica (Kubernetes quantity, e.g. 8Gi)."""
 
 
+DEFAULT_MAX_AUDIO_SECONDS = 20 * 60.0  # the predictor's own default (musicsplit.validation)
+TIMEOUT_MARGIN_S = 60.0  # decoding, queueing and encoding around the separation itself
+
+
 class PredictorSpec(_Model):
     """The KServe predictor serving the model."""
 
@@ -122,6 +128,22 @@ class PredictorSpec(_Model):
     """Node labels the predictor's pods must match (Kubernetes' pod nodeSelector)."""
     tolerations: list[dict] = []
     """Taints the predictor's pods tolerate (Kubernetes' pod tolerations), e.g. GPU nodes' nvidia.com/gpu."""
+    max_audio_seconds: float | None = Field(None, gt=0)
+    """The longest track, in seconds, one request may carry (the predictor refuses longer ones); default - the predictor's own, 1200."""
+    timeout: str | None = None
+    """KServe's per-request timeout (spec.predictor.timeout), e.g. 25m; default - maxAudioSeconds plus 60 s (KServe's Standard mode otherwise cuts every route at 60 s)."""
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_duration(v)
+        return v
+
+    def timeout_s(self) -> int:
+        if self.timeout is not None:
+            return max(1, int(parse_duration(self.timeout)))
+        return int((self.max_audio_seconds or DEFAULT_MAX_AUDIO_SECONDS) + TIMEOUT_MARGIN_S)
 
 
 class Replicas(_Model):
@@ -364,16 +386,17 @@ class SeparationModelSpec(_Model):
     """Stems the predictor returns (its MUSICSPLIT_STEMS); default - every stem the model outputs."""
     cost_per_gpu_second: float | None = None
     """Price of one GPU-second (the predictor's MUSICSPLIT_GPU_PRICE_PER_SECOND), for the cost per separation it reports."""
-    deployment_mode: Literal["Serverless", "RawDeployment"] = "Serverless"
-    """KServe deployment mode; RawDeployment has no traffic split (kserve#4074)."""
+    deployment_mode: Literal["Serverless", "RawDeployment", "Knative", "Standard"] = "Serverless"
+    """KServe deployment mode, in either vocabulary (KServe v0.20 renamed RawDeployment to Standard and Serverless to Knative). Standard mode splits traffic only on KServe v0.20+ (spec.canary); before that a new version rolls out all at once."""
     rollout: RolloutSpec = RolloutSpec()
     """Canary steps, their pace and deadlines."""
     analysis: AnalysisSpec = AnalysisSpec()
     """The checks a canary passes at each step."""
 
     @property
-    def raw(self) -> bool:
-        return self.deployment_mode == "RawDeployment"
+    def standard(self) -> bool:
+        """KServe's Standard (formerly RawDeployment) mode: Deployments, no Knative revisions."""
+        return self.deployment_mode in STANDARD_MODES
 
     def window_s(self) -> float:
         return parse_duration(self.analysis.window) if self.analysis.window else max(self.rollout.interval_s, 10.0)

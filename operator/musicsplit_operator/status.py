@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from .router import TrafficMode, traffic_mode
 from .spec import SeparationModelSpec
 
 HISTORY_LIMIT = 50
@@ -46,6 +47,17 @@ def parse_time(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+def without_nulls(value, in_list: bool = False):
+    """`value` with no null inside list items: a merge patch deletes keys set
+    to null in objects, but inside a list the API server stores the item
+    without them, and what kopf then reads back differs from what it wrote."""
+    if isinstance(value, list):
+        return [without_nulls(v, True) for v in value]
+    if isinstance(value, dict):
+        return {k: without_nulls(v, in_list) for k, v in value.items() if not (in_list and v is None)}
+    return value
+
+
 def set_condition(conditions: list[dict], type_: str, status: bool, reason: str, message: str, now: datetime,
                   generation: int | None = None) -> list[dict]:
     """Upsert a condition; lastTransitionTime moves only when the status flips."""
@@ -71,8 +83,10 @@ def condition(status: dict, type_: str) -> dict | None:
 def history_entry(model: dict, outcome: str, reason: str, now: datetime, golden: dict | None = None) -> dict:
     """One line of the version registry; `golden` is the release's golden-set
     result, when it has one."""
-    out = {"version": model["version"], "storageUri": model["storageUri"], "released": model.get("released"),
-           "outcome": outcome, "at": iso(now), "reason": reason}
+    out = {"version": model["version"], "storageUri": model["storageUri"], "outcome": outcome, "at": iso(now),
+           "reason": reason}
+    if model.get("released"):
+        out["released"] = model["released"]
     if model.get("startedAt"):
         out["startedAt"] = model["startedAt"]
     if model.get("registry"):
@@ -116,19 +130,16 @@ class StatusEditor:
     """A status being edited: a copy of the old one's rollout keys, plus helpers
     for conditions, Events and history. `d` is the whole new status."""
 
-    def __init__(self, status: dict, spec: SeparationModelSpec, now: datetime, generation: int | None):
+    def __init__(self, status: dict, spec: SeparationModelSpec, now: datetime, generation: int | None,
+                 mode: TrafficMode | None = None):
         self.d = {k: status.get(k) for k in KEEP if status.get(k) is not None}
         self.d.setdefault("history", [])
         self.d.setdefault("conditions", [])
         self.d["observedGeneration"] = generation
         self.spec, self.now, self.gen = spec, now, generation
+        self.mode = mode or traffic_mode(spec)
         self.events: list[tuple[str, str, str]] = []
-        mode_ok = not spec.raw
-        self.cond("TrafficSplit", mode_ok, "Serverless" if mode_ok else "RawDeploymentMode",
-                  "canaryTrafficPercent splits traffic between the previous and the latest revision (Knative)"
-                  if mode_ok else
-                  "KServe RawDeployment mode has no traffic split (kserve#4074): a new version takes 100 % of "
-                  "traffic at once and is analysed there; rollback redeploys the stable storageUri")
+        self.cond("TrafficSplit", *self.mode.split_condition())
 
     def cond(self, type_, ok, reason, message):
         self.d["conditions"] = set_condition(self.d["conditions"], type_, ok, reason, message, self.now, self.gen)

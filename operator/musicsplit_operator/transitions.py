@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from . import policy
 from .analysis import HOLD, PASS, Verdict
 from .router import Route
-from .status import (PROGRESSING, PROMOTING, ROLLED_BACK, SUCCEEDED, WAITING, WAITING_PROMOTION, StatusEditor,
+from .status import (PAUSED, PROGRESSING, PROMOTING, ROLLED_BACK, SUCCEEDED, WAITING, WAITING_PROMOTION, StatusEditor,
                      condition, iso)
 
 # Manual actions (annotation musicsplit.io/action)
@@ -30,15 +30,23 @@ class Plan:
 
 
 def plan_of(s: StatusEditor, **kw) -> Plan:
+    _ready_during_rollout(s)
     return Plan(status=s.d, events=tuple(s.events), **kw)
+
+
+def _ready_during_rollout(s: StatusEditor) -> None:
+    """While a canary takes traffic, Ready says who serves what (never the
+    stable's "100 %" of before the rollout)."""
+    canary, stable = s.d.get("canaryVersion"), s.d.get("stableVersion")
+    if s.d.get("phase") not in (PROGRESSING, PAUSED, WAITING_PROMOTION, PROMOTING) or not canary or not stable:
+        return
+    w = int(s.d.get("canaryWeight") or 0)
+    s.cond("Ready", True, "CanaryRollout", f"stable {stable} serves {100 - w} % of traffic, canary {canary} {w} %")
 
 
 def route_of(s: StatusEditor) -> Route:
     """What the InferenceService serves while the canary is in flight."""
-    if s.spec.raw:
-        # Before its first step a RawDeployment canary is not deployed at all: no split.
-        return Route(s.d["stableStorageUri"] if s.d.get("stepIndex") == -1 else s.d["canaryStorageUri"], None)
-    return Route(s.d["canaryStorageUri"], s.d.get("canaryWeight"))
+    return s.mode.during(s.d)
 
 
 def set_canary(s: StatusEditor, target: dict, **fields) -> None:
@@ -52,20 +60,20 @@ def start_canary(s: StatusEditor, target: dict, why: str) -> Plan:
     # Pre-rollout and confirm-traffic-increase hooks come before the first weight:
     # the revision starts with none (step -1).
     first = -1 if policy.staged(spec) else 0
-    weight = 0 if first == -1 else 100 if spec.raw else spec.rollout.weights()[0]
+    weight = s.mode.first_weight(spec, first == -1)
     set_canary(s, target, phase=PROGRESSING, canaryWeight=weight, stepIndex=first, stepStartedAt=iso(s.now),
                holds=0, failedAnalyses=0, message=f"canary {target['version']} at {weight} %")
     s.cond("Progressing", True, "CanaryStarted", s.d["message"])
     if first == -1:
-        where = ("is not deployed until they pass (RawDeployment: no split)" if spec.raw else
-                 "is deployed with no traffic until they pass")
+        where = ("is deployed with no traffic until they pass" if s.mode.splits else
+                 "is not deployed until they pass (RawDeployment: no split)")
         s.event("Normal", "CanaryStarted", f"{why}: canary {target['version']} ({target['storageUri']}) {where} "
                                            f"(pre-rollout / confirm-traffic-increase webhooks); "
                                            f"stable {s.d.get('stableVersion')}")
     else:
         s.event("Normal", "CanaryStarted",
                 f"{why}: canary {target['version']} ({target['storageUri']}) gets {weight} % of traffic"
-                f"{' (RawDeployment: no split, all traffic)' if spec.raw else ''}; stable {s.d.get('stableVersion')}")
+                f"{'' if s.mode.splits else ' (RawDeployment: no split, all traffic)'}; stable {s.d.get('stableVersion')}")
     return plan_of(s, route=route_of(s))
 
 
@@ -117,20 +125,17 @@ def rollback(s: StatusEditor, outcome: str, reason: str, message: str) -> Plan:
     s.event("Warning", reason, f"canary {model['version']} rolled back to stable {s.d.get('stableVersion')}: "
                                f"{message}")
     s.clear_canary()
-    stable_uri = s.d["stableStorageUri"]
-    # Serverless: percent 0 sends all traffic back to the previous revision
-    # (KServe's documented rollback). Raw: redeploy the stable storageUri.
-    return plan_of(s, route=Route(stable_uri, None) if s.spec.raw else Route(model["storageUri"], 0))
+    return plan_of(s, route=s.mode.rollback(s.d, model))
 
 
 def promote(s: StatusEditor, reason: str, message: str) -> Plan:
     s.d.update(phase=PROMOTING, message=f"promoting {s.d['canaryVersion']}: {message}")
     s.cond("Progressing", True, reason, s.d["message"])
     s.event("Normal", reason, s.d["message"])
-    if s.spec.raw:
+    if s.mode.promotes_at_once:
         return finish_promotion(s)
     s.d["canaryWeight"] = 100
-    return plan_of(s, route=Route(s.d["canaryStorageUri"], None))
+    return plan_of(s, route=s.mode.promotion(s.d))
 
 
 def hold_deadline(s: StatusEditor, held_s: float) -> Plan | None:
@@ -153,12 +158,12 @@ def move(s: StatusEditor) -> Plan:
     """The canary's next move once its analysis passed and its gate is open:
     the next weight, or the promotion."""
     spec, i = s.spec, int(s.d.get("stepIndex") or 0)
-    weights = spec.rollout.weights()
+    weights = s.mode.weights(spec)
     was = s.d.get("canaryWeight")
     s.end_hold("Advanced", f"canary moved on from {was} %")
-    if i >= 0 and (spec.raw or i + 1 >= len(weights)):
+    if i >= 0 and i + 1 >= len(weights):
         return promote(s, "Promoting", f"analysis passed at {was} %, the last step")
-    w = 100 if spec.raw else weights[i + 1]
+    w = weights[i + 1]
     s.d.update(phase=PROGRESSING, stepIndex=i + 1, canaryWeight=w, stepStartedAt=iso(s.now), holds=0,
                message=f"canary {s.d['canaryVersion']} at {w} %")
     s.cond("Progressing", True, "StepAdvanced", s.d["message"])
@@ -169,7 +174,7 @@ def move(s: StatusEditor) -> Plan:
 
 def passed(s: StatusEditor) -> Plan:
     """The analysis passed: move on, unless the move's confirm gate is closed."""
-    gate_type, key = policy.next_gate(s.spec, s.d)
+    gate_type, key = policy.next_gate(s.spec, s.d, s.mode)
     closed = policy.gate(s.spec, s.d, gate_type, key)
     if not closed:
         return move(s)
@@ -199,7 +204,10 @@ def finish_promotion(s: StatusEditor) -> Plan:
     s.cond("Progressing", False, "Promoted", s.d["message"])
     s.cond("Ready", True, "StableServing", s.d["message"])
     s.event("Normal", "Promoted", s.d["message"])
-    return plan_of(s, route=Route(model["storageUri"], None) if s.spec.raw else None)
+    # Standard without canaries already serves it alone; saying so again is harmless.
+    return plan_of(s, route=s.mode.promotion({"canaryStorageUri": model["storageUri"],
+                                              "canaryVersion": model["version"]})
+                   if s.mode.promotes_at_once else None)
 
 
 def judged(s: StatusEditor, verdict: Verdict) -> Plan:

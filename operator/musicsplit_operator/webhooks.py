@@ -6,9 +6,9 @@ SeparationModels; it never waits for a hook. The worker POSTs the JSON
 payload, keeps the status code and nothing else of the answer, and writes
 the call's record to `status.webhooks[name]`, where the next tick reads it.
 
-Care taken with URLs a SeparationModel's author chose (as with
+Care taken with URLs a SeparationModel's author chose (egress.py, as with
 spec.analysis.prometheusUrl): only URLs under the operator's allowlist when it
-has one; no redirects followed; the response body is never read, so nothing a
+has one, else only public addresses; no redirects followed; the response body is never read, so nothing a
 receiver answers reaches status, Events or logs; every call bounded by the
 hook's timeout (at most 5 minutes, spec.py).
 """
@@ -16,59 +16,39 @@ hook's timeout (at most 5 minutes, spec.py).
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
-from urllib.parse import urlsplit
-
 import httpx
 
-from . import metrics
+from . import egress, metrics
+from .egress import EgressPolicy, Resolver
 from .policy import ERROR, NOT_ALLOWED, OK, REJECTED, TIMEOUT, HookCall, HookJob, record
+from .workers import KeyedPool
 
 log = logging.getLogger(__name__)
 
 NOTIFICATIONS_QUEUED_MAX = 100  # per SeparationModel; event hooks past it are dropped (and counted)
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 # Writes {"webhooks": {hook name: record}} into the SeparationModel (namespace, name)'s status.
 StatusWriter = Callable[[str, str, dict], None]
 
 
-def _origin(url: str) -> tuple[str, str, int, str]:
-    u = urlsplit(url.strip())
-    scheme = u.scheme.lower()
-    return scheme, (u.hostname or "").lower(), u.port or _DEFAULT_PORTS.get(scheme, 0), u.path or "/"
+def policy(allowlist: list[str] = (), allowed_networks: list[str] = ()) -> EgressPolicy:
+    """Webhooks' rule (egress.py): the allowlist, or any public http(s) URL without one."""
+    return EgressPolicy(tuple(allowlist), open_by_default=True, allowed_networks=tuple(allowed_networks),
+                        setting="the operator's webhook allowlist (MUSICSPLIT_OPERATOR_WEBHOOK_URL_ALLOWLIST)")
 
 
-def allowed(url: str, allowlist: list[str]) -> bool:
-    """Whether the operator may call `url`: any http(s) URL while the allowlist
-    is empty, else one on an allowed scheme, host and port, under its path.
-    Hosts are compared parsed, so `http://ok.svc.evil` or `http://ok.svc@evil`
-    are not `http://ok.svc`."""
-    scheme, host, port, path = _origin(url)
-    if scheme not in _DEFAULT_PORTS or not host:
-        return False
-    if not allowlist:
-        return True
-    for prefix in allowlist:
-        a_scheme, a_host, a_port, a_path = _origin(prefix)
-        base = a_path.rstrip("/")
-        if (scheme, host, port) == (a_scheme, a_host, a_port) and (path == base or path.startswith(base + "/")):
-            return True
-    return False
-
-
-def call(c: HookCall, allowlist: list[str], client: httpx.Client | None = None) -> dict:
+def call(c: HookCall, rule: EgressPolicy, client: httpx.Client | None = None,
+         resolve: Resolver = egress.resolve) -> dict:
     """POST the payload; the call's record for status (never raises)."""
     started = datetime.now(timezone.utc)
     hook, code = c.hook, None
-    if not allowed(hook.url, allowlist):
-        outcome, reason = NOT_ALLOWED, ("URL not in the operator's webhook allowlist "
-                                        "(MUSICSPLIT_OPERATOR_WEBHOOK_URL_ALLOWLIST): not called")
+    why = rule.refusal(hook.url, resolve)
+    if why:
+        outcome, reason = NOT_ALLOWED, f"URL refused ({why}): not called"
     else:
         try:
             http = client or httpx.Client()
@@ -102,14 +82,13 @@ class WebhookWorker:
     its `repeat_after_s` (a tick that read status just before the answer
     landed)."""
 
-    def __init__(self, write: StatusWriter, *, workers: int = 4, allowlist: list[str] = (),
+    def __init__(self, write: StatusWriter, *, workers: int = 4, rule: EgressPolicy | None = None,
                  clock: Callable[[], float] = time.monotonic):
-        self._write, self._allowlist = write, list(allowlist)
+        self._write, self._rule = write, rule or policy()
         self._clock = clock
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="webhook")
+        self._pool = KeyedPool(workers, "webhook")
+        self._lock = self._pool.lock
         self._http = httpx.Client(follow_redirects=False, limits=httpx.Limits(max_connections=workers))
-        self._lock = threading.Lock()
-        self._running: set[tuple[str, str, str]] = set()
         self._last: dict[tuple[str, str, str], _Last] = {}
         self._notifications: dict[tuple[str, str], int] = {}
 
@@ -118,11 +97,11 @@ class WebhookWorker:
         queued = 0
         for c in job.calls:
             if self._admit(job, c):
-                try:
-                    self._pool.submit(self._run, job, c)
+                key = None if c.key is None else (job.namespace, job.name, c.hook.name)
+                if self._pool.submit(key, self._run, job, c, admitted=True):
                     queued += 1
-                except RuntimeError:  # shut down
-                    self._release(job, c)
+                elif c.key is None:
+                    self._notified(job)
         return queued
 
     def _admit(self, job: HookJob, c: HookCall) -> bool:
@@ -140,22 +119,17 @@ class WebhookWorker:
             last = self._last.get(hook_key)
             recent = last is not None and last.key == c.key and (
                 c.repeat_after_s is None or self._clock() - last.finished < c.repeat_after_s)
-            if hook_key in self._running or recent:
-                return False
-            self._running.add(hook_key)
-            return True
+            return not recent and self._pool.claim(hook_key)
 
-    def _release(self, job: HookJob, c: HookCall) -> None:
+    def _notified(self, job: HookJob) -> None:
+        """One queued notification less for the object."""
         with self._lock:
-            if c.key is None:
-                obj = (job.namespace, job.name)
-                self._notifications[obj] = max(self._notifications.get(obj, 1) - 1, 0)
-            else:
-                self._running.discard((job.namespace, job.name, c.hook.name))
+            obj = (job.namespace, job.name)
+            self._notifications[obj] = max(self._notifications.get(obj, 1) - 1, 0)
 
     def _run(self, job: HookJob, c: HookCall) -> None:
         try:
-            rec = call(c, self._allowlist, self._http)
+            rec = call(c, self._rule, self._http)
             metrics.webhook_called(job.namespace, job.name, c.hook.type, rec["outcome"])
             log.info("%s/%s %s webhook %s: %s", job.namespace, job.name, c.hook.type, c.hook.name, rec["reason"])
             try:
@@ -167,7 +141,8 @@ class WebhookWorker:
                 with self._lock:
                     self._last[(job.namespace, job.name, c.hook.name)] = _Last(c.key, self._clock())
         finally:
-            self._release(job, c)
+            if c.key is None:
+                self._notified(job)
 
     def forget(self, namespace: str, name: str) -> None:
         """A deleted SeparationModel's memory goes (bounded by the live objects)."""
@@ -177,6 +152,6 @@ class WebhookWorker:
             self._notifications.pop((namespace, name), None)
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown()
         # Calls still running end with an error they record themselves; the
         # client goes with the process.

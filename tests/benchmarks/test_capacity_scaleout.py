@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from musicsplit.gateway.chunking import plan_chunks
+from musicsplit.gateway.jobs.chunking import plan_chunks
 
 ROOT = Path(__file__).resolve().parents[2]
 RATE = 44100

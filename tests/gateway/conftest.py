@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import socket
 import threading
 import time
 from pathlib import Path
@@ -21,9 +22,10 @@ import uvicorn
 import yaml
 
 from musicsplit.gateway.app import create_app
-from musicsplit.gateway.auth import key_hash
-from musicsplit.gateway.database import database_url
-from musicsplit.gateway.jobstore import SeparationJob, SqlJobStore, open_job_store
+from musicsplit.gateway.tenancy.auth import key_hash
+from musicsplit.gateway.storage.database import database_url
+from musicsplit.gateway.storage.jobstore import SeparationJob, SqlJobStore, open_job_store
+from musicsplit.gateway.api.serving import uvicorn_config
 from musicsplit.gateway.settings import Endpoint, GatewaySettings
 from musicsplit.localstack import free_port
 from tests.fixtures.redis import RedisServer
@@ -41,8 +43,8 @@ class GatewayThread:
         self.url = f"http://127.0.0.1:{self.port}"
         self.metrics_url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
         self.app = create_app(settings)
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
-                                ws="websockets-sansio", lifespan="on")
+        config = uvicorn_config(self.app, settings, host="127.0.0.1", port=self.port, log_level="warning",
+                                lifespan="on")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -182,3 +184,13 @@ async def job_store(job_store_url):
     s = await SqlJobStore.open(job_store_url)
     yield s
     await s.close()
+
+
+@pytest.fixture
+def black_hole():
+    """A port that accepts connections and never answers (a hung predictor)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(64)
+    yield f"http://127.0.0.1:{s.getsockname()[1]}"
+    s.close()

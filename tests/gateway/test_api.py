@@ -13,8 +13,10 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
+from musicsplit.localstack import wait_until
 from musicsplit.v2client import V2Client
 
 from .conftest import GatewayThread, make_settings, submit, tone, wait_job, wav_bytes
@@ -82,9 +84,10 @@ def test_websocket_streams_per_chunk_progress_to_completion(gw):
 
 
 def test_websocket_for_unknown_job_says_so(gw):
-    with connect(gw.url.replace("http", "ws") + "/v1/separations/nope/progress") as ws:
-        msg = json.loads(ws.recv())
-        assert msg["code"] == "not_found"
+    with pytest.raises(InvalidStatus) as refused:
+        connect(gw.url.replace("http", "ws") + "/v1/separations/nope/progress")
+    assert refused.value.response.status_code == 404
+    assert json.loads(refused.value.response.body)["code"] == "not_found"
 
 
 def test_delete_cancels_a_running_job(gw):
@@ -142,6 +145,17 @@ def test_bad_input_is_refused_with_a_message_saying_what_to_fix(gw, case, status
     assert r.status_code == status, r.text
     body = r.json()
     assert body["code"] == code and fragment in body["error"], body
+
+
+def test_a_stem_the_model_does_not_make_is_refused_at_submit_naming_the_ones_it_does(gw, baseline_url):
+    outputs = httpx.get(f"{baseline_url}/v2/models/dsp-baseline").json()["outputs"]
+    stems = sorted(o["name"] for o in outputs)
+    wait_until(lambda: gw.service.pool.stems("dsp-baseline"), 10, "the model's stems from its metadata")
+    before = httpx.get(f"{gw.url}/v1/separations").json()
+    r = submit(gw.url, wav_bytes(tone(1.0)), stems=f"{stems[0]},kazoo")
+    assert r.status_code == 400 and r.json()["code"] == "bad_request", r.text
+    assert "no stem 'kazoo'" in r.json()["error"] and str(stems) in r.json()["error"]
+    assert httpx.get(f"{gw.url}/v1/separations").json() == before, "no job was made"
 
 
 @pytest.mark.parametrize("user", ["carol", None])

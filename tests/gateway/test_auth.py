@@ -18,9 +18,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from prometheus_client import REGISTRY
 
-from musicsplit.gateway.auth import Authenticator, key_hash
+from musicsplit.gateway.tenancy.auth import Authenticator, key_hash
 from musicsplit.gateway.settings import GatewaySettings
-from musicsplit.gateway.tenants import TenantsFileError, load_tenants
+from musicsplit.gateway.tenancy.tenants import TenantsFileError, load_tenants
 
 from .conftest import GatewayThread, bearer, make_settings, tenants_file, tone, wav_bytes
 
@@ -151,6 +151,24 @@ def test_a_bad_token_is_a_401_that_says_why(gw, jwks, case, description):
     assert challenge.startswith('Bearer realm="musicsplit", error="invalid_token", error_description="'), challenge
     assert description in challenge and description in r.json()["error"], (challenge, r.text)
     assert _failures("invalid_token") == before + 1
+
+
+def test_a_tenant_known_only_by_its_oidc_token_gets_the_default_quota(black_hole, jwks, tmp_path):
+    settings = make_settings(tmp_path, [("dsp-baseline", black_hole, "eu")], oidc_issuer=ISSUER,
+                             oidc_audience=AUDIENCE, oidc_jwks_url=jwks.url, request_timeout_s=60,
+                             health_interval_s=60, default_quota={"concurrent_jobs": 1})
+    with GatewayThread(settings) as gateway:
+        token = bearer(jwks.token(tenant="oidc-only"))
+
+        def upload(seed):
+            return httpx.post(f"{gateway.url}/v1/separations", files={"file": ("a.wav", wav_bytes(tone(1.0, seed=seed)))},
+                              data={"model": "dsp-baseline"}, headers=token, timeout=30)
+
+        first = upload(511)  # runs on the hung predictor, holding the tenant's one place
+        assert first.status_code == 202, first.text
+        second = upload(512)
+        assert second.status_code == 429 and "quota concurrent_jobs is 1" in second.json()["error"], second.text
+        httpx.delete(f"{gateway.url}/v1/separations/{first.json()['id']}", headers=token)
 
 
 def test_a_token_for_a_tenant_not_served_here_is_a_403(gw, jwks):

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
-from musicsplit.gateway.cache import DiskCache
+from musicsplit.gateway.storage.cache import DiskCache
 
 from .conftest import submit, tone, wait_job, wav_bytes
 
@@ -99,7 +99,7 @@ def test_a_partial_or_garbled_redis_entry_is_a_miss_not_a_500(redis_server, tmp_
 
     import redis
 
-    from musicsplit.gateway.cache import RedisCache
+    from musicsplit.gateway.storage.cache import RedisCache
 
     url = redis_server.url
     src = tmp_path / "vocals.wav"

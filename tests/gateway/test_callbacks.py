@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 from prometheus_client import REGISTRY
 
-from musicsplit.gateway.callbacks import callbacks, is_public, sign
+from musicsplit.gateway.tenancy.callbacks import callbacks, is_public, sign
 from musicsplit.localstack import free_port, wait_until
 
 from .conftest import GatewayThread, _read, bearer, make_settings, tenants_file, tone, wait_job, wav_bytes
@@ -110,6 +110,7 @@ def test_callback_urls_outside_the_tenants_hosts_or_private_are_refused(baseline
             "http://[::1]/x": "is not one of",
             "ftp://a.hooks.example/x": "absolute http(s) URL",
             "https://user:pw@a.hooks.example/x": "must not carry credentials",
+            "https://a.hooks.example:99999/x": "invalid port",
         }
         for url, fragment in cases.items():
             r = _submit(gw, url)
@@ -132,6 +133,10 @@ def test_callback_urls_outside_the_tenants_hosts_or_private_are_refused(baseline
     ("169.254.169.254", False), ("100.64.0.1", False), ("0.0.0.0", False), ("224.0.0.1", False),
     ("::1", False), ("fe80::1", False), ("fd00::1", False), ("::ffff:127.0.0.1", False),
     ("::ffff:10.0.0.1", False), ("64:ff9b::a00:1", False), ("64:ff9b::808:808", True),
+    # NAT64 local-use, 6to4 and IPv4-compatible literals carrying private addresses; Teredo.
+    ("64:ff9b:1::a00:1", False), ("64:ff9b:1::808:808", False), ("2002:7f00:1::", False),
+    ("2002:a9fe:a9fe::1", False), ("2002:808:808::1", True), ("::127.0.0.1", False), ("::a9fe:a9fe", False),
+    ("::808:808", True), ("2001:0:4136:e378:8000:63bf:3fff:fdd2", False),
 ])
 def test_only_public_addresses_are_called_back(address, public):
     assert is_public(address) is public
@@ -141,3 +146,56 @@ def test_the_signature_is_hmac_sha256_of_timestamp_and_body():
     body = b'{"id": "x"}'
     assert sign("s3cret", 1700000000, body) == "sha256=" + hmac.new(
         b"s3cret", b"1700000000." + body, hashlib.sha256).hexdigest()
+
+
+async def test_one_broken_delivery_is_counted_and_fails_alone(tmp_path):
+    """A delivery that fails in an unforeseen way (here a job row whose view cannot be built) is a
+    failed try of its own, retried and then failed; the other deliveries of its round go out."""
+    from musicsplit.gateway.tenancy.callbacks import CallbackDeliverer
+    from musicsplit.gateway.storage.jobstore import SqlJobStore
+    from musicsplit.gateway.tenancy.tenants import Tenant
+
+    settings = make_settings(tmp_path, [], callback_allow_private=True, callback_max_attempts=3,
+                             callback_retry_initial_s=0.0, callback_retry_max_wait_s=0.0)
+    store = await SqlJobStore.open(f"sqlite+aiosqlite:///{tmp_path / 'jobs.sqlite3'}")
+    tenants = {"hooked": Tenant(callback_hosts=["127.0.0.1"], webhook_secret=SECRET)}
+    deliverer = CallbackDeliverer(store.engine, tenants, settings)
+    try:
+        with Receiver(status=204) as hook:
+            good = await store.create(tenant="hooked", model="m", params={}, user_id=None, arm=None, filename=None,
+                                      audio_sha=None, callback_url=f"{hook.url}/good")
+            bad = await store.create(tenant="hooked", model="m", params={}, user_id=None, arm=None, filename=None,
+                                     audio_sha=None, callback_url=f"{hook.url}/bad")
+            for job in (good, bad):
+                await store.update(job.id, status="succeeded", finished=time.time())
+            await store.update(bad.id, result={"stems": 5})
+            assert await deliverer.deliver_due() == 2  # no exception escapes the round
+            assert [p for p, _, _ in hook.posts()] == ["/good"]
+            for _ in range(2):
+                await deliverer.deliver_due()
+        async with store.engine.connect() as conn:
+            rows = {r.job_id: r for r in await conn.execute(sa.select(callbacks))}
+        assert (rows[good.id].state, rows[good.id].attempts) == ("delivered", 1)
+        assert (rows[bad.id].state, rows[bad.id].attempts) == ("failed", 3)
+        assert "internal error: TypeError" in rows[bad.id].last_error
+    finally:
+        await deliverer.stop()
+        await store.close()
+
+
+async def test_a_job_and_its_callback_are_stored_together_or_not_at_all(tmp_path):
+    from musicsplit.gateway.storage.jobstore import SqlJobStore
+    from musicsplit.gateway.storage.schema import jobs
+
+    store = await SqlJobStore.open(f"sqlite+aiosqlite:///{tmp_path / 'jobs.sqlite3'}")
+    try:
+        async with store.engine.begin() as conn:  # the callback's write will fail
+            await conn.execute(sa.text("CREATE TRIGGER no_callbacks BEFORE INSERT ON callbacks "
+                                       "BEGIN SELECT RAISE(ABORT, 'disk full'); END"))
+        with pytest.raises(sa.exc.IntegrityError):
+            await store.create(tenant="t", model="m", params={}, user_id=None, arm=None, filename=None,
+                               audio_sha=None, callback_url="https://hooks.example/x")
+        async with store.engine.connect() as conn:
+            assert (await conn.execute(sa.select(sa.func.count()).select_from(jobs))).scalar_one() == 0
+    finally:
+        await store.close()

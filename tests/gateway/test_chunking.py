@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from musicsplit.gateway.chunking import Assembler, chunk_weights, plan_chunks
+from musicsplit.gateway.jobs.chunking import Assembler, chunk_weights, plan_chunks
 
 
 @pytest.mark.parametrize("total,chunk,overlap", [(10, 100, 10), (1000, 100, 10), (1001, 100, 30), (44100 * 61, 44100 * 4, 22050)])
@@ -83,8 +83,8 @@ def test_aligned_chunks_start_on_the_models_grid():
 
 
 def test_a_48k_track_too_big_for_one_predictor_request_is_chunked_by_its_bytes(tmp_path):
-    from musicsplit.gateway.results import InputInfo
-    from musicsplit.gateway.separation import plan
+    from musicsplit.gateway.storage.results import InputInfo
+    from musicsplit.gateway.jobs.separation import plan
     from musicsplit.gateway.settings import GatewaySettings
 
     settings = GatewaySettings(data_dir=tmp_path)  # predictor limit 200 MiB, 600 s unchunked, 30 s chunks

@@ -8,8 +8,8 @@ import asyncio
 import json
 import time
 
-from musicsplit.gateway.events import InProcessEventBus, RedisEventBus
-from musicsplit.gateway.jobstore import SeparationJob
+from musicsplit.gateway.jobs.events import InProcessEventBus, RedisEventBus
+from musicsplit.gateway.storage.jobstore import SeparationJob
 
 
 def job(job_id="j1", done=0, status="running") -> SeparationJob:

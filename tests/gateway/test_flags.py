@@ -11,8 +11,8 @@ import sys
 import httpx
 import pytest
 
-from musicsplit.gateway.abtest import analyse, report
-from musicsplit.gateway.flags import BOOTSTRAP
+from musicsplit.gateway.experiments.abtest import analyse, report
+from musicsplit.gateway.experiments.flags import BOOTSTRAP
 
 from .conftest import submit, tone, wait_job, wav_bytes
 
@@ -145,7 +145,7 @@ def test_gateway_starts_and_serves_with_unleash_unreachable(baseline_url, gatewa
 
 
 def test_gradual_rollout_is_sticky_and_near_its_percentage(tmp_path):
-    from musicsplit.gateway.flags import Flags
+    from musicsplit.gateway.experiments.flags import Flags
     from musicsplit.gateway.settings import GatewaySettings
 
     rollout = {"musicsplit.model": {"enabled": True, "strategies": [{"name": "flexibleRollout", "parameters": {

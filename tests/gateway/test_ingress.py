@@ -5,6 +5,7 @@ pass-through has a bound on requests in flight and streams its answers."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import select
@@ -186,6 +187,27 @@ def test_bad_form_fields_are_a_400_that_names_them(gw, form, fragment):
     assert r.status_code == 400 and fragment in r.json()["error"], r.text
 
 
+def _part(name: str, value: bytes, *headers: str) -> bytes:
+    lines = [f"--{BOUNDARY}", f'Content-Disposition: form-data; name="{name}"', *headers, "", ""]
+    return "\r\n".join(lines).encode() + value + b"\r\n"
+
+
+@pytest.mark.parametrize("parts,fragment", [
+    # One name repeated: every part counts (a name count let 200,000 of them through).
+    ([_part("stems", b"vocals")] * 17, "parts in the form; send the file(s) and at most 16 fields"),
+    ([_part("model", b"default", *(f"X-Pad-{i}: 1" for i in range(8)))], "Maximum header count exceeded (at most 8 headers per part"),
+    ([_part(f"f{i}", b"1", f"X-Pad: {'p' * 4000}") for i in range(5)], "longer than 16384 bytes in all"),
+])
+def test_form_parts_their_headers_and_header_bytes_are_bounded(gw, parts, fragment):
+    audio = _part("file", wav_bytes(tone(0.5)), "Content-Type: audio/wav").replace(
+        b'name="file"', b'name="file"; filename="a.wav"')
+    body = audio + b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
+    r = httpx.post(f"{gw.url}/v1/separations", content=body, timeout=30,
+                   headers={**KEY, "content-type": f"multipart/form-data; boundary={BOUNDARY}"})
+    assert r.status_code == 400 and fragment in r.json()["error"], r.text
+    assert not list((gw.settings.data_dir / "staging").glob("*")), "the staged file was deleted"
+
+
 def test_the_v2_pass_through_bounds_requests_in_flight_and_streams_answers(gw):
     mix = tone(2.0, seed=802)
     body, headers = encode_request(mix, 44100)
@@ -260,3 +282,82 @@ def test_a_retryable_refusal_is_read_by_the_client_on_a_connection_that_stays_op
             assert status_of(reader.readline()) == 200, "the same connection serves the next request"
     finally:
         gateway.stop()
+
+
+async def test_refusals_that_drain_their_bodies_are_bounded_in_number():
+    """Past max_drains refusals reading the rest of their bodies at once, a refusal closes instead."""
+    from musicsplit.gateway.api.ingress import BodyLimit
+
+    async def refuse(scope, receive, send):
+        await send({"type": "http.response.start", "status": 429, "headers": [(b"retry-after", b"1")]})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    limit = BodyLimit(refuse, max_bytes=MiB, max_drains=1)
+    scope = {"type": "http", "headers": [(b"content-length", b"1000")]}
+    stalled = asyncio.Event()  # the first client sends nothing of its body until the end of the test
+
+    async def trickle():
+        await stalled.wait()
+        return {"type": "http.disconnect"}
+
+    async def whole_body():
+        return {"type": "http.request", "body": b"\0" * 1000, "more_body": False}
+
+    answers: dict[str, list] = {"first": [], "second": []}
+
+    def sender(name):
+        async def send(message):
+            answers[name].append(message)
+        return send
+
+    first = asyncio.create_task(limit(scope, trickle, sender("first")))
+    async with asyncio.timeout(5):
+        while limit.draining == 0:  # the first refusal is draining its body
+            await asyncio.sleep(0.01)
+    await limit(scope, whole_body, sender("second"))
+    assert (b"connection", b"close") in answers["second"][0]["headers"], "not drained: closed"
+    assert answers["first"] == [], "the first still drains"
+    stalled.set()
+    await first
+    assert limit.draining == 0
+
+
+def _answer(sock: socket.socket, timeout: float = 10.0) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    sock.settimeout(timeout)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_slow_clients_are_cut_off_with_408_and_a_tenants_uploads_are_capped(baseline_url, tmp_path):
+    keys = tenants_file(tmp_path / "tenants.yaml", {"slow": {}}, {"slow": "slow-tenant-key"})
+    with GatewayThread(make_settings(tmp_path, [("dsp-baseline", baseline_url, "eu")], api_keys_file=keys,
+                                     header_timeout_s=1.0, body_timeout_s=1.0, max_uploads_per_tenant=1)) as gw:
+        host, port = gw.url.removeprefix("http://").split(":")
+        auth = bearer("slow-tenant-key")
+        # Headers trickled, never finished.
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(f"POST /v1/separations HTTP/1.1\r\nHost: {host}\r\n".encode())
+            answer = _answer(sock)
+        assert status_of(answer) == 408 and b"headers did not arrive within 1 s" in answer, answer
+        # A body that stops half way: 408 once it has been silent for body_timeout_s.
+        body = multipart_body(wav_bytes(tone(1.0)))
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall((f"POST /v1/separations HTTP/1.1\r\nHost: {host}\r\nAuthorization: {auth['Authorization']}"
+                          f"\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+                          f"Content-Length: {len(body)}\r\n\r\n").encode() + body[:1000])
+            answer = _answer(sock)
+        assert status_of(answer) == 408 and b"request_timeout" in answer and b"connection: close" in answer.lower()
+        # While one upload of the tenant streams (stalled here), its next one is refused, not queued.
+        slow = ChunkedUpload(gw.url, headers=auth)
+        try:
+            wait_until(lambda: gw.service.upload_slots.held.get("slow") == 1, 10, "the first upload in progress")
+            r = submit(gw.url, wav_bytes(tone(1.0)), headers=auth)
+            assert r.status_code == 429 and "uploads in progress" in r.json()["error"], r.text
+            assert int(r.headers["retry-after"]) >= 1
+        finally:
+            slow.close()
+        wait_until(lambda: "slow" not in gw.service.upload_slots.held, 10, "the stalled upload's slot back")
+        assert submit(gw.url, wav_bytes(tone(1.0)), headers=auth).status_code == 202

@@ -8,8 +8,8 @@ import asyncio
 
 import pytest
 
-from musicsplit.gateway.jobqueue import ChunkPlan, SqlJobQueue
-from musicsplit.gateway.jobstore import SqlJobStore
+from musicsplit.gateway.jobs.jobqueue import ChunkPlan, SqlJobQueue
+from musicsplit.gateway.storage.jobstore import SqlJobStore
 
 
 @pytest.fixture
@@ -85,13 +85,13 @@ async def test_an_expired_lease_is_taken_over_first_and_the_old_holder_changes_n
     assert await queue.checkpoint(job.id, "dead", 0, {"model": "m"}, 3, 8)
     assert (await queue.claim("alive", 30)).job.id == waiting.id  # the lease still runs: not taken
     await asyncio.sleep(0.3)
-    assert await queue.renew("dead", 30) == {job.id}, "a late renewal by the holder keeps its job"
+    assert await queue.renew("dead", 30, {job.id}) == {job.id}, "a late renewal by the holder keeps its job"
     await queue.release(job.id, "dead")  # e.g. shutdown: resumable at once
     taken = await queue.claim("alive", 30)
     assert (taken.job.id, taken.taken_over_from, taken.job.lease_owner) == (job.id, "dead", "alive")
     assert taken.job.attempts == 2 and taken.job.chunks_done == 3  # progress kept
     # The old holder lost the lease: nothing it writes lands.
-    assert await queue.renew("dead", 30) == set()
+    assert await queue.renew("dead", 30, {job.id}) == set()
     assert await queue.progress(job.id, "dead", 7, 8) is None
     assert await queue.checkpoint(job.id, "dead", 5, {}, 7, 8) is None
     assert not await queue.save_plan(job.id, "dead", ChunkPlan([(0, 10)], None))
@@ -123,3 +123,16 @@ async def test_release_all_makes_every_running_job_resumable(job_store, queue):
     assert await queue.claim("new-life", 30) is None
     assert await queue.release_all() == 2
     assert {(await queue.claim("new-life", 30)).job.id for _ in range(2)} == {a.id, b.id}
+
+
+async def test_renewal_keeps_only_the_jobs_the_replica_still_runs(job_store, queue):
+    """A row whose task ended without its terminal write is not renewed with the others: its lease
+    expires and another replica takes it over."""
+    await new_job(job_store)
+    await new_job(job_store, user="u2")
+    running, zombie = (await queue.claim("r1", 0.3)).job, (await queue.claim("r1", 0.3)).job
+    assert await queue.renew("r1", 30, {running.id}) == {running.id}
+    await asyncio.sleep(0.4)
+    taken = await queue.claim("r2", 30)
+    assert (taken.job.id, taken.taken_over_from) == (zombie.id, "r1")
+    assert await queue.claim("r2", 30) is None  # the renewed one stays r1's

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from musicsplit.gateway.database import database_url
-from musicsplit.gateway.jobstore import DuplicateIdempotencyKey, SqlJobStore
+from musicsplit.gateway.storage.database import database_url
+from musicsplit.gateway.storage.jobstore import DuplicateIdempotencyKey, SqlJobStore
 
 
 async def new_job(job_store, tenant="public", user="u1", key=None, batch=None, **kw):

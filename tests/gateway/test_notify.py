@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import httpx
+from prometheus_client import REGISTRY
 import pytest
 
 from musicsplit.gateway.notify import init_sentry
@@ -12,6 +13,10 @@ from musicsplit.localstack import start_predictor
 
 from .conftest import free_port, submit, tone, wait_job, wav_bytes
 from .receivers import Receiver, sentry_events
+
+
+def opens(region: str = "eu-west", model: str = "dsp-baseline") -> float:
+    return REGISTRY.get_sample_value("musicsplit_gateway_breaker_opens_total", {"model": model, "region": region}) or 0.0
 
 
 def _wait(predicate, timeout=15.0):
@@ -27,12 +32,15 @@ def test_breaker_open_pages_once_on_slack_and_pagerduty(gateway_factory):
                              slack_webhook_url=hooks.url + "/slack", pagerduty_routing_key="R0UTINGKEY",
                              pagerduty_url=hooks.url + "/pagerduty", breaker_failures=2, breaker_reset_s=0.5,
                              health_interval_s=60, fallback_model=None)
+        opened = opens()
         for _ in range(3):  # each request fails; the breaker opens, half-opens, opens again
             r = httpx.post(f"{gw.url}/v2/models/default/infer", content=b"{}", timeout=30)
             assert r.status_code == 503
             time.sleep(0.6)
         _wait(lambda: hooks.posts("/slack") and hooks.posts("/pagerduty"))
-        time.sleep(0.3)
+        state = gw.service.pool.states[0]
+        _wait(lambda: opens() >= opened + 2)  # the breaker opened again after its first page
+        _wait(lambda: not gw.service.notifier._tasks)  # and whatever it sent has arrived
         slack, pd = hooks.json_bodies("/slack"), hooks.json_bodies("/pagerduty")
         assert len(slack) == 1 and len(pd) == 1, "de-duplicated: one incident, one message each"
         assert "circuit breaker open" in slack[0]["text"] and "eu-west" in slack[0]["text"]
@@ -48,14 +56,18 @@ def test_model_load_failure_is_paged(gateway_factory, tmp_path):
     proc = start_predictor(broken, "htdemucs", log_dir=tmp_path, wait="live", timeout=60)
     try:
         with Receiver() as hooks:
-            gateway_factory([("htdemucs", proc.url, "us-east")], slack_webhook_url=hooks.url + "/slack",
+            gw = gateway_factory([("htdemucs", proc.url, "us-east")], slack_webhook_url=hooks.url + "/slack",
                             pagerduty_routing_key="K", pagerduty_url=hooks.url + "/pagerduty",
                             health_interval_s=0.3, default_model="htdemucs")
             _wait(lambda: hooks.posts("/pagerduty"), timeout=60)
             pd = hooks.json_bodies("/pagerduty")[0]
             assert pd["payload"]["severity"] == "critical" and "failed to load" in pd["payload"]["summary"]
             assert "failed to load" in hooks.json_bodies("/slack")[0]["text"]
-            time.sleep(1.0)  # several more probes: still one page
+            state = gw.service.pool.states[0]
+            for _ in range(3):  # three more probes, each seeing the failed load again: still one page
+                seen = state.checked_at
+                _wait(lambda: state.checked_at > seen)
+            _wait(lambda: not gw.service.notifier._tasks)
             assert len(hooks.posts("/pagerduty")) == 1
     finally:
         proc.stop()

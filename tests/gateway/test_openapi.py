@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from musicsplit.gateway.openapi import render
+from musicsplit.gateway.api.openapi import render
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
 
 
 def test_committed_spec_is_current():
-    assert DOC.exists(), "run: python -m musicsplit.gateway.openapi"
-    assert DOC.read_text() == render(), "docs/openapi.json is stale: python -m musicsplit.gateway.openapi"
+    assert DOC.exists(), "run: python -m musicsplit.gateway.api.openapi"
+    assert DOC.read_text() == render(), "docs/openapi.json is stale: python -m musicsplit.gateway.api.openapi"
 
 
 def _has_example(node, schemas) -> bool:

@@ -60,8 +60,8 @@ def test_job_survives_a_gateway_killed_mid_job(baseline_url, tmp_path):
 
 
 async def _stored_job(data_dir, job_id):
-    from musicsplit.gateway.database import database_url
-    from musicsplit.gateway.jobstore import SqlJobStore
+    from musicsplit.gateway.storage.database import database_url
+    from musicsplit.gateway.storage.jobstore import SqlJobStore
 
     store = await SqlJobStore.open(database_url(f"sqlite:///{data_dir / 'jobs.sqlite3'}"))
     try:
@@ -90,9 +90,9 @@ def test_a_job_run_again_never_writes_into_stem_files_it_shares(baseline_url, tm
     import hashlib
     import os
 
-    from musicsplit.gateway.intake import take
-    from musicsplit.gateway.jobstore import open_job_store
-    from musicsplit.gateway.results_local import LocalResultStore
+    from musicsplit.gateway.jobs.intake import take
+    from musicsplit.gateway.storage.jobstore import open_job_store
+    from musicsplit.gateway.storage.results_local import LocalResultStore
 
     from .conftest import GatewayThread, make_settings
 
@@ -100,13 +100,13 @@ def test_a_job_run_again_never_writes_into_stem_files_it_shares(baseline_url, tm
     with GatewayThread(settings) as gw:
         first = wait_job(gw.url, submit(gw.url, wav_bytes(tone(3.0, seed=401))).json()["id"])
         assert first["status"] == "succeeded"
-    shared = LocalResultStore(settings.data_dir).job_dir(first["id"]) / "stems" / "vocals.wav"
+    shared = LocalResultStore(settings.data_dir, settings.staging_dir).job_dir(first["id"]) / "stems" / "vocals.wav"
     links = shared.stat().st_nlink
     assert links >= 2, "the result cache holds a link to the stem"
     before = hashlib.sha256(shared.read_bytes()).hexdigest()
 
     async def plant() -> str:
-        store, results = await open_job_store(settings), LocalResultStore(settings.data_dir)
+        store, results = await open_job_store(settings), LocalResultStore(settings.data_dir, settings.staging_dir)
         try:
             job = await store.create(tenant="public", model="dsp-baseline", params={"stems": None,
                                      "output_format": "wav", "shifts": None}, user_id=None, arm="control",

@@ -12,9 +12,9 @@ import pytest
 from prometheus_client import REGISTRY
 
 from musicsplit.errors import QuotaExceeded
-from musicsplit.gateway.jobstore import ActiveJobLimit
-from musicsplit.gateway.quotas import Quotas
-from musicsplit.gateway.tenants import Quota, Tenant
+from musicsplit.gateway.storage.jobstore import ActiveJobLimit
+from musicsplit.gateway.tenancy.quotas import Quotas
+from musicsplit.gateway.tenancy.tenants import Quota, Tenant
 from musicsplit.localstack import wait_until
 
 from .conftest import GatewayThread, bearer, make_settings, tenants_file, tone, wav_bytes

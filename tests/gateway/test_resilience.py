@@ -4,16 +4,17 @@ a full queue. Real predictor processes; the dead ones are really dead."""
 from __future__ import annotations
 
 import asyncio
-import socket
+import itertools
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
-from musicsplit.gateway.resilience import CircuitBreaker, CircuitOpen
+from musicsplit.gateway.upstream.resilience import CircuitBreaker, CircuitOpen
 from musicsplit.v2client import V2Client
-from musicsplit.localstack import start_predictor
+from musicsplit.localstack import start_predictor, wait_until
 
 from .conftest import free_port, submit, tone, wait_job, wav_bytes
 from .receivers import Receiver
@@ -50,18 +51,14 @@ def test_breaker_opens_half_opens_and_closes():
     assert b.state == "closed" and changes == ["open", "half_open", "open", "half_open", "closed"]
 
 
+def upstream(region: str, outcome: str, model: str = "dsp-baseline") -> float:
+    """This process's count of requests to `region`'s predictors with `outcome` (read by label)."""
+    return REGISTRY.get_sample_value("musicsplit_gateway_upstream_requests_total",
+                                     {"model": model, "region": region, "outcome": outcome}) or 0.0
+
+
 def dead_url() -> str:
     return f"http://127.0.0.1:{free_port()}"  # nothing listens there
-
-
-@pytest.fixture
-def black_hole():
-    """A port that accepts connections and never answers (a hung predictor)."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    s.listen(64)
-    yield f"http://127.0.0.1:{s.getsockname()[1]}"
-    s.close()
 
 
 def test_region_down_costs_no_request(baseline_url, gateway_factory):
@@ -69,13 +66,15 @@ def test_region_down_costs_no_request(baseline_url, gateway_factory):
     gw = gateway_factory([("dsp-baseline", dead_url(), "near"), ("dsp-baseline", baseline_url, "far")],
                          region_order=["near", "far"])
     mix = tone(1.0)
+    far = upstream("far", "success")
     with V2Client(gw.url) as client:
         for _ in range(10):
             assert set(client.separate("default", mix, 44100).stems) == {"drums", "bass", "other", "vocals"}
     docs = [wait_job(gw.url, submit(gw.url, wav_bytes(tone(1.0, seed=i))).json()["id"]) for i in range(3)]
     assert all(d["status"] == "succeeded" for d in docs)
+    assert upstream("far", "success") == far + 13, "10 v2 calls and 3 one-chunk jobs, each answered once by far"
     near = next(s for s in gw.service.pool.states if s.region == "near")
-    assert near.breaker.state == "open" or not near.healthy
+    wait_until(lambda: not near.healthy, 10, "the dead region marked unhealthy")
 
 
 def test_failover_when_a_region_dies_under_load(baseline_url, gateway_factory, tmp_path):
@@ -92,11 +91,16 @@ def test_failover_when_a_region_dies_under_load(baseline_url, gateway_factory, t
                 r = client.separate("default", mix, 44100)
             return r.model_version
 
+        near, far = upstream("near", "success"), upstream("far", "success")
         with ThreadPoolExecutor(4) as pool:
             results = list(pool.map(call, range(30)))  # bounded: 30 requests
         assert len(results) == 30 and all(results), "no failed user request"
+        served_near, served_far = upstream("near", "success") - near, upstream("far", "success") - far
+        assert served_near + served_far == 30, "each request answered exactly once"
+        # Of the 22 requests from the kill on, at most 3 had started before it: the rest went far.
+        assert served_far >= 19, (served_near, served_far)
         regions = {s.region: s for s in gw.service.pool.states}
-        assert not regions["near"].healthy or regions["near"].breaker.state != "closed"
+        wait_until(lambda: not regions["near"].healthy, 10, "the dead region marked unhealthy")
     finally:
         near_proc.stop()
 
@@ -117,7 +121,7 @@ def test_predictor_killed_mid_job_completes_on_the_other_replica(gateway_factory
         assert doc["status"] == "succeeded", doc
         assert doc["progress"]["chunks_done"] == doc["progress"]["chunks_total"] == 24
         failed = [s for s in gw.service.pool.states if s.url == a.url][0]
-        assert not failed.healthy or failed.breaker.failures or failed.breaker.state != "closed"
+        wait_until(lambda: not failed.healthy, 10, "the killed replica marked unhealthy")
     finally:
         a.stop()
         b.stop()
@@ -216,14 +220,17 @@ def test_saturated_predictor_429s_are_waited_out_not_failed(gateway_factory, tmp
 
 @pytest.fixture
 def failing_predictor():
-    """A server that is ready but answers every infer with a given status (a crashing or misnamed replica)."""
+    """A server that is ready but answers every infer with a given status (a crashing or misnamed replica),
+    or with each of a list of statuses in turn."""
     import json
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     servers = []
 
-    def start(status: int, headers: dict[str, str] | None = None, body: dict | None = None) -> str:
+    def start(status: int | list[int], headers: dict[str, str] | None = None, body: dict | None = None) -> str:
+        statuses = itertools.cycle(status if isinstance(status, list) else [status])
+
         class Handler(BaseHTTPRequestHandler):
             def _answer(self, code: int, body: dict, extra: dict[str, str] | None = None):
                 data = json.dumps(body).encode()
@@ -240,7 +247,8 @@ def failing_predictor():
 
             def do_POST(self):
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                self._answer(status, body or {"error": f"injected {status}"}, headers)
+                code = next(statuses)
+                self._answer(code, body or {"error": f"injected {code}"}, headers)
 
             def log_message(self, *args):
                 pass
@@ -260,12 +268,13 @@ def failing_predictor():
 def test_a_crashing_or_misnamed_replica_fails_over(status, failing_predictor, baseline_url, gateway_factory):
     gw = gateway_factory([("dsp-baseline", failing_predictor(status), "near"), ("dsp-baseline", baseline_url, "far")],
                          region_order=["near", "far"])
+    refused, far = upstream("near", f"http_{status}"), upstream("far", "success")
     r = httpx.post(f"{gw.url}/v2/models/default/infer", timeout=30, content=_v2_body(tone(0.5)))
     assert r.status_code == 200, r.text
     doc = wait_job(gw.url, submit(gw.url, wav_bytes(tone(1.0, seed=91))).json()["id"])
     assert doc["status"] == "succeeded", doc
-    near = next(s for s in gw.service.pool.states if s.region == "near")
-    assert near.breaker.failures > 0 or near.breaker.state != "closed"
+    assert upstream("near", f"http_{status}") > refused, "the near replica was tried and its error seen"
+    assert upstream("far", "success") == far + 2, "then far answered the call and the job's one chunk"
 
 
 @pytest.mark.parametrize("status", [500, 404])
@@ -321,8 +330,8 @@ def test_breaker_trial_is_released_when_the_call_is_cancelled_or_crashes():
 
 @pytest.mark.parametrize("exc", [ValueError("malformed answer"), asyncio.CancelledError()])
 def test_router_never_leaves_a_half_open_trial_taken(exc, tmp_path):
-    from musicsplit.gateway.regions import EndpointPool
-    from musicsplit.gateway.upstream import Router
+    from musicsplit.gateway.upstream.regions import EndpointPool
+    from musicsplit.gateway.upstream.routing import Router
 
     from .conftest import make_settings
 
@@ -366,3 +375,14 @@ def test_a_busy_predictor_makes_a_job_wait_for_a_place_not_fail(baseline_url, ga
         proxy.busy_until = time.monotonic() + 3600
         doc = wait_job(gw.url, submit(gw.url, wav_bytes(tone(1.0, seed=95))).json()["id"], timeout=60)
         assert doc["status"] == "failed" and doc["error"]["code"] == "upstream_unavailable", doc
+
+
+def test_a_jobs_wait_for_a_busy_predictor_is_bounded_whatever_fails_in_between(failing_predictor, gateway_factory):
+    """429s (busy) interleaved with 503s (an outage): the saturation wait is the job's, not reset by
+    the other errors, so the job fails once it has waited chunk_saturated_wait_s in all."""
+    url = failing_predictor([429, 503], headers={"Retry-After": "1"})
+    gw = gateway_factory([("dsp-baseline", url, "eu")], retry_attempts=1, breaker_failures=10_000,
+                         chunk_retries=10_000, chunk_retry_max_wait_s=0.05, chunk_saturated_wait_s=1.0,
+                         health_interval_s=60)
+    doc = wait_job(gw.url, submit(gw.url, wav_bytes(tone(1.0, seed=93))).json()["id"], timeout=20)
+    assert doc["status"] == "failed" and "stayed busy" in doc["error"]["error"], doc

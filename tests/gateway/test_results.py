@@ -14,10 +14,10 @@ import pytest
 import soundfile as sf
 
 from musicsplit.errors import BadRequest, NotFound, PayloadTooLarge, Unsupported
-from musicsplit.gateway.jobstore import SeparationJob
-from musicsplit.gateway.results import make_result_store
+from musicsplit.gateway.storage.jobstore import SeparationJob
+from musicsplit.gateway.storage.result_store import make_result_store
 from musicsplit.gateway.settings import GatewaySettings
-from musicsplit.gateway.uploads import Uploads
+from musicsplit.gateway.jobs.uploads import Uploads
 
 from .conftest import tone
 

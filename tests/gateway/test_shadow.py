@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from musicsplit.gateway.canaries import Canary, CanaryDirectory, canaries_from
+from musicsplit.gateway.upstream.canaries import Canary, CanaryDirectory, canaries_from
 from musicsplit.gateway.settings import GatewaySettings
-from musicsplit.gateway.shadow import AGREEMENT_CAP_DB, ShadowMirror, agreement_db, agreements
+from musicsplit.gateway.upstream.shadow import AGREEMENT_CAP_DB, ShadowMirror, agreement_db, agreements
 from musicsplit.localstack import start_predictor, wait_until
 from musicsplit.v2client import SOURCE_HEADER, V2Client, encode_request
 from tests.fixtures.recorder import Recorder
@@ -77,15 +77,27 @@ def test_what_is_mirrored():
         settings = GatewaySettings(shadow_enabled=True, shadow_sample_rate=rate, shadow_max_concurrent=1)
         return ShadowMirror(settings, directory=Static(), rng=lambda: draw)
 
-    assert mirror(1.0)._admit("m", "1.0") is not None
-    assert mirror(1.0)._admit("m", "2.0") is None  # the canary answered the user itself
-    assert mirror(1.0)._admit("m", None) is None  # nobody says which version answered
-    assert mirror(1.0)._admit("other", "1.0") is None  # no canary step for this model
-    assert mirror(0.6, draw=0.5)._admit("m", "1.0") is not None
-    assert mirror(0.4, draw=0.5)._admit("m", "1.0") is None
-    assert mirror(0.0, draw=0.0)._admit("m", "1.0") is None
+    assert mirror(1.0)._admit("m", "1.0", 1) is not None
+    assert mirror(1.0)._admit("m", "2.0", 1) is None  # the canary answered the user itself
+    assert mirror(1.0)._admit("m", None, 1) is None  # nobody says which version answered
+    assert mirror(1.0)._admit("other", "1.0", 1) is None  # no canary step for this model
+    assert mirror(0.6, draw=0.5)._admit("m", "1.0", 1) is not None
+    assert mirror(0.4, draw=0.5)._admit("m", "1.0", 1) is None
+    assert mirror(0.0, draw=0.0)._admit("m", "1.0", 1) is None
     off = ShadowMirror(GatewaySettings(shadow_sample_rate=1.0), directory=Static())
-    assert off._admit("m", "1.0") is None
+    assert off._admit("m", "1.0", 1) is None
+
+
+async def test_a_separation_too_large_to_hold_twice_is_not_mirrored():
+    """A mirror holds its request and both answers: one over shadow_max_bytes is skipped (counted)."""
+    settings = GatewaySettings(shadow_enabled=True, shadow_sample_rate=1.0, shadow_max_bytes=10 * 1024 * 1024)
+    mirror = ShadowMirror(settings, directory=Static())
+    samples = np.zeros((2, 44100 * 10), np.float32)  # 3.4 MB; four stems of it, twice: 28 MB more
+    stems = {s: samples for s in ("drums", "bass", "other", "vocals")}
+    skipped = shadow_counts("m")["skipped"]
+    mirror.offer_chunk("m", "1.0", samples, 44100, stems)
+    assert mirror.inflight == 0 and shadow_counts("m")["skipped"] == skipped + 1
+    assert mirror._admit("m", "1.0", 10 * 1024 * 1024) is not None  # at the bound: mirrored
 
 
 # ---------------------------------------------------------------- a real gateway

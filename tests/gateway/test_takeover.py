@@ -20,8 +20,8 @@ import pytest
 import soundfile as sf
 from websockets.sync.client import connect
 
-from musicsplit.gateway.database import database_url
-from musicsplit.gateway.jobstore import SqlJobStore
+from musicsplit.gateway.storage.database import database_url
+from musicsplit.gateway.storage.jobstore import SqlJobStore
 from musicsplit.localstack import start_gateway, wait_until
 
 from .conftest import GatewayThread, make_settings, submit, tone, wait_job, wav_bytes

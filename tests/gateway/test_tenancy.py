@@ -4,15 +4,18 @@ re-separations, A/B stickiness, the fair queue and the result cache count within
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import httpx
 import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from musicsplit.gateway.tenancy import Caller
+from musicsplit.gateway.tenancy.callers import Caller
+from musicsplit.localstack import wait_until
 
 from .conftest import GatewayThread, bearer, make_settings, tenants_file, tone, wait_job, wav_bytes
 from .test_flags import AB, bootstrap_with
@@ -55,8 +58,7 @@ def test_another_tenants_job_is_not_there(gw):
         assert r.status_code == 404 and r.json()["code"] == "not_found", (path, r.text)
     assert httpx.delete(f"{gw.url}/v1/separations/{job['id']}", headers=other, timeout=10).status_code == 404
     assert httpx.post(f"{gw.url}/v1/separations/{job['id']}/progress-ticket", headers=other).status_code == 404
-    with connect(gw.url.replace("http", "ws") + doc["progress_url"], additional_headers=other) as ws:
-        assert json.loads(ws.recv())["code"] == "not_found"
+    assert refusal(gw.url.replace("http", "ws") + doc["progress_url"], additional_headers=other) == (404, "not_found")
     with connect(gw.url.replace("http", "ws") + doc["progress_url"], additional_headers=owner) as ws:
         assert json.loads(ws.recv())["status"] == "succeeded"
 
@@ -68,8 +70,7 @@ def test_without_credentials_nothing_is_there(gw):
         r = httpx.request(method, gw.url + path, timeout=10)
         assert r.status_code == 401 and r.json()["code"] == "unauthorized", (path, r.text)
         assert r.headers["www-authenticate"] == 'Bearer realm="musicsplit"'
-    with connect(gw.url.replace("http", "ws") + job["progress_url"]) as ws:
-        assert json.loads(ws.recv())["code"] == "unauthorized"
+    assert refusal(gw.url.replace("http", "ws") + job["progress_url"]) == (401, "unauthorized")
     assert httpx.get(f"{gw.url}/v2/health/live").status_code == 200  # probes need no key
     assert httpx.get(f"{gw.url}/v2/health/ready").status_code == 200
 
@@ -81,13 +82,19 @@ def test_a_progress_ticket_opens_one_jobs_websocket_once(gw):
     assert r.status_code == 201, r.text
     ticket = r.json()
     ws_base = gw.url.replace("http", "ws")
-    with connect(f"{ws_base}/v1/separations/{b['id']}/progress?ticket={ticket['ticket']}") as ws:
-        assert json.loads(ws.recv())["code"] == "unauthorized"  # another job's ticket (and now used up)
+    assert refusal(f"{ws_base}/v1/separations/{b['id']}/progress?ticket={ticket['ticket']}") == (
+        401, "unauthorized")  # another job's ticket (and now used up), refused before the handshake
     r = httpx.post(f"{gw.url}/v1/separations/{a['id']}/progress-ticket", headers=as_tenant("acme"))
     with connect(ws_base + r.json()["progress_url"]) as ws:  # no Authorization header: a browser
         assert json.loads(ws.recv())["id"] == a["id"]
-    with connect(ws_base + r.json()["progress_url"]) as ws:
-        assert json.loads(ws.recv())["code"] == "unauthorized", "a ticket works once"
+    assert refusal(ws_base + r.json()["progress_url"]) == (401, "unauthorized"), "a ticket works once"
+
+
+def refusal(url: str, **kw) -> tuple[int, str]:
+    """A WebSocket refused at its handshake: (HTTP status, error code)."""
+    with pytest.raises(InvalidStatus) as refused:
+        connect(url, **kw)
+    return refused.value.response.status_code, json.loads(refused.value.response.body)["code"]
 
 
 def test_a_batch_belongs_to_its_tenant(gw):
@@ -184,3 +191,25 @@ def test_ab_arms_and_queue_places_are_per_tenant_user(gw):
     assert arms["acme"] != arms["globex"]
     assert Caller("acme", "u").owner != Caller("globex", "u").owner
     assert Caller("acme", None).flag_user is None  # anonymous: no stickiness to share
+
+
+def test_progress_websockets_are_capped_per_job_and_per_tenant(black_hole, tmp_path):
+    keys = tenants_file(tmp_path / "tenants.yaml", {"acme": {}}, KEYS)
+    settings = make_settings(tmp_path, [("dsp-baseline", black_hole, "eu")], api_keys_file=keys,
+                             request_timeout_s=60, health_interval_s=60, max_progress_sockets_per_job=2,
+                             max_progress_sockets_per_tenant=3)
+    with GatewayThread(settings) as gw:
+        jobs = [upload(gw, "acme", wav_bytes(tone(1.0, seed=330 + i))) for i in range(2)]  # running, never ending
+        ws_base, auth = gw.url.replace("http", "ws"), as_tenant("acme")
+        with contextlib.ExitStack() as sockets:
+            for _ in range(2):
+                sockets.enter_context(connect(ws_base + jobs[0]["progress_url"], additional_headers=auth)).recv()
+            assert refusal(ws_base + jobs[0]["progress_url"], additional_headers=auth) == (429, "quota_exceeded")
+            sockets.enter_context(connect(ws_base + jobs[1]["progress_url"], additional_headers=auth)).recv()
+            assert refusal(ws_base + jobs[1]["progress_url"], additional_headers=auth) == (429, "quota_exceeded")
+        # Closed: their places are free again.
+        wait_until(lambda: not gw.service.socket_slots.tenants, 10, "the closed sockets' places back")
+        with connect(ws_base + jobs[0]["progress_url"], additional_headers=auth) as ws:
+            assert json.loads(ws.recv())["id"] == jobs[0]["id"]
+        for job in jobs:
+            httpx.delete(f"{gw.url}/v1/separations/{job['id']}", headers=auth)

@@ -8,7 +8,8 @@ One browser session: tenant A separates a generated track (progress moves, each 
 the track's duration, the zip holds four stems of its length), sees a 400 and a 413 refusal and
 only its own jobs; tenant B sees only its own; the listening room plays the stable and the canary
 A/B and records a verdict, which the JSON endpoint and the metric then hold. The run saves the
-screenshots in docs/ui/ (linked from the README).
+screenshots; with MUSICSPLIT_UPDATE_SCREENSHOTS=1 into docs/ui/ (linked from the README), else
+into the test's temporary folder, so a test run leaves the checkout as it was.
 """
 
 from __future__ import annotations
@@ -103,11 +104,12 @@ def test_the_page_separates_plays_downloads_refuses_isolates_tenants_and_compare
                    model=MODEL).json()["id"]
     wait_job(gw.url, b_job, headers=bearer(KEYS["team-b"]))
 
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    shots = SCREENSHOTS if os.environ.get("MUSICSPLIT_UPDATE_SCREENSHOTS") == "1" else tmp_path / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
     config = {"url": gw.url, "playwright_dir": str(PLAYWRIGHT_DIR), "chromium": CHROMIUM, "timeout_ms": 30_000,
               "key_a": KEYS["team-a"], "key_b": KEYS["team-b"], "model": MODEL, "track": str(track),
               "bad_file": str(bad), "big_file": str(big), "zip_path": str(tmp_path / "stems.zip"),
-              "screenshots": str(SCREENSHOTS), "failure_shot": str(tmp_path / "failure.png"),
+              "screenshots": str(shots), "failure_shot": str(tmp_path / "failure.png"),
               "note": "canary sounds the same"}
     (tmp_path / "config.json").write_text(json.dumps(config))
     run = subprocess.run(["node", str(DRIVER), str(tmp_path / "config.json"), str(tmp_path / "seen.json")],
@@ -168,4 +170,4 @@ def test_the_page_separates_plays_downloads_refuses_isolates_tenants_and_compare
                    {"model": MODEL, "canary_version": CANARY_VERSION, "verdict": "same"}) >= 1
     for name in ("separate-desktop.png", "separate-phone.png", "jobs-desktop.png", "room-desktop.png",
                  "room-phone.png"):
-        assert (SCREENSHOTS / name).stat().st_size > 10_000, name
+        assert (shots / name).stat().st_size > 10_000, name

@@ -1,4 +1,4 @@
-"""The API the web UI uses beyond the separations API (gateway/routers/ui.py, gateway/verdicts.py):
+"""The API the web UI uses beyond the separations API (gateway/api/routers/ui.py, gateway/experiments/verdicts.py):
 the page's files and their headers, `ui_enabled`, the model list with rollouts, a job's place in
 the queue, the v2 pass-through pinned to a version, and listening-room verdicts (validated against
 the rollout the gateway knows, per tenant, durable in SQLite and PostgreSQL). The browser test:
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import httpx
 
-from musicsplit.gateway.canaries import Canary
-from musicsplit.gateway.database import open_engine
-from musicsplit.gateway.verdicts import VerdictIn, VerdictStore
+from musicsplit.gateway.upstream.canaries import Canary
+from musicsplit.gateway.storage.database import open_engine
+from musicsplit.gateway.experiments.verdicts import VerdictIn, VerdictStore
 from musicsplit.v2client import encode_request
 from tests.gateway.conftest import bearer, submit, tenants_file, tone, wav_bytes
 

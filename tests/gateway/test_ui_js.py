@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from musicsplit.gateway.shadow import agreement_db
+from musicsplit.gateway.upstream.shadow import agreement_db
 
 UI = Path(__file__).resolve().parents[2] / "gateway" / "ui"
 

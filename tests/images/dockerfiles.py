@@ -82,14 +82,18 @@ class Dockerfile:
 
     def copies(self) -> list[tuple[list[str], str, bool]]:
         """Every COPY/ADD: (sources, destination, from another stage)."""
+        return [copy for stage in self.stages for copy in self.copies_of(stage)]
+
+    @staticmethod
+    def copies_of(stage: Stage) -> list[tuple[list[str], str, bool]]:
+        """A stage's COPY/ADD instructions: (sources, destination, from another stage)."""
         out = []
-        for stage in self.stages:
-            for ins in stage.instructions:
-                if ins["instruction"] in ("COPY", "ADD"):
-                    words = shlex.split(ins["value"])
-                    flags = [w for w in words if w.startswith("--")]
-                    paths = [w for w in words if not w.startswith("--")]
-                    out.append((paths[:-1], paths[-1], any(f.startswith("--from") for f in flags)))
+        for ins in stage.instructions:
+            if ins["instruction"] in ("COPY", "ADD"):
+                words = shlex.split(ins["value"])
+                flags = [w for w in words if w.startswith("--")]
+                paths = [w for w in words if not w.startswith("--")]
+                out.append((paths[:-1], paths[-1], any(f.startswith("--from") for f in flags)))
         return out
 
 

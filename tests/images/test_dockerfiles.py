@@ -111,26 +111,57 @@ def test_command_is_the_components_server(component, target):
         assert (ns.model_dir, ns.http_port, ns.grpc_port) == ("/mnt/models", 8080, 8081)
 
 
-def pip_installs(df: Dockerfile, target: str) -> list[str]:
-    """The words of every RUN along a stage's chain."""
-    return [w for stage in df.chain(target) for run in stage.all("RUN") for w in shlex.split(run)]
+def run_words(df: Dockerfile, target: str) -> list[str]:
+    """The words of every RUN along a stage's chain, its ARGs' defaults substituted."""
+    words = []
+    for stage in df.chain(target):
+        args = dict(shlex.split(value)[0].partition("=")[::2] for value in stage.all("ARG"))
+        for run in stage.all("RUN"):
+            for name in sorted(args, key=len, reverse=True):
+                run = re.sub(r"\$\{?" + name + r"\}?(?![A-Za-z0-9_])", lambda _: args[name], run)
+            words += shlex.split(run)
+    return words
 
 
 def test_predictor_cpu_and_cuda_variants_pin_torch():
     df = dockerfile("predictor")
     pinned = re.search(r"torch==([\d.]+)", (ROOT / "scripts" / "install.sh").read_text()).group(1)
-    cpu, cuda = pip_installs(df, "build-cpu"), pip_installs(df, "build-cuda")
+    cpu, cuda = run_words(df, "deps-cpu"), run_words(df, "deps-cuda")
     assert f"torch=={pinned}+cpu" in cpu and "https://download.pytorch.org/whl/cpu" in cpu
     assert f"torch=={pinned}" in cuda and not any("download.pytorch.org" in w for w in cuda)
     assert any(w.startswith("nvidia-ml-py==") for w in cuda), "GPU utilisation needs NVML"
-    # Each variant image carries its own build's environment.
-    for target, build in (("cpu", "build-cpu"), ("cuda", "build-cuda")):
-        froms = [ins["value"] for ins in df.stage(target).instructions if ins["instruction"] == "COPY"]
-        assert froms == [f"--from={build} /opt/musicsplit /opt/musicsplit"]
+    # Each variant image carries its own dependencies and the one application layer.
+    for target, deps in (("cpu", "deps-cpu"), ("cuda", "deps-cuda")):
+        copies = [ins["value"] for ins in df.stage(target).instructions if ins["instruction"] == "COPY"]
+        assert copies == [f"--from={deps} /opt/musicsplit /opt/musicsplit",
+                          "--from=app /opt/musicsplit-app /opt/musicsplit-app"]
     assert df.stages[-1].name == "cpu", "the default target is the CPU image"
     # The device plugin sets NVIDIA_VISIBLE_DEVICES; an image default of "all" would
     # expose every GPU to pods that asked for none.
     assert "NVIDIA_VISIBLE_DEVICES" not in df.env("cuda")
+
+
+@pytest.mark.parametrize("component", sorted(IMAGES))
+def test_dependencies_install_before_the_source_is_copied(component):
+    """A code change must not reinstall torch and the dependencies (CI rebuilds
+    the images on every run): they install from pyproject.toml alone, the
+    package goes into a layer of its own."""
+    df = dockerfile(component)
+    installs = [s for s in df.stages if any("-r requirements.txt" in run for run in s.all("RUN"))]
+    assert installs
+    for stage in installs:
+        for upstream in df.chain(stage.name):
+            for sources, _, from_stage in df.copies_of(upstream):
+                assert from_stage or sources == ["pyproject.toml"], (stage.name, sources)
+
+
+@pytest.mark.parametrize(("component", "target"), TARGETS)
+def test_the_images_own_stages_run_nothing(component, target):
+    """podman's build-time mounts (the CA bundle, pip's config) leave empty
+    mount points behind in any layer a RUN makes; the stages an image is made
+    of (the target down to its base) make none."""
+    df = dockerfile(component)
+    assert not [stage.name for stage in df.chain(target) if stage.all("RUN")]
 
 
 @pytest.mark.parametrize("component", sorted(IMAGES))

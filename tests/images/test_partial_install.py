@@ -52,13 +52,14 @@ def test_component_tree_builds_a_wheel_of_its_own_packages(component, tmp_path):
     if component == "predictor":  # package data: the price table the cost metrics read at start
         assert "musicsplit/predictor/prices.yaml" in names
     if component == "gateway":  # package data: the offline flag defaults, the job store's migrations
-        assert "musicsplit/gateway/flags_bootstrap.json" in names
-        assert "musicsplit/gateway/routers/separations.py" in names
-        assert {"musicsplit/gateway/migrations/env.py", "musicsplit/gateway/migrations/versions/0001_jobs.py",
-                "musicsplit/gateway/migrations/versions/0002_tenant.py"} <= set(names)
-        # The web page's static files (routers/ui.py serves them from the package).
-        assert {"musicsplit/gateway/ui/index.html", "musicsplit/gateway/ui/app.js", "musicsplit/gateway/ui/style.css",
-                "musicsplit/gateway/migrations/versions/0005_listening_verdicts.py"} <= set(names)
+        assert "musicsplit/gateway/experiments/flags_bootstrap.json" in names
+        assert "musicsplit/gateway/api/routers/separations.py" in names
+        migrations = "musicsplit/gateway/storage/migrations"
+        assert {f"{migrations}/env.py", f"{migrations}/versions/0001_jobs.py", f"{migrations}/versions/0002_tenant.py",
+                f"{migrations}/versions/0005_listening_verdicts.py"} <= set(names)
+        # The web page's static files (api/routers/ui.py serves them from the package).
+        assert {"musicsplit/gateway/ui/index.html", "musicsplit/gateway/ui/app.js",
+                "musicsplit/gateway/ui/style.css"} <= set(names)
 
     # Run its CLI from the wheel alone: the installed dependencies are visible,
     # this checkout and its editable install are not (no .pth files run).

@@ -33,7 +33,9 @@ def env(kube, tmp_path_factory):
     cluster = KubeCluster(server, server.kubeconfig(d / "admin.kubeconfig", namespace=NS), namespace=NS)
     with KServeSimulator(cluster, broken={"gs://models/broken/9.9.9"}, period=0.2) as sim:
         op = Operator(cluster, d / "operator.log", tick=0.5, namespace=NS,
-                      env={"KUBECONFIG": str(server.kubeconfig(d / "operator.kubeconfig", token, namespace=NS))})
+                      env={"KUBECONFIG": str(server.kubeconfig(d / "operator.kubeconfig", token, namespace=NS)),
+                           # the webhook receivers listen on loopback, which the egress policy refuses by default
+                           "MUSICSPLIT_OPERATOR_EGRESS_ALLOWED_NETWORKS": '["127.0.0.0/8"]'})
         try:
             yield cluster, sim, op
         finally:

@@ -117,11 +117,24 @@ def test_the_report_says_plainly_which_thresholds_failed_and_that_goodput_missed
                                        "musicsplit": {"scenario": "arrival", "spec": {}, "capacity": 1.0,
                                                       "load_factor": 2, "rate": 2.0, "goodput_goal": goal}})
     md = write_report(runs, tmp_path / "docs").read_text()
-    verdict = md.split("## Verdict", 1)[1].split("##", 1)[0]
-    assert "**thresholds FAILED** in spike (`separation_seconds{api:jobs}` p(99)<12)" in verdict
+    verdict = md.split("## What failed", 1)[1].split("##", 1)[0]
+    assert "threshold `separation_seconds{api:jobs}` p(99)<12 **failed** in spike" in verdict
     assert "goodput at 2x capacity 90.0% of capacity, **below its 95% goal**" in verdict
     assert "0 of 40 requests failed" in verdict
     spike = next(line for line in md.splitlines() if line.startswith("| spike |"))
     assert "**1 of 2 FAILED**: `separation_seconds{api:jobs}` p(99)<12" in spike and "| 0 |" in spike
     assert "**0" not in md  # no bold zero beside a failure
     assert "(goal >= 95%: **missed**)" in md
+
+
+def test_the_report_says_first_which_thresholds_failed(two_levels, tmp_path):
+    from musicsplit.loadtest.report import write_report
+
+    summary = json.loads((tmp_path / "run.json").read_text())
+    summary["metrics"] = {"separation_seconds{api:jobs}": {"thresholds": {"p(99)<12": {"ok": False}}},
+                          "separations_failed": {"thresholds": {"count==0": {"ok": True}}}}
+    (tmp_path / "run.json").write_text(json.dumps(summary))
+    md = write_report(tmp_path, tmp_path / "docs").read_text()
+    section = md.split("## What failed\n", 1)[1].split("\n## ", 1)[0]
+    assert f"- `{tmp_path.name}`: threshold `separation_seconds{{api:jobs}}` p(99)<12 **failed** in run" in section
+    assert "separations_failed" not in section, "a threshold that held is not listed as failed"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import json
 import os
 import re
@@ -51,10 +52,77 @@ CRD_RESOURCE = "apiextensions.k8s.io/v1/customresourcedefinitions"
 ISVC = "serving.kserve.io/v1beta1/inferenceservices"
 SM = "musicsplit.io/v1alpha1/separationmodels"
 UNREACHABLE = "http://127.0.0.1:9"  # the discard port: nothing listens
+# The project's shared data (../shared from its root; MUSICSPLIT_SHARED_DIR where it lies elsewhere).
+SHARED = Path(os.environ.get("MUSICSPLIT_SHARED_DIR") or REPO.parent / "shared")
+KSERVE_CRD = SHARED / "crds" / "kserve-v0.20.0" / "serving.kserve.io_inferenceservices.yaml"
+KSERVE_VERSIONS = ("0.19", "0.20")
+# v0.20's defaulting webhook writes the deployment modes' new names.
+NEW_MODE_NAMES = {"RawDeployment": "Standard", "Serverless": "Knative"}
+STANDARD = ("Standard", "RawDeployment")
+
+
+def strict(schema: dict) -> dict:
+    """`schema` refusing unknown fields where a real API server would prune
+    them silently (every object with properties and no
+    x-kubernetes-preserve-unknown-fields): a field the operator writes that
+    KServe's CRD does not know is a bug, not a no-op."""
+    out = dict(schema)
+    if "properties" in out:
+        out["properties"] = {k: strict(v) for k, v in out["properties"].items()}
+        if "additionalProperties" not in out and not out.get("x-kubernetes-preserve-unknown-fields"):
+            out["additionalProperties"] = False
+    for key in ("items", "additionalProperties"):
+        if isinstance(out.get(key), dict):
+            out[key] = strict(out[key])
+    for key in ("allOf", "anyOf", "oneOf"):
+        if isinstance(out.get(key), list):
+            out[key] = [strict(s) for s in out[key]]
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _load_crd(path: Path) -> dict:
+    return yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
+@functools.lru_cache(maxsize=None)
+def kserve_crd(version: str = "0.20", strict_fields: bool = True) -> dict:
+    """KServe v0.20.0's real InferenceService CRD; for "0.19" the same without
+    what v0.20 added (spec.canary, status.canaryStatuses). Shared: never mutate it."""
+    crd = copy.deepcopy(_load_crd(KSERVE_CRD))
+    if version != "0.20":
+        for v in crd["spec"]["versions"]:
+            props = v["schema"]["openAPIV3Schema"]["properties"]
+            props["spec"]["properties"].pop("canary", None)
+            props["status"]["properties"].pop("canaryStatuses", None)
+    if strict_fields:
+        for v in crd["spec"]["versions"]:
+            v["schema"]["openAPIV3Schema"]["properties"]["spec"] = strict(
+                v["schema"]["openAPIV3Schema"]["properties"]["spec"])
+    return crd
+
+
+def _stored(value):
+    """A list as the API server stores it: no null-valued keys in its items."""
+    if isinstance(value, list):
+        return [_stored(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _stored(v) for k, v in value.items() if v is not None}
+    return value
+
+
+def _keep_nulls_outside_lists(patch, stored):
+    """`stored`'s lists in `patch`, whose nulls outside lists (deletions) stay."""
+    if isinstance(patch, dict):
+        return {k: (None if v is None else _keep_nulls_outside_lists(v, stored.get(k))) for k, v in patch.items()}
+    return stored if isinstance(patch, list) else patch
 
 
 def merge_patch(base, patch):
-    """RFC 7386 JSON merge patch."""
+    """RFC 7386 JSON merge patch, as the API server applies it (lists replaced
+    whole, their items stored without null-valued keys)."""
+    if isinstance(patch, list):
+        return _stored(patch)
     if not isinstance(patch, dict):
         return copy.deepcopy(patch)
     out = dict(base) if isinstance(base, dict) else {}
@@ -133,6 +201,11 @@ class CRDEmulator(KubernetesEmulator):
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         self.crds: dict[str, dict] = {}  # resource key 'group/version/plural' -> CRD version entry + names
+        self.kserve_defaulting = False  # v0.20's webhook: deploymentMode annotations in the new names
+        # What no real server can be made to do on demand: (resource key[/subresource], name) -> (status,
+        # reason, message), answered to every create or patch of that object; and when each refused request came.
+        self.refuse: dict[tuple[str, str], tuple[int, str, str]] = {}
+        self.refused: list[tuple[float, str]] = []
         # OpenAPI v3 that says "PATCH takes fieldValidation": kubectl then leaves
         # validation to the server (us) instead of downloading schemas itself.
         self.fallback["get /openapi/v3"] << self._serve_openapi_root
@@ -157,7 +230,14 @@ class CRDEmulator(KubernetesEmulator):
     async def _serve_openapi_gv(self, request):
         gv = request.url.path.removeprefix("/openapi/v3/")
         group, version = (gv.split("/")[1:3] if gv.startswith("apis/") else ("", gv.split("/")[1]))
-        paths = {}
+        paths, schemas = {}, {}
+        for key, crd in self.crds.items():
+            # Served for KServe only: what the operator reads to tell v0.20 from older ones.
+            if crd["group"] == "serving.kserve.io" and key.startswith(f"{group}/{version}/"):
+                kind = crd["names"]["kind"]
+                schemas[f"io.kserve.serving.{version}.{kind}"] = {
+                    **crd["version"]["schema"]["openAPIV3Schema"],
+                    "x-kubernetes-group-version-kind": [{"group": group, "version": version, "kind": kind}]}
         for res in self._get_resources():
             if (res.group, res.version) != (group, version) or res not in self.resources:
                 continue
@@ -172,7 +252,7 @@ class CRDEmulator(KubernetesEmulator):
                 "responses": {"200": {"description": "OK"}},
             }}
         return {"openapi": "3.0.0", "info": {"title": "kmock", "version": "v1"}, "paths": paths,
-                "components": {"schemas": {}}}
+                "components": {"schemas": schemas}}
 
     def _info(self, request):
         key = f"{request.resource.group}/{request.resource.version}/{request.resource.plural}".lstrip("/")
@@ -190,9 +270,31 @@ class CRDEmulator(KubernetesEmulator):
             self.crds[key] = {"group": spec["group"], "names": names, "version": v}
 
     async def _handle(self, request):
+        if request.resource is not None and request.action in (enums.action.CREATE, enums.action.UPDATE):
+            key = f"{request.resource.group}/{request.resource.version}/{request.resource.plural}".lstrip("/")
+            data = request.data if isinstance(request.data, dict) else {}
+            name = request.name or (data.get("metadata") or {}).get("name")
+            if request.subresource:
+                key = f"{key}/{request.subresource}"
+            refusal = self.refuse.get((key, name))
+            if refusal is not None:
+                self.refused.append((time.monotonic(), request.action.name))
+                raise KubernetesError(status=refusal[0], reason=refusal[1], message=refusal[2])
         if request.resource is not None:
+            self._default_kserve(request)
             self._admit(request)
         return await super()._handle(request)
+
+    def _default_kserve(self, request) -> None:
+        """KServe v0.20's defaulting webhook renames the deployment mode annotation."""
+        if not self.kserve_defaulting or not isinstance(request.data, dict) or request.subresource:
+            return
+        if f"{request.resource.group}/{request.resource.version}/{request.resource.plural}" != ISVC:
+            return
+        ann = (request.data.get("metadata") or {}).get("annotations") or {}
+        mode = ann.get("serving.kserve.io/deploymentMode")
+        if mode in NEW_MODE_NAMES:
+            ann["serving.kserve.io/deploymentMode"] = NEW_MODE_NAMES[mode]
 
     def _admit(self, request) -> None:
         """What the API server does before storing: defaults, validation, status split."""
@@ -238,6 +340,9 @@ class CRDEmulator(KubernetesEmulator):
                 return
             current = dict(current.raw)
             patch = request.data
+            for k, v in _stored(patch).items():  # stored as a real server stores them
+                if isinstance(v, (list, dict)):
+                    patch[k] = _keep_nulls_outside_lists(patch[k], v)
             meta = patch.setdefault("metadata", {}) if request.subresource != "status" else None
             if crd is not None and "status" in (crd["version"].get("subresources") or {}):
                 if request.subresource == "status":
@@ -311,8 +416,10 @@ class CRDEmulator(KubernetesEmulator):
 class Cluster:
     """The emulator on 127.0.0.1 in a background thread, with a kubeconfig."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, kserve: str = "0.19"):
+        """`kserve`: which KServe's InferenceService CRD and webhook to play ("0.19" or "0.20")."""
         self.workdir = Path(workdir)
+        self.kserve = kserve
         self.loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
@@ -329,10 +436,10 @@ class Cluster:
         self._stop = asyncio.Event()
         async with CRDEmulator() as emu, kmock.Server(emu) as server:
             emu.resources.load_bundled()
-            # KServe's CRD (its own chart installs it); no schema here, KServe's controller is simulated.
-            emu.resources[ISVC] = ResourceInfo(kind="InferenceService", singular="inferenceservice", namespaced=True,
-                                               verbs={"get", "list", "watch", "create", "patch", "delete"},
-                                               shortnames={"isvc"}, subresources={"status"})
+            # KServe's real CRD (its own chart installs it): InferenceServices are
+            # validated against its schema; KServe's controller is simulated.
+            emu._register_crd(kserve_crd(self.kserve))
+            emu.kserve_defaulting = self.kserve == "0.20"
             self.emu, self.url = emu, str(server.url).rstrip("/")
             self._ready.set()
             await self._stop.wait()
@@ -451,6 +558,23 @@ class Operator:
         terminate(self.proc, timeout=15)
 
 
+def _storage_uri(pred: dict) -> str | None:
+    return (pred.get("model") or {}).get("storageUri") or next(
+        (e["value"] for c in pred.get("containers") or [] for e in c.get("env") or [] if e["name"] == "STORAGE_URI"),
+        None)
+
+
+def _deployment_condition(dep: dict, broken: bool) -> dict:
+    """PredictorReady as KServe derives it from a Deployment's conditions."""
+    if dep["ready"]:
+        return {"status": "True", "reason": "NewReplicaSetAvailable",
+                "message": f"ReplicaSet for {dep['uri']} has successfully progressed."}
+    if broken:
+        return {"status": "False", "reason": "ProgressDeadlineExceeded",
+                "message": f"ReplicaSet for {dep['uri']} has timed out progressing."}
+    return {"status": "Unknown", "reason": "ReplicaSetUpdated", "message": f"ReplicaSet for {dep['uri']} is progressing."}
+
+
 class KServeSimulator:
     """KServe's controller, Knative's revisions and the garbage collector, honestly small.
 
@@ -470,6 +594,9 @@ class KServeSimulator:
         self._thread = threading.Thread(target=self._loop, daemon=True, name="kserve-sim")
         self.http = cluster.client()
         self.split: dict[tuple, dict[str, float]] = {}  # (ns, name) -> {url: fraction} (what Knative routes)
+        # v0.20 Standard mode: (ns, name) -> {Deployment name: {uri, created, ready, serving}}
+        self.deployments: dict[tuple, dict[str, dict]] = {}
+        self.kserve = cluster.kserve
 
     def __enter__(self):
         self._thread.start()
@@ -502,6 +629,7 @@ class KServeSimulator:
                                  f"/inferenceservices/{meta['name']}")
                 self.revisions.pop((meta["namespace"], meta["name"]), None)
                 self.raw_rolled.pop((meta["namespace"], meta["name"]), None)
+                self.deployments.pop((meta["namespace"], meta["name"]), None)
                 continue
             # Without the nulls a merge patch deletes: what a real server then stores.
             status = _without_nulls(self.reconcile(isvc))
@@ -518,9 +646,10 @@ class KServeSimulator:
     def reconcile(self, isvc: dict) -> dict:
         meta, pred = isvc["metadata"], isvc["spec"]["predictor"]
         key = (meta["namespace"], meta["name"])
-        uri = (pred.get("model") or {}).get("storageUri") or next(
-            (e["value"] for c in pred.get("containers") or [] for e in c.get("env") or []
-             if e["name"] == "STORAGE_URI"), None)
+        mode = (meta.get("annotations") or {}).get("serving.kserve.io/deploymentMode")
+        if self.kserve == "0.20" and mode in STANDARD:
+            return self._standard(isvc)
+        uri = _storage_uri(pred)
         revs = self.revisions.setdefault(key, [])
         now = time.monotonic()
         # A spec change that moves the storageUri creates a new revision (Knative).
@@ -534,7 +663,7 @@ class KServeSimulator:
         comp_old = (old.get("components") or {}).get("predictor") or {}
         latest = revs[-1]
         # RawDeployment: a Deployment per model, no revisions to split between (kserve#4074).
-        raw = (meta.get("annotations") or {}).get("serving.kserve.io/deploymentMode") == "RawDeployment"
+        raw = mode in STANDARD
         rolled = self.raw_rolled.get(key) if raw else comp_old.get("latestRolledoutRevision")
         pct = pred.get("canaryTrafficPercent")
         if raw:
@@ -579,6 +708,7 @@ class KServeSimulator:
                     if latest["uri"] in self.broken else {})}]
         return {
             "url": f"http://{host}",
+            **({"deploymentMode": "Knative"} if self.kserve == "0.20" else {}),
             "conditions": cond,
             "components": {"predictor": {
                 "latestCreatedRevision": latest["name"],
@@ -613,7 +743,7 @@ class KServeSimulator:
                 {"type": "Ready", **pred}]
         status = {
             "conditions": cond,
-            "deploymentMode": "RawDeployment",
+            "deploymentMode": "Standard" if self.kserve == "0.20" else "RawDeployment",
             "observedGeneration": deployment_generation,
             # KServe sets the component URL once ready and never clears it.
             "components": {"predictor": {"url": serving_url} if serving_url else {}},
@@ -627,4 +757,65 @@ class KServeSimulator:
                 "reason": "ModelLoadFailed", "message": f"{latest['uri']} could not be loaded"}}
         elif last_failure:  # KServe never clears it
             status["modelStatus"]["lastFailureInfo"] = last_failure
+        return status
+
+    def _standard(self, isvc: dict) -> dict:
+        """KServe v0.20's Standard mode: a Deployment and Service per predictor
+        (<isvc>-predictor, or <isvc>-<name>-predictor when named), one more per
+        spec.canary entry, weighted on the HTTPRoute; status.canaryStatuses and
+        CanaryPredictorReady for the canaries. A Deployment whose storageUri
+        changes rolls (its old pods serve until the new ones are ready)."""
+        meta, spec = isvc["metadata"], isvc["spec"]
+        ns, name = meta["namespace"], meta["name"]
+        deps = self.deployments.setdefault((ns, name), {})
+        now = time.monotonic()
+
+        def deployment(pred: dict) -> tuple[str, dict]:
+            dep = f"{name}-{pred['name']}-predictor" if pred.get("name") else f"{name}-predictor"
+            uri, d = _storage_uri(pred), deps.get(dep)
+            if d is None or d["uri"] != uri:
+                d = deps[dep] = {"uri": uri, "created": now, "ready": False,
+                                 "serving": d["uri"] if d and d["ready"] else (d or {}).get("serving")}
+            if not d["ready"] and uri not in self.broken and now - d["created"] >= self.ready_after:
+                d.update(ready=True, serving=uri)
+            return dep, d
+
+        stable_name, stable = deployment(spec["predictor"])
+        canaries = [(c, *deployment(c.get("predictor") or {})) for c in spec.get("canary") or []]
+        for dep in set(deps) - {stable_name, *(c[1] for c in canaries)}:
+            del deps[dep]  # predictors gone from the spec: their Deployments are deleted
+
+        def url(dep: str, d: dict) -> str | None:
+            return self.endpoints.get(d["serving"], f"http://{dep}.{ns}.svc.cluster.local") if d["serving"] else None
+
+        split = {}
+        canary_pct = sum(c["trafficPercent"] for c, _, d in canaries if d["ready"])
+        if url(stable_name, stable):
+            split[url(stable_name, stable)] = (100 - canary_pct) / 100
+        for c, dep, d in canaries:
+            if d["ready"]:
+                split[url(dep, d)] = c["trafficPercent"] / 100
+        self.split[(ns, name)] = split
+        pred = _deployment_condition(stable, stable["uri"] in self.broken)
+        cond = [{"type": "IngressReady", "status": "True"}, {"type": "PredictorReady", **pred},
+                {"type": "Ready", **pred}]
+        status = {"conditions": cond, "deploymentMode": "Standard", "observedGeneration": 1,
+                  "components": {"predictor": {"url": url(stable_name, stable)} if stable["serving"] else {}},
+                  "modelStatus": {"transitionStatus": "UpToDate" if stable["ready"] else "InProgress"}}
+        if stable["serving"]:
+            status["url"] = url(stable_name, stable)
+        if canaries:
+            statuses = []
+            for c, dep, d in canaries:
+                entry = {"name": c["predictor"].get("name", ""), "ready": d["ready"],
+                         "trafficPercent": c["trafficPercent"] if d["ready"] else 0,
+                         "modelStatus": {"transitionStatus": "UpToDate" if d["ready"] else "InProgress"}}
+                if d["uri"] in self.broken:
+                    entry["modelStatus"] = {"transitionStatus": "BlockedByFailedLoad", "lastFailureInfo": {
+                        "reason": "ModelLoadFailed", "message": f"{d['uri']} could not be loaded"}}
+                statuses.append(entry)
+            status["canaryStatuses"] = statuses
+            ok = all(s["ready"] for s in statuses)
+            cond.append({"type": "CanaryPredictorReady", "status": "True" if ok else "False",
+                         "reason": "AllCanariesReady" if ok else "CanaryNotReady"})
         return status

@@ -194,7 +194,7 @@ def test_a_canary_is_judged_on_its_users_requests_only(stack, tmp_path):
             last = st["lastAnalysis"]
             assert last["weight"] == 50 and last["result"] == "fail" and last["canaryVersion"] == "2.0.0"
             c = checks(st)
-            print("analysis:", {k: (v["value"], v["threshold"], v["result"]) for k, v in c.items()})
+            print("analysis:", {k: (v.get("value"), v["threshold"], v["result"]) for k, v in c.items()})
             # Prometheus measured the users' requests: the verdict is not blind, and not the probe's.
             assert c["requests"]["result"] == "pass" and c["requests"]["value"] >= c["requests"]["threshold"], c
             assert c["qualityScore"]["result"] == "fail" and c["qualityDrop"]["result"] == "fail", c
@@ -242,7 +242,7 @@ def test_a_canary_is_judged_on_its_users_requests_only(stack, tmp_path):
             assert st["stableVersion"] == "2.1.0" and "canaryVersion" not in st
             assert [h["outcome"] for h in st["history"]] == ["promoted", "rolledBack", "promoted"]
             c = checks(st)
-            print("analysis:", {k: (v["value"], v["threshold"], v["result"]) for k, v in c.items()})
+            print("analysis:", {k: (v.get("value"), v["threshold"], v["result"]) for k, v in c.items()})
             assert st["lastAnalysis"]["result"] == "pass" and st["lastAnalysis"]["weight"] == 100
             assert c["requests"]["result"] == "pass" and c["errorRate"]["value"] == 0
             assert c["qualityScore"]["value"] > 0.9 and abs(c["goldenSdrDrop"]["value"]) < 1.0
@@ -316,7 +316,7 @@ def test_a_degraded_canary_is_rolled_back_by_the_users_golden_set_alone(stack, t
 
             cluster.apply(model("2.0.0"))
             st = verdict(cluster, "2.0.0")
-            print("golden-set rollback:", {k: (v["value"], v["result"]) for k, v in checks(st).items()})
+            print("golden-set rollback:", {k: (v.get("value"), v["result"]) for k, v in checks(st).items()})
             assert st["phase"] == "RolledBack" and st["stableVersion"] == "1.0.0"
             c = checks(st)
             assert [n for n, v in c.items() if v["result"] == "fail"] == ["goldenSdrDrop"]
@@ -357,7 +357,7 @@ def test_same_named_models_in_two_namespaces_are_judged_apart(stack, tmp_path):
             a, b = verdict(cluster, "2.0.0", "default"), verdict(cluster, "2.0.0", OTHER)
             print(f"sent: default {traffic_a.sent}, {OTHER} {traffic_b.sent}")
             for ns, st in (("default", a), (OTHER, b)):
-                print(ns, st["phase"], {k: (v["value"], v["result"]) for k, v in checks(st).items()})
+                print(ns, st["phase"], {k: (v.get("value"), v["result"]) for k, v in checks(st).items()})
             assert a["phase"] == "RolledBack" and a["stableVersion"] == "1.0.0"
             assert checks(a)["qualityScore"]["result"] == "fail" and checks(a)["requests"]["result"] == "pass"
             assert b["phase"] == "Succeeded" and b["stableVersion"] == "2.0.0", b

@@ -217,3 +217,12 @@ def test_a_spec_names_another_prometheus_only_from_the_operators_allowlist(spec_
     assert url == chosen
     if chosen is None:
         assert "not in the operator's allowlist" in why and "MUSICSPLIT_OPERATOR_PROMETHEUS_URL_ALLOWLIST" in why
+
+
+def test_credentials_in_a_prometheus_url_never_reach_the_condition():
+    """resolve_url's message goes into every SeparationModel's AnalysisConfigured condition."""
+    secret = "https://analyst:s3cr3t@prom.example:9090/?token=abc123"
+    for spec_url, allowlist in ((None, []), (secret, [secret]), (secret, [])):
+        _, why = prometheus.resolve_url(spec_url, secret if spec_url is None else OPERATOR_PROM, allowlist)
+        assert "s3cr3t" not in why and "abc123" not in why and "analyst" not in why, why
+        assert "***@prom.example:9090" in why

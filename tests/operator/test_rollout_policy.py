@@ -89,8 +89,10 @@ def env(tmp_path_factory):
     try:
         with Cluster(d) as cluster, KServeSimulator(cluster) as sim:
             cluster.kubectl("apply", "-f", str(MANIFESTS / "crd.yaml"))
+            # The receivers listen on loopback, which webhooks may not reach unless the admin says so.
             op = Operator(cluster, d / "operator.log", tick=0.5,
-                          env={"MUSICSPLIT_OPERATOR_PROMETHEUS_URL": prom.url})
+                          env={"MUSICSPLIT_OPERATOR_PROMETHEUS_URL": prom.url,
+                               "MUSICSPLIT_OPERATOR_EGRESS_ALLOWED_NETWORKS": '["127.0.0.0/8"]'})
             try:
                 yield cluster, sim, op
             finally:

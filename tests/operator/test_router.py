@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from musicsplit.operator import router
-from musicsplit.operator.router import Route
+import functools
+import re
+
+import jsonschema
+import pytest
+
+from musicsplit.operator import kserve, router
+from musicsplit.operator.router import LEGACY, V0_20, Route
+from tests.operator.cluster import kserve_crd
 from musicsplit.operator.spec import parse_spec
 
 SPEC = parse_spec({
@@ -133,3 +140,114 @@ def test_a_model_load_failure_counts_only_while_it_blocks_the_transition():
     later = router.observe(_raw({"conditions": ok, "modelStatus": {"transitionStatus": "UpToDate",
                                                                     "lastFailureInfo": info}}))
     assert later.failure is None and later.latest_ready
+
+
+# ---------------------------------------------------------------- KServe v0.20: mode names, Standard-mode canaries
+
+
+STD = SPEC.model_copy(update={"deployment_mode": "Standard"})
+RAW = SPEC.model_copy(update={"deployment_mode": "RawDeployment"})
+KN = SPEC.model_copy(update={"deployment_mode": "Knative"})
+STABLE_URI, CANARY_URI = "gs://m/htdemucs/4.0.0", "gs://m/htdemucs/4.0.1"
+
+
+@pytest.mark.parametrize("spec, kserve_api, annotation, mode", [
+    (SPEC, LEGACY, "Serverless", "Knative"), (KN, LEGACY, "Serverless", "Knative"),
+    (SPEC, V0_20, "Knative", "Knative"), (KN, V0_20, "Knative", "Knative"),
+    (RAW, LEGACY, "RawDeployment", "Standard"), (STD, LEGACY, "RawDeployment", "Standard"),
+    (RAW, V0_20, "Standard", "StandardCanary"), (STD, V0_20, "Standard", "StandardCanary"),
+])
+def test_either_vocabulary_in_the_spec_is_written_in_the_installed_kserves(spec, kserve_api, annotation, mode):
+    m = router.traffic_mode(spec, kserve_api)
+    assert m.name == mode
+    isvc = router.inference_service("m", "ns", spec, Route(STABLE_URI, None), m)
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == annotation
+
+
+@pytest.mark.parametrize("mode_name", ["Standard", "RawDeployment"])
+def test_standard_mode_is_read_in_both_vocabularies(mode_name):
+    isvc = router.inference_service("m", "ns", STD, Route(STABLE_URI, None), router.traffic_mode(STD, V0_20))
+    isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] = "Knative"  # status is KServe's word
+    isvc["status"] = {"deploymentMode": mode_name, "conditions": [{"type": "PredictorReady", "status": "True"}]}
+    o = router.observe(isvc)
+    # No revisions in Standard mode: ready from PredictorReady, never waiting for revisions that never come.
+    assert o.standard and o.latest_ready and o.storage_uri == STABLE_URI
+
+
+@functools.lru_cache(maxsize=None)
+def _validator(version: str) -> jsonschema.Draft4Validator:
+    return jsonschema.Draft4Validator(kserve_crd(version)["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+
+
+def _validate(isvc: dict, version: str) -> None:
+    errors = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in _validator(version).iter_errors(isvc)]
+    assert not errors, errors
+
+
+@pytest.mark.parametrize("spec, kserve_api", [(SPEC, LEGACY), (RAW, LEGACY), (SPEC, V0_20), (STD, V0_20)])
+@pytest.mark.parametrize("route", [Route(CANARY_URI, None, "4.0.1"), Route(CANARY_URI, 10, "4.0.1", STABLE_URI, "4.0.0")])
+def test_rendered_inference_services_are_valid_for_kserves_real_crd(spec, kserve_api, route):
+    """Against KServe v0.20.0's own CRD (and the same without spec.canary for
+    older ones), unknown fields refused (a real server would prune them)."""
+    m = router.traffic_mode(spec, kserve_api)
+    for custom in (False, True):
+        s = spec.model_copy(update={"predictor": spec.predictor.model_copy(update={"image": "ghcr.io/x/m:1"})}) \
+            if custom else spec
+        _validate(router.inference_service("m", "ns", s, route, m), "0.20" if kserve_api.standard_canary else "0.19")
+
+
+def test_a_standard_canary_is_a_named_spec_canary_entry_and_promotion_points_the_predictor_at_it():
+    m = router.traffic_mode(STD, V0_20)
+    spec = m.render("m", STD, Route(CANARY_URI, 25, "4.0.1", STABLE_URI, "4.0.0"))
+    stable_name, canary_name = router.predictor_name(STABLE_URI), router.predictor_name(CANARY_URI)
+    assert stable_name != canary_name and re.match(r"^[a-z]([-a-z0-9]*[a-z0-9])?$", canary_name)
+    assert spec["predictor"]["name"] == stable_name and spec["predictor"]["model"]["storageUri"] == STABLE_URI
+    assert {"name": "MUSICSPLIT_EXPECTED_VERSION", "value": "4.0.0"} in spec["predictor"]["model"]["env"]
+    [entry] = spec["canary"]
+    assert entry["trafficPercent"] == 25 and entry["predictor"]["name"] == canary_name
+    assert {"name": "MUSICSPLIT_EXPECTED_VERSION", "value": "4.0.1"} in entry["predictor"]["model"]["env"]
+    promoted = m.render("m", STD, m.promotion({"canaryStorageUri": CANARY_URI, "canaryVersion": "4.0.1"}))
+    assert promoted["predictor"]["name"] == canary_name and promoted["canary"] == []
+    rolled = m.render("m", STD, m.rollback({"stableStorageUri": STABLE_URI, "stableVersion": "4.0.0"}, {}))
+    assert rolled["predictor"]["name"] == stable_name and rolled["canary"] == []
+
+
+def test_standard_canary_readiness_and_urls_come_from_canary_statuses():
+    m = router.traffic_mode(STD, V0_20)
+    isvc = router.inference_service("m", "ns", STD, Route(CANARY_URI, 25, "4.0.1", STABLE_URI, "4.0.0"), m)
+    canary = router.predictor_name(CANARY_URI)
+    isvc["status"] = {"deploymentMode": "Standard", "conditions": [
+        {"type": "Ready", "status": "True"}, {"type": "PredictorReady", "status": "True"},
+        {"type": "CanaryPredictorReady", "status": "False", "reason": "CanaryNotReady"}],
+        "canaryStatuses": [{"name": canary, "ready": False, "trafficPercent": 0, "modelStatus": {
+            "transitionStatus": "BlockedByFailedLoad",
+            "lastFailureInfo": {"reason": "ModelLoadFailed", "message": "no such model"}}}]}
+    o = router.observe(isvc)
+    assert o.route == (CANARY_URI, 25, STABLE_URI) and not o.latest_ready
+    assert o.failure == "ModelLoadFailed: no such model"
+    isvc["status"]["conditions"][2].update(status="True", reason="AllCanariesReady")
+    isvc["status"]["canaryStatuses"] = [{"name": canary, "ready": True, "trafficPercent": 25}]
+    o = router.observe(isvc)
+    assert o.latest_ready and o.latest_percent == 25 and o.failure is None
+    assert o.urls == {"latest": f"http://m-{canary}-predictor.ns.svc.cluster.local",
+                      "prev": f"http://m-{router.predictor_name(STABLE_URI)}-predictor.ns.svc.cluster.local"}
+
+
+def test_predictor_timeout_follows_the_longest_request_the_model_allows():
+    pred = lambda s: router.inference_service("m", "ns", s, Route(STABLE_URI, None))["spec"]["predictor"]  # noqa: E731
+    assert pred(SPEC)["timeout"] == 1260
+    longer = SPEC.model_copy(update={"predictor": SPEC.predictor.model_copy(update={"max_audio_seconds": 3600})})
+    assert pred(longer)["timeout"] == 3660
+    assert {"name": "MUSICSPLIT_MAX_AUDIO_SECONDS", "value": "3600"} in pred(longer)["model"]["env"]
+    explicit = SPEC.model_copy(update={"predictor": SPEC.predictor.model_copy(update={"timeout": "15m"})})
+    assert pred(explicit)["timeout"] == 900
+
+
+@pytest.mark.parametrize("version, found", [("0.20", V0_20), ("0.19", LEGACY)])
+def test_kserve_is_told_apart_by_its_served_inference_service_schema(version, found):
+    schema = kserve_crd(version, strict_fields=False)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    doc = {"components": {"schemas": {"io.kserve.serving.v1beta1.InferenceService": {
+        **schema, "x-kubernetes-group-version-kind": [
+            {"group": "serving.kserve.io", "version": "v1beta1", "kind": "InferenceService"}]}}}}
+    assert kserve.from_schema(doc) == found
+    assert kserve.from_schema({"components": {"schemas": {}}}) is None

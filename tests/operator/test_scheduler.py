@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from musicsplit.operator import scheduler as r
 from musicsplit.operator.analysis import VersionMetrics, judge
-from musicsplit.operator.router import Observed, Route
+from musicsplit.operator.router import LEGACY, V0_20, Observed, Route, traffic_mode
 from musicsplit.operator.status import HISTORY_LIMIT, condition, iso
 from tests.operator.builders import STABLE, T0, V1, V2, good, serving, spec, start_canary
 
@@ -283,3 +283,57 @@ def test_a_result_of_another_golden_set_or_older_content_is_measured_again():
                                  "measuredAt": iso(T0), **on_refs}}
     job = r.probe_due(sp, edited, obs, T0, "ml", "m")
     assert [(t.role, t.replaces) for t in job.targets] == [("stable", iso(T0))]
+
+
+# ---------------------------------------------------------------- KServe v0.20 Standard mode: spec.canary
+
+
+def _standard_canary_obs(canary_uri, pct, ready=True, stable_uri=V1["storageUri"]):
+    """What observe() reports for an InferenceService with one spec.canary entry."""
+    return Observed(exists=True, storage_uri=stable_uri, canary_percent=pct, ready=True, latest_ready=ready,
+                    latest_percent=pct if ready else None, canary_uri=canary_uri, standard=True,
+                    urls={"latest": "http://m-canary-predictor", "prev": "http://m-stable-predictor"})
+
+
+def test_standard_mode_with_spec_canary_steps_analyses_and_promotes_like_knative():
+    sp = spec(deploymentMode="Standard")
+    mode = traffic_mode(sp, V0_20)
+    plan = r.schedule(sp, STABLE, serving(V1["storageUri"]), T0, mode=mode)
+    # The canary beside the stable, at the first weight (not all traffic at once).
+    assert plan.route == Route(V2["storageUri"], 10, stable_uri=V1["storageUri"])
+    assert condition(plan.status, "TrafficSplit")["status"] == "True"
+    assert condition(plan.status, "Ready")["message"] == "stable 1.0.0 serves 90 % of traffic, canary 2.0.0 10 %"
+    # Ready canary at its weight: nothing to rewrite; its own URL probed, the stable's too.
+    obs = _standard_canary_obs(V2["storageUri"], 10)
+    assert r.schedule(sp, plan.status, obs, T0 + timedelta(seconds=5), mode=mode).route is None
+    job = r.probe_due(spec(deploymentMode="Standard", analysis={"goldenSet": {}}), plan.status, obs,
+                      T0 + timedelta(seconds=5), "ns", "m", mode=mode)
+    assert {(t.role, t.url) for t in job.targets} == {("canary", "http://m-canary-predictor"),
+                                                     ("stable", "http://m-stable-predictor")}
+    t = T0 + timedelta(seconds=61)
+    assert r.schedule(sp, plan.status, obs, t, mode=mode).analyze
+    # Analysis compares canary with stable (both serve), steps on, then promotes by name.
+    plan = r.after_analysis(sp, plan.status, judge(good(), sp, compare_stable=mode.splits), t, mode=mode)
+    assert plan.route == Route(V2["storageUri"], 50, stable_uri=V1["storageUri"])
+    plan = r.after_analysis(sp, plan.status, judge(good(), sp), t + timedelta(seconds=61), mode=mode)
+    assert plan.status["phase"] == "Promoting" and plan.route == Route(V2["storageUri"], None)
+    # Promoting until KServe serves the canary's predictor alone.
+    still = _standard_canary_obs(V2["storageUri"], 50)
+    assert r.schedule(sp, plan.status, still, t, mode=mode).status["phase"] == "Promoting"
+    alone = Observed(exists=True, storage_uri=V2["storageUri"], ready=True, latest_ready=True, standard=True)
+    st = r.schedule(sp, plan.status, alone, t, mode=mode).status
+    assert st["phase"] == "Succeeded" and st["stableVersion"] == "2.0.0"
+
+
+def test_standard_mode_canary_rollback_drops_the_entry_and_on_an_older_kserve_all_traffic_moves_at_once():
+    sp = spec(deploymentMode="RawDeployment")
+    mode = traffic_mode(sp, V0_20)
+    plan = r.schedule(sp, STABLE, serving(V1["storageUri"]), T0, mode=mode)
+    bad = judge(good(canary=VersionMetrics(100, 40, 2.0, 0.9)), sp)
+    plan = r.after_analysis(sp, plan.status, bad, T0 + timedelta(seconds=61), mode=mode)
+    assert plan.status["phase"] == "RolledBack" and plan.route == Route(V1["storageUri"], None)
+    # KServe before v0.20: no spec.canary, so no split, and the condition says so.
+    legacy = r.schedule(sp, STABLE, serving(V1["storageUri"]), T0, mode=traffic_mode(sp, LEGACY))
+    assert legacy.route == Route(V2["storageUri"], None)
+    cond = condition(legacy.status, "TrafficSplit")
+    assert cond["status"] == "False" and "no spec.canary" in cond["message"]

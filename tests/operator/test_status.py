@@ -35,3 +35,29 @@ def test_history_keeps_each_release_golden_sdr_registry_and_rollout_span():
     assert h["registry"] == registry
     assert h["goldenSdr"] == {"mean": 2.0, "perStem": {"vocals": 1.5}, "goldenSet": "builtin"}
     assert "canaryRegistry" not in st and "canaryStartedAt" not in st
+
+
+def _nulls_in_list_items(value, in_list=False, path="status") -> list[str]:
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _nulls_in_list_items(v, True, f"{path}[{i}]")]
+    if isinstance(value, dict):
+        return [p for k, v in value.items()
+                for p in ([f"{path}.{k}"] if in_list and v is None else _nulls_in_list_items(v, in_list, f"{path}.{k}"))]
+    return []
+
+
+def test_the_status_written_has_no_nulls_in_list_items():
+    """A real API server stores list items without null-valued keys: what kopf
+    reads back would differ from what it wrote ("inconsistencies"), every tick."""
+    from musicsplit.operator import reconcile, scheduler
+    from musicsplit.operator.analysis import Measurements, judge
+    from tests.operator.builders import V2, serving, start_canary
+
+    sp, plan = start_canary()  # V2 has no released date: its history entries have none
+    held = judge(Measurements(prometheus_error="connection refused"), sp)  # checks without values
+    st = scheduler.after_analysis(sp, plan.status, held, T0 + timedelta(seconds=61)).status
+    st = scheduler.schedule(sp, st, serving(V2["storageUri"], 10), T0, action="abort").status
+    assert any(c.get("value") is None for c in st["lastAnalysis"]["checks"])
+    written = reconcile._status_patch({}, st)
+    assert "released" not in written["history"][-1] and written["history"][-1]["outcome"] == "aborted"
+    assert _nulls_in_list_items(written) == []

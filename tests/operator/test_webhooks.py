@@ -19,6 +19,8 @@ from tests.fixtures.recorder import Recorder
 from tests.operator.cluster import UNREACHABLE
 
 MARKER = "receiver-secret-7f3a"
+# The receivers listen on loopback: the admin names that network (it is refused by default).
+LOCAL = webhooks.policy(allowed_networks=["127.0.0.0/8"])
 
 
 def hook(url: str, type_: str = "confirm-promotion", timeout: str = "2s", name: str = "gate") -> Webhook:
@@ -36,7 +38,7 @@ def outcome_count(name: str, type_: str, outcome: str) -> float:
 
 def test_a_2xx_is_a_yes_and_the_payload_arrives_as_json():
     with Recorder(answering(202)) as rx:
-        rec = webhooks.call(HookCall(hook(rx.url + "/gate"), "2.0.0@t/promotion", {"name": "m", "phase": "X"}), [])
+        rec = webhooks.call(HookCall(hook(rx.url + "/gate"), "2.0.0@t/promotion", {"name": "m", "phase": "X"}), LOCAL)
     assert rec["outcome"] == "ok" and rec["code"] == 202 and rec["reason"] == "HTTP 202"
     assert rec["key"] == "2.0.0@t/promotion" and rec["type"] == "confirm-promotion"
     (req,) = rx.requests
@@ -47,7 +49,7 @@ def test_a_2xx_is_a_yes_and_the_payload_arrives_as_json():
 @pytest.mark.parametrize("status", [403, 500, 302])
 def test_anything_else_is_a_no_and_the_body_is_never_kept(status):
     with Recorder(answering(status, headers={"location": "http://127.0.0.1:9/elsewhere"})) as rx:
-        rec = webhooks.call(HookCall(hook(rx.url), "k", {}), [])
+        rec = webhooks.call(HookCall(hook(rx.url), "k", {}), LOCAL)
     assert rec["outcome"] == "rejected" and rec["code"] == status and rec["reason"] == f"HTTP {status}"
     assert MARKER not in json.dumps(rec) and len(rx.requests) == 1  # a redirect is not followed
 
@@ -56,7 +58,7 @@ def test_a_hook_that_does_not_answer_in_time_is_a_timeout_bounded_by_its_timeout
     gate = threading.Event()
     with Recorder(answering(200), gate=gate) as rx:
         t0 = time.monotonic()
-        rec = webhooks.call(HookCall(hook(rx.url, timeout="500ms"), "k", {}), [])
+        rec = webhooks.call(HookCall(hook(rx.url, timeout="500ms"), "k", {}), LOCAL)
         took = time.monotonic() - t0
         gate.set()
     assert rec["outcome"] == "timeout" and rec["reason"] == "no answer within 500ms" and "code" not in rec
@@ -64,15 +66,16 @@ def test_a_hook_that_does_not_answer_in_time_is_a_timeout_bounded_by_its_timeout
 
 
 def test_an_unreachable_hook_is_an_error_that_names_no_more_than_the_failure():
-    rec = webhooks.call(HookCall(hook(UNREACHABLE + "/x"), "k", {}), [])
+    rec = webhooks.call(HookCall(hook(UNREACHABLE + "/x"), "k", {}), LOCAL)
     assert rec["outcome"] == "error" and rec["reason"] == "no answer: ConnectError"
 
 
 def test_a_url_outside_the_allowlist_is_never_requested():
     with Recorder(answering(200)) as rx:
-        rec = webhooks.call(HookCall(hook(rx.url + "/gate"), "k", {}), ["http://hooks.ml.svc/"])
+        rec = webhooks.call(HookCall(hook(rx.url + "/gate"), "k", {}), webhooks.policy(["http://hooks.ml.svc/"]))
         assert rx.requests == []
-        assert webhooks.call(HookCall(hook(rx.url + "/gate"), "k", {}), [rx.url + "/"])["outcome"] == "ok"
+        allowed = webhooks.policy([rx.url + "/"])  # naming it in the allowlist allows it, loopback or not
+        assert webhooks.call(HookCall(hook(rx.url + "/gate"), "k", {}), allowed)["outcome"] == "ok"
     assert rec["outcome"] == "notAllowed" and "MUSICSPLIT_OPERATOR_WEBHOOK_URL_ALLOWLIST" in rec["reason"]
 
 
@@ -90,12 +93,37 @@ def test_a_url_outside_the_allowlist_is_never_requested():
     ("http://hooks.test/other", False),
 ])
 def test_allowlist_compares_parsed_scheme_host_port_and_path(url, ok):
-    assert webhooks.allowed(url, ["http://loadtester.ml.svc", "http://hooks.test/approvals/"]) is ok
+    assert webhooks.policy(["http://loadtester.ml.svc", "http://hooks.test/approvals/"]).allowed(url) is ok
 
 
-def test_any_http_url_is_allowed_without_an_allowlist_but_nothing_else():
-    assert webhooks.allowed("http://10.0.0.1:9/x", [])
-    assert not webhooks.allowed("file:///etc/passwd", []) and not webhooks.allowed("gopher://x/", [])
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:6443/", "http://[::1]/", "http://localhost:8080/", "http://169.254.169.254/latest/meta-data/",
+    "http://10.0.0.1:9/x", "http://192.168.1.10/", "http://172.16.5.4/", "http://[fd00::1]/", "http://0.0.0.0/",
+    "http://[::ffff:127.0.0.1]/", "http://kubernetes.default.svc/", "http://prometheus.monitoring.svc.cluster.local/",
+    "http://redis/", "http://metadata.google.internal/", "file:///etc/passwd", "gopher://x/",
+])
+def test_without_an_allowlist_loopback_link_local_private_and_cluster_internal_urls_are_refused(url):
+    """A SeparationModel author must not make the operator a port scanner of its own network."""
+    rule = webhooks.policy()
+    assert not rule.allowed(url)
+    if not url.startswith("http"):
+        return  # spec.py refuses such a hook already
+    with Recorder(answering(200)) as rx:  # even where something listens, nothing is requested
+        rec = webhooks.call(HookCall(hook(url.replace("127.0.0.1:6443", rx.url.split("//")[1])), "k", {}), rule)
+        assert rec["outcome"] == "notAllowed" and rx.requests == []
+
+
+def test_public_urls_are_allowed_without_an_allowlist_unless_their_name_resolves_inside():
+    rule = webhooks.policy()
+    assert rule.allowed("https://hooks.slack.com/services/x") and rule.allowed("http://8.8.8.8/")
+    assert rule.refusal("https://evil.example/", resolve=lambda host: ["10.1.2.3"]) == (
+        "evil.example resolves to 10.1.2.3, a private address, not in the operator's webhook allowlist "
+        "(MUSICSPLIT_OPERATOR_WEBHOOK_URL_ALLOWLIST) (name it there, or its network in "
+        "MUSICSPLIT_OPERATOR_EGRESS_ALLOWED_NETWORKS)")
+    assert rule.allowed("https://hooks.example/", resolve=lambda host: ["93.184.216.34"])
+    # The admin may open a network.
+    assert webhooks.policy(allowed_networks=["10.0.0.0/8"]).allowed("https://evil.example/",
+                                                                   resolve=lambda host: ["10.1.2.3"])
 
 
 def test_worker_calls_in_the_background_writes_status_and_counts_outcomes():
@@ -107,7 +135,7 @@ def test_worker_calls_in_the_background_writes_status_and_counts_outcomes():
             written.append((ns, name, fields))
 
     before = outcome_count("wk", "confirm-promotion", "rejected")
-    worker = webhooks.WebhookWorker(write, workers=2)
+    worker = webhooks.WebhookWorker(write, workers=2, rule=LOCAL)
     try:
         with Recorder(answering(403), gate=gate) as rx:
             c = HookCall(hook(rx.url), "v@t/promotion", {"phase": "WaitingPromotion"}, repeat_after_s=60)
@@ -129,7 +157,7 @@ def test_worker_calls_in_the_background_writes_status_and_counts_outcomes():
 def test_worker_bounds_the_notifications_queued_for_one_model(monkeypatch):
     monkeypatch.setattr(webhooks, "NOTIFICATIONS_QUEUED_MAX", 4)
     gate = threading.Event()
-    worker = webhooks.WebhookWorker(lambda *a: None, workers=1)
+    worker = webhooks.WebhookWorker(lambda *a: None, workers=1, rule=LOCAL)
     try:
         with Recorder(answering(200), gate=gate) as rx:
             event = HookCall(hook(rx.url, "event", name="slack"), None, {})

@@ -345,6 +345,9 @@ def test_a_model_that_fails_to_load_is_reported_not_crashed_on(tmp_path, logs_di
         while True:  # "still loading", then "failed to load": 503 + Retry-After throughout
             ready = httpx.get(f"{proc.url}/v2/models/tiny/ready")
             assert ready.status_code == 503 and int(ready.headers["retry-after"]) >= 1
+            # The readiness probe's path too: no traffic to a pod whose model is not loaded.
+            probe = httpx.get(f"{proc.url}/v2/health/ready")
+            assert probe.status_code == 503 and int(probe.headers["retry-after"]) >= 1
             infer = post_json(proc.url, fp32_doc(clip(0.2)))
             attempts += 1
             assert infer.status_code == 503 and int(infer.headers["retry-after"]) >= 1
@@ -352,6 +355,8 @@ def test_a_model_that_fails_to_load_is_reported_not_crashed_on(tmp_path, logs_di
                 break
             time.sleep(0.2)
         assert "sha256 mismatch" in infer.json()["error"]
+        assert "failed to load" in httpx.get(f"{proc.url}/v2/health/ready").json()["error"]
+        assert httpx.get(f"{proc.url}/v2/health/live").status_code == 200
         metrics = httpx.get(f"{proc.url}/metrics").text
         assert metric(metrics, "musicsplit_model_load_failures_total", model="tiny") == 1
         assert metric(metrics, "musicsplit_requests_total", outcome="not_ready") == attempts

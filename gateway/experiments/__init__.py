@@ -1,0 +1,1 @@
+"""Feature flags (Unleash, with an offline bootstrap) and A/B reports."""
