@@ -191,7 +191,7 @@ def kubectl(kube, args: list[str], stdin: str | None, cwd: Path) -> str:
     verb = kubectl_verb(args)
     for a in args:
         if a.startswith("--from-file=tenants.yaml="):  # the gateway's tenants file: as the gateway reads it
-            from musicsplit.gateway.tenants import TenantsFileError, load_tenants
+            from musicsplit.gateway.tenancy.tenants import TenantsFileError, load_tenants
 
             try:
                 load_tenants(cwd / a.split("=", 2)[2])
