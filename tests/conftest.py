@@ -66,3 +66,21 @@ def s3(logs_dir):
     server = MotoS3.start(logs_dir)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def kube(tmp_path_factory):
+    """One real Kubernetes API server for the run (tests/kube, tests/docs), with the
+    CRDs musicsplit ships and those it works with (KServe v0.20.0's,
+    prometheus-operator v0.93.0's) installed and Established: an admin's view of it
+    (kubectl, REST); `kube.server` makes ServiceAccount tokens and restarts kube-apiserver."""
+    from tests.fixtures.kube import KubeAPIServer, KubeCluster, install_crds, upstream_crds
+
+    manifests = Path(__file__).resolve().parents[1] / "manifests"
+    server = KubeAPIServer.start(tmp_path_factory.mktemp("kube-apiserver"))
+    try:
+        admin = server.kubeconfig(server.root / "admin.kubeconfig")
+        install_crds(server, [manifests / "crd.yaml", manifests / "peering-crd.yaml", *upstream_crds()])
+        yield KubeCluster(server, admin)
+    finally:
+        server.stop()
