@@ -1,4 +1,5 @@
-"""Shared fixtures: model dirs and real predictor processes, started once per run."""
+"""Shared fixtures, started once per run: model dirs, real predictor processes,
+PostgreSQL, S3, and a real Kubernetes API server."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.fixtures.checkpoints import make_model_dir  # noqa: E402
+from tests.fixtures.kube import MANIFESTS, KubeAPIServer, KubeCluster, install_crds, upstream_crds  # noqa: E402
 from tests.fixtures.postgres import Postgres  # noqa: E402
 from tests.fixtures.s3 import MotoS3  # noqa: E402
 from musicsplit.localstack import start_predictor  # noqa: E402
@@ -69,18 +71,16 @@ def s3(logs_dir):
 
 
 @pytest.fixture(scope="session")
-def kube(tmp_path_factory):
-    """One real Kubernetes API server for the run (tests/kube, tests/docs), with the
-    CRDs musicsplit ships and those it works with (KServe v0.20.0's,
-    prometheus-operator v0.93.0's) installed and Established: an admin's view of it
-    (kubectl, REST); `kube.server` makes ServiceAccount tokens and restarts kube-apiserver."""
-    from tests.fixtures.kube import KubeAPIServer, KubeCluster, install_crds, upstream_crds
-
-    manifests = Path(__file__).resolve().parents[1] / "manifests"
+def kube(tmp_path_factory) -> KubeCluster:
+    """A real Kubernetes API server (tests/fixtures/kube.py) with the CRDs musicsplit
+    ships and those it works with (KServe v0.20.0's, prometheus-operator v0.93.0's)
+    installed and Established, and an admin's view of it (kubectl, REST);
+    `kube.server` makes ServiceAccount tokens and restarts kube-apiserver. Shared
+    by tests/kube, tests/docs and tests/images: one server per run."""
     server = KubeAPIServer.start(tmp_path_factory.mktemp("kube-apiserver"))
     try:
         admin = server.kubeconfig(server.root / "admin.kubeconfig")
-        install_crds(server, [manifests / "crd.yaml", manifests / "peering-crd.yaml", *upstream_crds()])
+        install_crds(server, [MANIFESTS / "crd.yaml", MANIFESTS / "peering-crd.yaml", *upstream_crds()])
         yield KubeCluster(server, admin)
     finally:
         server.stop()

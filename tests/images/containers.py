@@ -75,7 +75,9 @@ def run_container(spec: dict, *, image: str, name: str, network: str, pod_securi
     """Start a chart container spec detached: its args (or `args`), its plain env
     values (plus `env`), its securityContext, and its volumeMounts, each volume
     given as a host path or "tmpfs"."""
-    flags = ["run", "--detach", "--name", name, "--network", network, "--network-alias", name]
+    flags = ["run", "--detach", "--name", name, "--network", network]
+    if network != "host":  # the host's network: no alias, its ports are the host's (nothing to publish)
+        flags += ["--network-alias", name]
     flags += security_flags(pod_security or {}, spec.get("securityContext", {}))
     for var in spec.get("env", []):
         if "value" in var:

@@ -5,9 +5,9 @@ cached between runs). Each container gets its chart container's args, plain
 env values, securityContext (read-only root filesystem, user 65532, every
 capability dropped, no privilege escalation) and volumes, and is probed on the
 chart's probe paths. A real track goes through the gateway container to a
-predictor container. The operator's image is started as far as it goes without
-a Kubernetes API (TODO(kube): run it against tests/kube's kube-apiserver with
-its ServiceAccount's token).
+predictor container. The operator's container reconciles a SeparationModel on
+the run's real kube-apiserver (tests/fixtures/kube.py) with only its
+ServiceAccount's token.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import uuid
@@ -25,11 +26,15 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
+from prometheus_client.parser import text_string_to_metric_families
 
-from musicsplit.localstack import wait_until
+from musicsplit.localstack import free_port, wait_until
 from musicsplit.quality import sdr_per_stem
 from tests.charts.conftest import CHART_DIR, render
 from tests.fixtures.checkpoints import make_model_dir
+from tests.fixtures.kube import MANIFESTS, KubeCluster
+from tests.operator.cluster import ISVC, SM, KServeSimulator
+from tests.operator.test_kubectl import condition, example, has_events, phase_is
 
 from .containers import IMAGES, Container, host_dir, image_size, podman, run_container
 from .dockerfiles import ROOT
@@ -44,6 +49,7 @@ STEMS = ["drums", "bass", "other", "vocals"]
 # for builds where PyTorch's CPU index is unreachable.
 TORCH_WHEELS = Path(os.environ.get("MUSICSPLIT_TORCH_WHEELS", "/opt/musicsplit/wheels/torch-2.13.0"))
 RUN_ID = uuid.uuid4().hex[:8]
+OPERATOR_NS = "images"
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +80,10 @@ def chart():
     values = {"gateway": {"endpoints": [{"model": "dsp-baseline", "url": f"http://dsp-{RUN_ID}:8080", "region": "local"},
                                         {"model": "tiny", "url": f"http://tiny-{RUN_ID}:8080", "region": "local"}],
                           "defaultModel": "dsp-baseline"},
-              "unleash": {"enabled": False}}
+              "unleash": {"enabled": False},
+              # The operator's container shares the host's network (the test kube-apiserver listens
+              # on 127.0.0.1): free ports there, and a tick short enough for a rollout in seconds.
+              "operator": {"healthPort": free_port(), "metricsPort": free_port(), "tickSeconds": 1}}
     with helm.Chart.load(CHART_DIR) as loaded:
         objects = render(loaded, values)
     deployments = {d["metadata"]["name"].rsplit("-", 1)[-1]: d["spec"]["template"]["spec"]
@@ -83,6 +92,7 @@ def chart():
         "predictor": (objects.of_kind("ClusterServingRuntime")[0]["spec"]["containers"][0], {}),
         "gateway": (deployments["gateway"]["containers"][0], deployments["gateway"]["securityContext"]),
         "operator": (deployments["operator"]["containers"][0], deployments["operator"]["securityContext"]),
+        "peering": objects.of_kind("ClusterKopfPeering")[0],
     }
 
 
@@ -268,36 +278,60 @@ def test_read_only_containers_never_tried_to_write_outside_their_volumes(gateway
         assert "Read-only file system" not in log and "Permission denied" not in log, log[-3000:]
 
 
-def test_operator_container_starts_kopf_as_the_chart_runs_it(built, network, chart, tmp_path):
-    """TODO(kube): run it against tests/kube's kube-apiserver with its
-    ServiceAccount's token. Until then: the chart's args, env, volumes and
-    securityContext, an in-cluster ServiceAccount mount, and an API address
-    where nothing listens. kopf must log in, serve the chart's liveness probe
-    path and the metrics port, and keep retrying the API (not crash)."""
+def test_operator_container_reconciles_a_model_with_only_its_service_account(built, chart, kube, tmp_path):
+    """The operator's image as the chart runs it (args, env, securityContext, volumes; tick,
+    probe and metrics ports from chart values), in the host's network namespace so that the
+    run's kube-apiserver on 127.0.0.1 is its in-cluster API. Its only credential is what a
+    kubelet mounts: its ServiceAccount's token (RBAC from manifests/rbac.yaml), the cluster's
+    CA and its namespace. KServe's controller is the simulator tests/kube uses."""
     spec, pod_security = chart["operator"]
-    help_out = podman("run", "--rm", "--read-only", IMAGES["operator"], "serve", "operator", "--help").stdout
-    assert "--liveness" in help_out and "--peering" in help_out
-    account = tmp_path / "serviceaccount"
+    server = kube.server
+    kube.kubectl("apply", "-f", str(MANIFESTS / "rbac.yaml"))
+    kube.apply(chart["peering"])  # the chart's ClusterKopfPeering, named by its --peering
+    server.ensure_namespace(OPERATOR_NS)
+    account = tmp_path / "serviceaccount"  # what the kubelet projects for the pod's ServiceAccount
     account.mkdir(mode=0o755)
-    (account / "token").write_text("not-a-real-token")
+    (account / "token").write_text(server.service_account_token("musicsplit-system", "musicsplit-operator"))
     (account / "namespace").write_text("musicsplit-system")
-    shutil.copy("/etc/ssl/certs/ca-certificates.crt", account / "ca.crt")  # any valid bundle: nothing is dialled over TLS
+    shutil.copy(server.ca, account / "ca.crt")
     for path in account.iterdir():
         os.chmod(path, 0o644)
+    admin = KubeCluster(server, server.kubeconfig(tmp_path / "admin.kubeconfig", namespace=OPERATOR_NS),
+                        namespace=OPERATOR_NS)
     ports = {p["name"]: p["containerPort"] for p in spec["ports"]}
     probe = spec["livenessProbe"]["httpGet"]
-    container = run_container(spec, image=IMAGES["operator"], name=f"operator-{RUN_ID}", network=network,
-                              pod_security=pod_security, publish=list(ports.values()),
-                              volumes={"tmp": "tmpfs", "golden-cache": "tmpfs",
-                                       "/var/run/secrets/kubernetes.io/serviceaccount": str(account)},
-                              env={"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": "9"})
-    try:
-        started(container, container.url(ports[probe["port"]]) + probe["path"], timeout=90)
-        metrics = httpx.get(container.url(ports["metrics"]) + "/metrics", timeout=5)
-        assert metrics.status_code == 200 and "musicsplit" in metrics.text
-        wait_until(lambda: "GET https://127.0.0.1:9/api" in container.logs(), 60, "kopf calling the API")
-        log = container.logs()
-        assert "Activity 'login_via_client' succeeded" in log and "Traceback" not in log, log[-3000:]
-        assert container.running()
-    finally:
-        container.remove()
+    with KServeSimulator(admin, period=0.2):
+        container = run_container(spec, image=IMAGES["operator"], name=f"operator-{RUN_ID}", network="host",
+                                  pod_security=pod_security,
+                                  volumes={"tmp": "tmpfs", "golden-cache": "tmpfs",
+                                           "/var/run/secrets/kubernetes.io/serviceaccount": str(account)},
+                                  env={"KUBERNETES_SERVICE_HOST": "127.0.0.1",
+                                       "KUBERNETES_SERVICE_PORT": str(server.port)})
+        try:
+            started(container, f"http://127.0.0.1:{ports[probe['port']]}{probe['path']}", timeout=90)
+            admin.apply(example("imaged"))
+            st = phase_is(admin, "imaged", "Succeeded")
+            assert st["stableVersion"] == "4.0.0" and st["history"][0]["outcome"] == "promoted", st
+            assert condition(st, "Ready")["status"] == "True" and condition(st, "SpecValid")["status"] == "True"
+            isvc = admin.get(ISVC, "imaged")
+            owner = isvc["metadata"]["ownerReferences"][0]
+            # blockOwnerDeletion: admitted (OwnerReferencesPermissionEnforcement) because the
+            # ServiceAccount may update separationmodels/finalizers.
+            assert owner["uid"] == admin.get(SM, "imaged")["metadata"]["uid"] and owner["blockOwnerDeletion"] is True
+            assert isvc["spec"]["predictor"]["model"]["storageUri"] == "gs://musicsplit-models/htdemucs/4.0.0"
+            assert has_events(admin, "imaged", "Deploying", "Promoted")
+            metrics = httpx.get(f"http://127.0.0.1:{ports['metrics']}/metrics", timeout=5).text
+            promoted = [s.value for f in text_string_to_metric_families(metrics) for s in f.samples
+                        if s.name == "musicsplit_rollouts_total"
+                        and s.labels == {"namespace": OPERATOR_NS, "name": "imaged", "outcome": "promoted"}]
+            assert promoted == [1.0], metrics[-3000:]
+            # Deleted: the operator releases its finalizer (the simulator collects the InferenceService).
+            admin.kubectl("delete", "sm", "imaged", "--wait=false")
+            admin.wait(lambda: admin.get(SM, "imaged") is None, 30, message="the model gone (finalizer released)")
+            assert container.running()
+            log = container.logs()
+            refused = [line for line in log.splitlines() if "Forbidden" in line or re.search(r"\b403\b", line)]
+            assert "Traceback" not in log and refused == [], log[-4000:]
+            assert "Read-only file system" not in log and "Permission denied" not in log, log[-4000:]
+        finally:
+            container.remove()

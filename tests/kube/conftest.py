@@ -1,10 +1,7 @@
-"""tests/kube's paths. The real Kubernetes API server they run against is the
-session fixture `kube` in tests/conftest.py (shared with tests/docs)."""
+"""tests/kube's real Kubernetes API server is the session fixture `kube` in
+tests/conftest.py (tests/images runs the operator's image against the same one:
+one server per run). MANIFESTS and upstream_crds stay importable from here."""
 
-from __future__ import annotations
+from tests.fixtures.kube import MANIFESTS, upstream_crds
 
-from pathlib import Path
-
-from tests.fixtures.kube import upstream_crds  # noqa: F401  (tests/kube/test_structural.py)
-
-MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
+__all__ = ["MANIFESTS", "upstream_crds"]
