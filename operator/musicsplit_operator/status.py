@@ -8,6 +8,10 @@ carries on from it.
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
 
 from .router import TrafficMode, traffic_mode
 from .spec import SeparationModelSpec
@@ -35,6 +39,73 @@ KEEP = ("phase", "stableVersion", "stableStorageUri", "stableReleased", "canaryV
 # What belongs to one rollout attempt of a canary, gone with it.
 CANARY_KEYS = ("canaryVersion", "canaryStorageUri", "canaryReleased", "canaryStartedAt", "canaryRegistry",
                "stepIndex", "stepStartedAt", "holds", "failedAnalyses", "holdStartedAt", "holdDeadlineExceededAt")
+
+
+class RolloutStatus(BaseModel):
+    """The SeparationModel's `.status`, typed. Fields are snake_case here and
+    camelCase in the object (`alias_generator`); keys this operator does not
+    know (a newer or older operator's) are kept as extras, so they round-trip.
+    `dump()` is what goes to the API server: no null anywhere a merge patch
+    would keep it (see `without_nulls`).
+
+    Nested records (conditions, history entries, analyses, probe results,
+    webhook answers, the registry's) stay plain dicts: other modules and the
+    gateway read them by their JSON keys."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+
+    phase: str | None = None
+    message: str | None = None
+    observed_generation: int | None = None
+    # the version serving when no rollout is in flight
+    stable_version: str | None = None
+    stable_storage_uri: str | None = None
+    stable_released: str | None = None
+    # the rollout attempt of a canary (CANARY_KEYS, plus its weight)
+    canary_version: str | None = None
+    canary_storage_uri: str | None = None
+    canary_released: str | None = None
+    canary_started_at: str | None = None
+    canary_registry: dict[str, Any] | None = None
+    canary_weight: int | None = None
+    step_index: int | None = None
+    step_started_at: str | None = None
+    holds: int | None = None
+    failed_analyses: int | None = None
+    hold_started_at: str | None = None
+    hold_deadline_exceeded_at: str | None = None
+    last_analysis: dict[str, Any] | None = None
+    history: list[dict[str, Any]] | None = None
+    conditions: list[dict[str, Any]] | None = None
+    # written by the background workers; the ticks carry them unchanged
+    golden_baseline: dict[str, Any] | None = None
+    probe: dict[str, Any] | None = None
+    webhooks: dict[str, Any] | None = None
+    registry: dict[str, Any] | None = None
+    registry_reports: dict[str, Any] | None = None
+    # continuous verification of the serving version (free for its worker to fill)
+    quality: dict[str, Any] | None = None
+    # published for the gateway at each tick
+    shadow: dict[str, Any] | None = None
+    endpoints: dict[str, Any] | None = None
+    # refused InferenceService writes, and when to try again
+    apply_retry: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, status: dict | None) -> "RolloutStatus":
+        return cls.model_validate(status or {})
+
+    def dump(self) -> dict:
+        """The status as the API server stores it: camelCase keys, unset fields absent."""
+        return self.model_dump(by_alias=True, exclude_none=True)
+
+    def clear(self, *fields: str) -> None:
+        """Unset fields (snake_case names): gone from the dump."""
+        for f in fields:
+            setattr(self, f, None)
+
+    def condition(self, type_: str) -> dict | None:
+        return next((c for c in self.conditions or [] if c.get("type") == type_), None)
 
 
 def iso(t: datetime) -> str:

@@ -61,3 +61,19 @@ def test_the_status_written_has_no_nulls_in_list_items():
     written = reconcile._status_patch({}, st)
     assert "released" not in written["history"][-1] and written["history"][-1]["outcome"] == "aborted"
     assert _nulls_in_list_items(written) == []
+
+
+def test_typed_status_round_trips_the_json_kubectl_and_the_gateway_read():
+    # Keys an older or newer operator wrote, unknown to this one, come back as they were.
+    stored = {"phase": "Progressing", "canaryVersion": "2.0.0", "canaryWeight": 10, "stepIndex": 0,
+              "conditions": [{"type": "Ready", "status": "True"}], "history": [],
+              "endpoints": {"stable": {"version": "1.0.0", "url": "http://s"}},
+              "shadow": {"url": "http://c", "percent": 10}, "someOlderKey": {"kept": True}}
+    st = s.RolloutStatus.of(stored)
+    assert st.canary_weight == 10 and st.endpoints["stable"]["url"] == "http://s"
+    assert st.dump() == stored
+    # Set by attribute, dumped camelCase; an unset field is absent, never null.
+    st.canary_weight, st.step_index, st.hold_started_at = 20, None, s.iso(T0)
+    out = st.dump()
+    assert out["canaryWeight"] == 20 and out["holdStartedAt"] == s.iso(T0) and "stepIndex" not in out
+    assert None not in out.values()
