@@ -31,14 +31,16 @@ PHASES = (INITIALIZING, WAITING, PROGRESSING, WAITING_PROMOTION, PROMOTING, SUCC
 # stable's) are written by the probe worker only, `webhooks` (each hook's last
 # call) by the webhook worker only; the ticks carry them unchanged.
 # `registry` (the MLflow resolution) is the handler's; `registryReports` (what
-# was written back to MLflow) the registry reporter's.
+# was written back to MLflow) the registry reporter's; `quality` (continuous
+# verification of the serving version) its worker's.
 KEEP = ("phase", "stableVersion", "stableStorageUri", "stableReleased", "canaryVersion", "canaryStorageUri",
         "canaryReleased", "canaryStartedAt", "canaryRegistry", "canaryWeight", "stepIndex", "stepStartedAt",
         "holds", "failedAnalyses", "holdStartedAt", "holdDeadlineExceededAt", "lastAnalysis", "history",
-        "conditions", "message", "goldenBaseline", "probe", "webhooks", "registry", "registryReports")
-# What belongs to one rollout attempt of a canary, gone with it.
-CANARY_KEYS = ("canaryVersion", "canaryStorageUri", "canaryReleased", "canaryStartedAt", "canaryRegistry",
-               "stepIndex", "stepStartedAt", "holds", "failedAnalyses", "holdStartedAt", "holdDeadlineExceededAt")
+        "conditions", "message", "goldenBaseline", "probe", "webhooks", "registry", "registryReports", "quality")
+# What belongs to one rollout attempt of a canary, gone with it (RolloutStatus's field names).
+CANARY_FIELDS = ("canary_version", "canary_storage_uri", "canary_released", "canary_started_at", "canary_registry",
+                 "step_index", "step_started_at", "holds", "failed_analyses", "hold_started_at",
+                 "hold_deadline_exceeded_at")
 
 
 class RolloutStatus(BaseModel):
@@ -199,59 +201,72 @@ def rejected(status: dict, version: str, storage_uri: str) -> dict | None:
 
 class StatusEditor:
     """A status being edited: a copy of the old one's rollout keys, plus helpers
-    for conditions, Events and history. `d` is the whole new status."""
+    for conditions, Events and history. `st` is the whole new status."""
 
     def __init__(self, status: dict, spec: SeparationModelSpec, now: datetime, generation: int | None,
                  mode: TrafficMode | None = None):
-        self.d = {k: status.get(k) for k in KEEP if status.get(k) is not None}
-        self.d.setdefault("history", [])
-        self.d.setdefault("conditions", [])
-        self.d["observedGeneration"] = generation
+        self.st = RolloutStatus.of({k: status.get(k) for k in KEEP if status.get(k) is not None})
+        if self.st.history is None:
+            self.st.history = []
+        if self.st.conditions is None:
+            self.st.conditions = []
+        self.st.observed_generation = generation
         self.spec, self.now, self.gen = spec, now, generation
         self.mode = mode or traffic_mode(spec)
         self.events: list[tuple[str, str, str]] = []
         self.cond("TrafficSplit", *self.mode.split_condition())
 
+    def view(self) -> dict:
+        """The status as JSON, for what reads it by its keys (policy, the traffic mode)."""
+        return self.st.dump()
+
     def cond(self, type_, ok, reason, message):
-        self.d["conditions"] = set_condition(self.d["conditions"], type_, ok, reason, message, self.now, self.gen)
+        self.st.conditions = set_condition(self.st.conditions, type_, ok, reason, message, self.now, self.gen)
 
     def event(self, type_, reason, message):
         self.events.append((type_, reason, message))
 
     def history(self, model: dict, outcome: str, reason: str):
         ref = self.spec.analysis.golden_set.ref
-        golden = next((r for key in ("probe", "goldenBaseline")
-                       if (r := matching_probe(self.d.get(key), model["version"], model["storageUri"], ref))
+        golden = next((r for rec in (self.st.probe, self.st.golden_baseline)
+                       if (r := matching_probe(rec, model["version"], model["storageUri"], ref))
                        and not r.get("error")), None)
-        self.d["history"] = [*self.d.get("history", []), history_entry(model, outcome, reason, self.now, golden)][
+        self.st.history = [*(self.st.history or []), history_entry(model, outcome, reason, self.now, golden)][
             -HISTORY_LIMIT:]
 
     def clear_canary(self):
         self.end_hold("RolloutEnded", "the rollout of the canary ended")
-        for k in CANARY_KEYS:
-            self.d.pop(k, None)
-        self.d["canaryWeight"] = 0
+        self.st.clear(*CANARY_FIELDS)
+        self.st.canary_weight = 0
 
     def hold(self):
         """The canary stays where it is: the hold deadline counts from the first time."""
-        self.d.setdefault("holdStartedAt", iso(self.now))
+        if self.st.hold_started_at is None:
+            self.st.hold_started_at = iso(self.now)
 
     def end_hold(self, reason: str, message: str):
-        self.d.pop("holdStartedAt", None)
-        self.d.pop("holdDeadlineExceededAt", None)
-        c = condition(self.d, "HoldDeadlineExceeded")
+        self.st.clear("hold_started_at", "hold_deadline_exceeded_at")
+        c = self.st.condition("HoldDeadlineExceeded")
         if c and c.get("status") == "True":
             self.cond("HoldDeadlineExceeded", False, reason, message)
 
+    def update(self, **fields):
+        """Set fields by their snake_case names."""
+        for k, v in fields.items():
+            if k not in RolloutStatus.model_fields:
+                raise AttributeError(f"RolloutStatus has no field {k!r}")
+            setattr(self.st, k, v)
+
     def set_canary(self, target: dict, **fields):
         """The release being rolled out (or deployed first), from now on."""
-        self.d.update(canaryVersion=target["version"], canaryStorageUri=target["storageUri"],
-                      canaryStartedAt=iso(self.now), **fields)
-        for key, field in (("released", "canaryReleased"), ("registry", "canaryRegistry")):
-            if target.get(key):
-                self.d[field] = target[key]
+        self.update(canary_version=target["version"], canary_storage_uri=target["storageUri"],
+                    canary_started_at=iso(self.now), **fields)
+        if target.get("released"):
+            self.st.canary_released = target["released"]
+        if target.get("registry"):
+            self.st.canary_registry = target["registry"]
 
     def canary_model(self) -> dict:
-        return {"version": self.d.get("canaryVersion"), "storageUri": self.d.get("canaryStorageUri"),
-                "released": self.d.get("canaryReleased"), "startedAt": self.d.get("canaryStartedAt"),
-                "registry": self.d.get("canaryRegistry")}
+        st = self.st
+        return {"version": st.canary_version, "storageUri": st.canary_storage_uri, "released": st.canary_released,
+                "startedAt": st.canary_started_at, "registry": st.canary_registry}
