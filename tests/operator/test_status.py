@@ -58,7 +58,7 @@ def test_the_status_written_has_no_nulls_in_list_items():
     st = scheduler.after_analysis(sp, plan.status, held, T0 + timedelta(seconds=61)).status
     st = scheduler.schedule(sp, st, serving(V2["storageUri"], 10), T0, action="abort").status
     assert any(c.get("value") is None for c in st["lastAnalysis"]["checks"])
-    written = reconcile._status_patch({}, st)
+    written = reconcile._status_patch({}, s.RolloutStatus.of(st))
     assert "released" not in written["history"][-1] and written["history"][-1]["outcome"] == "aborted"
     assert _nulls_in_list_items(written) == []
 
