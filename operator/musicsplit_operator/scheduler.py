@@ -22,7 +22,7 @@ from .analysis import Verdict, canary_record, golden_stale, stable_record
 from .router import Observed, Route, TrafficMode, traffic_mode
 from .spec import GoldenSetSpec, SeparationModelSpec
 from .status import (ACTIVE, FAILED, INITIALIZING, PAUSED, PROGRESSING, PROMOTING, ROLLED_BACK, SUCCEEDED, WAITING,
-                     StatusEditor, iso, parse_time, rejected)
+                     RolloutStatus, StatusEditor, iso, parse_time, rejected)
 from .transitions import (ABORT, PROMOTE, RETRY, Plan, finish_promotion, hold_deadline, judged, move, plan_of,
                           promote, rollback, route_of, start_canary, wait_for_confirmation, waiting)
 
@@ -276,8 +276,8 @@ def probe_due(spec: SeparationModelSpec, status: dict, obs: Observed, now: datet
     if not golden.enabled:
         return None
     ref, retry_s = golden.ref, spec.rollout.interval_s
-    phase = status.get("phase")
-    stable_v, stable_uri = status.get("stableVersion"), status.get("stableStorageUri")
+    st = RolloutStatus.of(status)
+    phase, stable_v, stable_uri = st.phase, st.stable_version, st.stable_storage_uri
     stale = golden_stale(status, ref)
     canary_rec, stable_rec = canary_record(status, ref), stable_record(status, ref)
     stable_due = bool(stable_v) and _due(stable_rec, now, retry_s, stale == "stable")
@@ -289,7 +289,7 @@ def probe_due(spec: SeparationModelSpec, status: dict, obs: Observed, now: datet
     # send the probe to the stable one (and a Standard canary before its first
     # step is not deployed: the URL serves the stable).
     if phase in ACTIVE and obs.latest_ready and mode.routed(obs, status):
-        canary_v, canary_uri = status.get("canaryVersion"), status.get("canaryStorageUri")
+        canary_v, canary_uri = st.canary_version, st.canary_storage_uri
         if canary_v and _due(canary_rec, now, retry_s, stale == "canary"):
             url = mode.canary_url(obs, status)
             targets.append(ProbeTarget("canary", canary_v, canary_uri, url, None if url else

@@ -1,5 +1,6 @@
-"""The SeparationModel's status: phases, conditions, history, and the editor
-the scheduler writes a new status with. Pure: dicts in, dicts out.
+"""The SeparationModel's status: its typed model (`RolloutStatus`), phases,
+conditions, history, and the editor the scheduler writes a new status with.
+Pure: the stored JSON in, a `RolloutStatus` edited by attribute, JSON out.
 
 All rollout state lives in status, so an operator restarted mid-rollout
 carries on from it.

@@ -21,7 +21,7 @@ ABORT, PROMOTE, RETRY = "abort", "promote", "retry"
 
 @dataclass(frozen=True)
 class Plan:
-    status: dict  # the whole new status
+    status: dict  # the whole new status, as stored (RolloutStatus.dump(): camelCase keys)
     route: Route | None = None  # None: leave the InferenceService as it is
     create: bool = False  # the InferenceService must be created
     events: tuple[tuple[str, str, str], ...] = ()  # (type, reason, message)
