@@ -54,7 +54,7 @@ def schedule(spec: SeparationModelSpec, status: dict, obs: Observed, now: dateti
                 s.history(s.canary_model(), "interrupted", "InferenceService disappeared mid-rollout")
             s.clear_canary()
             s.update(phase=SUCCEEDED,
-                       message=f"InferenceService recreated with stable {stable_v}")
+                    message=f"InferenceService recreated with stable {stable_v}")
             s.event("Warning", "InferenceServiceRecreated",
                     f"InferenceService was missing; recreated serving stable {stable_v}"
                     + (f" (canary {was} restarts from the first step)" if was else ""))
@@ -205,12 +205,12 @@ def schedule(spec: SeparationModelSpec, status: dict, obs: Observed, now: dateti
         s.history({k: target.get(k) for k in ("version", "storageUri", "released")}, "aborted",
                   "aborted by user (musicsplit.io/action=abort) before its rollout started")
         s.update(phase=ROLLED_BACK, message=f"{target['version']} aborted before its rollout started; stable "
-                                              f"{stable_v} keeps serving")
+                                           f"{stable_v} keeps serving")
         s.event("Warning", "Aborted", s.st.message)
         return plan_of(s)
     if spec.rollout.paused:
         s.update(phase=PAUSED if phase != PAUSED else phase,
-                   message=f"rollout of {target['version']} paused before its first step")
+                message=f"rollout of {target['version']} paused before its first step")
         return plan_of(s)
     if action == PROMOTE:
         start_canary(s, target, "new version, promoted by user")

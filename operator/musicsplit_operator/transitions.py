@@ -165,7 +165,7 @@ def move(s: StatusEditor) -> Plan:
         return promote(s, "Promoting", f"analysis passed at {was} %, the last step")
     w = weights[i + 1]
     s.update(phase=PROGRESSING, step_index=i + 1, canary_weight=w, step_started_at=iso(s.now), holds=0,
-               message=f"canary {s.st.canary_version} at {w} %")
+             message=f"canary {s.st.canary_version} at {w} %")
     s.cond("Progressing", True, "StepAdvanced", s.st.message)
     s.event("Normal", "StepAdvanced", ("its pre-rollout and confirm-traffic-increase webhooks said yes" if i == -1
                                        else f"analysis passed at {was} %") + f"; canary now gets {w} %")
@@ -195,7 +195,7 @@ def finish_promotion(s: StatusEditor) -> Plan:
     model = s.canary_model()
     s.history(model, "promoted", s.st.message or "promoted")
     s.update(phase=SUCCEEDED, stable_version=model["version"], stable_storage_uri=model["storageUri"],
-               message=f"{model['version']} serves 100 % of traffic")
+             message=f"{model['version']} serves 100 % of traffic")
     if model.get("released"):
         s.st.stable_released = model["released"]
     else:

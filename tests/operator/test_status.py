@@ -77,3 +77,13 @@ def test_typed_status_round_trips_the_json_kubectl_and_the_gateway_read():
     out = st.dump()
     assert out["canaryWeight"] == 20 and out["holdStartedAt"] == s.iso(T0) and "stepIndex" not in out
     assert None not in out.values()
+
+
+def test_a_tick_carries_what_the_background_workers_wrote_and_drops_what_it_publishes_afresh():
+    from musicsplit.operator import scheduler
+    from tests.operator.builders import STABLE, V1, serving, spec
+
+    quality = {"version": "1.0.0", "checkedAt": s.iso(T0), "meanSdr": 6.1}
+    stored = {**STABLE, "quality": quality, "endpoints": {"stable": {"version": "1.0.0", "url": "http://old"}}}
+    st = scheduler.schedule(spec(model=V1), stored, serving(V1["storageUri"]), T0).status
+    assert st["quality"] == quality and "endpoints" not in st  # endpoints: reconcile publishes them each tick
