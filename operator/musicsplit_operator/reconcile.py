@@ -29,12 +29,11 @@ from . import analysis, api, metrics, policy, prometheus, registry, reporting, r
 from .goldenstore import GoldenStore
 from .settings import OperatorSettings
 from .spec import SeparationModelSpec, parse_spec
-from .status import ACTIVE, FAILED, parse_time, set_condition, without_nulls
+from .status import ACTIVE, FAILED, RolloutStatus, parse_time, set_condition, without_nulls
 
 ACTION_ANNOTATION = "musicsplit.io/action"
 RESOLVE = "resolve"  # musicsplit.io/action=resolve: ask the registry again now
 REGISTRY_RETRY_S = 30.0  # at least this long between two failed registry resolutions
-APPLY_RETRY = "applyRetry"  # status key: refused InferenceService writes, and when to try again
 APPLY_BACKOFF_MAX_S = 300.0
 
 
@@ -70,7 +69,7 @@ class Tick:
     name: str
     namespace: str
     meta: dict
-    old: dict  # the status as stored
+    old: dict  # the status as stored (the JSON: what the merge patch is computed against)
     now: datetime
     spec: SeparationModelSpec | None = None  # None: invalid
     registry: registry.Resolution | None = None  # an mlflow:// release's resolution
@@ -81,6 +80,11 @@ class Tick:
     @property
     def generation(self):
         return self.meta.get("generation")
+
+    @property
+    def prior(self) -> RolloutStatus:
+        """The stored status, typed."""
+        return RolloutStatus.of(self.old)
 
     @property
     def action(self) -> str | None:
@@ -116,7 +120,7 @@ def read(op: Operator, body, name: str, namespace: str, patch) -> Tick | None:
         op.forget(namespace, name)  # being deleted: the garbage collector takes the InferenceService
         return None
     tick = Tick(body, name, namespace, meta, dict(fresh.get("status") or {}), datetime.now(timezone.utc))
-    retry_at = parse_time((tick.old.get(APPLY_RETRY) or {}).get("nextAttemptAt"))
+    retry_at = parse_time((tick.prior.apply_retry or {}).get("nextAttemptAt"))
     if retry_at is not None and tick.now < retry_at:
         return None  # backing off after a refused write
     try:
@@ -127,8 +131,9 @@ def read(op: Operator, body, name: str, namespace: str, patch) -> Tick | None:
     if tick.spec.model.from_registry:
         spec = _resolve_release(op, tick)
         if spec is None:  # nothing resolved yet: nothing to deploy or roll out
-            new = dict(tick.old, observedGeneration=tick.generation,
-                       message=f"waiting for the model registry: {tick.registry.message}")
+            new = tick.prior
+            new.observed_generation = tick.generation
+            new.message = f"waiting for the model registry: {tick.registry.message}"
             _registry_status(new, tick)
             patch.status.update(_status_patch(tick.old, new))
             if tick.action:
@@ -143,14 +148,14 @@ def read(op: Operator, body, name: str, namespace: str, patch) -> Tick | None:
 
 def _invalid_spec(tick: Tick, e: ValidationError, patch) -> None:
     msg = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-    old = tick.old
-    new = dict(old, phase=FAILED, message=f"invalid spec: {msg}", observedGeneration=tick.generation)
-    new["conditions"] = set_condition(old.get("conditions") or [], "SpecValid", False, "InvalidSpec", msg, tick.now,
-                                      tick.generation)
-    if old.get("message") != new["message"]:
+    old, new = tick.old, tick.prior
+    new.phase, new.message, new.observed_generation = FAILED, f"invalid spec: {msg}", tick.generation
+    new.conditions = set_condition(new.conditions or [], "SpecValid", False, "InvalidSpec", msg, tick.now,
+                                   tick.generation)
+    if old.get("message") != new.message:
         kopf.warn(tick.body, reason="InvalidSpec", message=msg)
     patch.status.update(_status_patch(old, new))
-    metrics.record(tick.namespace, tick.name, old, new)
+    metrics.record(tick.namespace, tick.name, old, new.dump())
 
 
 def _resolve_release(op: Operator, tick: Tick) -> SeparationModelSpec | None:
@@ -158,10 +163,10 @@ def _resolve_release(op: Operator, tick: Tick) -> SeparationModelSpec | None:
     to roll out, or None while nothing is resolved."""
     s, sm = op.settings, tick.spec
     res = tick.registry = registry.resolve_for_tick(
-        sm.model, tick.old.get("registry"), tick.now, generation=tick.generation, tracking_uri=s.mlflow_tracking_uri,
+        sm.model, tick.prior.registry, tick.now, generation=tick.generation, tracking_uri=s.mlflow_tracking_uri,
         timeout_s=s.mlflow_timeout_seconds, retry_s=max(sm.rollout.interval_s, REGISTRY_RETRY_S),
         force=tick.action == RESOLVE)
-    was = next((c for c in tick.old.get("conditions") or [] if c.get("type") == "RegistryResolved"), {})
+    was = tick.prior.condition("RegistryResolved") or {}
     if not res.ok and was.get("message") != res.message:
         kopf.warn(tick.body, reason=res.reason, message=res.message)
     return sm.model_copy(update={"model": res.model}) if res.model is not None else None
@@ -182,9 +187,9 @@ def decide(tick: Tick) -> scheduler.Plan:
 # ---------------------------------------------------------------- measure
 
 
-def measure(op: Operator, tick: Tick, plan: scheduler.Plan, logger) -> tuple[dict, router.Route | None]:
+def measure(op: Operator, tick: Tick, plan: scheduler.Plan, logger) -> tuple[RolloutStatus, router.Route | None]:
     """The analysis, when one is due: (the new status, the route to write)."""
-    s, sm, new = op.settings, tick.spec, plan.status
+    s, sm, new = op.settings, tick.spec, RolloutStatus.of(plan.status)
     prometheus_url, why = _prometheus(op, tick, new)
     if not plan.analyze:
         return new, plan.route
@@ -195,32 +200,33 @@ def measure(op: Operator, tick: Tick, plan: scheduler.Plan, logger) -> tuple[dic
     else:
         m = prometheus.measure(
             prometheus_url=prometheus_url, model=tick.name, namespace=tick.namespace,
-            namespace_label=s.namespace_label, canary_version=new["canaryVersion"],
-            stable_version=new.get("stableVersion"), window_s=sm.window_s(), timeout_s=s.prometheus_timeout_seconds)
+            namespace_label=s.namespace_label, canary_version=new.canary_version,
+            stable_version=new.stable_version, window_s=sm.window_s(), timeout_s=s.prometheus_timeout_seconds)
+    view = new.dump()  # for what reads the status by its JSON keys
     if sm.analysis.golden_set.enabled:
-        m = replace(m, **analysis.golden_measurements(new, sm.analysis.golden_set.ref))
-    mirrored = shadow.required(sm, new, tick.mode)
+        m = replace(m, **analysis.golden_measurements(view, sm.analysis.golden_set.ref))
+    mirrored = shadow.required(sm, view, tick.mode)
     if mirrored and prometheus_url is not None and not m.prometheus_error:
         m = replace(m, **shadow.measure(
             prometheus_url=prometheus_url, model=tick.name, namespace=tick.namespace,
-            canary_version=new["canaryVersion"], stable_version=new.get("stableVersion") or "",
+            canary_version=new.canary_version, stable_version=new.stable_version or "",
             window_s=sm.window_s(), timeout_s=s.prometheus_timeout_seconds))
-    m = replace(m, webhooks=policy.rollout_checks(sm, new))
+    m = replace(m, webhooks=policy.rollout_checks(sm, view))
     verdict = analysis.judge(m, sm, compare_stable=tick.mode.splits, compare_shadow=mirrored)
     metrics.analysed(tick.namespace, tick.name, verdict.result)
-    logger.info("analysis of %s at %s %%: %s (%s)", new.get("canaryVersion"), new.get("canaryWeight"),
+    logger.info("analysis of %s at %s %%: %s (%s)", new.canary_version, new.canary_weight,
                 verdict.result, verdict.message)
-    after = scheduler.after_analysis(sm, new, verdict, tick.now, generation=tick.generation, mode=tick.mode)
+    after = scheduler.after_analysis(sm, view, verdict, tick.now, generation=tick.generation, mode=tick.mode)
     tick.events.extend(after.events)
-    return after.status, after.route or plan.route
+    return RolloutStatus.of(after.status), after.route or plan.route
 
 
-def _prometheus(op: Operator, tick: Tick, new: dict) -> tuple[str | None, str]:
+def _prometheus(op: Operator, tick: Tick, new: RolloutStatus) -> tuple[str | None, str]:
     """The Prometheus this model's analysis may query (AnalysisConfigured says which, or why none)."""
     s = op.settings
     url, why = prometheus.resolve_url(tick.spec.analysis.prometheus_url, s.prometheus_url,
                                       s.prometheus_url_allowlist)
-    new["conditions"] = set_condition(new.get("conditions") or [], "AnalysisConfigured", url is not None,
+    new.conditions = set_condition(new.conditions or [], "AnalysisConfigured", url is not None,
                                       "Configured" if url else prometheus.NOT_ALLOWED, why, tick.now,
                                       tick.generation)
     return url, why
@@ -229,41 +235,43 @@ def _prometheus(op: Operator, tick: Tick, new: dict) -> tuple[str | None, str]:
 # ---------------------------------------------------------------- act
 
 
-def act(op: Operator, tick: Tick, new: dict, route: router.Route | None, logger) -> list:
+def act(op: Operator, tick: Tick, new: RolloutStatus, route: router.Route | None, logger) -> list:
     """Background work, published URLs and conditions; the webhook calls to
     make once the status is saved."""
     sm, obs, mode, old = tick.spec, tick.obs, tick.mode, tick.old
     ns, name, now = tick.namespace, tick.name, tick.now
     # A tick that moves the traffic observed KServe before the move: its URLs
     # may still lead to the previous version. Probes are planned on the next.
+    view = new.dump()  # for what reads the status by its JSON keys
     if route is None and op.probes is not None:
-        job = scheduler.probe_due(sm, new, obs, now, ns, name, tick.meta.get("uid"), mode)
+        job = scheduler.probe_due(sm, view, obs, now, ns, name, tick.meta.get("uid"), mode)
         if job is not None and op.probes.submit(job):
             logger.info("golden-set probe queued: %s", ", ".join(f"{t.role} {t.version}" for t in job.targets))
     # Where the gateway mirrors users' requests (only while both versions serve them).
-    mirror = shadow.published(sm, new, obs, mode) if route is None else None
+    mirror = shadow.published(sm, view, obs, mode) if route is None else None
     if mirror:
-        new["shadow"] = mirror
-    urls = router.endpoints(mode, obs, new, new.get("phase") in ACTIVE) if route is None else old.get("endpoints")
+        new.shadow = mirror
+    urls = router.endpoints(mode, obs, view, new.phase in ACTIVE) if route is None else tick.prior.endpoints
     if urls:
-        new["endpoints"] = urls
+        new.endpoints = urls
+    view = new.dump()
     # Webhooks run in the background too; the same care about URLs that may
     # still lead to the previous revision (the canary "serves" only on a tick
     # that moves no traffic).
     serving = obs.latest_ready and route is None
-    canary_url = mode.canary_url(obs, new) if serving and mode.deployed(new) else None
-    calls = (policy.due_calls(sm, new, now, ns, name, ready=serving, canary_url=canary_url, mode=mode)
-             + policy.notifications(sm, old, new, tick.events, ns, name, now))
+    canary_url = mode.canary_url(obs, view) if serving and mode.deployed(view) else None
+    calls = (policy.due_calls(sm, view, now, ns, name, ready=serving, canary_url=canary_url, mode=mode)
+             + policy.notifications(sm, old, view, tick.events, ns, name, now))
     if op.reports is not None:
         _report(op, tick, logger)
     _registry_status(new, tick)
-    new["conditions"] = _webhooks_condition(op, tick, new.get("conditions") or [])
-    new["conditions"] = set_condition(new.get("conditions") or [], "SpecValid", True, "Valid", "spec accepted", now,
-                                      tick.generation)
-    new.pop(APPLY_RETRY, None)
-    if (next((c for c in old.get("conditions") or [] if c.get("type") == "Degraded"), {})).get("status") == "True":
-        new["conditions"] = set_condition(new.get("conditions") or [], "Degraded", False, "Applied",
-                                          "the InferenceService was written", now, tick.generation)
+    new.conditions = _webhooks_condition(op, tick, new.conditions or [])
+    new.conditions = set_condition(new.conditions or [], "SpecValid", True, "Valid", "spec accepted", now,
+                                   tick.generation)
+    new.apply_retry = None
+    if (tick.prior.condition("Degraded") or {}).get("status") == "True":
+        new.conditions = set_condition(new.conditions or [], "Degraded", False, "Applied",
+                                       "the InferenceService was written", now, tick.generation)
     return calls
 
 
@@ -284,13 +292,13 @@ def apply(op: Operator, tick: Tick, route: router.Route, create: bool, patch) ->
             detail = json.loads(e.body or "{}").get("message") or detail
         except (TypeError, ValueError):
             pass
-        failures = int((old.get(APPLY_RETRY) or {}).get("failures") or 0) + 1
+        new = tick.prior
+        failures = int((new.apply_retry or {}).get("failures") or 0) + 1
         delay = min(op.settings.tick_seconds * 2 ** (failures - 1), APPLY_BACKOFF_MAX_S)
         msg = f"could not {'create' if create else 'patch'} the InferenceService: HTTP {e.status}: {detail}"[:1000]
-        new = dict(old)
-        new[APPLY_RETRY] = {"failures": failures, "nextAttemptAt": (tick.now + timedelta(seconds=delay)).isoformat(
+        new.apply_retry = {"failures": failures, "nextAttemptAt": (tick.now + timedelta(seconds=delay)).isoformat(
             timespec="milliseconds")}
-        new["conditions"] = set_condition(old.get("conditions") or [], "Degraded", True, "ApplyFailed",
+        new.conditions = set_condition(new.conditions or [], "Degraded", True, "ApplyFailed",
                                           f"{msg} (attempt {failures}; next in {delay:g}s)", tick.now,
                                           tick.generation)
         kopf.warn(tick.body, reason="ApplyFailed", message=msg)
@@ -301,12 +309,12 @@ def apply(op: Operator, tick: Tick, route: router.Route, create: bool, patch) ->
 # ---------------------------------------------------------------- write
 
 
-def write(op: Operator, tick: Tick, new: dict, calls: list, patch) -> None:
+def write(op: Operator, tick: Tick, new: RolloutStatus, calls: list, patch) -> None:
     """The status saved first: a notification never announces a decision that
     a refused status write then undoes."""
     ns, name, old = tick.namespace, tick.name, tick.old
     # The metrics first: whoever reads the saved status finds them up to date.
-    metrics.record(ns, name, old, new, tick.spec.analysis.golden_set.ref)
+    metrics.record(ns, name, old, new.dump(), tick.spec.analysis.golden_set.ref)
     try:
         api.write_status(ns, name, _status_patch(old, new))
     except ApiException as e:
@@ -324,10 +332,10 @@ def write(op: Operator, tick: Tick, new: dict, calls: list, patch) -> None:
         patch.metadata.setdefault("annotations", {})[ACTION_ANNOTATION] = None
 
 
-def _status_patch(old: dict, new: dict) -> dict:
-    """A merge patch from `old` to `new`: changed keys only (keys gone from `new`
-    are deleted), so a tick that decides nothing writes nothing."""
-    new = without_nulls(new)
+def _status_patch(old: dict, new: RolloutStatus) -> dict:
+    """A merge patch from `old` (as stored) to `new`: changed keys only (keys
+    gone from `new` are deleted), so a tick that decides nothing writes nothing."""
+    new = without_nulls(new.dump())
     out = {k: None for k in old if k not in new}
     out.update({k: v for k, v in new.items() if old.get(k) != v})
     return out
@@ -347,14 +355,14 @@ def _webhooks_condition(op: Operator, tick: Tick, conditions: list[dict]) -> lis
                          "WebhookUrlNotAllowed" if refused else "Configured", why, tick.now, tick.generation)
 
 
-def _registry_status(new: dict, tick: Tick) -> None:
+def _registry_status(new: RolloutStatus, tick: Tick) -> None:
     res = tick.registry
     if res is None:  # no registry reference (any more)
-        new.pop("registry", None)
-        new["conditions"] = [c for c in new.get("conditions") or [] if c.get("type") != "RegistryResolved"]
+        new.registry = None
+        new.conditions = [c for c in new.conditions or [] if c.get("type") != "RegistryResolved"]
         return
-    new["registry"] = res.status
-    new["conditions"] = set_condition(new.get("conditions") or [], "RegistryResolved", res.ok, res.reason,
+    new.registry = res.status
+    new.conditions = set_condition(new.conditions or [], "RegistryResolved", res.ok, res.reason,
                                       res.message, tick.now, tick.generation)
 
 
@@ -366,7 +374,7 @@ def _report(op: Operator, tick: Tick, logger) -> None:
         return
     url, _ = prometheus.resolve_url(tick.spec.analysis.prometheus_url, op.settings.prometheus_url,
                                     op.settings.prometheus_url_allowlist)
-    done = (status.get(reporting.STATUS_KEY) or {}).get("done") or {}
+    done = (tick.prior.registry_reports or {}).get("done") or {}
     job = reporting.ReportJob(tick.namespace, tick.name, tuple(due), tuple(sorted(done, key=lambda k: done[k] or "")),
                               url, op.settings.namespace_label)
     if op.reports.submit(job):

@@ -22,7 +22,7 @@ from .analysis import Verdict, canary_record, golden_stale, stable_record
 from .router import Observed, Route, TrafficMode, traffic_mode
 from .spec import GoldenSetSpec, SeparationModelSpec
 from .status import (ACTIVE, FAILED, INITIALIZING, PAUSED, PROGRESSING, PROMOTING, ROLLED_BACK, SUCCEEDED, WAITING,
-                     StatusEditor, iso, parse_time, rejected)
+                     RolloutStatus, StatusEditor, iso, parse_time, rejected)
 from .transitions import (ABORT, PROMOTE, RETRY, Plan, finish_promotion, hold_deadline, judged, move, plan_of,
                           promote, rollback, route_of, start_canary, wait_for_confirmation, waiting)
 
@@ -42,66 +42,66 @@ def schedule(spec: SeparationModelSpec, status: dict, obs: Observed, now: dateti
     on a KServe before v0.20)."""
     s = StatusEditor(status or {}, spec, now, generation, mode)
     target = _target(spec)
-    phase = s.d.get("phase")
-    stable_v, stable_uri = s.d.get("stableVersion"), s.d.get("stableStorageUri")
+    phase = s.st.phase
+    stable_v, stable_uri = s.st.stable_version, s.st.stable_storage_uri
     is_stable = stable_v == target["version"] and stable_uri == target["storageUri"]
 
     # -- no InferenceService (first reconcile, or deleted by hand)
     if not obs.exists:
         if stable_uri:
-            was = s.d.get("canaryVersion") if phase != WAITING else None  # a Waiting one was never deployed
+            was = s.st.canary_version if phase != WAITING else None  # a Waiting one was never deployed
             if was:
                 s.history(s.canary_model(), "interrupted", "InferenceService disappeared mid-rollout")
             s.clear_canary()
-            s.d.update(phase=SUCCEEDED,
-                       message=f"InferenceService recreated with stable {stable_v}")
+            s.update(phase=SUCCEEDED,
+                    message=f"InferenceService recreated with stable {stable_v}")
             s.event("Warning", "InferenceServiceRecreated",
                     f"InferenceService was missing; recreated serving stable {stable_v}"
                     + (f" (canary {was} restarts from the first step)" if was else ""))
             return plan_of(s, route=Route(stable_uri, None, stable_v), create=True)
         s.clear_canary()
-        s.set_canary(target, phase=INITIALIZING, canaryWeight=100, stepStartedAt=iso(now),
+        s.set_canary(target, phase=INITIALIZING, canary_weight=100, step_started_at=iso(now),
                      message=f"deploying {target['version']} (first version: no stable to compare)")
-        s.cond("Ready", False, "Initializing", s.d["message"])
-        s.event("Normal", "Deploying", s.d["message"])
+        s.cond("Ready", False, "Initializing", s.st.message)
+        s.event("Normal", "Deploying", s.st.message)
         return plan_of(s, route=Route(target["storageUri"], None, target["version"]), create=True)
 
     if phase is None and not stable_uri:
         # An InferenceService but no status: the first tick's status write was
         # refused after its InferenceService was created. Deploying, as then.
-        s.set_canary(target, phase=INITIALIZING, canaryWeight=100, stepStartedAt=iso(now),
+        s.set_canary(target, phase=INITIALIZING, canary_weight=100, step_started_at=iso(now),
                      message=f"deploying {target['version']} (first version: no stable to compare)")
-        s.cond("Ready", False, "Initializing", s.d["message"])
-        s.event("Normal", "Deploying", s.d["message"])
+        s.cond("Ready", False, "Initializing", s.st.message)
+        s.event("Normal", "Deploying", s.st.message)
         serving_it = obs.storage_uri == target["storageUri"]
         return plan_of(s, route=None if serving_it else Route(target["storageUri"], None, target["version"]))
 
     if phase == INITIALIZING:
-        if s.d.get("canaryStorageUri") != target["storageUri"]:
+        if s.st.canary_storage_uri != target["storageUri"]:
             s.clear_canary()
-            s.set_canary(target, phase=INITIALIZING, canaryWeight=100, stepStartedAt=iso(now),
+            s.set_canary(target, phase=INITIALIZING, canary_weight=100, step_started_at=iso(now),
                          message=f"deploying {target['version']}")
             return plan_of(s, route=Route(target["storageUri"], None, target["version"]))
         if obs.ready and obs.latest_ready and obs.storage_uri == target["storageUri"]:
-            s.d["message"] = "first version deployed"
+            s.st.message = "first version deployed"
             return finish_promotion(s)
-        started = parse_time(s.d.get("stepStartedAt")) or now
+        started = parse_time(s.st.step_started_at) or now
         if obs.failure or (now - started).total_seconds() > spec.rollout.progress_deadline_s:
             why = obs.failure or f"not ready within progressDeadline {spec.rollout.progress_deadline}"
             s.history(s.canary_model(), "failed", why)
-            s.d.update(phase=FAILED, message=f"{target['version']} failed: {why}")
-            s.cond("Ready", False, "DeploymentFailed", s.d["message"])
-            s.event("Warning", "DeploymentFailed", s.d["message"])
+            s.update(phase=FAILED, message=f"{target['version']} failed: {why}")
+            s.cond("Ready", False, "DeploymentFailed", s.st.message)
+            s.event("Warning", "DeploymentFailed", s.st.message)
             return plan_of(s)
         return plan_of(s)
 
     if phase == FAILED and not stable_uri:
-        last = (s.d.get("history") or [{}])[-1]
+        last = (s.st.history or [{}])[-1]
         if action == RETRY or (last.get("version"), last.get("storageUri")) != (target["version"], target["storageUri"]):
             s.clear_canary()
-            s.set_canary(target, phase=INITIALIZING, canaryWeight=100, stepStartedAt=iso(now),
+            s.set_canary(target, phase=INITIALIZING, canary_weight=100, step_started_at=iso(now),
                          message=f"deploying {target['version']}")
-            s.event("Normal", "Deploying", s.d["message"])
+            s.event("Normal", "Deploying", s.st.message)
             return plan_of(s, route=Route(target["storageUri"], None, target["version"]))
         return plan_of(s)
 
@@ -109,21 +109,21 @@ def schedule(spec: SeparationModelSpec, status: dict, obs: Observed, now: dateti
         plan = waiting(s, target, action)
         if plan is not None:
             return plan
-        phase = s.d.get("phase")
+        phase = s.st.phase
 
     if phase == PROMOTING:
         if action == ABORT:
             return rollback(s, "aborted", "Aborted", "aborted by user during promotion")
         if s.mode.promotes_at_once or (obs.latest_ready and obs.canary_percent is None
                                        and obs.latest_percent in (None, 100)
-                                       and obs.storage_uri == s.d.get("canaryStorageUri")):
+                                       and obs.storage_uri == s.st.canary_storage_uri):
             return finish_promotion(s)
-        want = s.mode.promotion(s.d)
+        want = s.mode.promotion(s.view())
         return plan_of(s, route=want if obs.route != s.mode.seen(want) else None)
 
     # (Paused before its first step, a rollout has no canary yet: idle below.)
-    if phase in ACTIVE and s.d.get("canaryVersion"):
-        canary = (s.d.get("canaryVersion"), s.d.get("canaryStorageUri"))
+    if phase in ACTIVE and s.st.canary_version:
+        canary = (s.st.canary_version, s.st.canary_storage_uri)
         if canary != (target["version"], target["storageUri"]):
             if is_stable:
                 return rollback(s, "aborted", "Aborted", "spec reverted to the stable version")
@@ -136,29 +136,29 @@ def schedule(spec: SeparationModelSpec, status: dict, obs: Observed, now: dateti
         if action == PROMOTE:
             return promote(s, "ManualPromotion", "promoted by user (musicsplit.io/action=promote) "
                                                  "without waiting for analysis or confirm webhooks")
-        hook = policy.rollback_requested(spec, s.d)
+        hook = policy.rollback_requested(spec, s.view())
         if hook:
             return rollback(s, "rolledBack", "RollbackWebhook", f"rollback webhook {hook} asked for it")
         if spec.rollout.paused:
             if phase != PAUSED:
-                s.d.update(phase=PAUSED, message=f"paused at {s.d.get('canaryWeight')} %")
-                s.cond("Progressing", False, "Paused", s.d["message"])
-                s.event("Normal", "Paused", s.d["message"])
+                s.update(phase=PAUSED, message=f"paused at {s.st.canary_weight} %")
+                s.cond("Progressing", False, "Paused", s.st.message)
+                s.event("Normal", "Paused", s.st.message)
             return plan_of(s)
         if phase == PAUSED:
             # Resume: the interval starts again, so the analysis sees fresh data,
             # and so does the hold deadline.
             s.end_hold("Resumed", "the rollout was resumed")
-            s.d.update(phase=PROGRESSING, stepStartedAt=iso(now), message=f"resumed at {s.d.get('canaryWeight')} %")
-            s.cond("Progressing", True, "Resumed", s.d["message"])
-            s.event("Normal", "Resumed", s.d["message"])
+            s.update(phase=PROGRESSING, step_started_at=iso(now), message=f"resumed at {s.st.canary_weight} %")
+            s.cond("Progressing", True, "Resumed", s.st.message)
+            s.event("Normal", "Resumed", s.st.message)
             return plan_of(s, route=route_of(s))
-        held = policy.hold_expired(spec, s.d, now)
+        held = policy.hold_expired(spec, s.view(), now)
         if held is not None:
             plan = hold_deadline(s, held)
             if plan is not None:
                 return plan
-        started = parse_time(s.d.get("stepStartedAt")) or now
+        started = parse_time(s.st.step_started_at) or now
         elapsed = (now - started).total_seconds()
         want = route_of(s)
         route = want if obs.route != s.mode.seen(want) else None
@@ -167,19 +167,19 @@ def schedule(spec: SeparationModelSpec, status: dict, obs: Observed, now: dateti
                 why = obs.failure or f"canary revision not ready within progressDeadline {spec.rollout.progress_deadline}"
                 return rollback(s, "rolledBack", "CanaryNotReady", why)
             return plan_of(s, route=route)
-        if policy.moving_on(s.d):
+        if policy.moving_on(s.view()):
             # Passed at this weight: only a gate held it, and it may be open now.
-            if not policy.gate(spec, s.d, *policy.next_gate(spec, s.d, s.mode)):
+            if not policy.gate(spec, s.view(), *policy.next_gate(spec, s.view(), s.mode)):
                 plan = move(s)
                 return replace(plan, route=plan.route or route)
-        elif s.d.get("stepIndex") == -1:
+        elif s.st.step_index == -1:
             # Before the first weight the analysis is the pre-rollout hooks' answers.
-            if not policy.answered(spec, s.d, "pre-rollout", policy.interval_key(s.d)):
+            if not policy.answered(spec, s.view(), "pre-rollout", policy.interval_key(s.view())):
                 return plan_of(s, route=route)
-            verdict = policy.pre_rollout_verdict(spec, s.d)
+            verdict = policy.pre_rollout_verdict(spec, s.view())
             plan = judged(s, verdict)
             return replace(plan, route=plan.route or route, verdict=verdict.result)
-        if s.d.get("stepIndex") == -1 or elapsed < spec.rollout.interval_s:
+        if s.st.step_index == -1 or elapsed < spec.rollout.interval_s:
             return plan_of(s, route=route)
         return plan_of(s, route=route, analyze=True)
 
@@ -187,30 +187,30 @@ def schedule(spec: SeparationModelSpec, status: dict, obs: Observed, now: dateti
     if is_stable:
         s.clear_canary()
         if phase != SUCCEEDED or obs.storage_uri != stable_uri or obs.canary_percent is not None:
-            s.d.update(phase=SUCCEEDED, message=f"{stable_v} serves 100 % of traffic")
-            s.cond("Ready", True, "StableServing", s.d["message"])
+            s.update(phase=SUCCEEDED, message=f"{stable_v} serves 100 % of traffic")
+            s.cond("Ready", True, "StableServing", s.st.message)
             return plan_of(s, route=Route(stable_uri, None, stable_v))
         if obs.ready:
-            s.cond("Ready", True, "StableServing", s.d["message"] if s.d.get("message") else "stable serving")
+            s.cond("Ready", True, "StableServing", s.st.message if s.st.message else "stable serving")
         else:
             s.cond("Ready", False, "InferenceServiceNotReady", obs.failure or "InferenceService is not ready")
         return plan_of(s)
-    bad = rejected(s.d, target["version"], target["storageUri"])
+    bad = rejected(s.view(), target["version"], target["storageUri"])
     if bad and action != RETRY:
-        s.d["message"] = (f"{target['version']} was {bad['outcome']} at {bad['at']} ({bad['reason']}); "
+        s.st.message = (f"{target['version']} was {bad['outcome']} at {bad['at']} ({bad['reason']}); "
                           f"stable {stable_v} keeps serving. Ship a new version, or annotate "
                           f"musicsplit.io/action=retry to try it again")
         return plan_of(s)
     if action == ABORT:
         s.history({k: target.get(k) for k in ("version", "storageUri", "released")}, "aborted",
                   "aborted by user (musicsplit.io/action=abort) before its rollout started")
-        s.d.update(phase=ROLLED_BACK, message=f"{target['version']} aborted before its rollout started; stable "
-                                              f"{stable_v} keeps serving")
-        s.event("Warning", "Aborted", s.d["message"])
+        s.update(phase=ROLLED_BACK, message=f"{target['version']} aborted before its rollout started; stable "
+                                           f"{stable_v} keeps serving")
+        s.event("Warning", "Aborted", s.st.message)
         return plan_of(s)
     if spec.rollout.paused:
-        s.d.update(phase=PAUSED if phase != PAUSED else phase,
-                   message=f"rollout of {target['version']} paused before its first step")
+        s.update(phase=PAUSED if phase != PAUSED else phase,
+                message=f"rollout of {target['version']} paused before its first step")
         return plan_of(s)
     if action == PROMOTE:
         start_canary(s, target, "new version, promoted by user")
@@ -276,8 +276,8 @@ def probe_due(spec: SeparationModelSpec, status: dict, obs: Observed, now: datet
     if not golden.enabled:
         return None
     ref, retry_s = golden.ref, spec.rollout.interval_s
-    phase = status.get("phase")
-    stable_v, stable_uri = status.get("stableVersion"), status.get("stableStorageUri")
+    st = RolloutStatus.of(status)
+    phase, stable_v, stable_uri = st.phase, st.stable_version, st.stable_storage_uri
     stale = golden_stale(status, ref)
     canary_rec, stable_rec = canary_record(status, ref), stable_record(status, ref)
     stable_due = bool(stable_v) and _due(stable_rec, now, retry_s, stale == "stable")
@@ -289,7 +289,7 @@ def probe_due(spec: SeparationModelSpec, status: dict, obs: Observed, now: datet
     # send the probe to the stable one (and a Standard canary before its first
     # step is not deployed: the URL serves the stable).
     if phase in ACTIVE and obs.latest_ready and mode.routed(obs, status):
-        canary_v, canary_uri = status.get("canaryVersion"), status.get("canaryStorageUri")
+        canary_v, canary_uri = st.canary_version, st.canary_storage_uri
         if canary_v and _due(canary_rec, now, retry_s, stale == "canary"):
             url = mode.canary_url(obs, status)
             targets.append(ProbeTarget("canary", canary_v, canary_uri, url, None if url else

@@ -58,6 +58,32 @@ def test_the_status_written_has_no_nulls_in_list_items():
     st = scheduler.after_analysis(sp, plan.status, held, T0 + timedelta(seconds=61)).status
     st = scheduler.schedule(sp, st, serving(V2["storageUri"], 10), T0, action="abort").status
     assert any(c.get("value") is None for c in st["lastAnalysis"]["checks"])
-    written = reconcile._status_patch({}, st)
+    written = reconcile._status_patch({}, s.RolloutStatus.of(st))
     assert "released" not in written["history"][-1] and written["history"][-1]["outcome"] == "aborted"
     assert _nulls_in_list_items(written) == []
+
+
+def test_typed_status_round_trips_the_json_kubectl_and_the_gateway_read():
+    # Keys an older or newer operator wrote, unknown to this one, come back as they were.
+    stored = {"phase": "Progressing", "canaryVersion": "2.0.0", "canaryWeight": 10, "stepIndex": 0,
+              "conditions": [{"type": "Ready", "status": "True"}], "history": [],
+              "endpoints": {"stable": {"version": "1.0.0", "url": "http://s"}},
+              "shadow": {"url": "http://c", "percent": 10}, "someOlderKey": {"kept": True}}
+    st = s.RolloutStatus.of(stored)
+    assert st.canary_weight == 10 and st.endpoints["stable"]["url"] == "http://s"
+    assert st.dump() == stored
+    # Set by attribute, dumped camelCase; an unset field is absent, never null.
+    st.canary_weight, st.step_index, st.hold_started_at = 20, None, s.iso(T0)
+    out = st.dump()
+    assert out["canaryWeight"] == 20 and out["holdStartedAt"] == s.iso(T0) and "stepIndex" not in out
+    assert None not in out.values()
+
+
+def test_a_tick_carries_what_the_background_workers_wrote_and_drops_what_it_publishes_afresh():
+    from musicsplit.operator import scheduler
+    from tests.operator.builders import STABLE, V1, serving, spec
+
+    quality = {"version": "1.0.0", "checkedAt": s.iso(T0), "meanSdr": 6.1}
+    stored = {**STABLE, "quality": quality, "endpoints": {"stable": {"version": "1.0.0", "url": "http://old"}}}
+    st = scheduler.schedule(spec(model=V1), stored, serving(V1["storageUri"]), T0).status
+    assert st["quality"] == quality and "endpoints" not in st  # endpoints: reconcile publishes them each tick
