@@ -27,11 +27,13 @@ PHASES = (INITIALIZING, WAITING, PROGRESSING, WAITING_PROMOTION, PROMOTING, SUCC
 # stable's) are written by the probe worker only, `webhooks` (each hook's last
 # call) by the webhook worker only; the ticks carry them unchanged.
 # `registry` (the MLflow resolution) is the handler's; `registryReports` (what
-# was written back to MLflow) the registry reporter's.
+# was written back to MLflow) the registry reporter's; `quality` (continuous
+# verification of the serving version) the verification worker's.
 KEEP = ("phase", "stableVersion", "stableStorageUri", "stableReleased", "canaryVersion", "canaryStorageUri",
         "canaryReleased", "canaryStartedAt", "canaryRegistry", "canaryWeight", "stepIndex", "stepStartedAt",
         "holds", "failedAnalyses", "holdStartedAt", "holdDeadlineExceededAt", "lastAnalysis", "history",
-        "conditions", "message", "goldenBaseline", "probe", "webhooks", "registry", "registryReports")
+        "conditions", "message", "goldenBaseline", "probe", "webhooks", "registry", "registryReports",
+        "quality")
 # What belongs to one rollout attempt of a canary, gone with it.
 CANARY_KEYS = ("canaryVersion", "canaryStorageUri", "canaryReleased", "canaryStartedAt", "canaryRegistry",
                "stepIndex", "stepStartedAt", "holds", "failedAnalyses", "holdStartedAt", "holdDeadlineExceededAt")

@@ -105,6 +105,13 @@ def test_a_set_whose_contents_changed_compares_with_its_first_check_on_them():
     assert later["release"]["meanSdr"] == 3.0 and later["dropDb"] == 1.5
 
 
+def test_a_tick_carries_the_workers_status_quality_unchanged():
+    from musicsplit.operator import scheduler
+
+    status = {**PROMOTED, "quality": quality_record(job(), measured(4.5), at(hours=1))}
+    assert scheduler.schedule(sp(), status, OBS, at(hours=1, minutes=1)).status["quality"] == status["quality"]
+
+
 def _sample(role, stem="mean", version="1.0.0"):
     return REGISTRY.get_sample_value("musicsplit_golden_sdr_db", {"namespace": "vq", "name": "m", "role": role,
                                                                   "model_version": version, "stem": stem})
