@@ -351,7 +351,7 @@ class AnalysisSpec(_Model):
     """Most the canary's mean quality score may be below the stable's."""
     golden_set: GoldenSetSpec = GoldenSetSpec()
     """The reference tracks the canary's golden-set probe separates (sets named together are
-    pooled). Default {}: the built-in synthetic set. Before v1alpha1 objects it was a boolean: true
+    pooled). Default {}: the built-in set (synthetic items and real CC0 excerpts). Before v1alpha1 objects it was a boolean: true
     is {}, false is {builtin: false} (no golden-set gate)."""
     max_sdr_drop_db: float | None = None
     """Deprecated - goldenSet.maxSdrDropDb wins."""
