@@ -1,7 +1,9 @@
 """Golden sets: the reference tracks the probe separates, with known stems.
 
-A SeparationModel's `spec.analysis.goldenSet` names the built-in synthetic
-set (musicsplit.golden), a ConfigMap in its namespace, a storage URI, or
+A SeparationModel's `spec.analysis.goldenSet` names the built-in set
+(musicsplit.golden: four synthetic items and, unless `realMusic: false`, two
+10 s excerpts of a CC0 song with its true stems, set `builtin-real` in the
+probe's per-set results), a ConfigMap in its namespace, a storage URI, or
 several of them (pooled). User sets have the MUSDB layout: per track a
 mixture and one file per stem, wav or flac:
 
@@ -39,9 +41,12 @@ STEMS = ("drums", "bass", "other", "vocals", "guitar", "piano")  # every stem a 
 AUDIO_SUFFIXES = (".wav", ".flac")
 MIN_SAMPLE_RATE = 16000  # the predictor refuses less
 CONFIGMAP_LIMIT = 1 << 20  # Kubernetes' cap on a ConfigMap
-# The built-in set's identity: the generator (musicsplit.golden) with its defaults.
-# Change it with the generator, so no result of the old set compares with the new.
+# The built-in set's identity: the generator (musicsplit.golden) with its defaults,
+# and the real excerpts (v2: with them). Change it with the generator or the
+# excerpts, so no result of the old set compares with the new.
 BUILTIN_DIGEST = "builtin-v1"
+BUILTIN_REAL_DIGEST = "builtin-v2"
+BUILTIN, BUILTIN_REAL = "builtin", "builtin-real"  # Track.source: the synthetic items, the real excerpts
 
 
 class GoldenSetError(Exception):
@@ -192,12 +197,18 @@ def directory_tracks(source: str, root: Path) -> list[Track]:
 BUILTIN_ITEMS, BUILTIN_SECONDS = 4, 6.0  # musicsplit.golden.golden_set()'s defaults
 
 
-def builtin_tracks() -> list[Track]:
-    from musicsplit.golden import golden_item
+def builtin_tracks(real: bool = True) -> list[Track]:
+    """The synthetic items, then (`real`) the real CC0 excerpts (musicsplit.golden.REAL_EXCERPTS)."""
+    from musicsplit.golden import REAL_AUDIO, REAL_EXCERPTS, golden_item, real_item
 
-    # Generated as sent, like a user's tracks are decoded: one in memory at a time.
-    return [Track("builtin", f"golden-0-{i:02d}", (lambda i=i: golden_item(i, BUILTIN_SECONDS)), BUILTIN_SECONDS)
-            for i in range(BUILTIN_ITEMS)]
+    # Generated or decoded as sent, like a user's tracks: one in memory at a time.
+    tracks = [Track(BUILTIN, f"golden-0-{i:02d}", (lambda i=i: golden_item(i, BUILTIN_SECONDS)), BUILTIN_SECONDS)
+              for i in range(BUILTIN_ITEMS)]
+    if real:
+        for e in REAL_EXCERPTS:
+            rate, frames, _ = _info(f"real-{e}", "mixture", REAL_AUDIO / e / "vocals.flac")
+            tracks.append(Track(BUILTIN_REAL, f"real-{e}", (lambda e=e: real_item(e)), frames / rate))
+    return tracks
 
 
 def digest_of(files: Iterable[tuple[str, bytes]]) -> str:
@@ -227,8 +238,8 @@ def load(spec: GoldenSetSpec, namespace: str, *, read_configmap: ConfigMapReader
     tracks: list[Track] = []
     digests = []
     if spec.uses_builtin:
-        tracks += builtin_tracks()
-        digests.append(("builtin", BUILTIN_DIGEST.encode()))
+        tracks += builtin_tracks(spec.real_music)
+        digests.append(("builtin", (BUILTIN_REAL_DIGEST if spec.real_music else BUILTIN_DIGEST).encode()))
     if spec.config_map:
         if read_configmap is None:
             raise GoldenSetError("this operator cannot read ConfigMaps", UNAVAILABLE)

@@ -13,7 +13,7 @@ from contextlib import contextmanager, nullcontext
 import kopf
 from kubernetes import config as k8s_config
 
-from . import api, goldenset, kserve, metrics, probe, registry, reconcile, reporting, webhooks
+from . import api, goldenset, kserve, metrics, probe, registry, reconcile, reporting, verification, webhooks
 from .goldenstore import GoldenStore
 from .scheduler import ProbeJob
 from .settings import OperatorSettings
@@ -56,6 +56,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_) -> 
         ttl_s=s.golden_cache_ttl_seconds)
     op.probes = probe.ProbeWorker(api.write_worker_fields, workers=s.probe_workers, timeout_s=s.probe_timeout_seconds,
                                   load_set=lambda job: load_golden_set(job, op.golden_store, s.golden_set_max_seconds))
+    op.verifier = verification.VerifyWorker(
+        api.write_worker_fields, workers=s.probe_workers, timeout_s=s.probe_timeout_seconds,
+        load_set=lambda job: load_golden_set(job, op.golden_store, s.golden_set_max_seconds))
     if s.mlflow_tracking_uri:
         registry.preload()
         op.reports = reporting.ReportWorker(

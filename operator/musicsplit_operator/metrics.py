@@ -11,6 +11,7 @@ from .analysis import golden_series
 from .policy import OUTCOMES as HOOK_RESULTS
 from .spec import HookType
 from .status import PHASES, history_added
+from .verification import series as verification_series
 
 LABELS = ("namespace", "name")
 
@@ -31,7 +32,8 @@ WEBHOOKS = Counter("musicsplit_rollout_webhooks", "Webhook calls, by type and ou
 HOOK_OUTCOMES = (*HOOK_RESULTS, "dropped")  # dropped: a notification past the worker's queue bound
 GOLDEN_SDR = Gauge("musicsplit_golden_sdr_db",
                    "Golden-set SDR (dB) of a model version, per stem and their mean (stem=mean); role current is "
-                   "the newest version probed, previous the one it replaces", (*LABELS, "model_version", "stem",
+                   "the newest version probed, previous the one it replaces; serving the stable version's last continuous "
+                   "verification, release what the same version scored at its release", (*LABELS, "model_version", "stem",
                                                                                 "role"))
 # (namespace, name) -> the golden series set now, so a tick removes the ones gone.
 _golden: dict[tuple[str, str], set[tuple[str, str, str]]] = {}
@@ -52,11 +54,11 @@ def record(namespace: str, name: str, old: dict, new: dict, golden_set: str = "b
     DEADLINE.labels(namespace, name)  # at 0 from the start: an alert sees its first increase
     for h in history_added(old, new):
         OUTCOMES.labels(namespace, name, h.get("outcome", "unknown")).inc()
-    _record_golden(namespace, name, golden_series(new, golden_set))
+    _record_golden(namespace, name, {**golden_series(new, golden_set), **verification_series(new, golden_set)})
 
 
 def _record_golden(namespace: str, name: str, series: dict[str, dict]) -> None:
-    """At most one version per role (bounded: the canary and the stable)."""
+    """At most one version per role (bounded: the canary and the stable; serving and release are the stable)."""
     now = {(role, s["version"], stem): sdr for role, s in series.items() for stem, sdr in s["sdr"].items()}
     for role, version, stem in _golden.get((namespace, name), set()) - set(now):
         GOLDEN_SDR.remove(namespace, name, version, stem, role)

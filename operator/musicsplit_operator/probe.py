@@ -10,7 +10,8 @@ where the worker writes them: `status.probe` for the canary,
 
 Each result is a record: version, storageUri, goldenSet (which sets: the
 spec's `GoldenSetSpec.ref`), goldenSetDigest (what they held), meanSdr,
-perStem, sets (mean SDR per set), servedVersion, items, startedAt,
+perStem, sets (mean SDR per set: the built-in set's real excerpts are
+`builtin-real`), perItem (SDR per stem of each track), servedVersion, items, startedAt,
 measuredAt; or error (meanSdr absent) when the probe failed, with
 errorReason when the golden set itself is at fault (goldenset.py's reasons).
 The job's golden set is loaded once (`load_set`: the ConfigMap read, the
@@ -115,7 +116,8 @@ def run_target(target: ProbeTarget, model: str, timeout_s: float, *, golden: Gol
             raise LookupError(target.missing or "no URL to probe")
         report = golden_report(target.url, model, target.version, timeout_s, golden=golden, settle_s=settle_s)
         rec.update(meanSdr=round(report.mean_sdr, 4), perStem={k: round(v, 4) for k, v in report.per_stem.items()},
-                   servedVersion=report.model_version, items=len(report.items), sets=_by_set(golden, report))
+                   servedVersion=report.model_version, items=len(report.items), sets=_by_set(golden, report),
+                   perItem={i.name: {k: round(v, 4) for k, v in i.sdr.items()} for i in report.items})
     except goldenset.GoldenSetError as e:
         rec.update(error=str(e), errorReason=e.reason)
     except LookupError as e:

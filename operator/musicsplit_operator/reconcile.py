@@ -25,7 +25,8 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from . import analysis, api, metrics, policy, prometheus, registry, reporting, router, scheduler, shadow, webhooks
+from . import (analysis, api, metrics, policy, prometheus, registry, reporting, router, scheduler, shadow, verification,
+               webhooks)
 from .goldenstore import GoldenStore
 from .settings import OperatorSettings
 from .spec import SeparationModelSpec, parse_spec
@@ -48,9 +49,10 @@ class Operator:
     hooks: webhooks.WebhookWorker | None = None
     reports: reporting.ReportWorker | None = None  # only with a registry
     golden_store: GoldenStore | None = None
+    verifier: verification.VerifyWorker | None = None
 
     def workers(self) -> list:
-        return [w for w in (self.probes, self.reports, self.hooks) if w is not None]
+        return [w for w in (self.probes, self.verifier, self.reports, self.hooks) if w is not None]
 
     def forget(self, namespace: str, name: str) -> None:
         metrics.forget(namespace, name)
@@ -247,6 +249,10 @@ def act(op: Operator, tick: Tick, new: RolloutStatus, route: router.Route | None
         job = scheduler.probe_due(sm, view, obs, now, ns, name, tick.meta.get("uid"), mode)
         if job is not None and op.probes.submit(job):
             logger.info("golden-set probe queued: %s", ", ".join(f"{t.role} {t.version}" for t in job.targets))
+    if route is None and op.verifier is not None:
+        check = verification.due(sm, new, obs, now, ns, name, tick.meta.get("uid"), mode)
+        if check is not None and op.verifier.submit(check):
+            logger.info("golden-set verification of serving %s queued", check.target.version)
     # Where the gateway mirrors users' requests (only while both versions serve them).
     mirror = shadow.published(sm, view, obs, mode) if route is None else None
     if mirror:

@@ -271,7 +271,11 @@ class GoldenSetSpec(_Model):
     their SDR. Sets named together are pooled: one mean SDR over all tracks."""
 
     builtin: bool | None = None
-    """The built-in synthetic set (default - true unless configMap or storageUri is set)."""
+    """The built-in set (default - true unless configMap or storageUri is set): four synthetic 6 s
+    mixtures and, unless realMusic is false, two 10 s excerpts of a CC0 song with its true stems."""
+    real_music: bool = True
+    """With builtin, also the two real CC0 excerpts (20 s of audio; their mean SDR is reported apart,
+    as set builtin-real); false - the synthetic items only (a cheaper probe)."""
     config_map: str | None = None
     """A ConfigMap in this namespace, binaryData keys TRACK.mixture.wav and TRACK.STEM.wav (wav or
     flac). ConfigMaps hold at most 1 MiB (a few seconds of audio): use storageUri for more; create it
@@ -284,6 +288,10 @@ class GoldenSetSpec(_Model):
     """Roll back when the canary's mean SDR is this much below the stable's (default - analysis.maxSdrDropDb, else 1.0)."""
     min_sdr_db: float | None = None
     """Roll back when the canary's mean SDR is below this (dB); none by default."""
+    verify_every: str = "1h"
+    """Continuous verification - how often the serving version is scored on this set again once
+    promoted (status.quality, musicsplit_golden_sdr_db{role="serving"}), to catch a drop against its
+    release score (a broken GPU node, a precision change, a bad image); 0 - never."""
 
     @field_validator("storage_uri")
     @classmethod
@@ -291,6 +299,18 @@ class GoldenSetSpec(_Model):
         if v is not None and "://" not in v:
             raise ValueError("goldenSet.storageUri must be a URI such as s3://bucket/golden/")
         return v
+
+    @field_validator("verify_every")
+    @classmethod
+    def _every(cls, v: str) -> str:
+        if v != "0":
+            parse_duration(v)
+        return v
+
+    @property
+    def verify_every_s(self) -> float:
+        """0: continuous verification off."""
+        return 0.0 if self.verify_every == "0" else parse_duration(self.verify_every)
 
     @property
     def uses_builtin(self) -> bool:
@@ -303,7 +323,8 @@ class GoldenSetSpec(_Model):
     @property
     def ref(self) -> str:
         """Which sets, in one string: probe results of another set are no evidence."""
-        parts = (["builtin"] if self.uses_builtin else []) + ([f"configMap:{self.config_map}"] if self.config_map
+        builtin = "builtin" if self.real_music else "builtin-synthetic"
+        parts = ([builtin] if self.uses_builtin else []) + ([f"configMap:{self.config_map}"] if self.config_map
                                                               else []) + (
             [f"storageUri:{self.storage_uri}"] if self.storage_uri else [])
         return "+".join(parts)
@@ -330,7 +351,7 @@ class AnalysisSpec(_Model):
     """Most the canary's mean quality score may be below the stable's."""
     golden_set: GoldenSetSpec = GoldenSetSpec()
     """The reference tracks the canary's golden-set probe separates (sets named together are
-    pooled). Default {}: the built-in synthetic set. Before v1alpha1 objects it was a boolean: true
+    pooled). Default {}: the built-in set (synthetic items and real CC0 excerpts). Before v1alpha1 objects it was a boolean: true
     is {}, false is {builtin: false} (no golden-set gate)."""
     max_sdr_drop_db: float | None = None
     """Deprecated - goldenSet.maxSdrDropDb wins."""

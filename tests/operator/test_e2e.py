@@ -102,7 +102,7 @@ def sm(version: str, namespace: str = "default", **spec) -> dict:
             "rollout": {"steps": [50, 100], "interval": f"{INTERVAL_S}s", "progressDeadline": "2m"},
             "analysis": {"window": "30s", "minRequests": 3, "maxErrorRate": 0.05, "maxP99LatencySeconds": 20,
                          "minQualityScore": 0.5, "maxQualityDrop": 0.05,
-                         "goldenSet": {"builtin": True, "maxSdrDropDb": 1.0}},
+                         "goldenSet": {"builtin": True, "realMusic": False, "maxSdrDropDb": 1.0}},
         },
     }
     doc["spec"].update(spec)

@@ -117,11 +117,27 @@ def test_sets_are_pooled_and_their_digest_follows_their_content():
     read = lambda ns, name: (stored[name], None)  # noqa: E731
     both = goldenset.load(GoldenSetSpec(builtin=True, config_map="refs"), "ml", read_configmap=read)
     assert both.ref == "builtin+configMap:refs"
-    assert [t.source for t in both.tracks] == ["builtin"] * 4 + ["configMap/refs"]
+    assert [t.source for t in both.tracks] == ["builtin"] * 4 + ["builtin-real"] * 2 + ["configMap/refs"]
     mine = goldenset.load(GoldenSetSpec(config_map="refs"), "ml", read_configmap=read)
     assert mine.ref == "configMap:refs" and len(mine.tracks) == 1  # named alone: instead of the built-in set
     assert goldenset.load(GoldenSetSpec(config_map="refs"), "ml", read_configmap=read).digest == mine.digest
     stored["refs"] = binary({"song": track_files(9)})
     assert goldenset.load(GoldenSetSpec(config_map="refs"), "ml", read_configmap=read).digest != mine.digest
-    with pytest.raises(GoldenSetError, match="holds 24 s of audio, over the operator's limit of 10 s"):
+    with pytest.raises(GoldenSetError, match="holds 44 s of audio, over the operator's limit of 10 s"):
         goldenset.load(GoldenSetSpec(), "ml", max_seconds=10)
+
+
+def test_the_builtin_set_holds_real_music_apart_from_the_synthetic_items():
+    """Two 10 s excerpts of a CC0 song with their true stems, reported as their
+    own set; `realMusic: false` leaves them out, and results of the two sets
+    never compare (another ref, another digest)."""
+    full = goldenset.builtin()
+    real = [t for t in full.tracks if t.source == "builtin-real"]
+    assert [t.name for t in real] == ["real-lithium-112s", "real-lithium-196s"]
+    assert all(abs(t.seconds - 10.0) < 0.1 for t in real)
+    item = real[0].load()
+    assert set(item.stems) == {"drums", "bass", "other", "vocals"} and item.sample_rate == 44100
+    assert abs(item.mixture - sum(item.stems.values())).max() < 1e-5  # the mixture is its stems' sum
+    synthetic = goldenset.load(GoldenSetSpec(real_music=False), "ml")
+    assert [t.source for t in synthetic.tracks] == ["builtin"] * 4
+    assert (synthetic.ref, full.ref) == ("builtin-synthetic", "builtin") and synthetic.digest != full.digest

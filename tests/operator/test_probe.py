@@ -25,6 +25,7 @@ from musicsplit.operator.scheduler import ProbeJob, ProbeTarget
 from musicsplit.v2client import JSON_LENGTH_HEADER, SOURCE_HEADER
 from tests.fixtures.recorder import Recorder
 from tests.operator.cluster import SM, UNREACHABLE, Cluster, KServeSimulator, Operator
+from tests.operator.test_e2e import golden_configmap
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 NAME = "dsp"
@@ -53,12 +54,17 @@ def test_a_probe_records_the_scores_of_the_release_it_was_sent_to(predictors):
     with Recorder(forward_to=predictors["2.0.0"].url) as proxy:
         rec = run_target(target("2.0.0", proxy.url), NAME, timeout_s=60)
     assert rec["version"] == "2.0.0" and rec["storageUri"] == "gs://m/2.0.0" and "error" not in rec
-    assert rec["servedVersion"] == "2.0.0" and rec["items"] == 4
+    assert rec["servedVersion"] == "2.0.0" and rec["items"] == 6
     assert 3 < rec["meanSdr"] < 10 and set(rec["perStem"]) == {"drums", "bass", "other", "vocals"}
+    # The real excerpts are scored apart from the synthetic items, per item and per stem.
+    assert {k: v["items"] for k, v in rec["sets"].items()} == {"builtin": 4, "builtin-real": 2}
+    assert rec["sets"]["builtin-real"]["meanSdr"] != rec["sets"]["builtin"]["meanSdr"]
+    assert set(rec["perItem"]) == {*(f"golden-0-{i:02d}" for i in range(4)), "real-lithium-112s", "real-lithium-196s"}
+    assert set(rec["perItem"]["real-lithium-112s"]) == {"drums", "bass", "other", "vocals"}
     assert rec["startedAt"] <= rec["measuredAt"]
     # Marked as the probe's, and repeatable: the predictor keeps it out of the users' metrics.
     sent = proxy.seen(f"/v2/models/{NAME}/infer")
-    assert len(sent) == 4 and all(r.headers[SOURCE_HEADER.lower()] == "probe" for r in sent)
+    assert len(sent) == 6 and all(r.headers[SOURCE_HEADER.lower()] == "probe" for r in sent)
     assert all(orjson.loads(r.body[:int(r.headers[JSON_LENGTH_HEADER.lower()])])["parameters"]["shifts"] == 0
                for r in sent)
     # Deterministic: the same release scores the same.
@@ -92,8 +98,8 @@ def test_a_probe_waits_for_the_release_to_take_over_its_url(predictors):
     with http, Recorder(switching) as proxy:
         rec = run_target(target("2.0.0", proxy.url), NAME, timeout_s=60, settle_s=30)
     assert "error" not in rec, rec
-    assert rec["servedVersion"] == "2.0.0" and rec["items"] == 4
-    assert len(proxy.seen(f"/v2/models/{NAME}/infer")) == 6  # twice the first item for nothing, then the set
+    assert rec["servedVersion"] == "2.0.0" and rec["items"] == 6
+    assert len(proxy.seen(f"/v2/models/{NAME}/infer")) == 8  # twice the first item for nothing, then the set
 
 
 def test_the_worker_runs_one_probe_per_object_and_others_meanwhile(predictors):
@@ -134,7 +140,7 @@ def model(namespace: str, version: str) -> dict:
     doc["spec"]["model"].update(architecture="dsp-baseline", version=version,
                                 storageUri=f"gs://models/{namespace}/{version}")
     doc["spec"]["rollout"].update(steps=[50], interval="1s")
-    doc["spec"]["analysis"].update(goldenSet={"builtin": True})
+    doc["spec"]["analysis"].update(goldenSet={"builtin": True, "realMusic": False})  # the synthetic items: cheaper
     return doc
 
 
@@ -188,3 +194,68 @@ def test_a_slow_probe_never_delays_a_tick(predictors, tmp_path):
                 gate.set()
                 op.stop()
             assert "Traceback" not in op.log(), op.log()[-5000:]
+
+
+@pytest.mark.slow
+def test_the_serving_version_is_verified_again_and_a_broken_node_shows_as_a_drop(predictors, tmp_path):
+    """Continuous verification: once 1.0.0 is promoted, the operator scores it
+    on the golden set every `verifyEvery` (here 1s) and writes status.quality
+    next to what it scored at its release. Then the node serving it breaks
+    (the proxy adds noise to every input, as a faulty GPU would): the next
+    check records the drop, and the operator exports both scores."""
+    import numpy as np
+
+    broken = threading.Event()
+    http = httpx.Client(timeout=60)
+    rng = np.random.default_rng(0)
+
+    def node(req):
+        body = req.body
+        if broken.is_set() and req.path.endswith("/infer"):
+            n = int(req.headers[JSON_LENGTH_HEADER.lower()])
+            x = np.frombuffer(body[n:], dtype="<f4")
+            body = body[:n] + (x + rng.normal(0, 0.5 * float(np.sqrt(np.mean(x ** 2))), x.shape)).astype("<f4").tobytes()
+        r = http.post(predictors["1.0.0"].url + req.path, content=body,
+                      headers={k: v for k, v in req.headers.items() if k not in ("host", "content-length")})
+        return r.status_code, {"content-type": r.headers["content-type"],
+                               JSON_LENGTH_HEADER: r.headers.get(JSON_LENGTH_HEADER, str(len(r.content)))}, r.content
+
+    doc = model("default", "1.0.0")
+    doc["spec"]["analysis"]["goldenSet"] = {"configMap": "refs", "verifyEvery": "1s"}  # two 0.6 s tracks: cheap
+    with http, Recorder(node) as proxy, Cluster(tmp_path) as cluster, \
+            KServeSimulator(cluster, endpoints={"gs://models/default/1.0.0": proxy.url}):
+        cluster.kubectl("apply", "-f", str(MANIFESTS / "crd.yaml"))
+        golden_configmap(cluster, tmp_path)
+        op = Operator(cluster, tmp_path / "operator.log", tick=0.5,
+                      env={"MUSICSPLIT_OPERATOR_PROBE_TIMEOUT_SECONDS": "60"})
+        try:
+            def status():
+                return (cluster.get(SM, NAME) or {}).get("status") or {}
+
+            cluster.apply(doc)
+            q = cluster.wait(lambda: (s := status()).get("quality", {}).get("meanSdr") and s["quality"], 30,
+                             message="the first verification in status.quality")
+            release = status()["goldenBaseline"]
+            assert release["version"] == "1.0.0" and release["goldenSet"] == "configMap:refs"
+            assert q["version"] == "1.0.0" and q["release"]["source"] == "release"
+            assert q["meanSdr"] == release["meanSdr"] and q["dropDb"] == 0  # deterministic: the same score
+            assert all(r.headers[SOURCE_HEADER.lower()] == "probe" for r in proxy.seen("/v2/models"))
+
+            broken.set()
+            q = cluster.wait(lambda: (s := status()).get("quality", {}).get("dropDb", 0) > 1 and s["quality"], 30,
+                             message="a check of the broken node")
+            assert q["release"]["meanSdr"] == release["meanSdr"] and q["meanSdr"] < release["meanSdr"] - 1
+            assert status()["phase"] == "Succeeded"  # a verification reports; it rolls nothing back
+
+            def exported():
+                text = httpx.get(op.metrics_url, timeout=5).text
+                return {role: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                        if line.startswith("musicsplit_golden_sdr_db{") and 'stem="mean"' in line
+                        and 'namespace="default"' in line
+                        for role in ("serving", "release") if f'role="{role}"' in line}
+            got = cluster.wait(lambda: (e := exported()).get("serving", 99) < release["meanSdr"] - 1 and e, 10,
+                               message="the drop exported")
+            assert got["release"] == release["meanSdr"]
+        finally:
+            op.stop()
+        assert "Traceback" not in op.log(), op.log()[-5000:]
