@@ -250,7 +250,7 @@ def act(op: Operator, tick: Tick, new: RolloutStatus, route: router.Route | None
         if job is not None and op.probes.submit(job):
             logger.info("golden-set probe queued: %s", ", ".join(f"{t.role} {t.version}" for t in job.targets))
     if route is None and op.verifier is not None:
-        check = verification.due(sm, new, obs, now, ns, name, tick.meta.get("uid"), mode)
+        check = verification.due(sm, view, obs, now, ns, name, tick.meta.get("uid"), mode)
         if check is not None and op.verifier.submit(check):
             logger.info("golden-set verification of serving %s queued", check.target.version)
     # Where the gateway mirrors users' requests (only while both versions serve them).

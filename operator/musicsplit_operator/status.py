@@ -64,7 +64,7 @@ class RolloutStatus(BaseModel):
     stable_version: str | None = None
     stable_storage_uri: str | None = None
     stable_released: str | None = None
-    # the rollout attempt of a canary (CANARY_KEYS, plus its weight)
+    # the rollout attempt of a canary (CANARY_FIELDS, plus its weight)
     canary_version: str | None = None
     canary_storage_uri: str | None = None
     canary_released: str | None = None
