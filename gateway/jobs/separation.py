@@ -176,7 +176,7 @@ class ChunkedSeparation:
         self.finished: set[int] = set()  # chunks kept and recorded (checkpointed)
         self.resumed = 0  # chunks a takeover reloaded instead of separating
         self.busy = BusyClock()
-        self._pinning = asyncio.Lock()  # held by the chunk whose answer will pin the job  # how long this run waited for a place at a saturated predictor
+        self._pinning = asyncio.Lock()  # held by the chunk whose answer will pin the job
 
     async def _plan(self, info: InputInfo) -> tuple[list[Chunk], str | None]:
         stored = await self.lease.plan()

@@ -201,20 +201,28 @@ class Router:
         unread: the caller streams it on and closes it."""
 
         async def one(state: EndpointState):
-            out_headers = inject({**headers, "content-length": str(length)})
-            request = self._http.build_request("POST", f"{state.url}/v2/models/{state.model}{path}",
-                                               content=body(), headers=out_headers)
-            r = await self._http.send(request, stream=True)
-            if not r.is_success:
-                try:  # an error's text is short; a proxy's error page is cut, never buffered whole
-                    content = await read_at_most(r, ERROR_BODY_BYTES)
-                finally:
-                    await r.aclose()
-                kept = {k: v for k, v in r.headers.items() if k.lower() in ("content-type", "retry-after")}
-                raise_for_status(httpx.Response(r.status_code, headers=kept, content=content))
-            return r
+            return await post_streamed(self._http, f"{state.url}/v2/models/{state.model}{path}", body(), length,
+                                       headers)
 
         return await self.call(model, one, fallback=fallback)
+
+
+async def post_streamed(http: httpx.AsyncClient, url: str, content: AsyncIterator[bytes], length: int,
+                        headers: dict[str, str]) -> httpx.Response:
+    """POST a streamed body of `length` bytes (trace context injected); the 2xx response comes back
+    open and unread, for the caller to stream on and close. An error answer raises V2Error with its
+    status, Retry-After and text (cut at ERROR_BODY_BYTES: a proxy's error page is never buffered whole)."""
+    request = http.build_request("POST", url, content=content,
+                                 headers=inject({**headers, "content-length": str(length)}))
+    r = await http.send(request, stream=True)
+    if not r.is_success:
+        try:
+            text = await read_at_most(r, ERROR_BODY_BYTES)
+        finally:
+            await r.aclose()
+        kept = {k: v for k, v in r.headers.items() if k.lower() in ("content-type", "retry-after")}
+        raise_for_status(httpx.Response(r.status_code, headers=kept, content=text))
+    return r
 
 
 async def read_at_most(response: httpx.Response, limit: int) -> bytes:

@@ -30,9 +30,8 @@ from musicsplit.gateway.tenancy.callers import Caller, caller
 from musicsplit.gateway.upstream.canaries import Canary
 from musicsplit.gateway.upstream.passthrough import SpooledBody, read_head
 from musicsplit.gateway.upstream.resilience import is_client_fault
-from musicsplit.gateway.upstream.routing import ERROR_BODY_BYTES, client_error, read_at_most
-from musicsplit.telemetry import inject
-from musicsplit.v2client import V2Error, raise_for_status
+from musicsplit.gateway.upstream.routing import client_error, post_streamed
+from musicsplit.v2client import V2Error
 
 STATIC = Path(__file__).resolve().parents[2] / "ui"
 FORWARDED = ("content-type", "inference-header-content-length")
@@ -204,21 +203,6 @@ async def v2_infer_version(request: Request, service: Service, who: Calling, nam
                              background=BackgroundTask(release))
 
 
-async def _send(http: httpx.AsyncClient, url: str, model: str, body: SpooledBody,
-                headers: dict[str, str]) -> httpx.Response:
-    request = http.build_request("POST", f"{url}/v2/models/{model}/infer", content=body.chunks(),
-                                 headers=inject({**headers, "content-length": str(body.length)}))
-    r = await http.send(request, stream=True)
-    if not r.is_success:
-        try:
-            content = await read_at_most(r, ERROR_BODY_BYTES)
-        finally:
-            await r.aclose()
-        kept = {k: v for k, v in r.headers.items() if k.lower() in ("content-type", "retry-after")}
-        raise_for_status(httpx.Response(r.status_code, headers=kept, content=content))
-    return r
-
-
 async def _pinned(service: SeparationService, model: str, version: str, body: SpooledBody, fwd: dict[str, str]):
     """(response, its chunks, its head, the version that served) from an endpoint serving `version`."""
     canary = _rollout(service, model)
@@ -242,7 +226,8 @@ async def _model_call(service: SeparationService, model: str, version: str, body
                       fwd: dict[str, str]) -> httpx.Response:
     """The model's endpoints, those last seen serving `version` first (retries, breakers: upstream.py)."""
     async def one(state):
-        return await _send(service.router.http, state.url, state.model, body, fwd)
+        return await post_streamed(service.router.http, f"{state.url}/v2/models/{state.model}/infer", body.chunks(),
+                                   body.length, fwd)
 
     return (await service.router.call(model, one, version=version)).value
 
@@ -252,7 +237,8 @@ async def _canary_call(service: SeparationService, canary: Canary, body: Spooled
     """The canary's own URL (published by the operator): its 400/413 passed on, anything else a 503."""
     unavailable = f"the canary {canary.canary_version} of {canary.model} is not answering right now; try again later"
     try:
-        return await _send(service.router.http, canary.url, canary.model, body, fwd)
+        return await post_streamed(service.router.http, f"{canary.url}/v2/models/{canary.model}/infer", body.chunks(),
+                                   body.length, fwd)
     except V2Error as exc:
         if is_client_fault(exc.status):
             raise client_error(exc.status, exc.message, exc.code) from None
