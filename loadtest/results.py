@@ -1,10 +1,14 @@
-"""A finished run, read back: k6's summary JSON and its per-sample CSV, aggregated.
+"""A finished run, read back: k6's summary JSON with its samples, aggregated.
 
-`musicsplit loadtest` writes `NAME.json` (k6's handleSummary data plus a
-`musicsplit` block: scenario, stack, machine, capacity) and `NAME.csv.gz`
-(k6's CSV output, millisecond timestamps). Everything the report plots comes
-from here: per-window rates and latency percentiles, per-user-count bins of
-a ramp, and the goodput of a steady window.
+`musicsplit loadtest` writes `NAME.json` (k6's handleSummary data, a
+`musicsplit` block: scenario, stack, machine, capacity, and a `samples`
+block) and `NAME.csv.gz` (k6's CSV output, every sample). `samples` is the
+CSV boiled down to what the report uses (`digest`): VUs per sample, each
+separation's end time by outcome and API, each success's latency. It keeps
+the run small enough to commit (docs/loadtest/runs/), so that the report
+regenerates from git alone; the CSV stays out of git. Everything the report
+plots comes from here: per-window rates and latency percentiles,
+per-user-count bins of a ramp, and the goodput of a steady window.
 """
 
 from __future__ import annotations
@@ -68,16 +72,12 @@ def _tags(row: dict) -> dict:
     return dict(parse_qsl(row.get("extra_tags") or ""))
 
 
-def read_run(summary_path: Path) -> Run:
-    """A run from its summary JSON and the CSV next to it (same name, .csv.gz)."""
-    summary_path = Path(summary_path)
-    summary = json.loads(summary_path.read_text())
-    csv_path = summary_path.with_suffix(".csv.gz")
-    vus, latency, latency_api = [], [], []
-    events: dict[str, list] = {o: [] for o in OUTCOMES}
-    apis: dict[str, list] = {o: [] for o in OUTCOMES}
-    failed_checks: dict[str, int] = {}
-    times = []
+def digest(csv_path: Path) -> dict:
+    """k6's per-sample CSV -> the `samples` block: times in seconds since the run's first sample
+    (centisecond precision), latencies in milliseconds."""
+    vus, failed_checks, times = [], {}, []
+    events = {o: {} for o in OUTCOMES}
+    latency: dict[str, list] = {}
     with gzip.open(csv_path, "rt", newline="") as f:
         for row in csv.DictReader(f):
             name = row["metric_name"]
@@ -86,29 +86,57 @@ def read_run(summary_path: Path) -> Run:
             if name == "vus":
                 vus.append((t, float(row["metric_value"])))
             elif name.startswith("separations_"):
-                outcome = name.removeprefix("separations_")
-                events[outcome].append(t)
-                apis[outcome].append(_tags(row).get("api", ""))
+                events[name.removeprefix("separations_")].setdefault(_tags(row).get("api", ""), []).append(t)
             elif name == "separation_seconds":
-                latency.append((t, float(row["metric_value"])))
-                latency_api.append(_tags(row).get("api", ""))
+                latency.setdefault(_tags(row).get("api", ""), []).append((t, float(row["metric_value"])))
             elif name == "checks" and float(row["metric_value"]) == 0.0:
                 failed_checks[row["check"]] = failed_checks.get(row["check"], 0) + 1
     if not times:
         raise ValueError(f"{csv_path} holds no samples: did k6 run?")
-    t0, t1 = min(times), max(times)
+    t0 = min(times)
 
-    def rel(pairs):
-        arr = np.asarray(pairs, dtype=float).reshape(-1, 2)
-        arr[:, 0] -= t0
-        return arr
+    def rel(t: float) -> float:
+        return round(t - t0, 2)
 
+    return {
+        "t0": t0, "duration": rel(max(times)),
+        "vus": [[rel(t), v] for t, v in vus],
+        "ended": {o: {api: [rel(t) for t in ts] for api, ts in sorted(by_api.items())}
+                  for o, by_api in events.items()},
+        "latency_ms": {api: [[rel(t), round(s * 1000)] for t, s in pairs] for api, pairs in sorted(latency.items())},
+        "failed_checks": failed_checks,
+    }
+
+
+def save(summary: dict, path: Path) -> None:
+    """A run's JSON as committed: compact (its samples are most of it), one line per top-level key."""
+    body = ",\n".join(f"{json.dumps(k)}:{json.dumps(v, separators=(',', ':'), sort_keys=True)}"
+                       for k, v in summary.items())
+    Path(path).write_text("{\n" + body + "\n}\n")
+
+
+def read_run(summary_path: Path) -> Run:
+    """A run from its summary JSON: its `samples` block, else the CSV next to it (same name, .csv.gz)."""
+    summary_path = Path(summary_path)
+    summary = json.loads(summary_path.read_text())
+    samples = summary.get("samples") or digest(summary_path.with_suffix(".csv.gz"))
+
+    def flat(by_api: dict[str, list]) -> tuple[list, list]:
+        pairs = sorted((x, api) for api, xs in by_api.items() for x in xs)
+        return [x for x, _ in pairs], [api for _, api in pairs]
+
+    events, apis = {}, {}
+    for o in OUTCOMES:
+        times, names = flat(samples["ended"].get(o, {}))
+        events[o], apis[o] = np.asarray(times, dtype=float), np.asarray(names, dtype=object)
+    lat, lat_api = flat(samples["latency_ms"])
     return Run(
-        name=summary_path.stem, summary=summary, t0=t0, t1=t1, vus=rel(vus),
-        events={o: np.asarray(events[o], dtype=float) - t0 for o in OUTCOMES},
-        event_apis={o: np.asarray(apis[o], dtype=object) for o in OUTCOMES},
-        latency=rel(latency), latency_api=np.asarray(latency_api, dtype=object),
-        failed_checks=failed_checks,
+        name=summary_path.stem, summary=summary, t0=samples["t0"], t1=samples["t0"] + samples["duration"],
+        vus=np.asarray(samples["vus"], dtype=float).reshape(-1, 2),
+        events=events, event_apis=apis,
+        latency=np.asarray([[t, ms / 1000.0] for t, ms in lat], dtype=float).reshape(-1, 2),
+        latency_api=np.asarray(lat_api, dtype=object),
+        failed_checks=samples.get("failed_checks", {}),
     )
 
 

@@ -3,7 +3,8 @@
 `run_scenario` renders the tracks, runs the real k6 binary on separations.js
 with the scenario's environment, and leaves `NAME.json` (k6's summary plus a
 `musicsplit` block: the command, machine, date, k6 version, the stack and
-its memory) and `NAME.csv.gz` (every sample) side by side.
+its memory, and `samples`: the CSV boiled down to what the report reads) and
+`NAME.csv.gz` (every sample) side by side.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from musicsplit.loadtest.results import digest, save
 from musicsplit.loadtest.settings import LoadtestSettings
 
 HERE = Path(__file__).resolve().parent
@@ -129,5 +131,7 @@ def run_scenario(scenario: str, url: str, out: Path, settings: LoadtestSettings,
         **({"stack": stack.describe(since=started)} if stack is not None else {}),
         **(extra_meta or {}),
     })
-    out.write_text(json.dumps(summary, indent=1))
+    if csv_path.exists():
+        summary["samples"] = digest(csv_path)
+    save(summary, out)
     return RunResult(out, proc.returncode, summary)

@@ -57,6 +57,8 @@ const separationSeconds = new Trend('separation_seconds', false); // tags: api
 // One counter per outcome (tag: api), so each appears in the summary on its own.
 const outcomes = { ok: new Counter('separations_ok'), refused: new Counter('separations_refused'),
                    failed: new Counter('separations_failed') };
+// Progress sockets refused at the handshake (the job was then polled): a cost, not a failure.
+const socketsRefused = new Counter('progress_sockets_refused');
 function record(api, outcome) {
   outcomes[outcome].add(1, { api });
 }
@@ -140,7 +142,9 @@ function failed(api, what, res) {
   record(api, 'failed');
 }
 
-// Follow a job over its progress WebSocket until it is terminal (or the timeout).
+// Follow a job over its progress WebSocket until it is terminal (or the timeout). A socket
+// refused at the handshake (429 + Retry-After: the tenant's sockets are all taken) is no
+// failure of the job: like a real client, poll the job's status instead, at Retry-After.
 function follow(jobId) {
   const url = `${BASE.replace(/^http/, 'ws')}/v1/separations/${jobId}/progress`;
   let last = null;
@@ -151,6 +155,25 @@ function follow(jobId) {
     });
     socket.setTimeout(() => socket.close(), JOB_TIMEOUT_S * 1000);
   });
+  if (res && res.status === 429 && retryAfter(res) !== null) {
+    socketsRefused.add(1);
+    return poll(jobId, retryAfter(res));
+  }
+  return { res, last };
+}
+
+function poll(jobId, every) {
+  const deadline = Date.now() + JOB_TIMEOUT_S * 1000;
+  let res = null;
+  let last = null;
+  while (Date.now() < deadline) {
+    sleep(Math.min(Math.max(every, 0.5), MAX_RETRY_WAIT_S));
+    res = http.get(`${BASE}/v1/separations/${jobId}`, { headers: headers(), responseType: 'text', tags: { name: 'poll' } });
+    if (res.status === 200) {
+      last = res.json();
+      if (TERMINAL.includes(last.status)) break;
+    }
+  }
   return { res, last };
 }
 

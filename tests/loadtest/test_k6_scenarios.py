@@ -110,6 +110,24 @@ def test_a_full_queue_is_a_refusal_not_a_failure(stack, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:]
 
 
+@pytest.mark.slow
+def test_a_refused_progress_socket_is_followed_by_polling_not_failed(stack, tmp_path):
+    # One progress socket per tenant: two users following jobs at once, one is refused (429 + Retry-After)
+    # at the handshake; its job still runs, and the client polls it to the end.
+    gateway = start_gateway([("dsp-baseline", stack.predictors[0].url)], data_dir=tmp_path / "gw",
+                            log_dir=tmp_path, default_model="dsp-baseline",
+                            env={"MUSICSPLIT_GATEWAY_MAX_PROGRESS_SOCKETS_PER_TENANT": "1"})
+    try:
+        proc = loadtest("smoke", "--url", gateway.url, "--out", str(tmp_path / "sockets.json"), "--v2-share", "0",
+                        "--track-seconds", "4", "--duration", "6s")
+    finally:
+        gateway.stop()
+    summary = json.loads((tmp_path / "sockets.json").read_text())
+    assert count(summary, "progress_sockets_refused") >= 1
+    assert count(summary, "separations_ok") >= 2 and count(summary, "separations_failed") == 0
+    assert proc.returncode == 0, proc.stdout[-3000:]
+
+
 class NoRetryAfter(BaseHTTPRequestHandler):
     """A gateway that is saturated but forgets Retry-After: clients cannot back off."""
 

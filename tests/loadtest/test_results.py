@@ -1,4 +1,5 @@
-"""The numbers the report prints, from k6's CSV: rates, user bins, steady goodput."""
+"""The numbers the report prints, from k6's CSV or the samples digested from it: rates, user bins,
+steady goodput."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 
 import pytest
 
-from musicsplit.loadtest.results import by_users, parse_duration, read_run, steady_goodput, timeline
+from musicsplit.loadtest.results import by_users, digest, parse_duration, read_run, save, steady_goodput, timeline
 
 COLUMNS = ["metric_name", "timestamp", "metric_value", "check", "error", "error_code", "expected_response", "group",
            "method", "name", "proto", "scenario", "service", "status", "subproto", "tls_version", "url", "extra_tags",
@@ -16,19 +17,24 @@ COLUMNS = ["metric_name", "timestamp", "metric_value", "check", "error", "error_
 T0 = 1_800_000_000_000  # ms
 
 
-def write_run(tmp_path, rows, spec):
-    """A k6-shaped run: NAME.json (summary) and NAME.csv.gz (samples) as `musicsplit loadtest` leaves them."""
+def write_run(tmp_path, rows, spec, kept: bool = False):
+    """A k6-shaped run: NAME.json (summary) and NAME.csv.gz (samples) as k6 leaves them; `kept`: as
+    docs/loadtest/runs keeps it, the samples digested into the JSON and no CSV."""
     (tmp_path / "run.json").write_text(json.dumps({"metrics": {}, "musicsplit": {"scenario": "run", "spec": spec}}))
     with gzip.open(tmp_path / "run.csv.gz", "wt", newline="") as f:
         w = csv.DictWriter(f, COLUMNS)
         w.writeheader()
         for name, ms, value, tags in rows:
             w.writerow({"metric_name": name, "timestamp": T0 + ms, "metric_value": value, "extra_tags": tags})
+    if kept:
+        summary = json.loads((tmp_path / "run.json").read_text())
+        save({**summary, "samples": digest(tmp_path / "run.csv.gz")}, tmp_path / "run.json")
+        (tmp_path / "run.csv.gz").unlink()
     return read_run(tmp_path / "run.json")
 
 
-@pytest.fixture
-def two_levels(tmp_path):
+@pytest.fixture(params=["csv", "kept"])
+def two_levels(tmp_path, request):
     """5 users for 10 s (1 ok/s, 1 s each), then 15 users for 10 s (3 ok/s, 2 s each, 1 refused/s),
     then 15 s of ramp-down drain at 2 users."""
     rows = []
@@ -45,7 +51,7 @@ def two_levels(tmp_path):
         else:
             rows += [("separations_ok", s * 1000 + 500, 1, "api=jobs"), ("separation_seconds", s * 1000 + 500, 30.0,
                                                                          "api=jobs")]
-    return write_run(tmp_path, rows, {"duration": "20s", "warmup_s": 5})
+    return write_run(tmp_path, rows, {"duration": "20s", "warmup_s": 5}, kept=request.param == "kept")
 
 
 def test_user_bins_hold_each_levels_rates_and_latency_and_leave_out_the_drain(two_levels):
