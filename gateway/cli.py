@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+# Settings of the gateway's own Slack/PagerDuty sender, removed (docs/adr/0208-paging-through-alertmanager.md).
+REMOVED_SETTINGS = {f"MUSICSPLIT_GATEWAY_{name}" for name in
+                    ("SLACK_WEBHOOK_URL", "PAGERDUTY_ROUTING_KEY", "PAGERDUTY_URL", "NOTIFY_DEDUP_S")}
 
 
 def _endpoint(value: str) -> dict:
@@ -22,7 +27,7 @@ def serve(args) -> int:
     import uvicorn
 
     from musicsplit.gateway.app import create_app
-    from musicsplit.gateway.notify import init_sentry
+    from musicsplit.gateway.errors import init_sentry
     from musicsplit.gateway.api.serving import uvicorn_config
     from musicsplit.gateway.settings import GatewaySettings
     from musicsplit.telemetry import setup_tracing
@@ -37,6 +42,12 @@ def serve(args) -> int:
     settings = GatewaySettings(**overrides)
     setup_tracing("musicsplit-gateway")
     init_sentry(settings.sentry_dsn.get_secret_value() if settings.sentry_dsn else None)
+    ignored = sorted(k for k in os.environ if k in REMOVED_SETTINGS)
+    if ignored:  # an old deployment's secrets: say where paging went rather than drop them silently
+        logging.getLogger(__name__).warning(
+            "%s no longer read: the gateway does not page; Alertmanager pages on its metrics "
+            "(set alerting.pagerduty / alerting.slack in the chart; docs/adr/0208-paging-through-alertmanager.md)",
+            ", ".join(ignored))
     try:
         app = create_app(settings)
     except ValueError as exc:  # a bad tenants file or OIDC setting: say what, not a traceback

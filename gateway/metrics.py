@@ -30,6 +30,10 @@ UPSTREAM_SECONDS = Histogram(f"{PREFIX}_upstream_seconds", "Predictor request la
 FALLBACKS = Counter(f"{PREFIX}_fallbacks_total", "Requests served by the fallback model", ["model", "fallback"])
 BREAKER_STATE = Gauge(f"{PREFIX}_breaker_state", "Circuit breaker state (0 closed, 1 half-open, 2 open)",
                       ["model", "region"])
+# What MusicsplitGatewayBreakerOpen reads: 1 from an opening until a call succeeds again (half-open
+# included), per configured endpoint (its URL: from configuration, so bounded).
+BREAKER_OPEN = Gauge(f"{PREFIX}_breaker_open", "1 while an endpoint's circuit breaker is open or half-open "
+                     "(not yet closed by a successful call)", ["model", "region", "endpoint"])
 BREAKER_OPENS = Counter(f"{PREFIX}_breaker_opens_total", "Circuit breaker openings", ["model", "region"])
 ENDPOINT_UP = Gauge(f"{PREFIX}_endpoint_up", "Predictor endpoint ready per health probe", ["model", "region"])
 QUEUE = Gauge(f"{PREFIX}_queue_depth", "Jobs waiting for a worker of any replica (the shared queue: aggregate with max)")
@@ -45,8 +49,6 @@ SEPARATIONS = Counter(f"{PREFIX}_separations_total", "Submissions per model (re-
 RESEPARATIONS = Counter(f"{PREFIX}_reseparations_total",
                         "Same user, same audio, submitted again within the window (dissatisfaction proxy)",
                         ["model", "model_version"])
-NOTIFICATIONS = Counter(f"{PREFIX}_notifications_total", "Alerts sent, by channel and outcome",
-                        ["channel", "outcome"])
 TAKEOVERS = Counter(f"{PREFIX}_job_takeovers_total",
                     "Jobs whose lease had expired (their replica died or gave them up), resumed by this replica")
 READY = Gauge(f"{PREFIX}_ready", "1 when this replica can take work (its job store and result store are up)")

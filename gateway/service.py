@@ -41,7 +41,6 @@ from musicsplit.gateway.jobs.intake import take, take_file
 from musicsplit.gateway.jobs.jobqueue import JobQueue, SqlJobQueue
 from musicsplit.gateway.storage.jobstore import (ActiveJobLimit, DuplicateIdempotencyKey, JobStore, SeparationJob, new_job_id,
                                          open_job_store)
-from musicsplit.gateway.notify import Notifier
 from musicsplit.gateway.jobs.observations import EXPLICIT_ARM, Observations
 from musicsplit.gateway.upstream.passthrough import Slots
 from musicsplit.gateway.tenancy.quotas import NO_QUOTA, Quotas, SocketSlots, UploadSlots
@@ -91,10 +90,8 @@ class SeparationService:
         self.v2_slots = Slots(settings.v2_max_concurrent)
         self.upload_slots = UploadSlots(settings.max_uploads_per_tenant)
         self.socket_slots = SocketSlots(settings.max_progress_sockets_per_tenant, settings.max_progress_sockets_per_job)
-        self.notifier = Notifier(settings)
         self.pool = EndpointPool(settings.endpoints, settings.region_order, failures=settings.breaker_failures,
-                                 reset_s=settings.breaker_reset_s, on_breaker_change=self.notifier.breaker_changed,
-                                 on_not_ready=self.notifier.model_not_ready)
+                                 reset_s=settings.breaker_reset_s)
         self.router = Router(settings, self.pool)
         self.flags = flags or Flags(settings)
         self.cache = make_cache(settings)
@@ -163,7 +160,6 @@ class SeparationService:
         await self.router.close()
         await self.cache.close()
         await self.events.close()
-        await self.notifier.drain()
         self.flags.close()
         await self.store.close()
 

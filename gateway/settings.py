@@ -191,12 +191,9 @@ class GatewaySettings(BaseSettings, InputLimitSettings):
     # Outside a cluster: this kubeconfig (empty: $KUBECONFIG, then ~/.kube/config).
     shadow_kubeconfig: Path | None = None
 
-    # Notifications.
+    # Unexpected errors go to Sentry; incidents page through Alertmanager on the gateway's
+    # metrics (docs/adr/0208-paging-through-alertmanager.md), never from the gateway itself.
     sentry_dsn: SecretStr | None = None
-    slack_webhook_url: SecretStr | None = None
-    pagerduty_routing_key: SecretStr | None = None
-    pagerduty_url: str = "https://events.pagerduty.com/v2/enqueue"
-    notify_dedup_s: float = 600.0
 
     @field_validator("storage_url")
     @classmethod

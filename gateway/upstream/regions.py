@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import httpx
@@ -36,8 +36,6 @@ class EndpointState:
     stems: frozenset[str] | None = None  # the model's outputs, as its metadata lists them (None: not known yet)
     last_error: str | None = None
     checked_at: float = 0.0
-    not_ready_since: float | None = None
-    notified: set = field(default_factory=set)
 
     @property
     def url(self) -> str:
@@ -54,33 +52,38 @@ class EndpointState:
 
 class EndpointPool:
     def __init__(self, endpoints: list[Endpoint], region_order: list[str], *, failures: int = 3,
-                 reset_s: float = 15.0, on_breaker_change: Callable | None = None,
-                 on_not_ready: Callable | None = None):
+                 reset_s: float = 15.0):
         order = {r: i for i, r in enumerate(region_order)}
-        self.on_not_ready = on_not_ready
         self.states: list[EndpointState] = []
         for ep in endpoints:
             state = EndpointState(ep, None, order.get(ep.region, len(order)))  # type: ignore[arg-type]
             state.breaker = CircuitBreaker(f"{ep.region}/{ep.model}@{ep.url}", failures, reset_s,
-                                           on_change=self._breaker_changed(state, on_breaker_change))
+                                           on_change=self._breaker_changed(state, alert=True))
             self.states.append(state)
             metrics.ENDPOINT_UP.labels(model=ep.model, region=ep.region).set(1)
+            metrics.BREAKER_OPEN.labels(model=ep.model, region=ep.region, endpoint=state.url).set(0)
         self._task: asyncio.Task | None = None
-        self._failures, self._reset_s, self._on_breaker_change = failures, reset_s, on_breaker_change
+        self._failures, self._reset_s = failures, reset_s
         # Where one version of a model answers on its own (canaries.py: the SeparationModels' status),
         # so a job's chunks all reach the version it pinned, whatever split a shared URL does.
         self.version_url: Callable[[str, str], str | None] = lambda model, version: None
         self._pinned: dict[tuple[str, str, str], EndpointState] = {}
 
-    def _breaker_changed(self, state: EndpointState, callback):
+    @staticmethod
+    def _breaker_changed(state: EndpointState, *, alert: bool):
+        """The breaker's metrics and log line. Only configured endpoints feed `breaker_open` (what
+        MusicsplitGatewayBreakerOpen pages on): a version's own URL (`pinned`) outlives its revision,
+        so an open breaker there would page forever after the version is gone; its failures fall back
+        to the configured URL, and the operator's rollout analysis watches that version."""
         def changed(breaker, old, new):
             metrics.BREAKER_STATE.labels(model=state.model, region=state.region).set(
                 {"closed": 0, "half_open": 1, "open": 2}[new])
             if new == "open":
                 metrics.BREAKER_OPENS.labels(model=state.model, region=state.region).inc()
+            if alert and new in ("open", "closed"):  # half-open stays 1: not proven healthy yet
+                metrics.BREAKER_OPEN.labels(model=state.model, region=state.region, endpoint=state.url).set(
+                    1 if new == "open" else 0)
             log.warning("circuit breaker %s: %s -> %s", breaker.name, old, new)
-            if callback:
-                callback(state, old, new)
         return changed
 
     def models(self) -> set[str]:
@@ -109,7 +112,7 @@ class EndpointPool:
             ep = Endpoint(model=model, url=url, region=region)
             state = EndpointState(ep, None, -1, version=version)  # type: ignore[arg-type]
             state.breaker = CircuitBreaker(f"{region}/{model}@{url} ({version})", self._failures, self._reset_s,
-                                           on_change=self._breaker_changed(state, self._on_breaker_change))
+                                           on_change=self._breaker_changed(state, alert=False))
             self._pinned = {k: v for k, v in self._pinned.items() if k[:2] != (model, version)}
             self._pinned[key] = state
         return self._pinned[key]
@@ -152,13 +155,11 @@ class EndpointPool:
             state.last_error = f"{type(exc).__name__}: {exc}"
         state.checked_at = time.monotonic()
         if ready != state.healthy:
-            log.warning("endpoint %s %s is now %s", state.region, state.url, "healthy" if ready else "unhealthy")
+            # The reason too: "failed to load: ..." is the predictor's own (MusicsplitModelLoadFailed pages on it).
+            log.warning("endpoint %s %s is now %s%s", state.region, state.url, "healthy" if ready else "unhealthy",
+                        "" if ready else f" ({state.last_error})")
         state.healthy = ready
         metrics.ENDPOINT_UP.labels(model=state.model, region=state.region).set(1 if ready else 0)
-        # A live server whose model will not load is an incident of its own (page someone).
-        if not ready and state.last_error and "failed to load" in state.last_error:
-            if self.on_not_ready:
-                self.on_not_ready(state)
 
     @staticmethod
     async def _read_stems(client: httpx.AsyncClient, state: EndpointState) -> None:

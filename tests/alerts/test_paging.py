@@ -1,12 +1,14 @@
-"""End to end: a predictor stops, and PagerDuty gets the page.
+"""End to end: a predictor stops, and PagerDuty gets the pages.
 
-A real Prometheus scrapes a real predictor and evaluates the rules in
-alerts/ (their `for:` shortened, expressions unchanged); a real
-Alertmanager runs the configuration the chart renders for its bundled
-Alertmanager (values point PagerDuty's Events API v2, Slack and the
-Watchdog's dead man's switch at local receivers, and shorten the grouping
+A real Prometheus scrapes a real predictor and a real gateway in front of it
+and evaluates the rules in alerts/ (their `for:` shortened, expressions
+unchanged); a real Alertmanager runs the configuration the chart renders for
+its bundled Alertmanager (values point PagerDuty's Events API v2, Slack and
+the Watchdog's dead man's switch at local receivers, and shorten the grouping
 waits). Stopping the predictor must deliver a `trigger` for
-MusicsplitPredictorDown carrying its runbook link.
+MusicsplitPredictorDown carrying its runbook link, and, once a request finds
+it gone, one for MusicsplitGatewayBreakerOpen: the gateway pages only through
+Alertmanager (docs/adr/0208-paging-through-alertmanager.md).
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
-from musicsplit.localstack import start_predictor, wait_until
+from musicsplit.localstack import start_gateway, start_predictor, wait_until
 from tests.fixtures.alertmanager import Alertmanager
 from tests.fixtures.prometheus import Prometheus, scrape_job
 from tests.gateway.receivers import Receiver
@@ -28,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "alerts"
 CHART = ROOT / "charts" / "musicsplit"
 ROUTING_KEY = "0123456789abcdef0123456789abcdef"
-RUNBOOK = "https://github.com/musicsplit/musicsplit/blob/main/runbooks/MusicsplitPredictorDown.md"
+RUNBOOK = "https://github.com/musicsplit/musicsplit/blob/main/runbooks/{}.md"
 
 
 def chart_alertmanager_config(pagerduty: str, slack: str, watchdog: str) -> str:
@@ -70,15 +73,25 @@ def triggers(pagerduty: Receiver, alertname: str) -> list[dict]:
 
 def test_a_stopped_predictor_pages_pagerduty(tmp_path):
     predictor = start_predictor("builtin://dsp-baseline", "dsp-baseline", log_dir=tmp_path)
-    prom = alertmanager = None
+    prom = alertmanager = gateway = None
     try:
         with Receiver() as pagerduty, Receiver(status=200) as slack, Receiver(status=200) as watchdog:
+            # An upgraded gateway still given its old pager's settings: it must say they are
+            # ignored, and send nothing to PagerDuty itself (every event there is Alertmanager's).
+            gateway = start_gateway([("dsp-baseline", predictor.url)], data_dir=tmp_path / "gateway", log_dir=tmp_path,
+                                    default_model="dsp-baseline",
+                                    env={"MUSICSPLIT_GATEWAY_PAGERDUTY_ROUTING_KEY": ROUTING_KEY,
+                                         "MUSICSPLIT_GATEWAY_PAGERDUTY_URL": f"{pagerduty.url}/v2/enqueue",
+                                         "MUSICSPLIT_GATEWAY_BREAKER_RESET_S": "600"})
+            gateway_target = gateway.extra["metrics_url"].removeprefix("http://").removesuffix("/metrics")
             alertmanager = Alertmanager(tmp_path, chart_alertmanager_config(
                 f"{pagerduty.url}/v2/enqueue", f"{slack.url}/services/T0/B0/X", f"{watchdog.url}/ping"))
             prom = Prometheus(tmp_path, jobs=[scrape_job("kserve-predictors", [predictor.url.removeprefix("http://")],
-                                                         "predictor", namespace="ml")],
+                                                         "predictor", namespace="ml"),
+                                              scrape_job("gateway", [gateway_target], "gateway", namespace="musicsplit")],
                               rule_files=shortened_rules(tmp_path), alertmanager=alertmanager.address)
             wait_until(lambda: prom.query('up{musicsplit_component="predictor"} == 1'), 20, "the predictor scraped")
+            wait_until(lambda: prom.query("musicsplit_gateway_breaker_open == 0"), 20, "the gateway's breaker scraped")
 
             # The pipeline delivers while the predictor is up: Watchdog reaches its
             # dead man's switch, and (no operator is scraped here) MusicsplitOperatorDown
@@ -86,6 +99,7 @@ def test_a_stopped_predictor_pages_pagerduty(tmp_path):
             wait_until(lambda: watchdog.json_bodies("/ping"), 60, "Watchdog at the dead man's switch")
             wait_until(lambda: triggers(pagerduty, "MusicsplitOperatorDown"), 60, "the operator-down page")
             assert triggers(pagerduty, "MusicsplitPredictorDown") == []
+            assert triggers(pagerduty, "MusicsplitGatewayBreakerOpen") == []
 
             predictor.stop()
             wait_until(lambda: triggers(pagerduty, "MusicsplitPredictorDown"), 60, "the predictor-down page")
@@ -95,12 +109,29 @@ def test_a_stopped_predictor_pages_pagerduty(tmp_path):
             payload = event["payload"]
             assert payload["severity"] == "critical"
             assert payload["summary"] == f"ml/{predictor.url.removeprefix('http://')}: predictor target down"
-            assert {"href": RUNBOOK, "text": "runbook"} in event["links"]
-            assert RUNBOOK in str(payload["custom_details"])  # the annotations travel too
-            # Critical goes to PagerDuty only: Slack got no predictor-down message.
-            assert all("MusicsplitPredictorDown" not in str(body) for body in slack.json_bodies())
+            runbook = RUNBOOK.format("MusicsplitPredictorDown")
+            assert {"href": runbook, "text": "runbook"} in event["links"]
+            assert runbook in str(payload["custom_details"])  # the annotations travel too
+
+            # A request finds the predictor gone: the gateway's breaker opens, and the page
+            # comes from Alertmanager (the reset is long: the breaker stays open meanwhile).
+            r = httpx.post(f"{gateway.url}/v2/models/dsp-baseline/infer", content=b"{}", timeout=60)
+            assert r.status_code == 503, r.text
+            wait_until(lambda: triggers(pagerduty, "MusicsplitGatewayBreakerOpen"), 60, "the breaker-open page")
+            event = triggers(pagerduty, "MusicsplitGatewayBreakerOpen")[0]
+            assert event["payload"]["severity"] == "critical"
+            assert event["payload"]["summary"] == "musicsplit: circuit breaker open for dsp-baseline in local"
+            assert {"href": RUNBOOK.format("MusicsplitGatewayBreakerOpen"), "text": "runbook"} in event["links"]
+            assert f"endpoint = {predictor.url}" in str(event["payload"]["custom_details"])
+            events = pagerduty.json_bodies("/v2/enqueue")
+            assert [e.get("client") for e in events] == ["Alertmanager"] * len(events), "only Alertmanager pages"
+            assert "MUSICSPLIT_GATEWAY_PAGERDUTY_ROUTING_KEY, MUSICSPLIT_GATEWAY_PAGERDUTY_URL no longer read" in \
+                gateway.log_path.read_text()
+            # Critical goes to PagerDuty only: Slack got neither page.
+            assert all("MusicsplitPredictorDown" not in str(body) and "MusicsplitGatewayBreakerOpen" not in str(body)
+                       for body in slack.json_bodies())
     finally:
-        for proc in (prom, alertmanager):
+        for proc in (prom, alertmanager, gateway):
             if proc:
                 proc.stop()
         predictor.stop()

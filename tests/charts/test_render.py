@@ -71,6 +71,10 @@ def test_ci_values_files_exist_for_everything_on_and_minimal():
     ({"gateway": {"storage": {"url": "gs://bucket"}}}, "/gateway/storage/url"),
     ({"gateway": {"database": {"url": "postgresql://u:p@db/x"}}}, "/gateway/database/url"),
     ({"alerting": {"pagerduty": {"routingKey": "abc"}}}, "/alerting/pagerduty/routingKey"),
+    # Removed with the gateway's own pager (docs/adr/0208-paging-through-alertmanager.md): an old
+    # values file that still sets them is refused, not silently ignored.
+    ({"gateway": {"secrets": {"pagerdutyRoutingKey": {"value": "k"}}}}, "'pagerdutyRoutingKey' not allowed"),
+    ({"gateway": {"secrets": {"slackWebhookUrl": {"existingSecret": "s"}}}}, "'slackWebhookUrl' not allowed"),
     ({"gateway": {"auth": {"tenants": {"tenants": {"acme": {"api_keys": ["k"]}}}}}}, "'api_keys' not allowed"),
     ({"gateway": {"auth": {"tenants": {"tenants": {"acme": {"api_keys_sha256": ["plain-key"]}}}}}}, "api_keys_sha256"),
     ({"gateway": {"endpoints": [{"model": "htdemucs"}]}}, "url"),

@@ -339,10 +339,9 @@ def test_an_internal_error_is_a_stable_json_500_with_a_reference_and_the_detail_
 def test_secrets_in_the_settings_never_print():
     from musicsplit.gateway.settings import GatewaySettings
 
-    secrets = {"sentry_dsn": "https://k3y@sentry.example/1", "slack_webhook_url": "https://hooks.example/T0/B0/x0x0",
-               "pagerduty_routing_key": "R0UT1NG", "unleash_api_token": "default:prod.t0ken",
+    secrets = {"sentry_dsn": "https://k3y@sentry.example/1", "unleash_api_token": "default:prod.t0ken",
                "redis_url": "redis://:pa55@redis:6379/0", "database_url": "postgresql://u:pa55w0rd@db:5432/ms"}
     settings = GatewaySettings(**secrets)
     shown = repr(settings) + str(settings) + settings.model_dump_json()
-    for value in ("k3y", "x0x0", "R0UT1NG", "t0ken", "pa55"):
+    for value in ("k3y", "t0ken", "pa55"):
         assert value not in shown, value
