@@ -27,7 +27,7 @@ from musicsplit.errors import MusicsplitError, http_payload
 from musicsplit.gateway import metrics
 from musicsplit.gateway.tenancy.auth import Authenticator
 from musicsplit.gateway.api.ingress import FORM_OVERHEAD_BYTES, BodyLimit
-from musicsplit.gateway.errors import report
+from musicsplit.gateway.error_reports import report
 from musicsplit.gateway.api.routers import AREAS, ui
 from musicsplit.gateway.api.schemas import DESCRIPTION, MALFORMED, TAGS, ErrorBody
 from musicsplit.gateway.service import SeparationService

@@ -27,7 +27,7 @@ def serve(args) -> int:
     import uvicorn
 
     from musicsplit.gateway.app import create_app
-    from musicsplit.gateway.errors import init_sentry
+    from musicsplit.gateway.error_reports import init_sentry
     from musicsplit.gateway.api.serving import uvicorn_config
     from musicsplit.gateway.settings import GatewaySettings
     from musicsplit.telemetry import setup_tracing

@@ -33,7 +33,7 @@ from musicsplit.gateway.jobs.events import EventBus
 from musicsplit.gateway.experiments.flags import CACHE_FLAG, CHUNKED_FLAG, Flags
 from musicsplit.gateway.jobs.jobqueue import Claimed, JobLease, JobQueue, LeaseLost
 from musicsplit.gateway.storage.jobstore import JobStore, SeparationJob
-from musicsplit.gateway.errors import report
+from musicsplit.gateway.error_reports import report
 from musicsplit.gateway.jobs.observations import Observations
 from musicsplit.gateway.upstream.regions import EndpointPool
 from musicsplit.gateway.storage.results import ResultStore

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from musicsplit.gateway.errors import init_sentry
+from musicsplit.gateway.error_reports import init_sentry
 from musicsplit.localstack import wait_until
 
 from .conftest import submit, tone, wait_job, wav_bytes
