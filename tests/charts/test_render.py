@@ -81,6 +81,8 @@ def test_ci_values_files_exist_for_everything_on_and_minimal():
     ({"operator": {"prometheusUrlAllowlist": ["prometheus:9090"]}}, "/operator/prometheusUrlAllowlist/0"),
     ({"monitoring": {"serviceMonitors": {"interval": "30 seconds"}}}, "/monitoring/serviceMonitors/interval"),
     ({"examples": {"models": ["mdx"]}}, "/examples/models/0"),
+    ({"examples": {"deploymentMode": "Raw"}}, "/examples/deploymentMode"),
+    ({"gateway": {"pinVersions": "yes"}}, "/gateway/pinVersions"),
     ({"quickstart": {"grafana": {"image": {"repository": "grafana/grafana", "tag": ""}}}}, "tag"),
     ({"unleash": {"image": {"tag": 7.5}}}, "/unleash/image/tag"),
 ])
@@ -106,6 +108,8 @@ def test_schema_refuses_bad_values_and_says_where(chart, values, where):
      "set unleash.postgresql.enabled or unleash.postgresql.externalUrl"),
     ({"quickstart": {"enabled": True}, "monitoring": {"dashboards": {"namespace": "grafana"}}},
      "leave it empty with quickstart.grafana"),
+    ({"gateway": {"modelsNamespace": "ml", "shadow": {"namespace": "models"}}},
+     "set only gateway.modelsNamespace"),
 ])
 def test_settings_that_cannot_work_are_refused_with_what_to_set(chart, values, message):
     with pytest.raises(helm.HelmRenderError) as refused:

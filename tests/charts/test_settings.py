@@ -79,6 +79,24 @@ def test_gateway_finds_the_example_predictors_and_the_bundled_unleash_and_redis(
     assert out.one("Service", "prod-musicsplit-unleash")["spec"]["ports"][0]["port"] == 4242
 
 
+@pytest.mark.parametrize(("mode", "url"), [
+    # Knative: the predictor's Knative Service, whose Route splits between revisions.
+    ("", "http://htdemucs-predictor.ml.svc.cluster.local"),
+    ("Knative", "http://htdemucs-predictor.ml.svc.cluster.local"),
+    # Standard: no Service splits; KServe's HTTPRoute does, at the InferenceService's status.url.
+    ("RawDeployment", "https://htdemucs-ml.models.example.org"),
+    ("Standard", "https://htdemucs-ml.models.example.org"),
+])
+def test_gateway_default_endpoint_is_where_kserve_splits_a_canary(chart, monkeypatch, mode, url):
+    out = render(chart, {"examples": {"enabled": True, "namespace": "ml", "deploymentMode": mode,
+                                      "kserveIngress": {"domain": "models.example.org", "scheme": "https"}}})
+    assert out.one("SeparationModel", "htdemucs")["spec"].get("deploymentMode") == (mode or None)
+    env = {e["name"]: e for e in container_env(out, "gateway")}
+    monkeypatch.setenv("MUSICSPLIT_GATEWAY_ENDPOINTS", env["MUSICSPLIT_GATEWAY_ENDPOINTS"]["value"])
+    assert [(e.model, e.url) for e in GatewaySettings().endpoints] == [("htdemucs", url)]
+
+
+
 def test_unleash_server_accepts_the_token_the_gateway_sends(rendered):
     out = rendered["default"]
     gateway = {e["name"]: e for e in container_env(out, "gateway")}

@@ -35,18 +35,45 @@ def test_operator_cluster_role_is_manifests_rbac(rendered):
                                         "name": deployment["spec"]["template"]["spec"]["serviceAccountName"]}]
 
 
-def test_gateway_reads_separation_models_only_for_shadow_traffic(chart, rendered):
-    assert not rendered["default"].of_kind("Role")
-    sa = rendered["default"].one("ServiceAccount", "prod-musicsplit-gateway")
-    assert sa["automountServiceAccountToken"] is False
-    out = render(chart, {"gateway": {"shadow": {"enabled": True, "namespace": "ml"}}})
-    role = out.one("Role", "prod-musicsplit-gateway-shadow")
-    assert role["metadata"]["namespace"] == "ml"
-    assert role["rules"] == [{"apiGroups": ["musicsplit.io"], "resources": ["separationmodels"],
-                              "verbs": ["get", "list", "watch"]}]
-    binding = out.one("RoleBinding", "prod-musicsplit-gateway-shadow")
-    assert binding["subjects"][0]["name"] == "prod-musicsplit-gateway"
-    assert out.one("ServiceAccount", "prod-musicsplit-gateway")["automountServiceAccountToken"] is True
+READER = "prod-musicsplit-gateway-separationmodel-reader"
+READ_SEPARATION_MODELS = [{"apiGroups": ["musicsplit.io"], "resources": ["separationmodels"],
+                           "verbs": ["get", "list", "watch"]}]
+
+
+def gateway_env(out) -> dict[str, str | None]:
+    container = out.one("Deployment", "prod-musicsplit-gateway")["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value") for e in container["env"]}
+
+
+def test_gateway_reads_separation_models_only_when_pinning_or_shadowing(chart):
+    off = render(chart, {"gateway": {"pinVersions": False}})
+    assert not off.of_kind("Role") and not off.of_kind("RoleBinding")
+    assert off.one("ServiceAccount", "prod-musicsplit-gateway")["automountServiceAccountToken"] is False
+    assert gateway_env(off)["MUSICSPLIT_GATEWAY_PIN_VERSIONS"] == "false"
+    assert "MUSICSPLIT_GATEWAY_SHADOW_NAMESPACE" not in gateway_env(off)
+    # Either feature alone, and both: one Role, in the namespace the gateway is told to read.
+    for gateway in ({"modelsNamespace": "ml"}, {"pinVersions": False, "shadow": {"enabled": True, "namespace": "ml"}},
+                    {"modelsNamespace": "ml", "shadow": {"enabled": True, "namespace": "ml"}}):
+        out = render(chart, {"gateway": gateway})
+        [role] = out.of_kind("Role")
+        assert role["metadata"] == {**role["metadata"], "name": READER, "namespace": "ml"}, gateway
+        assert role["rules"] == READ_SEPARATION_MODELS
+        [binding] = out.of_kind("RoleBinding")
+        assert binding["metadata"]["namespace"] == "ml" and binding["roleRef"]["name"] == READER
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "prod-musicsplit-gateway",
+                                        "namespace": "musicsplit-system"}]
+        assert out.one("ServiceAccount", "prod-musicsplit-gateway")["automountServiceAccountToken"] is True
+        assert gateway_env(out)["MUSICSPLIT_GATEWAY_SHADOW_NAMESPACE"] == "ml"
+
+
+def test_gateway_pins_versions_by_default_in_the_models_namespace(chart, rendered):
+    default = rendered["default"]
+    assert gateway_env(default)["MUSICSPLIT_GATEWAY_PIN_VERSIONS"] == "true"
+    assert default.one("Role", READER)["metadata"]["namespace"] == "musicsplit-system"
+    # The example models' namespace when the chart makes them there.
+    out = render(chart, {"examples": {"enabled": True, "namespace": "ml"}})
+    assert out.one("Role", READER)["metadata"]["namespace"] == "ml"
+    assert gateway_env(out)["MUSICSPLIT_GATEWAY_SHADOW_NAMESPACE"] == "ml"
 
 
 def test_example_models_are_manifests_examples(chart):

@@ -333,6 +333,7 @@ def chart_role() -> set[tuple[str, str, str]]:
     from tests.charts.conftest import CHART_DIR, render
 
     with helm.Chart.load(CHART_DIR) as chart:
-        role = render(chart, {"gateway": {"shadow": {"enabled": True}}}).one("Role", "prod-musicsplit-gateway-shadow")
+        role = render(chart, {"gateway": {"shadow": {"enabled": True}, "pinVersions": False}}).one(
+            "Role", "prod-musicsplit-gateway-separationmodel-reader")
     return {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
             for v in rule["verbs"]}

@@ -177,17 +177,60 @@ The Unleash client token the gateway sends and the bundled server accepts:
 
 {{/*
 Predictor endpoints of the gateway: the configured ones, else one per enabled
-example model at its KServe predictor Service.
+example model at the address where KServe applies its canary split (verified
+in KServe's source: docs/getting-started.md "Where the split happens"):
+- Knative (Serverless) mode: the predictor's Knative Service,
+  <name>-predictor.<ns>.svc.cluster.local; its Route splits between revisions.
+- Standard (RawDeployment) mode: no Service splits (each predictor's Service
+  reaches its own pods, and on KServe v0.20 the operator names the stable
+  predictor, so <name>-predictor does not exist); the split is on KServe's
+  Gateway API HTTPRoute for the InferenceService's host, its status.url:
+  KServe's default domainTemplate "{{ .Name }}-{{ .Namespace }}.{{ .IngressDomain }}"
+  with examples.kserveIngress's domain and scheme.
+Pinned requests go elsewhere: to the per-version URLs in the SeparationModels' status.
 */}}
 {{- define "musicsplit.gatewayEndpoints" -}}
 {{- $endpoints := .Values.gateway.endpoints }}
 {{- if and (not $endpoints) .Values.examples.enabled }}
 {{- $ns := default .Release.Namespace .Values.examples.namespace }}
+{{- $ingress := .Values.examples.kserveIngress }}
+{{- $standard := has .Values.examples.deploymentMode (list "RawDeployment" "Standard") }}
 {{- range .Values.examples.models }}
-{{- $endpoints = append $endpoints (dict "model" . "url" (printf "http://%s-predictor.%s.svc.cluster.local" . $ns) "region" "local") }}
+{{- $url := printf "http://%s-predictor.%s.svc.cluster.local" . $ns }}
+{{- if $standard }}
+{{- $url = printf "%s://%s-%s.%s" $ingress.scheme . $ns $ingress.domain }}
+{{- end }}
+{{- $endpoints = append $endpoints (dict "model" . "url" $url "region" "local") }}
 {{- end }}
 {{- end }}
 {{- $endpoints | toJson }}
+{{- end }}
+
+{{/*
+Whether the gateway reads SeparationModels through the Kubernetes API: shadow
+traffic (which version is the canary, where) and version pinning (where each
+version answers on its own) both do, with one Role.
+*/}}
+{{- define "musicsplit.gatewayReadsModels" -}}
+{{- if or .Values.gateway.shadow.enabled .Values.gateway.pinVersions }}true{{ end }}
+{{- end }}
+
+{{/*
+The namespace whose SeparationModels the gateway reads: gateway.modelsNamespace,
+else gateway.shadow.namespace (its name before pinning used it too; still
+honoured), else the example models' when the chart creates them, else the release's.
+*/}}
+{{- define "musicsplit.gatewayModelsNamespace" -}}
+{{- $gw := .Values.gateway }}
+{{- if $gw.modelsNamespace }}
+{{- $gw.modelsNamespace }}
+{{- else if $gw.shadow.namespace }}
+{{- $gw.shadow.namespace }}
+{{- else if and .Values.examples.enabled .Values.examples.namespace }}
+{{- .Values.examples.namespace }}
+{{- else }}
+{{- .Release.Namespace }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -216,6 +259,9 @@ backends with no Redis.
 {{- end }}
 {{- if and .Values.quickstart.enabled .Values.quickstart.grafana.enabled .Values.monitoring.dashboards.namespace (ne .Values.monitoring.dashboards.namespace .Release.Namespace) }}
 {{- fail "monitoring.dashboards.namespace: the bundled Grafana mounts the dashboard ConfigMaps from the release's namespace; leave it empty with quickstart.grafana" }}
+{{- end }}
+{{- if and $gw.modelsNamespace $gw.shadow.namespace (ne $gw.modelsNamespace $gw.shadow.namespace) }}
+{{- fail "gateway: modelsNamespace and shadow.namespace (its former name) differ; the gateway reads SeparationModels in one namespace: set only gateway.modelsNamespace" }}
 {{- end }}
 {{- if and .Values.unleash.enabled (not .Values.unleash.postgresql.enabled) (not (include "musicsplit.secretSet" .Values.unleash.postgresql.externalUrl)) }}
 {{- fail "unleash: the bundled server needs a database: set unleash.postgresql.enabled or unleash.postgresql.externalUrl" }}
