@@ -1,4 +1,5 @@
-"""The v2 pass-through's memory bounds: requests in flight, bodies spooled, responses streamed.
+"""The v2 pass-through (`PassThrough`) and its memory bounds: requests in flight, bodies spooled, answers
+streamed.
 
 A v2 request may carry up to the body limit (200 MiB) and its answer several
 times that (one FP32 tensor per stem). So: at most `v2_max_concurrent`

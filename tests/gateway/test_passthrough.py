@@ -8,6 +8,7 @@ import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import numpy as np
 import pytest
 import pytest_asyncio
@@ -166,10 +167,9 @@ async def test_an_upstream_cut_off_mid_answer_gives_every_place_back(cut_off_pre
     service = await service_factory([("dsp-baseline", cut_off_predictor, "eu")], fallback_model=None)
     body, headers = encode_request(encoded=wav_bytes(tone(0.5)))
     answer = await service.passthrough.infer("default", WHO, sent(body), headers)
-    with pytest.raises(Exception) as cut:
+    with pytest.raises(httpx.TransportError):  # the client sees its answer end early
         async for _ in answer.body:
             pass
-    assert "httpx" in type(cut.value).__module__, repr(cut.value)  # the upstream's, not a bug of ours
     assert all_back(service)
 
 
