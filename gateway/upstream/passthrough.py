@@ -225,8 +225,7 @@ class PassThrough:
                 await upstream.aclose()
             self.slots.give()
             raise
-        headers = _answer_headers(upstream, routed, choice, version)
-        return self._stream(routed, head, chunks, body, fwd, headers)
+        return self._stream(routed, head, chunks, body, fwd, _answer_headers(upstream, routed, choice, version))
 
     def _stream(self, routed: Routed, head: Head, chunks: AsyncIterator[bytes], body: SpooledBody,
                 fwd: dict[str, str], headers: dict[str, str]) -> V2Answer:
