@@ -42,7 +42,7 @@ from musicsplit.gateway.jobs.jobqueue import JobQueue, SqlJobQueue
 from musicsplit.gateway.storage.jobstore import (ActiveJobLimit, DuplicateIdempotencyKey, JobStore, SeparationJob, new_job_id,
                                          open_job_store)
 from musicsplit.gateway.jobs.observations import EXPLICIT_ARM, Observations
-from musicsplit.gateway.upstream.passthrough import Slots
+from musicsplit.gateway.upstream.passthrough import PassThrough, Slots
 from musicsplit.gateway.tenancy.quotas import NO_QUOTA, Quotas, SocketSlots, UploadSlots
 from musicsplit.gateway.upstream.regions import EndpointPool
 from musicsplit.gateway.storage.result_store import make_result_store
@@ -114,6 +114,7 @@ class SeparationService:
         self.quotas: Quotas
         self.callbacks: CallbackDeliverer
         self.tickets: ProgressTickets
+        self.passthrough: PassThrough  # the v2 pass-through (upstream/passthrough.py)
         self._sweeper: asyncio.Task | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -133,6 +134,8 @@ class SeparationService:
                                 events=self.events, router=self.router, pool=self.pool, flags=self.flags,
                                 cache=self.cache, observations=self.observations, replica=self.replica,
                                 shadow=self.shadow)
+        self.passthrough = PassThrough(self.settings, self.router, self.quotas, self.observations, self.shadow,
+                                       self.flags, self.resolve, slots=self.v2_slots, uploads=self.upload_slots)
         self.health = Health(self)
         await self.events.start()
         self.pool.start(self.settings.health_interval_s)
@@ -188,9 +191,6 @@ class SeparationService:
         if unknown:
             raise BadRequest(f"model {model} has no stem {', '.join(map(repr, unknown))}: ask for one or more "
                              f"of {sorted(known)} (comma-separated), or leave stems out for all of them")
-
-    def fallback_for(self, caller: Caller) -> str | None:
-        return self.flags.fallback_model(caller.flag_user)
 
     # -- submit ----------------------------------------------------------------------------
 

@@ -166,7 +166,7 @@ async def v2_infer_version(request: Request, service: Service, who: Calling, nam
     body = SpooledBody(service.settings.data_dir / "staging")
     upstream = None
     try:
-        await body.fill(request, service.limits.max_bytes)
+        await body.fill(request.stream(), service.limits.max_bytes)
         fwd = {k: v for k, v in request.headers.items() if k.lower() in FORWARDED}
         upstream, chunks, head, served = await _pinned(service, model, version, body, fwd)
         await service.quotas.add_audio(who.tenant, float(head.parameters.get("audio_seconds") or 0.0))
