@@ -42,7 +42,8 @@ from musicsplit.gateway.jobs.jobqueue import JobQueue, SqlJobQueue
 from musicsplit.gateway.storage.jobstore import (ActiveJobLimit, DuplicateIdempotencyKey, JobStore, SeparationJob, new_job_id,
                                          open_job_store)
 from musicsplit.gateway.jobs.observations import EXPLICIT_ARM, Observations
-from musicsplit.gateway.upstream.passthrough import PassThrough, Slots
+from musicsplit.gateway.upstream.passthrough import PassThrough
+from musicsplit.gateway.upstream.spooling import Slots
 from musicsplit.gateway.tenancy.quotas import NO_QUOTA, Quotas, SocketSlots, UploadSlots
 from musicsplit.gateway.upstream.regions import EndpointPool
 from musicsplit.gateway.storage.result_store import make_result_store

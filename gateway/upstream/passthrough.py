@@ -1,38 +1,27 @@
-"""The v2 pass-through (`PassThrough`) and its memory bounds: requests in flight, bodies spooled, answers
-streamed.
+"""The v2 pass-through (`PassThrough`): what a v2 route calls (api/routers/v2.py, and the page's
+version-pinned call in api/routers/ui.py).
 
-A v2 request may carry up to the body limit (200 MiB) and its answer several
-times that (one FP32 tensor per stem). So: at most `v2_max_concurrent`
-requests per replica are in flight (429 beyond, never a queue); a body is
-spooled (memory up to a few MiB, then a file in the staging area) so that a
-retry on another endpoint can send it again; and the answer streams to the
-client. Only the answer's JSON part is read here, for the model version,
-quality and audio seconds the gateway reports: a binary answer's JSON header
-(Inference-Header-Content-Length), or a JSON answer up to
-`v2_max_parsed_response_bytes` (a bigger one streams unread).
-
-`PassThrough` is the flow itself, what a v2 route calls (api/routers/v2.py):
-quota, alias, place, spooled body, forwarding (retries, breakers, fallback:
-routing.py), the answer's head, observations, audio accounting, the shadow
-mirror's hand-off, and an answer to stream whose `release` gives every place
-back, whichever way the response ends.
+`infer`: quota, alias, place, spooled body (spooling.py), forwarding
+(retries, breakers, fallback: routing.py), the answer's head, observations,
+audio accounting, the shadow mirror's hand-off, and an answer to stream
+whose `release` gives every place back, whichever way the response ends.
+`infer_version`: the same, answered by one version of the model only (a
+rollout's canary at its own URL, else the endpoints last seen serving it),
+never mirrored.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, AsyncIterable, AsyncIterator, Awaitable, BinaryIO, Callable, Mapping
+from typing import TYPE_CHECKING, AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 
 import httpx
 
-from musicsplit.errors import MusicsplitError, NotReady, PayloadTooLarge, Saturated
-from musicsplit.gateway import metrics
-from musicsplit.gateway.api.ingress import too_large
+from musicsplit.errors import Conflict, MusicsplitError, NotReady, UpstreamUnavailable
+from musicsplit.gateway.upstream.resilience import is_client_fault
+from musicsplit.gateway.upstream.routing import client_error, post_streamed
+from musicsplit.gateway.upstream.spooling import FORWARDED, Head, Slots, SpooledBody, read_head
 from musicsplit.v2client import V2Error, decode_response
 
 if TYPE_CHECKING:
@@ -42,110 +31,10 @@ if TYPE_CHECKING:
     from musicsplit.gateway.tenancy.callers import Caller
     from musicsplit.gateway.tenancy.quotas import Quotas, UploadSlots
     from musicsplit.gateway.upstream.routing import Routed, Router
+    from musicsplit.gateway.upstream.canaries import Canary
     from musicsplit.gateway.upstream.shadow import ShadowMirror
 
-SPOOL_IN_MEMORY = 1024 * 1024
-BLOCK = 1024 * 1024
-JSON_LENGTH = "inference-header-content-length"
-FORWARDED = ("content-type", JSON_LENGTH)  # the request's and the answer's headers a v2 client relies on
-
-
-class Slots:
-    """Requests in flight; one event loop, so a counter suffices."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self.free = size
-
-    def take(self) -> None:
-        if self.free <= 0:
-            metrics.REJECTED.labels(reason="v2_saturated").inc()
-            raise Saturated(f"{self.size} v2 requests are in flight on this gateway; try again shortly",
-                            retry_after=1)
-        self.free -= 1
-
-    def give(self) -> None:
-        self.free = min(self.size, self.free + 1)
-
-
-class SpooledBody:
-    """A request body kept for retries: in memory up to a few MiB, then in a staging file."""
-
-    def __init__(self, staging: Path):
-        staging.mkdir(parents=True, exist_ok=True)
-        self.file: BinaryIO = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY, dir=staging)  # type: ignore
-        self.length = 0
-
-    async def fill(self, content: AsyncIterable[bytes], max_bytes: int) -> None:
-        """Take a request's body (`request.stream()`); PayloadTooLarge as soon as it passes `max_bytes`."""
-        buffer = bytearray()
-        async for chunk in content:
-            buffer.extend(chunk)
-            if self.length + len(buffer) > max_bytes:
-                metrics.REJECTED.labels(reason="payload_too_large").inc()
-                raise PayloadTooLarge(too_large(self.length + len(buffer), max_bytes, so_far=True))
-            if len(buffer) >= BLOCK:
-                await asyncio.to_thread(self.file.write, bytes(buffer))
-                self.length += len(buffer)
-                buffer.clear()
-        self.file.write(bytes(buffer))
-        self.length += len(buffer)
-
-    async def append(self, chunk: bytes) -> None:
-        """Add bytes at the end (an answer kept as it streams by)."""
-        self.file.seek(0, 2)
-        await asyncio.to_thread(self.file.write, chunk)
-        self.length += len(chunk)
-
-    def read_all(self) -> bytes:
-        """The whole body, in memory (blocking: call it in a thread)."""
-        return _read_at(self.file, 0, self.length)
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """The body from the start (every try gets its own iterator)."""
-        offset = 0
-        while offset < self.length:
-            block = await asyncio.to_thread(_read_at, self.file, offset, BLOCK)
-            if not block:
-                break
-            offset += len(block)
-            yield block
-
-    def close(self) -> None:
-        self.file.close()
-
-
-def _read_at(f: BinaryIO, offset: int, size: int) -> bytes:
-    f.seek(offset)
-    return f.read(size)
-
-
-@dataclass
-class Head:
-    """What was read of an answer before streaming it on: its bytes so far and its parameters."""
-
-    data: bytes
-    parameters: dict
-
-
-async def read_head(response: httpx.Response, chunks: AsyncIterator[bytes], max_parsed: int) -> Head:
-    """Read the answer's JSON part, only as far as needed, and parse its `parameters`; an answer of
-    unknown length, or whose JSON is over `max_parsed`, is not read at all."""
-    binary = response.headers.get(JSON_LENGTH, "")
-    length = response.headers.get("content-length", "")
-    want = int(binary) if binary.isdigit() else int(length) if length.isdigit() else None
-    if want is None or want > max_parsed:
-        return Head(b"", {})
-    data = bytearray()
-    async for chunk in chunks:
-        data.extend(chunk)
-        if len(data) >= want:
-            break
-    try:
-        parameters = json.loads(bytes(data[:want])).get("parameters", {}) or {}
-    except (ValueError, AttributeError):
-        parameters = {}
-    return Head(bytes(data), parameters)
+PIN_TRIES = 4  # a pinned call answered by another version (a split rollout) is sent again this often
 
 
 @dataclass
@@ -225,13 +114,15 @@ class PassThrough:
                 await upstream.aclose()
             self.slots.give()
             raise
-        return self._stream(routed, head, chunks, body, fwd, _answer_headers(upstream, routed, choice, version))
-
-    def _stream(self, routed: Routed, head: Head, chunks: AsyncIterator[bytes], body: SpooledBody,
-                fwd: dict[str, str], headers: dict[str, str]) -> V2Answer:
-        upstream: httpx.Response = routed.value  # type: ignore[assignment]
         # The user's answer is ready: a sample of answers is mirrored to a canary once they have gone by.
         mirror = self.shadow.offer_v2(routed.model, head.parameters.get("model_version"), body.length)
+        return self._stream(upstream, head, chunks, _answer_headers(upstream, routed, choice, version), body, fwd,
+                            mirror)
+
+    def _stream(self, upstream: httpx.Response, head: Head, chunks: AsyncIterator[bytes], headers: dict[str, str],
+                body: SpooledBody, fwd: dict[str, str], mirror=None) -> V2Answer:
+        """The answer to stream on; with a `mirror`, the request and the answer are kept for it and handed
+        over once the whole answer was sent (abandoned otherwise)."""
         answer = SpooledBody(self.settings.staging_dir) if mirror else None
         if mirror is None:
             body.close()
@@ -272,6 +163,78 @@ class PassThrough:
 
         return V2Answer(upstream.status_code, headers, relay(), release)
 
+    async def infer_version(self, name: str, caller: Caller, version: str, content: AsyncIterable[bytes],
+                            headers: Mapping[str, str]) -> V2Answer:
+        """As `infer`, answered by `version` of the model `name` resolves to, only: a rollout's canary
+        version at the canary's own URL, any other version at the model's endpoints last seen serving
+        it (Conflict, 409, if none answers with it). Counts against the tenant's audio quota; never
+        mirrored, never observed as an A/B arm (the listening room chose the version, not the flags)."""
+        await self.quotas.audio_left(caller.tenant)
+        model = self.resolve(name, caller).model
+        self.slots.take()
+        body: SpooledBody | None = None
+        upstream: httpx.Response | None = None
+        try:
+            body = SpooledBody(self.settings.staging_dir)
+            with self.uploads.hold(caller.tenant):
+                await body.fill(content, self.max_bytes)
+            fwd = {k: v for k, v in headers.items() if k.lower() in FORWARDED}
+            upstream, chunks, head = await self._pinned(model, version, body, fwd)
+            await self.quotas.add_audio(caller.tenant, _number(head.parameters.get("audio_seconds")) or 0.0)
+        except BaseException:
+            if body is not None:
+                body.close()
+            if upstream is not None:
+                await upstream.aclose()
+            self.slots.give()
+            raise
+        answer_headers = {**_forwarded(upstream), "X-Musicsplit-Model": model, "X-Musicsplit-Model-Version": version}
+        return self._stream(upstream, head, chunks, answer_headers, body, fwd)
+
+    async def _pinned(self, model: str, version: str, body: SpooledBody,
+                      fwd: dict[str, str]) -> tuple[httpx.Response, AsyncIterator[bytes], Head]:
+        """(response, its chunks, its head) from an endpoint that answered with `version`."""
+        directory = self.shadow.directory
+        canary = directory.get(model) if directory is not None else None
+        to_canary = canary is not None and version == canary.canary_version
+        served = None
+        # The canary's own URL serves one version: asking again would not change it.
+        for _ in range(1 if to_canary else PIN_TRIES):
+            r = await (self._canary_call(canary, body, fwd) if to_canary else self._model_call(model, version, body,
+                                                                                                  fwd))
+            chunks = r.aiter_bytes()
+            head = await read_head(r, chunks, self.settings.v2_max_parsed_response_bytes)
+            served = str(head.parameters.get("model_version") or "")
+            if served == version:
+                return r, chunks, head
+            await r.aclose()
+        raise Conflict(f"no endpoint of {model} answered with version {version!r} (the last answered with "
+                       f"{served or 'no version'}); GET /v1/models lists the versions of a rollout")
+
+    async def _model_call(self, model: str, version: str, body: SpooledBody, fwd: dict[str, str]) -> httpx.Response:
+        """The model's endpoints, those last seen serving `version` first (retries, breakers: routing.py)."""
+        http = self.router.http
+
+        async def one(state):
+            return await post_streamed(http, f"{state.url}/v2/models/{state.model}/infer", body.chunks(),
+                                       body.length, fwd)
+
+        return (await self.router.call(model, one, version=version)).value
+
+    async def _canary_call(self, canary: Canary, body: SpooledBody, fwd: dict[str, str]) -> httpx.Response:
+        """The canary's own URL (published by the operator): its 400/413 passed on, anything else a 503."""
+        unavailable = (f"the canary {canary.canary_version} of {canary.model} is not answering right now; "
+                       "try again later")
+        try:
+            return await post_streamed(self.router.http, f"{canary.url}/v2/models/{canary.model}/infer",
+                                       body.chunks(), body.length, fwd)
+        except V2Error as exc:
+            if is_client_fault(exc.status):
+                raise client_error(exc.status, exc.message, exc.code) from None
+            raise UpstreamUnavailable(unavailable, retry_after=exc.retry_after or 5) from None
+        except httpx.TransportError:
+            raise UpstreamUnavailable(unavailable, retry_after=5) from None
+
     async def metadata(self, name: str, caller: Caller) -> V2Metadata:
         """The v2 metadata of the model `name` resolves to, from one of its endpoints (retried elsewhere)."""
         choice = self.resolve(name, caller)
@@ -297,11 +260,17 @@ class PassThrough:
         raise NotReady(f"no endpoint of {model} is ready", retry_after=pool.retry_after(model) or 5)
 
 
-def _answer_headers(upstream: httpx.Response, routed: Routed, choice: Choice, version: str) -> dict[str, str]:
-    """The answer's v2 headers, and which model, version and arm served it."""
+def _forwarded(upstream: httpx.Response) -> dict[str, str]:
+    """The answer's headers a v2 client relies on, and its length where it is passed on unchanged."""
     headers = {k: v for k, v in upstream.headers.items() if k.lower() in FORWARDED}
     if "content-encoding" not in upstream.headers and "content-length" in upstream.headers:
         headers["content-length"] = upstream.headers["content-length"]
+    return headers
+
+
+def _answer_headers(upstream: httpx.Response, routed: Routed, choice: Choice, version: str) -> dict[str, str]:
+    """The answer's v2 headers, and which model, version and arm served it."""
+    headers = _forwarded(upstream)
     headers.update({"X-Musicsplit-Model": routed.model, "X-Musicsplit-Model-Version": version,
                     "X-Musicsplit-Arm": choice.arm})
     if routed.fallback:

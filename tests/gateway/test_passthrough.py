@@ -194,3 +194,38 @@ async def test_ready_and_metadata_name_the_model_the_alias_resolves_to(baseline_
     meta = await service.passthrough.metadata("fast", WHO)
     assert meta.status == 200 and meta.headers["X-Musicsplit-Model"] == "dsp-baseline"
     assert b'"vocals"' in meta.content
+
+
+async def test_a_version_pinned_call_is_answered_by_that_version_and_gives_its_place_back(baseline_url,
+                                                                                          service_factory):
+    service = await service_factory([("dsp-baseline", baseline_url, "eu")])
+    probe = await service.passthrough.infer("default", WHO, sent(encode_request(tone(0.5), 44100)[0]),
+                                            encode_request(tone(0.5), 44100)[1])
+    version = probe.headers["X-Musicsplit-Model-Version"]
+    await probe.release()
+    mix = tone(1.0)
+    body, headers = encode_request(mix, 44100)
+    answer = await service.passthrough.infer_version("default", WHO, version, sent(body), headers)
+    assert (answer.status, answer.headers["X-Musicsplit-Model-Version"]) == (200, version)
+    sep = decode_response(b"".join([chunk async for chunk in answer.body]), answer.headers)
+    np.testing.assert_allclose(sum(sep.stems.values()), mix, atol=1e-4)
+    assert all_back(service)
+
+
+async def test_a_version_no_endpoint_serves_is_a_409_and_gives_every_place_back(baseline_url, service_factory):
+    service = await service_factory([("dsp-baseline", baseline_url, "eu")])
+    body, headers = encode_request(tone(0.5), 44100)
+    with pytest.raises(MusicsplitError) as refused:
+        await service.passthrough.infer_version("default", WHO, "no-such-version", sent(body), headers)
+    assert refused.value.status == 409 and "no-such-version" in str(refused.value)
+    assert all_back(service)
+
+
+async def test_a_version_pinned_upload_holds_the_tenants_upload_place(baseline_url, service_factory):
+    service = await service_factory([("dsp-baseline", baseline_url, "eu")], max_uploads_per_tenant=1)
+    body, headers = encode_request(tone(0.5), 44100)
+    with service.upload_slots.hold(WHO.tenant):  # the tenant's one upload place is taken
+        with pytest.raises(MusicsplitError) as refused:
+            await service.passthrough.infer_version("default", WHO, "any", sent(body), headers)
+    assert refused.value.status == 429
+    assert all_back(service)

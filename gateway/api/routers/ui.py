@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import httpx
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import RedirectResponse, StreamingResponse
@@ -20,7 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.background import BackgroundTask
 
-from musicsplit.errors import Conflict, UpstreamUnavailable
+from musicsplit.errors import Conflict
 from musicsplit.gateway.api.schemas import (E400, E401, E403, E404, E413, E429, E503, V2_INFER_RESPONSE,
                                             error_doc)
 from musicsplit.gateway.experiments.verdicts import Verdict, VerdictIn, VerdictList, VerdictStore
@@ -28,14 +27,8 @@ from musicsplit.gateway.service import SeparationService, service_of
 from musicsplit.gateway.storage.schema import jobs
 from musicsplit.gateway.tenancy.callers import Caller, caller
 from musicsplit.gateway.upstream.canaries import Canary
-from musicsplit.gateway.upstream.passthrough import SpooledBody, read_head
-from musicsplit.gateway.upstream.resilience import is_client_fault
-from musicsplit.gateway.upstream.routing import client_error, post_streamed
-from musicsplit.v2client import V2Error
 
 STATIC = Path(__file__).resolve().parents[2] / "ui"
-FORWARDED = ("content-type", "inference-header-content-length")
-PIN_TRIES = 4  # a pinned call answered by another version (a split rollout) is sent again this often
 # The page's own files and the API on this origin; progress over ws(s); presigned uploads go to a
 # bucket on another origin (https, or the http S3 endpoint of a test or private network).
 CSP = ("default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; style-src 'self'; "
@@ -160,91 +153,9 @@ async def v2_infer_version(request: Request, service: Service, who: Calling, nam
     """As `POST /v2/models/{name}/infer`, answered by `version` only: a rollout's canary version goes
     to the canary's own URL, any other version to the model's endpoints last seen serving it. 409 if
     no endpoint answers with that version. Counts against the tenant's audio quota; never mirrored."""
-    await service.quotas.audio_left(who.tenant)
-    model = service.resolve(name, who).model
-    service.v2_slots.take()
-    body = SpooledBody(service.settings.data_dir / "staging")
-    upstream = None
-    try:
-        await body.fill(request.stream(), service.limits.max_bytes)
-        fwd = {k: v for k, v in request.headers.items() if k.lower() in FORWARDED}
-        upstream, chunks, head, served = await _pinned(service, model, version, body, fwd)
-        await service.quotas.add_audio(who.tenant, float(head.parameters.get("audio_seconds") or 0.0))
-    except BaseException:
-        if upstream is not None:
-            await upstream.aclose()
-        body.close()
-        service.v2_slots.give()
-        raise
-    body.close()
-    headers = {k: v for k, v in upstream.headers.items() if k.lower() in FORWARDED}
-    if "content-encoding" not in upstream.headers and "content-length" in upstream.headers:
-        headers["content-length"] = upstream.headers["content-length"]
-    headers.update({"X-Musicsplit-Model": model, "X-Musicsplit-Model-Version": served})
-    released = False
-
-    async def release() -> None:
-        nonlocal released
-        if not released:
-            released = True
-            await upstream.aclose()
-            service.v2_slots.give()
-
-    async def relay():
-        try:
-            if head.data:
-                yield head.data
-            async for chunk in chunks:
-                yield chunk
-        finally:
-            await release()
-
-    return StreamingResponse(relay(), status_code=upstream.status_code, headers=headers,
-                             background=BackgroundTask(release))
-
-
-async def _pinned(service: SeparationService, model: str, version: str, body: SpooledBody, fwd: dict[str, str]):
-    """(response, its chunks, its head, the version that served) from an endpoint serving `version`."""
-    canary = _rollout(service, model)
-    to_canary = canary is not None and version == canary.canary_version
-    served = None
-    # The canary's own URL serves one version: asking again would not change it.
-    for _ in range(1 if to_canary else PIN_TRIES):
-        r = await (_canary_call(service, canary, body, fwd) if to_canary else _model_call(service, model, version,
-                                                                                            body, fwd))
-        chunks = r.aiter_bytes()
-        head = await read_head(r, chunks, service.settings.v2_max_parsed_response_bytes)
-        served = str(head.parameters.get("model_version") or "")
-        if served == version:
-            return r, chunks, head, served
-        await r.aclose()
-    raise Conflict(f"no endpoint of {model} answered with version {version!r} (the last answered with "
-                   f"{served or 'no version'}); GET /v1/models lists the versions of a rollout")
-
-
-async def _model_call(service: SeparationService, model: str, version: str, body: SpooledBody,
-                      fwd: dict[str, str]) -> httpx.Response:
-    """The model's endpoints, those last seen serving `version` first (retries, breakers: upstream.py)."""
-    async def one(state):
-        return await post_streamed(service.router.http, f"{state.url}/v2/models/{state.model}/infer", body.chunks(),
-                                   body.length, fwd)
-
-    return (await service.router.call(model, one, version=version)).value
-
-
-async def _canary_call(service: SeparationService, canary: Canary, body: SpooledBody,
-                       fwd: dict[str, str]) -> httpx.Response:
-    """The canary's own URL (published by the operator): its 400/413 passed on, anything else a 503."""
-    unavailable = f"the canary {canary.canary_version} of {canary.model} is not answering right now; try again later"
-    try:
-        return await post_streamed(service.router.http, f"{canary.url}/v2/models/{canary.model}/infer", body.chunks(),
-                                   body.length, fwd)
-    except V2Error as exc:
-        if is_client_fault(exc.status):
-            raise client_error(exc.status, exc.message, exc.code) from None
-        raise UpstreamUnavailable(unavailable, retry_after=exc.retry_after or 5) from None
-    except httpx.TransportError:
-        raise UpstreamUnavailable(unavailable, retry_after=5) from None
+    answer = await service.passthrough.infer_version(name, who, version, request.stream(), request.headers)
+    return StreamingResponse(answer.body, status_code=answer.status, headers=answer.headers,
+                             background=BackgroundTask(answer.release))
 
 
 @router.post("/v1/verdicts", status_code=201, response_model=Verdict, tags=["listening room"],
