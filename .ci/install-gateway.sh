@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the gateway's tests need; idempotent (skips what is there).
-#   redis-server (Debian)          -> tests/gateway/test_cache.py (shared cache)
+#   redis-server (Debian)          -> tests/gateway/storage/test_cache.py (shared cache)
 #   postgresql (Debian)            -> tests/fixtures/postgres.py (job store tests; Unleash's database)
 #   unleash-server@7.5 (npm)       -> same; 7.5 is the last line that runs on Node 20
 #   python gateway extra           -> pip install -e '.[gateway]' (boto3 for the S3 result store, PyJWT[crypto] for OIDC tokens)

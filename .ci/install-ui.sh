@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the web UI's tests need; idempotent (skips what is there).
-#   chromium (Debian)                   -> tests/gateway/test_ui.py drives it headless
-#   node (Debian nodejs, where missing) -> runs the driver, and tests/gateway/test_ui_js.py
-#   playwright-core (npm)               -> the driver (tests/gateway/ui/browser.mjs); no browser download:
+#   chromium (Debian)                   -> tests/gateway/api/test_ui.py drives it headless
+#   node (Debian nodejs, where missing) -> runs the driver, and tests/gateway/api/test_ui_js.py
+#   playwright-core (npm)               -> the driver (tests/gateway/api/ui/browser.mjs); no browser download:
 #                                          it runs /usr/bin/chromium (executablePath)
 # PLAYWRIGHT_DIR (default /opt/musicsplit/playwright) is where npm puts it; the test reads the same variable.
 set -euo pipefail

@@ -1,6 +1,6 @@
 """The gateway's OpenAPI document, generated from the app: `python -m musicsplit.gateway.api.openapi [PATH]`.
 
-docs/openapi.json is this output; tests/gateway/test_openapi.py fails when it
+docs/openapi.json is this output; tests/gateway/api/test_openapi.py fails when it
 is out of date (regenerate with the command above).
 """
 

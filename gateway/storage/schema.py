@@ -1,6 +1,6 @@
 """The gateway's database schema: every table on one MetaData.
 
-Alembic's revisions (migrations/versions/) create these tables; tests/gateway/test_schema.py
+Alembic's revisions (migrations/versions/) create these tables; tests/gateway/storage/test_schema.py
 fails when the two disagree (autogenerate's compare, on SQLite and PostgreSQL), so a change here
 comes with a revision.
 """

@@ -2,8 +2,8 @@
 
 A new revision: copy the newest file in versions/, number it next, set its
 `down_revision` to the previous one. Every revision runs on SQLite and
-PostgreSQL alike (tests/gateway/test_jobstore.py runs both), and their result must match
-schema.py (tests/gateway/test_schema.py).
+PostgreSQL alike (tests/gateway/storage/test_jobstore.py runs both), and their result must match
+schema.py (tests/gateway/storage/test_schema.py).
 """
 
 from alembic import context

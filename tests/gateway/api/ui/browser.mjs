@@ -1,4 +1,4 @@
-// Drives the web UI in headless Chromium (Playwright) for tests/gateway/test_ui.py: one browser,
+// Drives the web UI in headless Chromium (Playwright) for tests/gateway/api/test_ui.py: one browser,
 // one fresh context per tenant. Reads a JSON config from argv[2], writes what it saw as JSON to
 // argv[3]; a wait that times out fails with the page's state in the message (and a screenshot).
 import { createRequire } from "node:module";

@@ -18,8 +18,8 @@ from musicsplit.gateway.settings import Endpoint
 from musicsplit.gateway.upstream.regions import EndpointPool
 from musicsplit.localstack import wait_until
 
-from .conftest import free_port, tone
-from .receivers import Receiver
+from tests.gateway.conftest import free_port, tone
+from tests.gateway.receivers import Receiver
 
 
 def breaker_open(metrics_url: str, endpoint: str) -> float | None:

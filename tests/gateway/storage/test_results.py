@@ -19,7 +19,7 @@ from musicsplit.gateway.storage.result_store import make_result_store
 from musicsplit.gateway.settings import GatewaySettings
 from musicsplit.gateway.jobs.uploads import Uploads
 
-from .conftest import tone
+from tests.gateway.conftest import tone
 
 
 def job(tenant="acme", job_id="a" * 32) -> SeparationJob:

@@ -17,8 +17,8 @@ from websockets.sync.client import connect
 from musicsplit.gateway.tenancy.callers import Caller
 from musicsplit.localstack import wait_until
 
-from .conftest import GatewayThread, bearer, make_settings, tenants_file, tone, wait_job, wav_bytes
-from .test_flags import AB, bootstrap_with
+from tests.gateway.conftest import GatewayThread, bearer, make_settings, tenants_file, tone, wait_job, wav_bytes
+from tests.gateway.experiments.test_flags import AB, bootstrap_with
 
 KEYS = {"acme": "acme-key-0123456789", "globex": "globex-key-9876543210"}
 

@@ -16,8 +16,8 @@ from musicsplit.gateway.upstream.resilience import CircuitBreaker, CircuitOpen
 from musicsplit.v2client import V2Client
 from musicsplit.localstack import start_predictor, wait_until
 
-from .conftest import free_port, submit, tone, wait_job, wav_bytes
-from .receivers import Receiver
+from tests.gateway.conftest import free_port, submit, tone, wait_job, wav_bytes
+from tests.gateway.receivers import Receiver
 
 
 class Clock:
@@ -333,7 +333,7 @@ def test_router_never_leaves_a_half_open_trial_taken(exc, tmp_path):
     from musicsplit.gateway.upstream.regions import EndpointPool
     from musicsplit.gateway.upstream.routing import Router
 
-    from .conftest import make_settings
+    from tests.gateway.conftest import make_settings
 
     settings = make_settings(tmp_path, [("dsp-baseline", dead_url(), "eu")], retry_attempts=1)
     pool = EndpointPool(settings.endpoints, settings.region_order, failures=1, reset_s=0.0)

@@ -13,7 +13,7 @@ import httpx
 
 from musicsplit.localstack import terminate
 from tests.fixtures.postgres import PG_BIN
-from .conftest import free_port
+from tests.gateway.conftest import free_port
 
 UNLEASH_DIR = Path(os.environ.get("UNLEASH_SERVER_DIR", "/opt/musicsplit/unleash-server"))
 UNLEASH_JS = UNLEASH_DIR / "node_modules" / "unleash-server" / "dist" / "server.js"

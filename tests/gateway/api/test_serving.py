@@ -6,7 +6,7 @@ import logging
 
 import httpx
 
-from .conftest import GatewayThread, make_settings
+from tests.gateway.conftest import GatewayThread, make_settings
 
 
 def test_the_access_log_keeps_paths_but_not_query_strings(tmp_path, caplog):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from musicsplit.gateway.api.openapi import render
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
+DOC = Path(__file__).resolve().parents[3] / "docs" / "openapi.json"
 
 
 def test_committed_spec_is_current():

@@ -21,7 +21,7 @@ import pytest
 from musicsplit.localstack import start_gateway, wait_until
 from musicsplit.v2client import V2Client, encode_request
 
-from .conftest import GatewayThread, bearer, make_settings, submit, tenants_file, tone, wav_bytes
+from tests.gateway.conftest import GatewayThread, bearer, make_settings, submit, tenants_file, tone, wav_bytes
 
 MiB = 1024 * 1024
 BOUNDARY = "----musicsplit-test-boundary"

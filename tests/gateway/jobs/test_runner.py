@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from musicsplit.localstack import wait_until
 
-from .conftest import submit, tone, wait_job, wav_bytes
+from tests.gateway.conftest import submit, tone, wait_job, wav_bytes
 
 
 def test_a_failed_terminal_write_is_retried_or_the_job_taken_over_within_a_lease(baseline_url, black_hole,

@@ -24,7 +24,7 @@ from musicsplit.gateway.storage.database import database_url
 from musicsplit.gateway.storage.jobstore import SqlJobStore
 from musicsplit.localstack import start_gateway, wait_until
 
-from .conftest import GatewayThread, make_settings, submit, tone, wait_job, wav_bytes
+from tests.gateway.conftest import GatewayThread, make_settings, submit, tone, wait_job, wav_bytes
 
 pytestmark = pytest.mark.slow
 

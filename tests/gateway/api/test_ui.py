@@ -1,5 +1,5 @@
 """The web UI (/ui) in a real browser: headless Debian Chromium driven by Playwright
-(tests/gateway/ui/browser.mjs; .ci/install-ui.sh installs both) against a local stack on 127.0.0.1:
+(tests/gateway/api/ui/browser.mjs; .ci/install-ui.sh installs both) against a local stack on 127.0.0.1:
 the DSP baseline predictor as a model's stable, a second one as its canary (published in a
 SeparationModel's status.shadow in kmock's Kubernetes API, as the operator writes it: the way the
 gateway learns of canaries), and a gateway with two tenants.
@@ -33,7 +33,7 @@ from musicsplit.v2client import V2Client
 from tests.gateway.conftest import GatewayThread, bearer, make_settings, submit, tenants_file, tone, wait_job, wav_bytes
 from tests.operator.cluster import Cluster
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SCREENSHOTS = REPO / "docs" / "ui"
 DRIVER = Path(__file__).with_name("ui") / "browser.mjs"
 PLAYWRIGHT_DIR = Path(os.environ.get("PLAYWRIGHT_DIR", "/opt/musicsplit/playwright"))

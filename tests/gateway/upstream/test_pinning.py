@@ -18,7 +18,7 @@ from musicsplit.localstack import start_predictor
 from musicsplit.v2client import V2Client
 from tests.fixtures.recorder import HOP_BY_HOP, Recorder
 
-from .conftest import submit, tone, wait_job, wav_bytes
+from tests.gateway.conftest import submit, tone, wait_job, wav_bytes
 
 MODEL = "dsp-baseline"
 CANARY_VERSION = "2.0.0-canary"

@@ -14,7 +14,7 @@ import httpx
 
 from musicsplit.localstack import Process, wait_for
 
-from .conftest import free_port, submit, tone, wait_job, wav_bytes
+from tests.gateway.conftest import free_port, submit, tone, wait_job, wav_bytes
 
 
 def start_gateway(data_dir, predictor_url, log_path) -> Process:
@@ -94,7 +94,7 @@ def test_a_job_run_again_never_writes_into_stem_files_it_shares(baseline_url, tm
     from musicsplit.gateway.storage.jobstore import open_job_store
     from musicsplit.gateway.storage.results_local import LocalResultStore
 
-    from .conftest import GatewayThread, make_settings
+    from tests.gateway.conftest import GatewayThread, make_settings
 
     settings = make_settings(tmp_path / "data", [("dsp-baseline", baseline_url, "eu")])
     with GatewayThread(settings) as gw:

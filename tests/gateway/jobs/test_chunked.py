@@ -12,7 +12,7 @@ import soundfile as sf
 
 from musicsplit.v2client import V2Client
 
-from .conftest import submit, tone, wait_job, wav_bytes
+from tests.gateway.conftest import submit, tone, wait_job, wav_bytes
 
 
 def _stems(url: str, doc: dict) -> dict[str, np.ndarray]:

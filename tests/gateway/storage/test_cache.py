@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 
 from musicsplit.gateway.storage.cache import DiskCache
 
-from .conftest import submit, tone, wait_job, wav_bytes
+from tests.gateway.conftest import submit, tone, wait_job, wav_bytes
 
 
 def metric(name: str, **labels) -> float:

@@ -14,7 +14,7 @@ import pytest
 
 from musicsplit.gateway.upstream.shadow import agreement_db
 
-UI = Path(__file__).resolve().parents[2] / "gateway" / "ui"
+UI = Path(__file__).resolve().parents[3] / "gateway" / "ui"
 
 
 def node(script: str, data) -> object:

@@ -19,7 +19,7 @@ from musicsplit.gateway.service import SeparationService
 from musicsplit.gateway.tenancy.callers import Caller
 from musicsplit.v2client import decode_response, encode_request
 
-from .conftest import make_settings, tone, wav_bytes
+from tests.gateway.conftest import make_settings, tone, wav_bytes
 
 WHO = Caller("acme", "u1")
 

@@ -26,7 +26,7 @@ from tests.fixtures.recorder import Recorder
 from tests.gateway.conftest import bearer, submit, tenants_file, tone, wait_job, wav_bytes
 from tests.operator.cluster import Cluster, operator_api_calls
 
-MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
+MANIFESTS = Path(__file__).resolve().parents[3] / "manifests"
 MODEL = "dsp-baseline"  # the stable: the session's baseline predictor
 CANARY_VERSION = "2.0.0-canary"
 SM_PATH = "/apis/musicsplit.io/v1alpha1/namespaces/{ns}/separationmodels"

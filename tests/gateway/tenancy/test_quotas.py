@@ -17,7 +17,7 @@ from musicsplit.gateway.tenancy.quotas import Quotas
 from musicsplit.gateway.tenancy.tenants import Quota, Tenant
 from musicsplit.localstack import wait_until
 
-from .conftest import GatewayThread, bearer, make_settings, tenants_file, tone, wav_bytes
+from tests.gateway.conftest import GatewayThread, bearer, make_settings, tenants_file, tone, wav_bytes
 
 KEYS = {"tight": "tight-key-000000", "roomy": "roomy-key-000000"}
 

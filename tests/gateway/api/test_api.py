@@ -19,7 +19,7 @@ from websockets.sync.client import connect
 from musicsplit.localstack import wait_until
 from musicsplit.v2client import V2Client
 
-from .conftest import GatewayThread, make_settings, submit, tone, wait_job, wav_bytes
+from tests.gateway.conftest import GatewayThread, make_settings, submit, tone, wait_job, wav_bytes
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,8 @@ from prometheus_client import REGISTRY
 from musicsplit.gateway.tenancy.callbacks import callbacks, is_public, sign
 from musicsplit.localstack import free_port, wait_until
 
-from .conftest import GatewayThread, _read, bearer, make_settings, tenants_file, tone, wait_job, wav_bytes
-from .receivers import Receiver
+from tests.gateway.conftest import GatewayThread, _read, bearer, make_settings, tenants_file, tone, wait_job, wav_bytes
+from tests.gateway.receivers import Receiver
 
 SECRET = "whsec-0123456789abcdef"
 KEY = "hooked-key-00000"

@@ -11,8 +11,8 @@ import pytest
 
 from musicsplit.localstack import start_predictor
 
-from .conftest import GatewayThread, make_settings, tone
-from .unleash_server import CLIENT_TOKEN, Unleash, available
+from tests.gateway.conftest import GatewayThread, make_settings, tone
+from tests.gateway.experiments.unleash_server import CLIENT_TOKEN, Unleash, available
 
 pytestmark = pytest.mark.slow
 

@@ -2,7 +2,7 @@
 the page's files and their headers, `ui_enabled`, the model list with rollouts, a job's place in
 the queue, the v2 pass-through pinned to a version, and listening-room verdicts (validated against
 the rollout the gateway knows, per tenant, durable in SQLite and PostgreSQL). The browser test:
-tests/gateway/test_ui.py."""
+tests/gateway/api/test_ui.py."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ KEYS = {"a": "key-a-1", "b": "key-b-2"}
 
 class Rollouts:
     """The canary directory (canaries.py) as it reads once a SeparationModel publishes a canary step;
-    the real directory reading kmock's API: tests/gateway/test_ui.py."""
+    the real directory reading kmock's API: tests/gateway/api/test_ui.py."""
 
     namespace = "default"
 

@@ -14,7 +14,7 @@ import pytest
 from musicsplit.gateway.experiments.abtest import analyse, report
 from musicsplit.gateway.experiments.flags import BOOTSTRAP
 
-from .conftest import submit, tone, wait_job, wav_bytes
+from tests.gateway.conftest import submit, tone, wait_job, wav_bytes
 
 
 def bootstrap_with(tmp_path, **changes) -> str:
@@ -135,7 +135,7 @@ def test_report_says_significant_only_when_it_is():
 
 
 def test_gateway_starts_and_serves_with_unleash_unreachable(baseline_url, gateway_factory):
-    from .conftest import free_port
+    from tests.gateway.conftest import free_port
 
     gw = gateway_factory([("dsp-baseline", baseline_url, "eu")],
                          unleash_url=f"http://127.0.0.1:{free_port()}/api", unleash_refresh_s=1)

@@ -22,7 +22,7 @@ from musicsplit.gateway.tenancy.auth import Authenticator, key_hash
 from musicsplit.gateway.settings import GatewaySettings
 from musicsplit.gateway.tenancy.tenants import TenantsFileError, load_tenants
 
-from .conftest import GatewayThread, bearer, make_settings, tenants_file, tone, wav_bytes
+from tests.gateway.conftest import GatewayThread, bearer, make_settings, tenants_file, tone, wav_bytes
 
 ISSUER, AUDIENCE = "https://id.example.test/", "musicsplit-api"
 
