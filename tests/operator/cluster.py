@@ -506,17 +506,29 @@ class Cluster:
         raise AssertionError(f"timed out after {timeout}s waiting for {message or what}; last: {last!r}")
 
 
-def operator_api_calls(cluster: Cluster, agents: tuple[str, ...] = ("kopf", "OpenAPI-Generator")
-                       ) -> set[tuple[str, str, str]]:
-    """(apiGroup, resource[/subresource], verb) of every call made by a client whose
-    User-Agent starts with one of `agents`: by default kopf and the kubernetes client
-    (the operator's; not kubectl's, not the simulator's)."""
+OPERATOR_AGENTS = ("kopf", "OpenAPI-Generator")  # kopf and the kubernetes client: the operator's
+
+
+def operator_requests(cluster: Cluster, since: int = 0, agents: tuple[str, ...] = OPERATOR_AGENTS) -> list:
+    """The emulator's requests from index `since` on made by a client whose User-Agent
+    starts with one of `agents` (by default the operator's; not kubectl's, not the
+    simulator's). `len(cluster.emu._requests)` is the index to pass for "from now on"."""
+    out = []
+    for req in list(cluster.emu._requests)[since:]:
+        ua = next((v for k, v in req.headers.items() if k.lower() == "user-agent"), "")
+        if ua.startswith(agents):
+            out.append(req)
+    return out
+
+
+def operator_api_calls(cluster: Cluster, agents: tuple[str, ...] = OPERATOR_AGENTS) -> set[tuple[str, str, str]]:
+    """(apiGroup, resource[/subresource], verb) of every call the operator made
+    (operator_requests)."""
     verbs = {"WATCH": "watch", "LIST": "list", "FETCH": "get", "CREATE": "create", "UPDATE": "patch",
              "DELETE": "delete"}
     used = set()
-    for req in list(cluster.emu._requests):
-        ua = next((v for k, v in req.headers.items() if k.lower() == "user-agent"), "")
-        if not ua.startswith(agents) or req.resource is None:
+    for req in operator_requests(cluster, agents=agents):
+        if req.resource is None:
             continue
         if not req.resource.plural or req.action is None:
             continue  # discovery (/api, /apis/<group>...): open to every authenticated user
