@@ -43,9 +43,8 @@ from kmock import KubernetesEmulator, ResourceInfo
 from kmock._internal import enums
 from kmock._internal.k8s import KubernetesError
 
-from musicsplit.localstack import terminate
+from musicsplit.localstack import free_port, terminate, wait_until
 from tests.kube.structural import closed
-from musicsplit.localstack import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_RESOURCE = "apiextensions.k8s.io/v1/customresourcedefinitions"
@@ -493,17 +492,23 @@ class Cluster:
         return out
 
     def wait(self, what, timeout: float = 30.0, interval: float = 0.2, message: str = ""):
-        deadline = time.monotonic() + timeout
+        """`what()` once truthy (wait_until), a lookup into an object not there yet counting
+        as not yet; AssertionError with the last value after `timeout` seconds."""
         last = None
-        while time.monotonic() < deadline:
+
+        def attempt():
+            nonlocal last
             try:
                 last = what()
-                if last:
-                    return last
-            except (KeyError, TypeError, IndexError):
-                pass
-            time.sleep(interval)
-        raise AssertionError(f"timed out after {timeout}s waiting for {message or what}; last: {last!r}")
+            except (KeyError, TypeError, IndexError) as e:
+                last = repr(e)
+                return None
+            return last
+
+        try:
+            return wait_until(attempt, timeout, message or str(what), interval)
+        except TimeoutError as e:
+            raise AssertionError(f"{e}; last: {last!r}") from None
 
 
 OPERATOR_AGENTS = ("kopf", "OpenAPI-Generator")  # kopf and the kubernetes client: the operator's
