@@ -204,6 +204,8 @@ class CRDEmulator(KubernetesEmulator):
         # What no real server can be made to do on demand: (resource key[/subresource], name) -> (status,
         # reason, message), answered to every create or patch of that object; and when each refused request came.
         self.refuse: dict[tuple[str, str], tuple[int, str, str]] = {}
+        # The same for reads (GET of one object), e.g. a 503 while etcd is away.
+        self.refuse_reads: dict[tuple[str, str], tuple[int, str, str]] = {}
         self.refused: list[tuple[float, str]] = []
         # OpenAPI v3 that says "PATCH takes fieldValidation": kubectl then leaves
         # validation to the server (us) instead of downloading schemas itself.
@@ -269,6 +271,11 @@ class CRDEmulator(KubernetesEmulator):
             self.crds[key] = {"group": spec["group"], "names": names, "version": v}
 
     async def _handle(self, request):
+        if request.resource is not None and request.action == enums.action.FETCH and request.name:
+            key = f"{request.resource.group}/{request.resource.version}/{request.resource.plural}".lstrip("/")
+            refusal = self.refuse_reads.get((key, request.name))
+            if refusal is not None:
+                raise KubernetesError(status=refusal[0], reason=refusal[1], message=refusal[2])
         if request.resource is not None and request.action in (enums.action.CREATE, enums.action.UPDATE):
             key = f"{request.resource.group}/{request.resource.version}/{request.resource.plural}".lstrip("/")
             data = request.data if isinstance(request.data, dict) else {}

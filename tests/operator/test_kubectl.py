@@ -310,6 +310,25 @@ def test_model_deleted_mid_rollout_takes_its_inference_service_with_it(env):
     assert op.proc.poll() is None
 
 
+def test_a_tick_the_api_server_could_not_serve_is_retried_at_the_next_tick(env):
+    """Not after kopf's 60 s backoff for a failed handler: a 503 (etcd away) says nothing about
+    the model; the tick says so in one line and the next one, 0.5 s on, reads it again."""
+    cluster, _, op = env
+    base = example("unserved")
+    cluster.apply(base)
+    phase_is(cluster, "unserved", "Succeeded")
+    said = "[default/unserved] the Kubernetes API server could not serve the request (HTTP 503"
+    cluster.emu.refuse_reads[(SM, "unserved")] = (503, "ServiceUnavailable", "etcd is unavailable")
+    try:
+        cluster.wait(lambda: op.log().count(said) >= 2, 10, message="two ticks refused, each saying so")
+    finally:
+        del cluster.emu.refuse_reads[(SM, "unserved")]
+    cluster.apply(with_version(base, "5.0.0"))
+    st = phase_is(cluster, "unserved", "Progressing", timeout=10)
+    assert st["canaryVersion"] == "5.0.0"
+    assert "Timer 'reconcile' failed" not in op.log()
+
+
 def test_raw_deployment_states_that_there_is_no_traffic_split(env):
     cluster, _, _ = env
     cluster.apply(example("raw", deploymentMode="RawDeployment"))
