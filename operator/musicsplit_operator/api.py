@@ -4,6 +4,7 @@ InferenceService, golden-set ConfigMaps. The decisions are elsewhere."""
 from __future__ import annotations
 
 import kopf
+import urllib3
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
@@ -12,6 +13,26 @@ from .spec import GROUP, ISVC_GROUP, ISVC_PLURAL, ISVC_VERSION, PLURAL, VERSION
 from .status import without_nulls
 
 MERGE = "application/merge-patch+json"
+# Answers of an API server that is there but cannot serve now (throttling, a
+# restart, etcd away): try again later, nothing to fix in the request.
+UNAVAILABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+REFUSED_STATUSES = frozenset({401, 403})
+
+
+def retry_later(e: BaseException) -> str | None:
+    """Why a call failed when the fix is to try again later (or the message
+    says what an administrator must fix meanwhile); None for any other error.
+    Covers no connection, a dropped one, a timeout, a 429/5xx, and a 401/403
+    (a misconfigured ServiceAccount or ClusterRole, or an API server that has
+    just restarted and has not reloaded its RBAC yet)."""
+    if isinstance(e, urllib3.exceptions.HTTPError):  # MaxRetryError, ProtocolError, timeouts
+        return f"the Kubernetes API server did not answer ({type(e).__name__}: {e})"[:400]
+    if isinstance(e, ApiException) and e.status in UNAVAILABLE_STATUSES:
+        return f"the Kubernetes API server could not serve the request (HTTP {e.status} {e.reason})"
+    if isinstance(e, ApiException) and e.status in REFUSED_STATUSES:
+        return (f"the Kubernetes API server refused the operator (HTTP {e.status} {e.reason}): check its "
+                "ServiceAccount and ClusterRole (manifests/rbac.yaml, the chart's rbac)")
+    return None
 
 
 def _api() -> k8s.CustomObjectsApi:

@@ -21,6 +21,7 @@ from .spec import GROUP, PLURAL, VERSION
 
 # Read once at import: the timer's interval is fixed when the handler registers.
 SETTINGS = OperatorSettings()
+log = logging.getLogger(__name__)
 
 
 @kopf.on.startup()
@@ -87,4 +88,15 @@ def load_golden_set(job: ProbeJob, store: GoldenStore | None, max_seconds: float
 
 @kopf.timer(GROUP, VERSION, PLURAL, id="reconcile", interval=SETTINGS.tick_seconds, initial_delay=0.0, sharp=False)
 def tick(body, name, namespace, patch, memo: kopf.Memo, logger, **_) -> None:
-    reconcile.run(memo.operator, body, name, namespace, patch, logger)
+    try:
+        reconcile.run(memo.operator, body, name, namespace, patch, logger)
+    except Exception as e:
+        why = api.retry_later(e)
+        if why is None:
+            raise
+        # The API server is away or refused (a restart, an upgrade, throttling, RBAC
+        # reloading). Raising would make kopf log a traceback and wait its default
+        # backoff (60 s) before the next tick; the status is the only state, so the
+        # next tick, one interval on, simply reads everything again. Logged here, not
+        # through kopf's object logger, which would post an Event to that server.
+        log.warning("[%s/%s] %s; next tick in %gs", namespace, name, why, SETTINGS.tick_seconds)

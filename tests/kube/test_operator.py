@@ -42,11 +42,18 @@ def env(kube, tmp_path_factory):
             op.stop()
     log = op.log()
     # Only what its own ClusterRole grants, and nothing refused on a vanilla server; but for
-    # a watch kopf retried at once while the restarted server's RBAC cache was still filling.
+    # a watch kopf retried at once, or a tick the operator skipped (and said so), while the
+    # restarted server's RBAC cache was still filling.
     refused = [line for line in log.splitlines() if "Forbidden" in line or re.search(r"\b403\b", line)]
-    assert all(re.match(r"Request attempt #\d+/\d+ failed; will retry", line) for line in refused), refused
-    assert len(refused) <= 3, refused
-    # Every traceback is the API server being away (test_..._api_server_restart); nothing else failed.
+    watches = [line for line in refused if re.match(r"Request attempt #\d+/\d+ failed; will retry", line)]
+    ticks = [line for line in refused if re.match(r"\[e2e/[\w-]+\] the Kubernetes API server refused the operator "
+                                                 r"\(HTTP 403 Forbidden\): check its ServiceAccount", line)]
+    assert len(watches) + len(ticks) == len(refused), refused
+    assert len(watches) <= 3 and len(ticks) <= 40, refused  # 40: 10 s of 0.5 s ticks of 2 models
+    # No tick failed into kopf's backoff: the ones that met the API server away said so and left
+    # it to the next tick (test_..._api_server_restart).
+    assert "Timer 'reconcile' failed" not in log
+    # Every traceback is the API server being away (a background worker's write); nothing else failed.
     failures = [block for block in log.split("Traceback (most recent call last):")[1:]
                 if "Connection refused" not in block]
     assert failures == [], failures[0][-3000:]
@@ -69,7 +76,7 @@ def test_a_model_is_deployed_and_its_inference_service_owned(env):
 
 
 def test_canary_steps_abort_and_promote_across_an_api_server_restart(env):
-    cluster, _, _ = env
+    cluster, _, op = env
     base = example("canary", rollout={"steps": [10, 50]})
     cluster.apply(base)
     phase_is(cluster, "canary", "Succeeded")
@@ -89,12 +96,13 @@ def test_canary_steps_abort_and_promote_across_an_api_server_restart(env):
     cluster.apply(with_version(base, "4.2.0"))
     held = cluster.wait(lambda: (s := status(cluster, "canary")).get("canaryVersion") == "4.2.0"
                         and s.get("holds", 0) >= 1 and s, 30, message="4.2.0 held at 10 %")
-    cluster.server.restart()
-    # The operator's watches and its ServiceAccount token survive the restart: it analyses again.
-    # (Not at once: a reconcile that failed while the server was away is retried after kopf's
-    # default 60 s backoff.)
-    cluster.wait(lambda: status(cluster, "canary").get("holds", 0) > held["holds"], 90,
-                 message="analyses after the API server restarted")
+    cluster.server.restart()  # returns once the new server answers /readyz
+    # The operator's watches and its ServiceAccount token survive the restart: it analyses again,
+    # a few ticks (0.5 s) after the server is back; the ticks that failed meanwhile logged a
+    # warning each (not kopf's traceback and 60 s backoff).
+    cluster.wait(lambda: status(cluster, "canary").get("holds", 0) > held["holds"], 20,
+                 message="analyses within 20 s of the restarted API server answering")
+    assert "the Kubernetes API server did not answer" in op.log()  # a tick ran while it was away
     cluster.kubectl("annotate", "sm", "canary", "musicsplit.io/action=promote")
     st = cluster.wait(lambda: (s := status(cluster, "canary")).get("phase") == "Succeeded"
                       and s.get("stableVersion") == "4.2.0" and s, 30, message="4.2.0 promoted")

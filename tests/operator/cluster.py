@@ -43,9 +43,8 @@ from kmock import KubernetesEmulator, ResourceInfo
 from kmock._internal import enums
 from kmock._internal.k8s import KubernetesError
 
-from musicsplit.localstack import terminate
+from musicsplit.localstack import free_port, terminate, wait_until
 from tests.kube.structural import closed
-from musicsplit.localstack import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_RESOURCE = "apiextensions.k8s.io/v1/customresourcedefinitions"
@@ -205,6 +204,8 @@ class CRDEmulator(KubernetesEmulator):
         # What no real server can be made to do on demand: (resource key[/subresource], name) -> (status,
         # reason, message), answered to every create or patch of that object; and when each refused request came.
         self.refuse: dict[tuple[str, str], tuple[int, str, str]] = {}
+        # The same for reads (GET of one object), e.g. a 503 while etcd is away.
+        self.refuse_reads: dict[tuple[str, str], tuple[int, str, str]] = {}
         self.refused: list[tuple[float, str]] = []
         # OpenAPI v3 that says "PATCH takes fieldValidation": kubectl then leaves
         # validation to the server (us) instead of downloading schemas itself.
@@ -270,6 +271,11 @@ class CRDEmulator(KubernetesEmulator):
             self.crds[key] = {"group": spec["group"], "names": names, "version": v}
 
     async def _handle(self, request):
+        if request.resource is not None and request.action == enums.action.FETCH and request.name:
+            key = f"{request.resource.group}/{request.resource.version}/{request.resource.plural}".lstrip("/")
+            refusal = self.refuse_reads.get((key, request.name))
+            if refusal is not None:
+                raise KubernetesError(status=refusal[0], reason=refusal[1], message=refusal[2])
         if request.resource is not None and request.action in (enums.action.CREATE, enums.action.UPDATE):
             key = f"{request.resource.group}/{request.resource.version}/{request.resource.plural}".lstrip("/")
             data = request.data if isinstance(request.data, dict) else {}
@@ -493,30 +499,48 @@ class Cluster:
         return out
 
     def wait(self, what, timeout: float = 30.0, interval: float = 0.2, message: str = ""):
-        deadline = time.monotonic() + timeout
+        """`what()` once truthy (wait_until), a lookup into an object not there yet counting
+        as not yet; AssertionError with the last value after `timeout` seconds."""
         last = None
-        while time.monotonic() < deadline:
+
+        def attempt():
+            nonlocal last
             try:
                 last = what()
-                if last:
-                    return last
-            except (KeyError, TypeError, IndexError):
-                pass
-            time.sleep(interval)
-        raise AssertionError(f"timed out after {timeout}s waiting for {message or what}; last: {last!r}")
+            except (KeyError, TypeError, IndexError) as e:
+                last = repr(e)
+                return None
+            return last
+
+        try:
+            return wait_until(attempt, timeout, message or str(what), interval)
+        except TimeoutError as e:
+            raise AssertionError(f"{e}; last: {last!r}") from None
 
 
-def operator_api_calls(cluster: Cluster, agents: tuple[str, ...] = ("kopf", "OpenAPI-Generator")
-                       ) -> set[tuple[str, str, str]]:
-    """(apiGroup, resource[/subresource], verb) of every call made by a client whose
-    User-Agent starts with one of `agents`: by default kopf and the kubernetes client
-    (the operator's; not kubectl's, not the simulator's)."""
+OPERATOR_AGENTS = ("kopf", "OpenAPI-Generator")  # kopf and the kubernetes client: the operator's
+
+
+def operator_requests(cluster: Cluster, since: int = 0, agents: tuple[str, ...] = OPERATOR_AGENTS) -> list:
+    """The emulator's requests from index `since` on made by a client whose User-Agent
+    starts with one of `agents` (by default the operator's; not kubectl's, not the
+    simulator's). `len(cluster.emu._requests)` is the index to pass for "from now on"."""
+    out = []
+    for req in list(cluster.emu._requests)[since:]:
+        ua = next((v for k, v in req.headers.items() if k.lower() == "user-agent"), "")
+        if ua.startswith(agents):
+            out.append(req)
+    return out
+
+
+def operator_api_calls(cluster: Cluster, agents: tuple[str, ...] = OPERATOR_AGENTS) -> set[tuple[str, str, str]]:
+    """(apiGroup, resource[/subresource], verb) of every call the operator made
+    (operator_requests)."""
     verbs = {"WATCH": "watch", "LIST": "list", "FETCH": "get", "CREATE": "create", "UPDATE": "patch",
              "DELETE": "delete"}
     used = set()
-    for req in list(cluster.emu._requests):
-        ua = next((v for k, v in req.headers.items() if k.lower() == "user-agent"), "")
-        if not ua.startswith(agents) or req.resource is None:
+    for req in operator_requests(cluster, agents=agents):
+        if req.resource is None:
             continue
         if not req.resource.plural or req.action is None:
             continue  # discovery (/api, /apis/<group>...): open to every authenticated user

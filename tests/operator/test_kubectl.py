@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import re
-import time
 from pathlib import Path
 
 import httpx
@@ -16,7 +15,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fixtures.kube import table
-from tests.operator.cluster import ISVC, SM, Cluster, KServeSimulator, Operator, operator_api_calls, rbac_grants
+from tests.operator.cluster import (ISVC, SM, Cluster, KServeSimulator, Operator, operator_api_calls, operator_requests,
+                                   rbac_grants)
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 
@@ -281,19 +281,52 @@ def test_inference_service_deleted_by_hand_is_recreated(env):
     assert phase_is(cluster, "recreate", "Succeeded")["stableVersion"] == "4.0.0"
 
 
+def isvc_requests(cluster: Cluster, name: str, since: int) -> list:
+    """The operator's requests on InferenceService `name` (by URL, or by body for a create)."""
+    return [r for r in operator_requests(cluster, since) if r.resource is not None
+            and r.resource.plural == "inferenceservices"
+            and (r.name == name or ((r.data or {}).get("metadata") or {}).get("name") == name)]
+
+
 def test_model_deleted_mid_rollout_takes_its_inference_service_with_it(env):
     cluster, _, op = env
+    cluster.apply(example("bystander"))  # its ticks show the operator still reconciling
     base = example("shortlived")
     cluster.apply(base)
     phase_is(cluster, "shortlived", "Succeeded")
+    phase_is(cluster, "bystander", "Succeeded")
     cluster.apply(with_version(base, "5.0.0"))
     phase_is(cluster, "shortlived", "Progressing")
     cluster.kubectl("delete", "sm", "shortlived", "--wait=false")
     cluster.wait(lambda: cluster.get(SM, "shortlived") is None, 30, message="the model gone (finalizer released)")
     cluster.wait(lambda: cluster.get(ISVC, "shortlived") is None, 10, message="garbage-collected InferenceService")
-    time.sleep(1)  # a few more ticks: the operator must not resurrect it
+    gone = len(cluster.emu._requests)
+    # Every tick reads its model's InferenceService: two more of the bystander's ticks
+    # prove the operator ran on (and any tick of shortlived in flight at the deletion ended).
+    cluster.wait(lambda: len(isvc_requests(cluster, "bystander", gone)) >= 2, 10,
+                 message="two more reconcile ticks of another model")
     assert cluster.get(ISVC, "shortlived") is None
+    assert isvc_requests(cluster, "shortlived", gone) == []  # not even read: its timer stopped
     assert op.proc.poll() is None
+
+
+def test_a_tick_the_api_server_could_not_serve_is_retried_at_the_next_tick(env):
+    """Not after kopf's 60 s backoff for a failed handler: a 503 (etcd away) says nothing about
+    the model; the tick says so in one line and the next one, 0.5 s on, reads it again."""
+    cluster, _, op = env
+    base = example("unserved")
+    cluster.apply(base)
+    phase_is(cluster, "unserved", "Succeeded")
+    said = "[default/unserved] the Kubernetes API server could not serve the request (HTTP 503"
+    cluster.emu.refuse_reads[(SM, "unserved")] = (503, "ServiceUnavailable", "etcd is unavailable")
+    try:
+        cluster.wait(lambda: op.log().count(said) >= 2, 10, message="two ticks refused, each saying so")
+    finally:
+        del cluster.emu.refuse_reads[(SM, "unserved")]
+    cluster.apply(with_version(base, "5.0.0"))
+    st = phase_is(cluster, "unserved", "Progressing", timeout=10)
+    assert st["canaryVersion"] == "5.0.0"
+    assert "Timer 'reconcile' failed" not in op.log()
 
 
 def test_raw_deployment_states_that_there_is_no_traffic_split(env):

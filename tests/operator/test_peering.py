@@ -8,8 +8,10 @@ from pathlib import Path
 import yaml
 
 from tests.operator.cluster import SM, Cluster, KServeSimulator, Operator, operator_api_calls, rbac_grants
+from tests.operator.test_kubectl import metric
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
+PHASE_SUCCEEDED = 'musicsplit_rollout_phase{namespace="default",name="htdemucs",phase="Succeeded"}'
 
 
 def doc(version: str) -> dict:
@@ -39,7 +41,10 @@ def test_only_the_leader_reconciles_and_a_standby_takes_over(tmp_path):
             cluster.apply(doc("4.0.0"))
             cluster.wait(lambda: ((cluster.get(SM, "htdemucs") or {}).get("status") or {}).get("phase")
                          == "Succeeded", 30, message="the leader to deploy")
-            assert "htdemucs" in leader.log() or "Timer 'reconcile' succeeded" in leader.log()
+            # Each replica's own /metrics: the leader's reconcile tick recorded the model's
+            # phase there; the standby's has no series of it (it never reconciled it).
+            assert metric(leader, PHASE_SUCCEEDED) == 1
+            assert metric(standby, PHASE_SUCCEEDED) is None
             assert "Timer 'reconcile'" not in standby.log() and "Resuming operations" not in standby.log()
 
             leader.stop()  # graceful: it leaves the peering, the standby resumes at once
@@ -47,6 +52,7 @@ def test_only_the_leader_reconciles_and_a_standby_takes_over(tmp_path):
             cluster.apply(doc("4.1.0"))
             cluster.wait(lambda: ((cluster.get(SM, "htdemucs") or {}).get("status") or {}).get("canaryVersion")
                          == "4.1.0", 30, message="the standby to start the canary")
+            assert metric(standby, 'musicsplit_rollout_canary_weight{namespace="default",name="htdemucs"}') > 0
         finally:
             leader.stop()
             if standby:

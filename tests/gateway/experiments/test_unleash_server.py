@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from musicsplit.localstack import start_predictor
+from musicsplit.localstack import start_predictor, wait_until
 
 from tests.gateway.conftest import GatewayThread, make_settings, tone
 from tests.gateway.experiments.unleash_server import CLIENT_TOKEN, Unleash, available
@@ -46,7 +46,8 @@ def _eventually(url: str, user: str, expected: tuple[str, str], timeout: float =
 
 
 def test_flag_flip_changes_the_model_and_the_last_state_survives_the_server(
-        unleash, baseline_url, tmp_path):
+        unleash, baseline_url, tmp_path, caplog):
+    caplog.set_level("ERROR", logger="UnleashClient")  # its failed polls: the sign the gateway kept polling
     other = start_predictor("builtin://dsp-baseline", "baseline-b", log_dir=tmp_path)
     gateways = []
     try:
@@ -69,8 +70,12 @@ def test_flag_flip_changes_the_model_and_the_last_state_survives_the_server(
         unleash.admin("POST", f"{project}/{FLAG}/environments/development/on")
         _eventually(gw.url, "user-1", ("baseline-b", "treatment"))
 
+        def failed_polls() -> int:
+            return sum("feature fetch failed" in r.getMessage() for r in caplog.records if r.name == "UnleashClient")
+
+        seen = failed_polls()
         unleash.stop()  # Unleash goes away: polls fail, the last state stays
-        time.sleep(2.5)
+        wait_until(lambda: failed_polls() >= seen + 2, 15, "two polls of the stopped Unleash failed")
         for user in ("user-1", "user-2"):
             assert _choice(gw.url, user) == ("baseline-b", "treatment")
 

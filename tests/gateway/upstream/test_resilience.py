@@ -52,7 +52,9 @@ def test_breaker_opens_half_opens_and_closes():
 
 
 def upstream(region: str, outcome: str, model: str = "dsp-baseline") -> float:
-    """This process's count of requests to `region`'s predictors with `outcome` (read by label)."""
+    """This process's count of requests to `region`'s predictors with `outcome` (read by label).
+    Each test names its regions for itself ("down-far", ...): no other gateway in the
+    process moves the counts it reads."""
     return REGISTRY.get_sample_value("musicsplit_gateway_upstream_requests_total",
                                      {"model": model, "region": region, "outcome": outcome}) or 0.0
 
@@ -63,25 +65,26 @@ def dead_url() -> str:
 
 def test_region_down_costs_no_request(baseline_url, gateway_factory):
     # The nearest region is down from the start; requests must all land in the far one.
-    gw = gateway_factory([("dsp-baseline", dead_url(), "near"), ("dsp-baseline", baseline_url, "far")],
-                         region_order=["near", "far"])
+    gw = gateway_factory([("dsp-baseline", dead_url(), "down-near"), ("dsp-baseline", baseline_url, "down-far")],
+                         region_order=["down-near", "down-far"])
     mix = tone(1.0)
-    far = upstream("far", "success")
+    far = upstream("down-far", "success")
     with V2Client(gw.url) as client:
         for _ in range(10):
             assert set(client.separate("default", mix, 44100).stems) == {"drums", "bass", "other", "vocals"}
     docs = [wait_job(gw.url, submit(gw.url, wav_bytes(tone(1.0, seed=i))).json()["id"]) for i in range(3)]
     assert all(d["status"] == "succeeded" for d in docs)
-    assert upstream("far", "success") == far + 13, "10 v2 calls and 3 one-chunk jobs, each answered once by far"
-    near = next(s for s in gw.service.pool.states if s.region == "near")
+    assert upstream("down-far", "success") == far + 13, "10 v2 calls and 3 one-chunk jobs, each answered once"
+    near = next(s for s in gw.service.pool.states if s.region == "down-near")
     wait_until(lambda: not near.healthy, 10, "the dead region marked unhealthy")
 
 
 def test_failover_when_a_region_dies_under_load(baseline_url, gateway_factory, tmp_path):
     near_proc = start_predictor("builtin://dsp-baseline", "dsp-baseline", log_dir=tmp_path)
     try:
-        gw = gateway_factory([("dsp-baseline", near_proc.url, "near"), ("dsp-baseline", baseline_url, "far")],
-                             region_order=["near", "far"])
+        gw = gateway_factory([("dsp-baseline", near_proc.url, "failover-near"),
+                              ("dsp-baseline", baseline_url, "failover-far")],
+                             region_order=["failover-near", "failover-far"])
         mix = tone(0.5)
 
         def call(i):
@@ -91,16 +94,17 @@ def test_failover_when_a_region_dies_under_load(baseline_url, gateway_factory, t
                 r = client.separate("default", mix, 44100)
             return r.model_version
 
-        near, far = upstream("near", "success"), upstream("far", "success")
+        near, far = upstream("failover-near", "success"), upstream("failover-far", "success")
         with ThreadPoolExecutor(4) as pool:
             results = list(pool.map(call, range(30)))  # bounded: 30 requests
         assert len(results) == 30 and all(results), "no failed user request"
-        served_near, served_far = upstream("near", "success") - near, upstream("far", "success") - far
+        served_near = upstream("failover-near", "success") - near
+        served_far = upstream("failover-far", "success") - far
         assert served_near + served_far == 30, "each request answered exactly once"
         # Of the 22 requests from the kill on, at most 3 had started before it: the rest went far.
         assert served_far >= 19, (served_near, served_far)
         regions = {s.region: s for s in gw.service.pool.states}
-        wait_until(lambda: not regions["near"].healthy, 10, "the dead region marked unhealthy")
+        wait_until(lambda: not regions["failover-near"].healthy, 10, "the dead region marked unhealthy")
     finally:
         near_proc.stop()
 
@@ -266,15 +270,16 @@ def failing_predictor():
 
 @pytest.mark.parametrize("status", [500, 404])
 def test_a_crashing_or_misnamed_replica_fails_over(status, failing_predictor, baseline_url, gateway_factory):
-    gw = gateway_factory([("dsp-baseline", failing_predictor(status), "near"), ("dsp-baseline", baseline_url, "far")],
-                         region_order=["near", "far"])
-    refused, far = upstream("near", f"http_{status}"), upstream("far", "success")
+    near_region, far_region = f"crash{status}-near", f"crash{status}-far"
+    gw = gateway_factory([("dsp-baseline", failing_predictor(status), near_region),
+                          ("dsp-baseline", baseline_url, far_region)], region_order=[near_region, far_region])
+    refused, far = upstream(near_region, f"http_{status}"), upstream(far_region, "success")
     r = httpx.post(f"{gw.url}/v2/models/default/infer", timeout=30, content=_v2_body(tone(0.5)))
     assert r.status_code == 200, r.text
     doc = wait_job(gw.url, submit(gw.url, wav_bytes(tone(1.0, seed=91))).json()["id"])
     assert doc["status"] == "succeeded", doc
-    assert upstream("near", f"http_{status}") > refused, "the near replica was tried and its error seen"
-    assert upstream("far", "success") == far + 2, "then far answered the call and the job's one chunk"
+    assert upstream(near_region, f"http_{status}") > refused, "the near replica was tried and its error seen"
+    assert upstream(far_region, "success") == far + 2, "then far answered the call and the job's one chunk"
 
 
 @pytest.mark.parametrize("status", [500, 404])
