@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import yaml
+import pytest
 
 from tests.fixtures.contract import ROOT, unknown_metrics
 
@@ -42,6 +43,7 @@ def test_rule_files_are_valid():
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+@pytest.mark.slow
 def test_promtool_unit_tests_pass():
     out = subprocess.run([promtool(), "test", "rules", *map(str, TEST_FILES)], capture_output=True, text=True,
                          cwd=ALERTS / "tests", timeout=120)

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from musicsplit.predictor.precision import PrecisionError, capability_of, resolve
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,6 +22,7 @@ def runnable(precision: str) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_gpu_benchmark_writes_its_figures_on_cpu(tmp_path):
     out = tmp_path / "gpu.json"
     proc = subprocess.run(

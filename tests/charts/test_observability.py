@@ -237,6 +237,7 @@ def firing(alert: str, fires: bool, at: str = "40m") -> dict:
     return {"expr": expr, "eval_time": at, "exp_samples": [{"value": int(fires)}]}
 
 
+@pytest.mark.slow
 def test_target_alerts_hold_whatever_the_jobs_are_called(observed, prometheus_config, tmp_path):
     """An alert on `up` selects by musicsplit_component: quiet while every
     target the chart scrapes is up (whatever its job), firing when one

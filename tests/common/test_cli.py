@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import soundfile as sf
+import pytest
 
 from musicsplit.audio import encode
 from musicsplit.golden import golden_set
@@ -17,6 +18,7 @@ def musicsplit(*args, timeout=300):
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_separate_writes_one_file_per_stem_and_reports_version_and_quality(predictor_url, tmp_path):
     item = golden_set(n=1, seconds=2.0, seed=5)[0]
     track = tmp_path / "song.flac"
@@ -40,6 +42,7 @@ def test_separate_explains_a_refusal(predictor_url, tmp_path):
     assert missing.returncode == 2 and "does not exist" in missing.stderr
 
 
+@pytest.mark.slow
 def test_demo_separates_a_track_end_to_end_and_scores_it(tmp_path):
     """README command (1), minus the install step."""
     done = musicsplit("demo", "--out", str(tmp_path))

@@ -58,6 +58,7 @@ def test_mismatched_rates_and_stems_are_refused(items):
         evaluate_separator(DSPBaseline(), items, stems=["guitar"])
 
 
+@pytest.mark.slow
 def test_over_http_matches_in_process(baseline_url, items):
     local = evaluate_separator(DSPBaseline(), items)
     with V2Client(baseline_url, timeout=60) as client:
@@ -91,6 +92,7 @@ def test_tiny_demucs_model_is_scored(predictor_url):
     assert report.model_version
 
 
+@pytest.mark.slow
 def test_eval_command(baseline_url, capsys):
     assert main(["eval", "--url", baseline_url, "--model", "dsp-baseline", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)

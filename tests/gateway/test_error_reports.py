@@ -22,6 +22,7 @@ def sentry_receiver():
         sentry_sdk.init()  # no DSN: off again for the rest of the run
 
 
+@pytest.mark.slow
 def test_unexpected_errors_reach_sentry(gateway_factory, sentry_receiver):
     # A predictor that answers 200 with garbage: a bug somewhere, not bad input and not an outage.
     with Receiver(status=200) as garbage:

@@ -73,6 +73,7 @@ def follow(url: str, job_id: str, headers: dict | None = None, timeout: float = 
     raise TimeoutError(messages[-3:])
 
 
+@pytest.mark.slow
 def test_a_job_accepted_by_one_replica_runs_on_another_and_its_progress_crosses_over(
         baseline_url, replicas, shared, redis_server):
     worker = replicas([("dsp-baseline", baseline_url, "eu")], "worker", chunk_concurrency=1, **shared)
@@ -100,6 +101,7 @@ def test_a_job_accepted_by_one_replica_runs_on_another_and_its_progress_crosses_
     assert follow(front.url, job["id"])[-1]["status"] == "succeeded"
 
 
+@pytest.mark.slow
 def test_a_large_file_comes_in_by_presigned_upload_and_goes_out_by_presigned_url(
         baseline_url, replicas, shared, tmp_path):
     keys = tenants_file(tmp_path / "tenants.yaml", {"acme": {}, "globex": {}}, KEYS)
@@ -160,6 +162,7 @@ def test_a_gateway_on_local_storage_says_it_offers_no_uploads(gateway_factory):
     assert r.status_code == 501 and r.json()["code"] == "unsupported" and "STORAGE_URL" in r.json()["error"]
 
 
+@pytest.mark.slow
 def test_musicsplit_separate_sends_a_file_over_its_threshold_by_presigned_upload(
         baseline_url, gateway_factory, s3, tmp_path):
     endpoints = [("dsp-baseline", baseline_url, "eu")]
@@ -194,6 +197,7 @@ def test_musicsplit_separate_sends_a_file_over_its_threshold_by_presigned_upload
         np.testing.assert_allclose(by_fallback[stem], in_body[stem], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_predictors_down_degrade_a_replica_the_job_store_down_makes_it_unready(
         baseline_url, replicas, shared, postgres):
     done_by = replicas([("dsp-baseline", baseline_url, "eu")], "a", **shared)

@@ -35,6 +35,7 @@ def _parse(traceparent: str) -> tuple[str, str]:
     return trace_id, span_id
 
 
+@pytest.mark.slow
 def test_traceparent_reaches_the_predictor_and_joins_the_callers_trace(baseline_url, gateway_factory, spans):
     with Receiver(forward_to=baseline_url) as proxy:  # records what the predictor receives
         gw = gateway_factory([("dsp-baseline", proxy.url, "eu")], health_interval_s=60)

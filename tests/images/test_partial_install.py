@@ -33,6 +33,7 @@ def image_tree(component: str, dest):
     return dest
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("component", sorted(IMAGES))
 def test_component_tree_builds_a_wheel_of_its_own_packages(component, tmp_path):
     tree = image_tree(component, tmp_path / "src")

@@ -144,6 +144,7 @@ class NoRetryAfter(BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.slow
 def test_a_refusal_without_retry_after_fails_the_thresholds(tmp_path):
     server = ThreadingHTTPServer(("127.0.0.1", 0), NoRetryAfter)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -125,6 +125,7 @@ def _archive(root) -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.slow
 def test_a_set_too_big_or_too_slow_is_stopped(tmp_path):
     src = write_set(tmp_path / "sets" / "big", tracks=("a", "b", "c"))
     with store(tmp_path, max_set_bytes=tree_bytes(src) // 2).pinned() as fetch:

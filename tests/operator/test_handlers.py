@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 import yaml
+import pytest
 
 from tests.fixtures.recorder import Recorder
 from tests.operator.cluster import SM, Cluster, KServeSimulator, Operator
@@ -51,6 +52,7 @@ def model(name: str, version: str, prometheus_url: str | None) -> dict:
     return doc
 
 
+@pytest.mark.slow
 def test_prometheus_urls_outside_the_allowlist_are_never_asked_and_garbage_is_a_hold(tmp_path):
     # If it were asked, this one would say the canary served plenty of healthy traffic.
     plenty = json.dumps({"status": "success", "data": {"resultType": "vector",

@@ -99,6 +99,7 @@ def has_events(cluster, name, *reasons) -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_examples_apply_and_kubectl_get_shows_the_printer_columns(env):
     cluster, sim, op = env
     for f in ("htdemucs.yaml", "htdemucs_6s.yaml"):
@@ -145,6 +146,7 @@ INVALID_SPECS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mutate, words", INVALID_SPECS)
 def test_invalid_specs_are_refused_by_kubectl_apply_with_a_clear_message(env, mutate, words):
     cluster, _, _ = env
@@ -166,6 +168,7 @@ def test_spec_the_schema_cannot_judge_is_reported_in_status(env):
     assert has_events(cluster, "unordered", "InvalidSpec")
 
 
+@pytest.mark.slow
 def test_a_golden_set_configmap_is_read_and_what_is_wrong_with_it_recorded(env, tmp_path):
     """The ConfigMap a SeparationModel names (read with RBAC `get configmaps`):
     missing, then broken; the stable's golden-set record says which and why
@@ -195,6 +198,7 @@ def test_a_golden_set_configmap_is_read_and_what_is_wrong_with_it_recorded(env, 
     assert rec["errorReason"] == "GoldenSetInvalid"
 
 
+@pytest.mark.slow
 def test_canary_holds_when_prometheus_is_unreachable_and_abort_rolls_back(env):
     cluster, _, _ = env
     base = example("holdme", rollout={"steps": [10, 50]})
@@ -232,6 +236,7 @@ def test_canary_holds_when_prometheus_is_unreachable_and_abort_rolls_back(env):
     assert [row[c] for c in ("STABLE", "CANARY", "WEIGHT", "PHASE")] == ["4.0.0", "", "0", "RolledBack"]
 
 
+@pytest.mark.slow
 def test_pause_resume_and_manual_promote(env):
     cluster, _, _ = env
     base = example("manual", rollout={"steps": [20, 60]})
@@ -263,6 +268,7 @@ def roll_out_a_broken_canary(cluster, name: str, **overrides) -> tuple[dict, dic
     return base, phase_is(cluster, name, "RolledBack")
 
 
+@pytest.mark.slow
 def test_canary_that_never_becomes_ready_is_rolled_back(env):
     cluster, _, _ = env
     _, st = roll_out_a_broken_canary(cluster, "broken")
@@ -270,6 +276,7 @@ def test_canary_that_never_becomes_ready_is_rolled_back(env):
     assert has_events(cluster, "broken", "CanaryNotReady")
 
 
+@pytest.mark.slow
 def test_inference_service_deleted_by_hand_is_recreated(env):
     cluster, _, _ = env
     cluster.apply(example("recreate"))
@@ -288,6 +295,7 @@ def isvc_requests(cluster: Cluster, name: str, since: int) -> list:
             and (r.name == name or ((r.data or {}).get("metadata") or {}).get("name") == name)]
 
 
+@pytest.mark.slow
 def test_model_deleted_mid_rollout_takes_its_inference_service_with_it(env):
     cluster, _, op = env
     cluster.apply(example("bystander"))  # its ticks show the operator still reconciling
@@ -329,6 +337,7 @@ def test_a_tick_the_api_server_could_not_serve_is_retried_at_the_next_tick(env):
     assert "Timer 'reconcile' failed" not in op.log()
 
 
+@pytest.mark.slow
 def test_raw_deployment_states_that_there_is_no_traffic_split(env):
     cluster, _, _ = env
     cluster.apply(example("raw", deploymentMode="RawDeployment"))
@@ -343,6 +352,7 @@ def test_raw_deployment_states_that_there_is_no_traffic_split(env):
     assert condition(isvc["status"], "PredictorReady")["status"] == "True"
 
 
+@pytest.mark.slow
 def test_raw_deployment_canary_that_never_becomes_ready_is_rolled_back_with_the_load_failure(env):
     cluster, _, _ = env
     base, st = roll_out_a_broken_canary(cluster, "rawbroken", deploymentMode="RawDeployment")

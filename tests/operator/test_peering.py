@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
+import pytest
 
 from tests.operator.cluster import SM, Cluster, KServeSimulator, Operator, operator_api_calls, rbac_grants
 from tests.operator.test_kubectl import metric
@@ -21,6 +22,7 @@ def doc(version: str) -> dict:
     return d
 
 
+@pytest.mark.slow
 def test_only_the_leader_reconciles_and_a_standby_takes_over(tmp_path):
     with Cluster(tmp_path) as cluster, KServeSimulator(cluster):
         cluster.kubectl("apply", "-f", str(MANIFESTS / "crd.yaml"), "-f", str(MANIFESTS / "peering-crd.yaml"))

@@ -50,6 +50,7 @@ def target(version, url, role="canary"):
     return ProbeTarget(role, version, f"gs://m/{version}", url)
 
 
+@pytest.mark.slow
 def test_a_probe_records_the_scores_of_the_release_it_was_sent_to(predictors):
     with Recorder(forward_to=predictors["2.0.0"].url) as proxy:
         rec = run_target(target("2.0.0", proxy.url), NAME, timeout_s=60)
@@ -84,6 +85,7 @@ def test_a_probe_that_cannot_measure_the_release_records_why(predictors, make, w
     assert words in rec["error"] and "meanSdr" not in rec and rec["measuredAt"]
 
 
+@pytest.mark.slow
 def test_a_probe_waits_for_the_release_to_take_over_its_url(predictors):
     """RawDeployment: for a moment after the switch the URL still reaches the old pods."""
     http = httpx.Client(timeout=60)
@@ -102,6 +104,7 @@ def test_a_probe_waits_for_the_release_to_take_over_its_url(predictors):
     assert len(proxy.seen(f"/v2/models/{NAME}/infer")) == 8  # twice the first item for nothing, then the set
 
 
+@pytest.mark.slow
 def test_the_worker_runs_one_probe_per_object_and_others_meanwhile(predictors):
     written: list[tuple[str, str, dict]] = []
     gate = threading.Event()
@@ -144,6 +147,7 @@ def model(namespace: str, version: str) -> dict:
     return doc
 
 
+@pytest.mark.slow
 def test_a_slow_probe_never_delays_a_tick(predictors, tmp_path):
     """Two SeparationModels; one canary's probe hangs on a slow predictor. Both
     keep being analysed every tick meanwhile (holding: no Prometheus here),

@@ -85,6 +85,7 @@ def prom(tmp_path_factory):
             metrics.stop()
 
 
+@pytest.mark.slow
 def test_version_metrics_count_users_in_the_models_namespace_only(prom):
     with httpx.Client(timeout=5) as client:
         def vm(version, namespace, **kw):
@@ -178,6 +179,7 @@ BAD_ANSWERS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(BAD_ANSWERS))
 def test_an_unusable_answer_is_a_hold_that_says_what_was_wrong_not_what_it_said(kind):
     respond, words, reason = BAD_ANSWERS[kind]

@@ -8,12 +8,14 @@ from collections import Counter
 from pathlib import Path
 
 import yaml
+import pytest
 
 from tests.operator.cluster import ISVC, SM, Cluster, KServeSimulator, Operator
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 
 
+@pytest.mark.slow
 def test_killed_operator_resumes_the_rollout_from_status(tmp_path):
     doc = yaml.safe_load((MANIFESTS / "examples" / "htdemucs.yaml").read_text())
     doc["spec"]["rollout"].update(steps=[20, 60], interval="1s")

@@ -141,6 +141,7 @@ def prom(tmp_path_factory):
         g2.stop()
 
 
+@pytest.mark.slow
 def test_agreement_is_measured_per_stem_over_the_gateways_for_the_models_namespace_and_versions(prom):
     m = shadow.measure(prometheus_url=prom.url, model="m", namespace="team-a", canary_version="2.0",
                        stable_version="1.0", window_s=60)

@@ -102,6 +102,7 @@ def test_allowlist_compares_parsed_scheme_host_port_and_path(url, ok):
     "http://[::ffff:127.0.0.1]/", "http://kubernetes.default.svc/", "http://prometheus.monitoring.svc.cluster.local/",
     "http://redis/", "http://metadata.google.internal/", "file:///etc/passwd", "gopher://x/",
 ])
+@pytest.mark.slow
 def test_without_an_allowlist_loopback_link_local_private_and_cluster_internal_urls_are_refused(url):
     """A SeparationModel author must not make the operator a port scanner of its own network."""
     rule = webhooks.policy()

@@ -77,6 +77,7 @@ def test_cuda_requested_without_cuda_is_a_clear_error(tiny_model_dir):
         load(str(tiny_model_dir), "cuda")
 
 
+@pytest.mark.slow
 def test_pretrained_name_without_network_fails_with_advice(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelLoadError, match="could not fetch pretrained Demucs model 'htdemucs'.*model dir"):
@@ -97,6 +98,7 @@ def test_separation_matches_demucs_own_api(tiny_model_dir):
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_remote_storage_uri_without_kserve_storage_says_how_to_get_it():
     try:
         import kserve_storage  # noqa: F401

@@ -127,6 +127,7 @@ def test_grpc_metadata_carries_the_source(predictor):
         assert value(after, name, **labels) == value(before, name, **labels) + 1, name
 
 
+@pytest.mark.slow
 def test_user_outcome_and_issue_series_exist_at_load(tiny_model_dir, logs_dir):
     from musicsplit.localstack import start_predictor
 

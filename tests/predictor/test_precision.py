@@ -98,6 +98,7 @@ def test_response_and_model_info_say_the_precision(predictor_url, baseline_url):
         assert [s.labels["precision"] for s in info] == [expected], model
 
 
+@pytest.mark.slow
 def test_a_misspelt_precision_fails_the_load_and_says_so(tiny_model_dir, logs_dir):
     from musicsplit.localstack import start_predictor
 

@@ -42,6 +42,7 @@ def hdemucs_dir(tmp_path_factory):
     ("htdemucs", 4.0, 0, 2.5),  # a requested segment shorter than the model's
     ("hdemucs", 9.0, 0, 4.0),  # HDemucs pads the short last chunk to another length: its own pass
 ])
+@pytest.mark.slow
 def test_batched_segments_equal_demucs_apply_model(kind, seconds, shifts, segment, single_dir, hdemucs_dir):
     from demucs.apply import apply_model
 
@@ -56,6 +57,7 @@ def test_batched_segments_equal_demucs_apply_model(kind, seconds, shifts, segmen
     torch.testing.assert_close(batched, expected, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_separator_with_segment_batch_serves_the_same_stems(tiny_model_dir):
     """The bag of two, weights and all, through the predictor's separator."""
     unbatched = load(str(tiny_model_dir), "cpu", "fp32").separator

@@ -287,6 +287,7 @@ def strict(tiny_model_dir, logs_dir, otlp):
     proc.stop()
 
 
+@pytest.mark.slow
 def test_too_long_audio_is_a_400_and_too_big_a_body_a_413(strict):
     long = post_binary(strict.url, clip(7.0, channels=1))
     assert long.status_code == 400 and "over the limit of 6 s" in long.json()["error"]
@@ -299,6 +300,7 @@ def test_too_long_audio_is_a_400_and_too_big_a_body_a_413(strict):
     assert big.status_code == 413 and "over the limit of 2000000 bytes" in big.json()["error"]
 
 
+@pytest.mark.slow
 def test_excess_requests_get_429_with_retry_after_not_a_queue(strict):
     x = clip(5.0, seed=8)  # 1.8 MB binary: under the strict server's 2 MB body limit
 
@@ -331,6 +333,7 @@ def test_trace_context_from_the_caller_reaches_the_predictor_spans(strict, otlp)
     assert {"decode", "validate", "resample", "inference", "encode"} <= names, otlp.spans
 
 
+@pytest.mark.slow
 def test_a_model_that_fails_to_load_is_reported_not_crashed_on(tmp_path, logs_dir):
     directory = make_model_dir(tmp_path / "broken", "tiny")
     victim = next(directory.glob("*.th"))
@@ -365,6 +368,7 @@ def test_a_model_that_fails_to_load_is_reported_not_crashed_on(tmp_path, logs_di
         proc.stop()
 
 
+@pytest.mark.slow
 def test_a_model_with_other_stems_than_the_deployment_expects_does_not_serve(tiny_model_dir, logs_dir):
     proc = start_predictor(tiny_model_dir, "tiny", log_dir=logs_dir, wait="live",
                            env={"MUSICSPLIT_STEMS": "drums,bass,other,vocals,guitar,piano"})

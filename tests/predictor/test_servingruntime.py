@@ -6,6 +6,7 @@ from pathlib import Path
 
 import httpx
 import yaml
+import pytest
 
 from musicsplit.predictor.cli import predictor_parser
 from musicsplit.predictor.settings import PredictorSettings
@@ -45,6 +46,7 @@ def test_runtime_serves_the_inference_services_the_operator_writes():
     assert settings.gpu_price_per_second == 0.0002 and settings.stems == "vocals,no_vocals"
 
 
+@pytest.mark.slow
 def test_runtime_probes_exist_on_the_predictor(predictor_url):
     container = RUNTIME["spec"]["containers"][0]
     for probe in ("readinessProbe", "livenessProbe"):

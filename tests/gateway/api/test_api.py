@@ -272,6 +272,7 @@ def test_rejection_reasons_are_scraped_before_the_first_rejection(gw):
         assert f'musicsplit_gateway_rejected_total{{reason="{reason}"}}' in text, reason
 
 
+@pytest.mark.slow
 def test_cancelling_one_of_two_duplicates_leaves_the_other_to_finish(gw):
     data = wav_bytes(tone(40.0, channels=1, seed=78), subtype="PCM_16")
     a = submit(gw.url, data, user="dup-a").json()["id"]
@@ -306,6 +307,7 @@ def test_a_file_corrupt_partway_through_is_bad_audio_not_a_500(gw):
     assert batch["rejected"][0]["code"] == "bad_audio"
 
 
+@pytest.mark.slow
 def test_concurrent_zip_downloads_each_get_the_whole_zip(gw):
     from concurrent.futures import ThreadPoolExecutor
 

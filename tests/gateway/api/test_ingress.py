@@ -103,6 +103,7 @@ def memory(pid: int) -> dict[str, int]:
     return fields
 
 
+@pytest.mark.slow
 def test_an_oversize_chunked_upload_is_refused_early_with_flat_memory(baseline, tmp_path, logs_dir):
     """The issue's case: 300 MiB without Content-Length, the default 200 MiB limit. Before, the gateway read
     it whole into memory (RSS 87 -> 395 MB) and only then said 413."""
@@ -331,6 +332,7 @@ def _answer(sock: socket.socket, timeout: float = 10.0) -> bytes:
     return data
 
 
+@pytest.mark.slow
 def test_slow_clients_are_cut_off_with_408_and_a_tenants_uploads_are_capped(baseline_url, tmp_path):
     keys = tenants_file(tmp_path / "tenants.yaml", {"slow": {}}, {"slow": "slow-tenant-key"})
     with GatewayThread(make_settings(tmp_path, [("dsp-baseline", baseline_url, "eu")], api_keys_file=keys,

@@ -47,6 +47,7 @@ def gateway(request, baseline_url, tmp_path):
     gw.stop()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("gateway", [{"MUSICSPLIT_GATEWAY_KEEPALIVE_S": "2"}], indirect=True)
 def test_idle_connections_close_after_the_configured_keepalive(gateway):
     conn = connect(gateway.url)

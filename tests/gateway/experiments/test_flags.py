@@ -39,6 +39,7 @@ def _v2_body(mix) -> bytes:
                                    "data": mix.ravel().tolist(), "parameters": {"sample_rate": 44100}}]}).encode()
 
 
+@pytest.mark.slow
 def test_ab_arms_are_sticky_per_user_and_reported(baseline_url, predictor_url, gateway_factory, tmp_path):
     gw = gateway_factory([("dsp-baseline", baseline_url, "eu"), ("tiny", predictor_url, "eu")],
                          flags_bootstrap=bootstrap_with(tmp_path, **AB), default_model="dsp-baseline")
@@ -67,6 +68,7 @@ def test_ab_arms_are_sticky_per_user_and_reported(baseline_url, predictor_url, g
     assert "verdict:" in out.stdout and "p=" in out.stdout
 
 
+@pytest.mark.slow
 def test_feature_gates_turn_off_chunking_and_cache(baseline_url, gateway_factory, tmp_path):
     off = {"musicsplit.chunked-jobs": {"enabled": False}, "musicsplit.cache": {"enabled": False}}
     gw = gateway_factory([("dsp-baseline", baseline_url, "eu")], flags_bootstrap=bootstrap_with(tmp_path, **off))
@@ -87,6 +89,7 @@ def test_a_track_too_long_for_one_request_is_chunked_even_with_the_flag_off(base
     assert any(w.startswith("chunked:") for w in doc["warnings"]), doc["warnings"]
 
 
+@pytest.mark.slow
 def test_a_track_over_the_predictors_byte_limit_is_chunked_even_with_the_flag_off(gateway_factory, tmp_path):
     from musicsplit.localstack import start_predictor
 

@@ -9,6 +9,7 @@ import time
 import httpx
 import numpy as np
 import soundfile as sf
+import pytest
 
 from musicsplit.v2client import V2Client
 
@@ -38,6 +39,7 @@ DEMUCS_TOLERANCE_DB = 18.0
 BASELINE_TOLERANCE_DB = 35.0
 
 
+@pytest.mark.slow
 def test_chunked_demucs_matches_whole_track(predictor_url, gateway_factory):
     mix = tone(14.0, seed=21)
     with V2Client(predictor_url) as client:  # shifts=0: Demucs' random shift would differ run to run
@@ -54,6 +56,7 @@ def test_chunked_demucs_matches_whole_track(predictor_url, gateway_factory):
     assert min(snrs.values()) > DEMUCS_TOLERANCE_DB, snrs
 
 
+@pytest.mark.slow
 def test_long_track_uses_several_replicas_with_bounded_memory(baseline_url, gateway_factory, tmp_path):
     from musicsplit.localstack import start_predictor
 
@@ -83,6 +86,7 @@ def test_long_track_uses_several_replicas_with_bounded_memory(baseline_url, gate
         second.stop()
 
 
+@pytest.mark.slow
 def test_job_memory_is_bounded_by_the_window_not_the_track(baseline_url, gateway_factory):
     """Python-side allocations (numpy included) while a long job runs stay under a bound set by
     the chunk size and window alone, far below the decoded track's stems."""
@@ -155,6 +159,7 @@ def test_a_job_whose_version_is_gone_fails_clearly_instead_of_mixing(baseline_ur
     assert doc["stems"] == {} and not (gw.service.results.job_dir(doc["id"]) / "stems").exists()
 
 
+@pytest.mark.slow
 def test_the_fallback_model_never_finishes_a_job_the_chosen_model_started(baseline_url, gateway_factory, tmp_path):
     from musicsplit.localstack import start_predictor
 

@@ -62,6 +62,7 @@ def test_disk_cache_evicts_least_recently_used_beyond_its_budget(tmp_path):
     assert cache.size() <= 2500
 
 
+@pytest.mark.slow
 def test_redis_cache_is_shared_by_replicas_and_redis_down_serves_uncached(
         baseline_url, gateway_factory, redis_server):
     url = redis_server.url

@@ -11,6 +11,7 @@ import sys
 import time
 
 import httpx
+import pytest
 
 from musicsplit.localstack import Process, wait_for
 
@@ -31,6 +32,7 @@ def start_gateway(data_dir, predictor_url, log_path) -> Process:
     return proc
 
 
+@pytest.mark.slow
 def test_job_survives_a_gateway_killed_mid_job(baseline_url, tmp_path):
     data_dir, log = tmp_path / "data", tmp_path / "gateway.log"
     gw = start_gateway(data_dir, baseline_url, log)

@@ -13,6 +13,7 @@ import json
 import httpx
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
+import pytest
 
 from musicsplit.gateway.settings import Endpoint
 from musicsplit.gateway.upstream.regions import EndpointPool
@@ -42,6 +43,7 @@ def infer(url: str) -> httpx.Response:
     return httpx.post(f"{url}/v2/models/default/infer", content=json.dumps(body), timeout=30)
 
 
+@pytest.mark.slow
 def test_breaker_open_is_exported_until_a_call_succeeds_again(baseline_url, gateway_factory):
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"  # a stopped predictor: nothing listens there yet

@@ -79,6 +79,7 @@ def test_region_down_costs_no_request(baseline_url, gateway_factory):
     wait_until(lambda: not near.healthy, 10, "the dead region marked unhealthy")
 
 
+@pytest.mark.slow
 def test_failover_when_a_region_dies_under_load(baseline_url, gateway_factory, tmp_path):
     near_proc = start_predictor("builtin://dsp-baseline", "dsp-baseline", log_dir=tmp_path)
     try:
@@ -109,6 +110,7 @@ def test_failover_when_a_region_dies_under_load(baseline_url, gateway_factory, t
         near_proc.stop()
 
 
+@pytest.mark.slow
 def test_predictor_killed_mid_job_completes_on_the_other_replica(gateway_factory, tmp_path):
     a = start_predictor("builtin://dsp-baseline", "dsp-baseline", log_dir=tmp_path)
     b = start_predictor("builtin://dsp-baseline", "dsp-baseline", log_dir=tmp_path)
@@ -140,6 +142,7 @@ def test_timeout_on_a_hung_predictor_fails_over(baseline_url, black_hole, gatewa
     assert time.perf_counter() - start < 10
 
 
+@pytest.mark.slow
 def test_fallback_model_when_the_chosen_model_is_down(baseline_url, gateway_factory):
     gw = gateway_factory([("htdemucs", dead_url(), "eu"), ("dsp-baseline", baseline_url, "eu")],
                          default_model="htdemucs", fallback_model="dsp-baseline")
@@ -151,6 +154,7 @@ def test_fallback_model_when_the_chosen_model_is_down(baseline_url, gateway_fact
     assert any(w.startswith("fallback") for w in doc["warnings"]), doc["warnings"]
 
 
+@pytest.mark.slow
 def test_no_fallback_gives_a_clean_503_with_retry_after(gateway_factory):
     gw = gateway_factory([("htdemucs", dead_url(), "eu")], default_model="htdemucs", fallback_model=None,
                          breaker_reset_s=7.0, chunk_retries=0)
@@ -186,6 +190,7 @@ def _v2_body(mix) -> bytes:
                                    "data": mix.ravel().tolist(), "parameters": {"sample_rate": 44100}}]}).encode()
 
 
+@pytest.mark.slow
 def test_nearest_healthy_region_takes_the_traffic(baseline_url, gateway_factory, tmp_path):
     far = start_predictor("builtin://dsp-baseline", "dsp-baseline", log_dir=tmp_path)
     try:
@@ -204,6 +209,7 @@ def test_nearest_healthy_region_takes_the_traffic(baseline_url, gateway_factory,
         far.stop()
 
 
+@pytest.mark.slow
 def test_saturated_predictor_429s_are_waited_out_not_failed(gateway_factory, tmp_path):
     busy = start_predictor("builtin://dsp-baseline", "dsp-baseline", log_dir=tmp_path,
                            args=["--max_inflight", "1", "--max_queue", "0"])
@@ -268,6 +274,7 @@ def failing_predictor():
         s.server_close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("status", [500, 404])
 def test_a_crashing_or_misnamed_replica_fails_over(status, failing_predictor, baseline_url, gateway_factory):
     near_region, far_region = f"crash{status}-near", f"crash{status}-far"
@@ -282,6 +289,7 @@ def test_a_crashing_or_misnamed_replica_fails_over(status, failing_predictor, ba
     assert upstream(far_region, "success") == far + 2, "then far answered the call and the job's one chunk"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("status", [500, 404])
 def test_only_a_crashing_replica_is_a_503_not_the_users_400(status, failing_predictor, gateway_factory):
     gw = gateway_factory([("dsp-baseline", failing_predictor(status), "eu")], fallback_model=None, chunk_retries=0)
@@ -294,6 +302,7 @@ def test_only_a_crashing_replica_is_a_503_not_the_users_400(status, failing_pred
 INTERNAL = "pg error at 10.4.2.7:5432 (token=s3cr3t) /var/lib/predictor/models"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("status", [500, 403])
 def test_a_predictors_own_error_text_never_reaches_users(status, failing_predictor, gateway_factory):
     """A 5xx (or a 4xx that is not about the input: a proxy's 403) says things about the
@@ -363,6 +372,7 @@ def test_router_never_leaves_a_half_open_trial_taken(exc, tmp_path):
     assert state.breaker.available(), state.breaker.state
 
 
+@pytest.mark.slow
 def test_a_busy_predictor_makes_a_job_wait_for_a_place_not_fail(baseline_url, gateway_factory):
     """Predictors answering 429 are alive and busy (other users' v2 requests): an accepted job waits for a
     place, after Retry-After, without using up its chunk retries (the load test saw a job failed so)."""
@@ -382,6 +392,7 @@ def test_a_busy_predictor_makes_a_job_wait_for_a_place_not_fail(baseline_url, ga
         assert doc["status"] == "failed" and doc["error"]["code"] == "upstream_unavailable", doc
 
 
+@pytest.mark.slow
 def test_a_jobs_wait_for_a_busy_predictor_is_bounded_whatever_fails_in_between(failing_predictor, gateway_factory):
     """429s (busy) interleaved with 503s (an outage): the saturation wait is the job's, not reset by
     the other errors, so the job fails once it has waited chunk_saturated_wait_s in all."""

@@ -177,6 +177,7 @@ def knows_canary(gw) -> None:
     wait_until(lambda: gw.service.shadow.directory.get(MODEL), 15, "the gateway reads the canary from the API")
 
 
+@pytest.mark.slow
 def test_users_are_answered_while_their_mirrors_are_held_and_the_bound_drops_the_rest(kube, gateway_factory,
                                                                                      baseline_url, chart_role):
     k, canary, proxy, gate = kube
@@ -292,6 +293,7 @@ def test_sample_rate_zero_mirrors_nothing(kube, gateway_factory, baseline_url):
         assert silent.seen() == []
 
 
+@pytest.mark.slow
 def test_the_directory_forgets_canaries_it_cannot_confirm(tmp_path):
     cluster = Cluster(tmp_path).__enter__()
     up = True
