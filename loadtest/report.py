@@ -1,8 +1,8 @@
 """Load-test runs -> docs/loadtest.md with tables and PNG plots.
 
-    musicsplit loadtest-report out/loadtest --docs docs
+    musicsplit loadtest-report docs/loadtest/runs/mixed-queue-8 ... --docs docs
 
-Reads every NAME.json (+ NAME.csv.gz) in the runs folder; writes the
+Reads every NAME.json in the runs folders (its samples, else NAME.csv.gz beside it); writes the
 markdown and, under DOCS/loadtest/, a timeline per run and, for runs whose
 user count varied, latency, throughput, goodput and refusals against users.
 The figures reported for the deployment musicsplit replaced stand next to the
@@ -209,6 +209,11 @@ def _what_failed(sets: list[tuple[str, dict[str, Run]]]) -> list[str]:
                     failed.setdefault(f"`{name}` {expr}", []).append(r.name)
         for threshold, scenarios in failed.items():
             lines.append(f"- `{label}`: threshold {threshold} **failed** in {', '.join(scenarios)}")
+        sockets = {r.name: _sockets_refused(r) for r in runs.values() if _sockets_refused(r)}
+        if sockets:
+            lines.append(f"- `{label}`: {sum(sockets.values())} progress WebSockets refused at the handshake "
+                         f"({', '.join(f'{n} {k}' for k, n in sockets.items())}; 429 with Retry-After: the "
+                         "tenant's sockets were all taken); the client followed those jobs by polling instead")
         ramp = runs.get("ramp")
         top = [b for b in by_users(ramp) if b.vus > 90] if ramp is not None else []
         answered = sum((b.ok + b.refused + b.failed) * b.seconds for b in top)
@@ -223,6 +228,10 @@ def _what_failed(sets: list[tuple[str, dict[str, Run]]]) -> list[str]:
     if not lines:
         return ["- Every threshold passed; nothing was refused or failed at the top of a ramp."]
     return lines
+
+
+def _sockets_refused(run: Run) -> int:
+    return int(run.summary.get("metrics", {}).get("progress_sockets_refused", {}).get("values", {}).get("count", 0))
 
 
 def _cpu_table(runs: list[Run]) -> list[str]:
@@ -308,7 +317,7 @@ def _details(r: Run, images: Path, rel: str, capacity: Run | None = None, plots:
         md += [f"Command: `{r.meta['command']}` ({r.meta.get('started', '?')})", ""]
     if r.failed_checks:
         md += ["Failed checks: " + ", ".join(f"{k} x{v}" for k, v in sorted(r.failed_checks.items())), ""]
-    sockets = r.summary.get("metrics", {}).get("progress_sockets_refused", {}).get("values", {}).get("count")
+    sockets = _sockets_refused(r)
     if sockets:
         md += [f"Progress WebSockets refused at the handshake (429: the tenant's sockets were all taken; "
                f"the job was then polled): {sockets:.0f}", ""]
@@ -348,8 +357,7 @@ def _details(r: Run, images: Path, rel: str, capacity: Run | None = None, plots:
 def write_report(runs_dirs: Path | list[Path], docs: Path, note: str | None = None, plots: bool = True) -> Path:
     """Write DOCS/loadtest.md and DOCS/loadtest/*.png; returns the md path.
 
-    Each folder in `runs_dirs` is one configuration (its NAME.json + NAME.csv.gz
-    runs); the first gets the full sections with plots, every one a column
+    Each folder in `runs_dirs` is one configuration (its NAME.json runs); the first gets the full sections with plots, every one a column
     against the previously reported figures, a verdict line and its own scenario table. `note` heads the page
     (what a reader must know about the figures, e.g. that the machine was shared). Without `plots`
     the page only (the staleness test: PNG bytes vary with matplotlib's version)."""

@@ -33,6 +33,10 @@ def test_the_committed_runs_carry_their_samples_and_no_csv_is_committed():
             assert path.stat().st_size < 256 * 1024, f"{path} is not a small summary"
             run = read_run(path)  # from its samples alone: no CSV beside it
             assert run.count("ok") > 0 and len(run.vus) > 0, path
+            # The samples are those of the summary they sit in: k6's own counts agree.
+            for outcome in ("ok", "refused", "failed"):
+                counted = run.summary["metrics"].get(f"separations_{outcome}", {}).get("values", {}).get("count", 0)
+                assert run.count(outcome) == counted, (path, outcome)
 
 
 def test_the_page_is_regenerated_from_the_committed_runs_unchanged(tmp_path, monkeypatch):
