@@ -203,8 +203,13 @@ class StandardCanary(Standard):
         self.isvc, self.namespace, self.domain = isvc, namespace, domain
 
     def split_condition(self):
-        return (True, "StandardCanary", "spec.canary splits traffic between the stable and the canary predictor "
-                                        "(KServe Standard mode, v0.20+)")
+        # Read in KServe's source: v0.20.0 gives a canary its own Deployment and Service and sizes its
+        # replicas by trafficPercent; the weights on the Gateway API HTTPRoutes came after that tag
+        # (kserve#5912). Both releases carry spec.canary, so the operator cannot tell them apart.
+        return (True, "StandardCanary", "spec.canary[].trafficPercent sets the canary's share; KServe splits it "
+                                        "on its Gateway API HTTPRoutes (releases after v0.20.0; v0.20.0 itself "
+                                        "only sizes the canary's replicas, and the canary then gets no traffic "
+                                        "through the InferenceService's URL)")
 
     def during(self, st):
         return Route(st["canaryStorageUri"], st.get("canaryWeight"), st.get("canaryVersion"),

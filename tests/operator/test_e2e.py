@@ -185,7 +185,10 @@ def test_a_canary_is_judged_on_its_users_requests_only(stack, tmp_path):
 
             # -- a degraded release: rolled back at its first step, on what its users got
             t1 = time.monotonic()
-            cluster.apply(sm("2.0.0"))
+            # Two intervals at the first step: the golden set fails this canary at once, and on a loaded
+            # machine one interval of a 50 % split may not bring the users' minRequests to it yet.
+            cluster.apply(sm("2.0.0", rollout={"steps": [50, 100], "interval": f"{2 * INTERVAL_S}s",
+                                               "progressDeadline": "2m"}))
             cluster.wait(lambda: status(cluster).get("canaryWeight") == 50, 20, message="canary at 50 %")
             st = verdict(cluster, "2.0.0")
             print(f"degraded canary: {st['phase']} after {time.monotonic() - t1:.1f}s; sent {traffic.sent}")

@@ -289,7 +289,7 @@ def test_sample_rate_zero_mirrors_nothing(kube, gateway_factory, baseline_url):
                 mixture = tone(0.5, seed=20 + i)
                 assert a.separate(MODEL, mixture, 44100).stems  # traffic flowed through the silent one
                 b.separate(MODEL, mixture, 44100)
-        wait_until(lambda: len(proxy.seen()) - seen_before == 3, 30, "the control's mirrors at its canary")
+        wait_until(lambda: len(proxy.seen()) - seen_before >= 3, 30, "the control's mirrors at its canary")
         assert silent.seen() == []
 
 
