@@ -366,6 +366,7 @@ def test_raw_deployment_canary_that_never_becomes_ready_is_rolled_back_with_the_
                  30, message="stable Deployment ready again")
 
 
+@pytest.mark.slow  # reads what the module's earlier (slow) tests did
 def test_status_and_events_are_visible_with_kubectl(env):
     cluster, _, _ = env
     phase_is(cluster, "htdemucs", "Succeeded")
@@ -378,6 +379,7 @@ def test_status_and_events_are_visible_with_kubectl(env):
 
 
 
+@pytest.mark.slow  # reads what the module's earlier (slow) tests did
 def test_rbac_grants_exactly_what_the_operator_used(env):
     """Every API call the operator made during this module is allowed by
     manifests/rbac.yaml, and every rule there was needed (least privilege)."""
