@@ -84,10 +84,7 @@ class PassThrough:
         body: SpooledBody | None = None
         upstream: httpx.Response | None = None
         try:
-            body = SpooledBody(self.settings.staging_dir)
-            with self.uploads.hold(caller.tenant):
-                await body.fill(content, self.max_bytes)
-            fwd = {k: v for k, v in headers.items() if k.lower() in FORWARDED}
+            body, fwd = await self._spool(caller, content, headers)
             start = time.perf_counter()
             try:
                 routed = await self.router.forward(choice.model, "/infer", body.chunks, body.length, fwd,
@@ -108,16 +105,34 @@ class PassThrough:
                                                  audio_seconds=seconds)
             await self.quotas.add_audio(caller.tenant, seconds or 0.0)
         except BaseException:
-            if body is not None:
-                body.close()
-            if upstream is not None:
-                await upstream.aclose()
-            self.slots.give()
+            await self._give_back(body, upstream)
             raise
         # The user's answer is ready: a sample of answers is mirrored to a canary once they have gone by.
         mirror = self.shadow.offer_v2(routed.model, head.parameters.get("model_version"), body.length)
         return self._stream(upstream, head, chunks, _answer_headers(upstream, routed, choice, version), body, fwd,
                             mirror)
+
+    async def _spool(self, caller: Caller, content: AsyncIterable[bytes],
+                     headers: Mapping[str, str]) -> tuple[SpooledBody, dict[str, str]]:
+        """The request's body, spooled while holding one of the tenant's upload places, and the request
+        headers forwarded with it."""
+        body = SpooledBody(self.settings.staging_dir)
+        try:
+            with self.uploads.hold(caller.tenant):
+                await body.fill(content, self.max_bytes)
+        except BaseException:
+            body.close()
+            raise
+        return body, {k: v for k, v in headers.items() if k.lower() in FORWARDED}
+
+    async def _give_back(self, body: SpooledBody | None, upstream: httpx.Response | None) -> None:
+        """Everything a request that ends before its answer streams holds: its body, the upstream
+        response, its v2 place."""
+        if body is not None:
+            body.close()
+        if upstream is not None:
+            await upstream.aclose()
+        self.slots.give()
 
     def _stream(self, upstream: httpx.Response, head: Head, chunks: AsyncIterator[bytes], headers: dict[str, str],
                 body: SpooledBody, fwd: dict[str, str], mirror=None) -> V2Answer:
@@ -175,18 +190,11 @@ class PassThrough:
         body: SpooledBody | None = None
         upstream: httpx.Response | None = None
         try:
-            body = SpooledBody(self.settings.staging_dir)
-            with self.uploads.hold(caller.tenant):
-                await body.fill(content, self.max_bytes)
-            fwd = {k: v for k, v in headers.items() if k.lower() in FORWARDED}
+            body, fwd = await self._spool(caller, content, headers)
             upstream, chunks, head = await self._pinned(model, version, body, fwd)
             await self.quotas.add_audio(caller.tenant, _number(head.parameters.get("audio_seconds")) or 0.0)
         except BaseException:
-            if body is not None:
-                body.close()
-            if upstream is not None:
-                await upstream.aclose()
-            self.slots.give()
+            await self._give_back(body, upstream)
             raise
         answer_headers = {**_forwarded(upstream), "X-Musicsplit-Model": model, "X-Musicsplit-Model-Version": version}
         return self._stream(upstream, head, chunks, answer_headers, body, fwd)
