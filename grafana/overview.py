@@ -97,10 +97,13 @@ def build():
               [Q(cache_hit_ratio("backend"), "{{backend}}")], "percentunit", min_val=0, max_val=1),
         graph("Predictor endpoints up",
               "Endpoints each gateway replica's health probe finds ready (1), per model and region; the circuit "
-              "breaker state (0 closed, 1 half-open, 2 open).",
+              "breaker state (0 closed, 1 half-open, 2 open); and, per endpoint, whether its breaker has been "
+              "open since its last successful call (1), what MusicsplitGatewayBreakerOpen pages on after 2 min.",
               [Q(by("model, region", f"musicsplit_gateway_endpoint_up{{{MODEL}}}", "min"), "up {{model}} {{region}}"),
                Q(by("model, region", f"musicsplit_gateway_breaker_state{{{MODEL}}}", "max"),
-                 "breaker {{model}} {{region}}")]),
+                 "breaker {{model}} {{region}}"),
+               Q(by("model, endpoint", f"musicsplit_gateway_breaker_open{{{MODEL}}}", "max"),
+                 "open {{model}} {{endpoint}}")]),
         graph("Upstream requests by outcome", "The gateway's calls to predictors, per region and outcome.",
               [Q(sum_rate("musicsplit_gateway_upstream_requests_total", "model, region, outcome", MODEL),
                  "{{model}} {{region}} {{outcome}}")], "reqps"),
