@@ -53,6 +53,20 @@ def thresholds(summary: dict) -> dict[str, bool]:
             for expr, v in (m.get("thresholds") or {}).items()}
 
 
+def smoke_jobs_on_own_gateway(stack, tmp_path, env: dict[str, str],
+                              duration: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """The smoke scenario, jobs only, for `duration` against a gateway of its own with `env` on the
+    stack's predictor: k6's exit and its summary."""
+    gateway = start_gateway([("dsp-baseline", stack.predictors[0].url)], data_dir=tmp_path / "gw",
+                            log_dir=tmp_path, default_model="dsp-baseline", env=env)
+    try:
+        proc = loadtest("smoke", "--url", gateway.url, "--out", str(tmp_path / "run.json"), "--v2-share", "0",
+                        "--track-seconds", "4", "--duration", duration)
+    finally:
+        gateway.stop()
+    return proc, json.loads((tmp_path / "run.json").read_text())
+
+
 def test_k6_binary_is_installed():
     out = subprocess.run([k6_binary(), "version"], capture_output=True, text=True, check=True).stdout
     assert out.startswith("k6 v1.")
@@ -95,15 +109,7 @@ def test_smoke_scenario_separates_through_both_apis_and_reports(stack, tmp_path)
 @pytest.mark.slow
 def test_a_full_queue_is_a_refusal_not_a_failure(stack, tmp_path):
     # A gateway with no queue room answers every upload 429 + Retry-After.
-    gateway = start_gateway([("dsp-baseline", stack.predictors[0].url)], data_dir=tmp_path / "gw",
-                            log_dir=tmp_path, default_model="dsp-baseline",
-                            env={"MUSICSPLIT_GATEWAY_MAX_QUEUED_JOBS": "0"})
-    try:
-        proc = loadtest("smoke", "--url", gateway.url, "--out", str(tmp_path / "full.json"), "--v2-share", "0",
-                        "--track-seconds", "4", "--duration", "4s")
-    finally:
-        gateway.stop()
-    summary = json.loads((tmp_path / "full.json").read_text())
+    proc, summary = smoke_jobs_on_own_gateway(stack, tmp_path, {"MUSICSPLIT_GATEWAY_MAX_QUEUED_JOBS": "0"}, "4s")
     assert count(summary, "separations_refused") >= 2
     assert count(summary, "separations_ok") == 0 and count(summary, "separations_failed") == 0
     assert summary["metrics"]["checks"]["values"]["fails"] == 0
@@ -114,15 +120,8 @@ def test_a_full_queue_is_a_refusal_not_a_failure(stack, tmp_path):
 def test_a_refused_progress_socket_is_followed_by_polling_not_failed(stack, tmp_path):
     # One progress socket per tenant: two users following jobs at once, one is refused (429 + Retry-After)
     # at the handshake; its job still runs, and the client polls it to the end.
-    gateway = start_gateway([("dsp-baseline", stack.predictors[0].url)], data_dir=tmp_path / "gw",
-                            log_dir=tmp_path, default_model="dsp-baseline",
-                            env={"MUSICSPLIT_GATEWAY_MAX_PROGRESS_SOCKETS_PER_TENANT": "1"})
-    try:
-        proc = loadtest("smoke", "--url", gateway.url, "--out", str(tmp_path / "sockets.json"), "--v2-share", "0",
-                        "--track-seconds", "4", "--duration", "6s")
-    finally:
-        gateway.stop()
-    summary = json.loads((tmp_path / "sockets.json").read_text())
+    proc, summary = smoke_jobs_on_own_gateway(stack, tmp_path,
+                                              {"MUSICSPLIT_GATEWAY_MAX_PROGRESS_SOCKETS_PER_TENANT": "1"}, "6s")
     assert count(summary, "progress_sockets_refused") >= 1
     assert count(summary, "separations_ok") >= 2 and count(summary, "separations_failed") == 0
     assert proc.returncode == 0, proc.stdout[-3000:]

@@ -43,7 +43,8 @@ from kmock import KubernetesEmulator, ResourceInfo
 from kmock._internal import enums
 from kmock._internal.k8s import KubernetesError
 
-from musicsplit.localstack import free_port, terminate, wait_until
+from musicsplit.localstack import free_port, terminate
+from tests.fixtures.polling import wait_value
 from tests.kube.structural import closed
 
 REPO = Path(__file__).resolve().parents[2]
@@ -501,21 +502,7 @@ class Cluster:
     def wait(self, what, timeout: float = 30.0, interval: float = 0.2, message: str = ""):
         """`what()` once truthy (wait_until), a lookup into an object not there yet counting
         as not yet; AssertionError with the last value after `timeout` seconds."""
-        last = None
-
-        def attempt():
-            nonlocal last
-            try:
-                last = what()
-            except (KeyError, TypeError, IndexError) as e:
-                last = repr(e)
-                return None
-            return last
-
-        try:
-            return wait_until(attempt, timeout, message or str(what), interval)
-        except TimeoutError as e:
-            raise AssertionError(f"{e}; last: {last!r}") from None
+        return wait_value(what, timeout, message, interval)
 
 
 OPERATOR_AGENTS = ("kopf", "OpenAPI-Generator")  # kopf and the kubernetes client: the operator's
