@@ -12,7 +12,6 @@ where goodput fell below its goal.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -297,17 +296,15 @@ def _machine(runs: list[Run]) -> list[str]:
 def _load(runs_dir: Path) -> dict[str, Run]:
     paths = sorted(Path(runs_dir).glob("*.json"),
                    key=lambda p: (ORDER.index(p.stem) if p.stem in ORDER else 99, p.stem))
-    runs = {p.stem: read_run(p) for p in paths if p.with_suffix(".csv.gz").exists() or _has_samples(p)}
+    runs = {}
+    for p in paths:
+        try:
+            runs[p.stem] = read_run(p)
+        except FileNotFoundError:  # neither its samples nor a CSV beside it: not a run
+            continue
     if not runs:
         raise FileNotFoundError(f"no load-test runs (NAME.json with its samples, or with NAME.csv.gz) in {runs_dir}")
     return runs
-
-
-def _has_samples(path: Path) -> bool:
-    try:
-        return "samples" in json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
 
 
 def _details(r: Run, images: Path, rel: str, capacity: Run | None = None, plots: bool = True) -> list[str]:
