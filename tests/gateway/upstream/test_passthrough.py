@@ -199,8 +199,8 @@ async def test_ready_and_metadata_name_the_model_the_alias_resolves_to(baseline_
 async def test_a_version_pinned_call_is_answered_by_that_version_and_gives_its_place_back(baseline_url,
                                                                                           service_factory):
     service = await service_factory([("dsp-baseline", baseline_url, "eu")])
-    probe = await service.passthrough.infer("default", WHO, sent(encode_request(tone(0.5), 44100)[0]),
-                                            encode_request(tone(0.5), 44100)[1])
+    body, headers = encode_request(tone(0.5), 44100)
+    probe = await service.passthrough.infer("default", WHO, sent(body), headers)
     version = probe.headers["X-Musicsplit-Model-Version"]
     await probe.release()
     mix = tone(1.0)
